@@ -1,0 +1,46 @@
+#!/usr/bin/env -S npx tsx
+/**
+ * The `polyray` CLI: `serve`, `models build`.
+ */
+import { parseArgs } from 'node:util';
+import { loadConfig } from '../src/config.ts';
+import { buildModels } from '../src/models/build.ts';
+import { createProgressWriter } from '../src/models/progress.ts';
+
+const USAGE = `usage: polyray <command>
+
+commands:
+  serve                         start the service (same as npm start)
+  models build [--force] [--only NAME ...] [--dir DIR]
+                                build the bundled models into the models directory
+`;
+
+async function run(argv: string[]): Promise<number> {
+  const [cmd, sub, ...rest] = argv;
+  if (cmd === 'serve') {
+    await import('../src/main.ts');
+    return -1;
+  }
+  if (cmd === 'models' && sub === 'build') {
+    const { values } = parseArgs({ args: rest, options: { force: { type: 'boolean' }, only: { type: 'string', multiple: true }, dir: { type: 'string' } } });
+    const config = loadConfig();
+    const modelsDir = values.dir ?? config.models.dir;
+    const bar = createProgressWriter({ stream: process.stderr });
+    const summary = await buildModels({ modelsDir, force: values.force ?? false, ...(values.only ? { only: values.only } : {}), onProgress: bar.update });
+    bar.finish();
+    for (const s of summary) console.log(JSON.stringify(s));
+    return 0;
+  }
+  process.stderr.write(USAGE);
+  return cmd === undefined || cmd === 'help' || cmd === '--help' ? 0 : 2;
+}
+
+run(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exitCode = code;
+  },
+  (e: unknown) => {
+    console.error(e instanceof Error ? e.message : e);
+    process.exitCode = 1;
+  },
+);

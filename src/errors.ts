@@ -1,0 +1,57 @@
+/**
+ * Public error codes and the one error class that carries them.
+ *
+ * Every error a client can see has a code from `ErrorCode`; anything else is an internal error and is
+ * masked before it leaves the service (see `src/resolvers/format-error.ts`). Messages say what was
+ * expected, what arrived, and which option or argument to change — never input text, vectors or keys.
+ */
+
+export const ErrorCode = {
+  BAD_USER_INPUT: 'BAD_USER_INPUT',
+  MODEL_NOT_FOUND: 'MODEL_NOT_FOUND',
+  MODEL_NOT_READY: 'MODEL_NOT_READY',
+  INPUT_TOO_LARGE: 'INPUT_TOO_LARGE',
+  TOO_MANY_INPUTS: 'TOO_MANY_INPUTS',
+  UNSUPPORTED_INPUT: 'UNSUPPORTED_INPUT',
+  OVERLOADED: 'OVERLOADED',
+  SHUTTING_DOWN: 'SHUTTING_DOWN',
+  UNAUTHENTICATED: 'UNAUTHENTICATED',
+  FORBIDDEN: 'FORBIDDEN',
+  QUOTA_EXCEEDED: 'QUOTA_EXCEEDED',
+  INFERENCE_FAILED: 'INFERENCE_FAILED',
+  INTERNAL_SERVER_ERROR: 'INTERNAL_SERVER_ERROR',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** HTTP status a REST route answers for each code. */
+export const httpStatusOf: Record<ErrorCode, number> = {
+  BAD_USER_INPUT: 400,
+  MODEL_NOT_FOUND: 404,
+  MODEL_NOT_READY: 503,
+  INPUT_TOO_LARGE: 413,
+  TOO_MANY_INPUTS: 413,
+  UNSUPPORTED_INPUT: 400,
+  OVERLOADED: 503,
+  SHUTTING_DOWN: 503,
+  UNAUTHENTICATED: 401,
+  FORBIDDEN: 403,
+  QUOTA_EXCEEDED: 429,
+  INFERENCE_FAILED: 500,
+  INTERNAL_SERVER_ERROR: 500,
+};
+
+/** An error whose message and extensions are safe to show a client. */
+export class PolyrayError extends Error {
+  readonly code: ErrorCode;
+  readonly extensions: Record<string, unknown>;
+  constructor(code: ErrorCode, message: string, extensions: Record<string, unknown> = {}) {
+    super(message);
+    this.name = 'PolyrayError';
+    this.code = code;
+    this.extensions = extensions;
+  }
+}
+
+export function isPolyrayError(e: unknown): e is PolyrayError {
+  return e instanceof PolyrayError;
+}

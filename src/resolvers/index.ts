@@ -1,0 +1,28 @@
+/**
+ * The subgraph schema: SDL files from `schema/` plus the resolvers of this folder.
+ */
+import { readFileSync, readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { parse, type DocumentNode } from 'graphql';
+import { buildSubgraphSchema } from '@apollo/subgraph';
+import type { GraphQLResolverMap } from '@apollo/subgraph/dist/schema-helper/resolverMap.js';
+import type { GraphQLSchema } from 'graphql';
+import { embeddingResolvers } from './embedding.ts';
+import { postResolvers } from './post.ts';
+import { queryResolvers } from './query.ts';
+
+export const SCHEMA_DIR = fileURLToPath(new URL('../../schema/', import.meta.url));
+
+/** All SDL files of `schema/`, in name order, as one document. */
+export function loadTypeDefs(dir: string = SCHEMA_DIR): DocumentNode {
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith('.graphql'))
+    .sort();
+  return parse(files.map((f) => readFileSync(path.join(dir, f), 'utf8')).join('\n'));
+}
+
+export function buildSchema(): GraphQLSchema {
+  const resolvers = { ...queryResolvers, ...postResolvers, ...embeddingResolvers } as unknown as GraphQLResolverMap<unknown>;
+  return buildSubgraphSchema([{ typeDefs: loadTypeDefs(), resolvers }]);
+}

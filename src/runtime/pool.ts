@@ -1,0 +1,211 @@
+/**
+ * The inference pool: a fixed set of worker threads, each holding a session per model.
+ *
+ * Batchers `acquire()` a worker lease, run one batch on it and release it. Leases are granted in FIFO
+ * order, so batchers of different models share the workers fairly, and a batcher waiting for a lease
+ * keeps collecting items — that wait is what makes batches grow under load. A worker that dies fails
+ * its in-flight batch (the batcher rejects every waiter of it) and is replaced.
+ */
+import { Worker } from 'node:worker_threads';
+import { PolyrayError, ErrorCode } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { ExecutionProviderName } from '../config.ts';
+import type { FeedSpec, FromWorker, LoadResult, ModelLoadSpec, ToWorker } from './worker-protocol.ts';
+
+export interface InferencePoolOptions {
+  /** Number of worker threads. Default 1. */
+  workers: number;
+  /** ONNX Runtime intra-op threads per worker. Default 1. */
+  intraOpThreads: number;
+  logger: Logger;
+  /** Worker entry; default `./worker-entry.mjs` beside this file (registers tsx, then runs worker.ts). */
+  workerUrl?: URL;
+}
+
+export interface RunResult {
+  data: Float32Array;
+  dims: number[];
+  /** Time ONNX Runtime spent in `run()`, measured in the worker. */
+  runMs: number;
+}
+
+export interface Lease {
+  run(model: string, feeds: FeedSpec[], output: string): Promise<RunResult>;
+  release(): void;
+}
+
+export interface PoolStats {
+  workers: number;
+  busy: number;
+  waiting: number;
+  runs: number;
+  runsByModel: Record<string, number>;
+  runMsTotal: number;
+  failures: number;
+}
+
+interface Slot {
+  worker: Worker;
+  busy: boolean;
+  pending: Map<number, { resolve: (r: RunResult) => void; reject: (e: Error) => void }>;
+  closing: boolean;
+}
+
+type PoolState = { kind: 'idle' } | { kind: 'ready'; loaded: LoadResult[] } | { kind: 'closed' };
+
+export class InferencePool {
+  readonly #o: Required<InferencePoolOptions>;
+  readonly #slots: Slot[] = [];
+  readonly #waiters: ((slot: Slot) => void)[] = [];
+  #models: ModelLoadSpec[] = [];
+  #nextId = 1;
+  #state: PoolState = { kind: 'idle' };
+  readonly #stats = { runs: 0, runsByModel: {} as Record<string, number>, runMsTotal: 0, failures: 0 };
+
+  constructor(options: InferencePoolOptions) {
+    if (!Number.isSafeInteger(options.workers) || options.workers < 1) {
+      throw new TypeError(`InferencePool option workers must be an integer >= 1, received ${String(options.workers)}`);
+    }
+    if (!Number.isSafeInteger(options.intraOpThreads) || options.intraOpThreads < 1) {
+      throw new TypeError(`InferencePool option intraOpThreads must be an integer >= 1, received ${String(options.intraOpThreads)}`);
+    }
+    this.#o = { workerUrl: new URL('./worker-entry.mjs', import.meta.url), ...options };
+  }
+
+  /** Starts the workers and loads every model in each. Resolves with the per-model outcome of worker 0. */
+  async start(models: ModelLoadSpec[]): Promise<LoadResult[]> {
+    if (this.#state.kind !== 'idle') throw new Error(`InferencePool.start called in state ${this.#state.kind}`);
+    this.#models = models;
+    const results = await Promise.all(Array.from({ length: this.#o.workers }, () => this.#spawn()));
+    const loaded = results[0] ?? [];
+    this.#state = { kind: 'ready', loaded };
+    return loaded;
+  }
+
+  async #spawn(): Promise<LoadResult[]> {
+    const worker = new Worker(this.#o.workerUrl);
+    const slot: Slot = { worker, busy: false, pending: new Map(), closing: false };
+    const loaded = await new Promise<LoadResult[]>((resolve, reject) => {
+      const onMsg = (m: FromWorker): void => {
+        if (m.type === 'loaded') {
+          worker.off('message', onMsg);
+          worker.off('error', reject);
+          resolve(m.results);
+        }
+      };
+      worker.on('message', onMsg);
+      worker.once('error', reject);
+      worker.postMessage({ type: 'load', models: this.#models, intraOpThreads: this.#o.intraOpThreads } satisfies ToWorker);
+    });
+    worker.on('message', (m: FromWorker) => {
+      if (m.type === 'result' || m.type === 'error') {
+        const p = slot.pending.get(m.id);
+        if (!p) return;
+        slot.pending.delete(m.id);
+        if (m.type === 'result') p.resolve({ data: m.data, dims: m.dims, runMs: m.runMs });
+        else p.reject(new PolyrayError(ErrorCode.INFERENCE_FAILED, 'Inference failed for this batch; the request can be retried', { reason: 'runtime' }));
+        if (m.type === 'error') this.#o.logger.error({ err: m.message }, 'inference run failed');
+      }
+    });
+    worker.on('error', (err) => this.#o.logger.error({ err: err.message }, 'inference worker error'));
+    worker.on('exit', (code) => this.#onExit(slot, code));
+    this.#slots.push(slot);
+    this.#grant();
+    return loaded;
+  }
+
+  #onExit(slot: Slot, code: number): void {
+    const i = this.#slots.indexOf(slot);
+    if (i >= 0) this.#slots.splice(i, 1);
+    for (const p of slot.pending.values()) {
+      p.reject(new PolyrayError(ErrorCode.INFERENCE_FAILED, 'The inference worker stopped during this batch; the request can be retried'));
+    }
+    slot.pending.clear();
+    if (!slot.closing && this.#state.kind === 'ready') {
+      this.#stats.failures++;
+      this.#o.logger.error({ code }, 'inference worker exited; starting a replacement');
+      this.#spawn().catch((e: unknown) => this.#o.logger.error({ err: (e as Error).message }, 'replacement worker failed to start'));
+    }
+  }
+
+  /** Resolves with a lease on a free worker; leases are granted first come, first served. */
+  acquire(): Promise<Lease> {
+    if (this.#state.kind === 'closed') return Promise.reject(new PolyrayError(ErrorCode.SHUTTING_DOWN, 'The service is shutting down'));
+    return new Promise<Lease>((resolve) => {
+      this.#waiters.push((slot) => resolve(this.#lease(slot)));
+      this.#grant();
+    });
+  }
+
+  #grant(): void {
+    for (const slot of this.#slots) {
+      if (this.#waiters.length === 0) return;
+      if (!slot.busy && !slot.closing) {
+        slot.busy = true;
+        this.#waiters.shift()!(slot);
+      }
+    }
+  }
+
+  #lease(slot: Slot): Lease {
+    let released = false;
+    return {
+      run: (model, feeds, output) => {
+        if (released) return Promise.reject(new Error('lease already released'));
+        const id = this.#nextId++;
+        return new Promise<RunResult>((resolve, reject) => {
+          slot.pending.set(id, {
+            resolve: (r) => {
+              this.#stats.runs++;
+              this.#stats.runsByModel[model] = (this.#stats.runsByModel[model] ?? 0) + 1;
+              this.#stats.runMsTotal += r.runMs;
+              resolve(r);
+            },
+            reject,
+          });
+          const transfer = feeds.map((f) => f.data.buffer as ArrayBuffer);
+          slot.worker.postMessage({ type: 'run', id, model, feeds, output } satisfies ToWorker, transfer);
+        });
+      },
+      release: () => {
+        if (released) return;
+        released = true;
+        slot.busy = false;
+        this.#grant();
+      },
+    };
+  }
+
+  /** Provider each model runs on (from the first worker), or undefined when it failed to load. */
+  providerOf(model: string): ExecutionProviderName | undefined {
+    return this.#state.kind === 'ready' ? this.#state.loaded.find((l) => l.name === model)?.provider : undefined;
+  }
+
+  stats(): PoolStats {
+    return {
+      workers: this.#slots.length,
+      busy: this.#slots.filter((s) => s.busy).length,
+      waiting: this.#waiters.length,
+      runs: this.#stats.runs,
+      runsByModel: { ...this.#stats.runsByModel },
+      runMsTotal: this.#stats.runMsTotal,
+      failures: this.#stats.failures,
+    };
+  }
+
+  /** Stops every worker. Callers drain their batchers first; runs still pending are failed. */
+  async close(): Promise<void> {
+    if (this.#state.kind === 'closed') return;
+    this.#state = { kind: 'closed' };
+    await Promise.all(
+      this.#slots.map(async (slot) => {
+        slot.closing = true;
+        const exited = new Promise<void>((r) => slot.worker.once('exit', () => r()));
+        slot.worker.postMessage({ type: 'close' } satisfies ToWorker);
+        const timer = setTimeout(() => void slot.worker.terminate(), 2000);
+        await exited;
+        clearTimeout(timer);
+      }),
+    );
+  }
+}

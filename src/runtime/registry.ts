@@ -1,0 +1,98 @@
+/**
+ * The model registry: every model folder under the models directory, its manifest, its tokenizer and
+ * its lifecycle state.
+ *
+ * A folder whose manifest is invalid, or whose session fails to load, is registered as `failed` with
+ * the reason (shown by Query.models); the other models are served regardless.
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { ExecutionProviderName } from '../config.ts';
+import type { Logger } from '../log.ts';
+import { parseManifest, type ModelManifest } from './manifest.ts';
+import { WordTokenizer, type Tokenizer } from './tokenizer.ts';
+
+export type ModelState =
+  | { kind: 'loading' }
+  | { kind: 'ready'; provider: ExecutionProviderName }
+  | { kind: 'failed'; reason: string }
+  | { kind: 'disposed' };
+
+export interface RegisteredModel {
+  manifest: ModelManifest;
+  dir: string;
+  tokenizer: Tokenizer;
+  state: ModelState;
+}
+
+export interface FailedFolder {
+  folder: string;
+  reason: string;
+}
+
+export class ModelRegistry {
+  readonly #models = new Map<string, RegisteredModel>();
+  readonly #failed: FailedFolder[] = [];
+
+  /** Reads every `<dir>/<folder>/manifest.json` and its tokenizer. */
+  static async scan(dir: string, logger: Logger): Promise<ModelRegistry> {
+    const reg = new ModelRegistry();
+    let entries: string[] = [];
+    try {
+      entries = (await readdir(dir, { withFileTypes: true })).filter((d) => d.isDirectory() && !d.name.startsWith('.')).map((d) => d.name);
+    } catch (e) {
+      logger.warn({ dir, err: (e as Error).message }, 'models directory cannot be read');
+    }
+    for (const folder of entries.sort()) {
+      const modelDir = path.join(dir, folder);
+      try {
+        const manifest = parseManifest(JSON.parse(await readFile(path.join(modelDir, 'manifest.json'), 'utf8')), `${folder}/manifest.json`);
+        if (reg.#models.has(manifest.name)) throw new TypeError(`model name "${manifest.name}" is used by two folders`);
+        const tokenizer = await loadTokenizer(modelDir, manifest);
+        reg.#models.set(manifest.name, { manifest, dir: modelDir, tokenizer, state: { kind: 'loading' } });
+      } catch (e) {
+        const reason = (e as Error).message;
+        reg.#failed.push({ folder, reason });
+        logger.error({ folder, reason }, 'model folder skipped');
+      }
+    }
+    return reg;
+  }
+
+  get(name: string): RegisteredModel | undefined {
+    return this.#models.get(name);
+  }
+
+  list(): RegisteredModel[] {
+    return [...this.#models.values()];
+  }
+
+  failedFolders(): FailedFolder[] {
+    return [...this.#failed];
+  }
+
+  setState(name: string, state: ModelState): void {
+    const m = this.#models.get(name);
+    if (m) m.state = state;
+  }
+
+  /** True once every registered model has left the loading state and at least one is ready. */
+  ready(): boolean {
+    const all = this.list();
+    return all.length > 0 && all.every((m) => m.state.kind !== 'loading') && all.some((m) => m.state.kind === 'ready');
+  }
+}
+
+async function loadTokenizer(dir: string, manifest: ModelManifest): Promise<Tokenizer> {
+  const file = path.join(dir, manifest.tokenizer.file);
+  switch (manifest.tokenizer.kind) {
+    case 'word':
+      return WordTokenizer.load(file, { lowercase: manifest.tokenizer.lowercase });
+    case 'wordpiece':
+      throw new TypeError(`tokenizer kind "wordpiece" is not supported by this build yet (model ${manifest.name})`);
+    default: {
+      const never: never = manifest.tokenizer.kind;
+      throw new TypeError(`unknown tokenizer kind ${String(never)}`);
+    }
+  }
+}

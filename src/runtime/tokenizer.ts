@@ -1,0 +1,199 @@
+/**
+ * Tokenizers: text → token ids + attention mask, for the models' `input_ids` / `attention_mask`.
+ *
+ * Owns: the `Tokenizer` contract the runtime uses, and `WordTokenizer`, the word-level tokenizer
+ * of word-vector models (`tokenizer.kind = "word"`, e.g. text-glove).
+ *
+ * Vocabulary file: UTF-8, one token per line, line index = token id. Line 0 is reserved for
+ * unknown words (its text, e.g. `<unk>`, is never looked up); unknown words get id 0 and mask 0,
+ * so they take no part in pooling.
+ *
+ * Tokenisation follows GloVe 6B's Stanford (PTB-style) tokenisation closely enough that the words
+ * a vocabulary has are found:
+ *   1. NFC-normalise, then lower-case (option), so "Café" (composed or not) and "CAFÉ" agree.
+ *      Soft hyphens are removed; control/format characters and all Unicode spaces separate tokens.
+ *   2. A word is a run of letters, marks and digits, with internal hyphens ("well-known"),
+ *      apostrophes ("don't", also typographic ’), and, between digits, "." or "," ("3.5", "1,000").
+ *      Every other character is a token by itself (punctuation, symbols, emoji), together with
+ *      any combining marks that follow it.
+ *   3. English clitics are split off as PTB does: "don't" → "do" "n't", "can't" → "ca" "n't",
+ *      "it's" → "it" "'s"; also 'm 'd 'll 're 've. (wink's GloVe list has "ca" and "wo" but no
+ *      clitic tokens: the clitics are then simply unknown.)
+ *   4. Lookup with fallbacks, each tried only when the previous one misses: the word itself →
+ *      without apostrophes ("o'brien" → "obrien") → with accents and compatibility forms folded
+ *      ("café" → "cafe", fullwidth "ｃａｔ" → "cat") → its parts split at internal hyphens and
+ *      apostrophes, each looked up (with folding) as a token of its own ("ultra-rare-compound" →
+ *      "ultra" "rare" "compound"). Unknown parts stay unknown. Numbers ("3.5") are never split:
+ *      their digit pieces carry no more meaning than the whole.
+ *
+ * `encode` never throws: any string (lone surrogates, control characters, megabytes) yields a
+ * result, with at most one token per UTF-16 code unit of the normalised input.
+ */
+
+import { readFile } from 'node:fs/promises';
+
+/** Token ids and attention mask (1 = real token, 0 = masked out), of equal length. */
+export interface Encoding {
+  ids: number[];
+  mask: number[];
+}
+
+export interface Tokenizer {
+  /** Number of ids (vocabulary lines including the reserved id 0). Every id is in [0, vocabSize). */
+  readonly vocabSize: number;
+  encode(text: string): Encoding;
+}
+
+export interface WordTokenizerOptions {
+  lowercase: boolean;
+}
+
+/** The reserved id of unknown words. */
+export const UNKNOWN_ID = 0;
+
+// A word: letters/marks/digits, joined by internal - ' ’ (followed by a letter/digit), or by . ,
+// between two digits. Group 1 = word, group 2 = any other single character (+ trailing marks).
+// Separators: \s covers Unicode spaces and line terminators; \p{Cc}/\p{Cf} are controls and
+// invisible format characters (ZWJ, BOM, bidi marks...), which must not become tokens.
+const TOKEN_RE =
+  /([\p{L}\p{M}\p{N}]+(?:(?:[-'\u2019]|(?<=\p{N})[.,](?=\p{N}))[\p{L}\p{M}\p{N}]+)*)|([^\s\p{Cc}\p{Cf}\p{L}\p{M}\p{N}]\p{M}*)/gu;
+
+const SOFT_HYPHEN_RE = /\u00AD/g;
+const CLITIC_RE = /^(.+?)('(?:s|m|d|ll|re|ve))$/iu;
+const NT_RE = /^(.+)(n't)$/iu;
+const PART_SEPARATOR_RE = /[-']/u;
+const COMBINING_RE = /\p{M}/gu;
+const NON_ASCII_RE = /[^\x00-\x7f]/u;
+
+/** Word-level tokenizer over a vocabulary file. Immutable; safe to share. */
+export class WordTokenizer implements Tokenizer {
+  readonly vocabSize: number;
+  readonly lowercase: boolean;
+  readonly #ids: Map<string, number>;
+
+  private constructor(ids: Map<string, number>, vocabSize: number, options: WordTokenizerOptions) {
+    this.#ids = ids;
+    this.vocabSize = vocabSize;
+    this.lowercase = options.lowercase;
+  }
+
+  /** Loads a vocabulary file (see the file header for its format). Throws if it cannot be read. */
+  static async load(path: string, options: WordTokenizerOptions): Promise<WordTokenizer> {
+    const text = await readFile(path, 'utf8');
+    const lines = text.split('\n');
+    if (lines.length > 0 && lines[lines.length - 1] === '') lines.pop(); // final newline
+    return WordTokenizer.fromVocabulary(
+      lines.map((l) => (l.endsWith('\r') ? l.slice(0, -1) : l)),
+      options,
+    );
+  }
+
+  /**
+   * A tokenizer over `lines` (index = id; index 0 is the reserved unknown id). A repeated token
+   * keeps its first (lowest) id.
+   */
+  static fromVocabulary(lines: readonly string[], options: WordTokenizerOptions): WordTokenizer {
+    const ids = new Map<string, number>();
+    for (let i = 1; i < lines.length; i++) {
+      const token = lines[i]!;
+      if (token !== '' && !ids.has(token)) ids.set(token, i);
+    }
+    return new WordTokenizer(ids, Math.max(1, lines.length), options);
+  }
+
+  /** The id of one exact token, or UNKNOWN_ID. */
+  idOf(token: string): number {
+    return this.#ids.get(token) ?? UNKNOWN_ID;
+  }
+
+  /** The token strings `encode` looks up (after splitting and fallbacks), for diagnostics and tests. */
+  tokenize(text: string): string[] {
+    const out: string[] = [];
+    this.#scan(text, (token) => {
+      out.push(token);
+    });
+    return out;
+  }
+
+  encode(text: string): Encoding {
+    const ids: number[] = [];
+    const mask: number[] = [];
+    this.#scan(text, (_token, id) => {
+      ids.push(id);
+      mask.push(id === UNKNOWN_ID ? 0 : 1);
+    });
+    return { ids, mask };
+  }
+
+  /** Splits `text` and calls `emit` once per token, with the token's id (0 when unknown). */
+  #scan(text: string, emit: (token: string, id: number) => void): void {
+    // String(): JavaScript callers outside the type system must not make encode() throw.
+    let s = (typeof text === 'string' ? text : String(text)).normalize('NFC'); // lone surrogates pass through
+    if (this.lowercase) s = s.toLowerCase();
+    if (s.includes('\u00AD')) s = s.replace(SOFT_HYPHEN_RE, '');
+    for (const m of s.matchAll(TOKEN_RE)) {
+      const word = m[1];
+      if (word === undefined) {
+        const other = m[2]!;
+        emit(other, this.idOf(other));
+        continue;
+      }
+      this.#word(word.includes('\u2019') ? word.replaceAll('\u2019', "'") : word, emit);
+    }
+  }
+
+  /** Clitic splitting, then lookup with fallbacks (see the file header, steps 3 and 4). */
+  #word(word: string, emit: (token: string, id: number) => void): void {
+    if (word.includes("'")) {
+      const nt = NT_RE.exec(word);
+      const clitic = nt ?? CLITIC_RE.exec(word);
+      if (clitic) {
+        this.#lookup(clitic[1]!, emit);
+        emit(clitic[2]!, this.idOf(clitic[2]!));
+        return;
+      }
+    }
+    this.#lookup(word, emit);
+  }
+
+  #lookup(word: string, emit: (token: string, id: number) => void): void {
+    const direct = this.#ids.get(word);
+    if (direct !== undefined) return emit(word, direct);
+    if (word.includes("'")) {
+      const joined = word.replaceAll("'", '');
+      const id = this.#ids.get(joined);
+      if (id !== undefined) return emit(joined, id);
+    }
+    const folded = foldAccents(word);
+    if (folded !== word) {
+      const id = this.#ids.get(folded);
+      if (id !== undefined) return emit(folded, id);
+    }
+    if (PART_SEPARATOR_RE.test(word)) {
+      for (const part of word.split(PART_SEPARATOR_RE)) {
+        if (part === '') continue;
+        let id = this.#ids.get(part);
+        let token = part;
+        if (id === undefined) {
+          const f = foldAccents(part);
+          id = this.#ids.get(f);
+          if (id !== undefined) token = f;
+        }
+        emit(token, id ?? UNKNOWN_ID);
+      }
+      return;
+    }
+    emit(word, UNKNOWN_ID);
+  }
+}
+
+/**
+ * "café" → "cafe", "ｆｕｌｌ" → "full", "ﬁne" → "fine": compatibility decomposition without
+ * combining marks. Only a lookup fallback, never applied to text up front, because NFKC would also
+ * rewrite tokens the vocabulary has as they are ("…" → "...").
+ */
+function foldAccents(word: string): string {
+  if (!NON_ASCII_RE.test(word)) return word;
+  const stripped = word.normalize('NFKD').replace(COMBINING_RE, '').normalize('NFC');
+  return stripped === '' ? word : stripped;
+}

@@ -1,0 +1,40 @@
+/**
+ * Messages between the inference pool (main thread) and its workers. Tensors travel as typed arrays
+ * whose buffers are transferred, not copied.
+ */
+import type { ExecutionProviderName } from '../config.ts';
+
+export interface ModelLoadSpec {
+  name: string;
+  /** Absolute path of the .onnx file. */
+  path: string;
+  /** Providers to try in order; the worker falls back to the next one when a session cannot be created. */
+  providers: ExecutionProviderName[];
+}
+
+export interface FeedSpec {
+  name: string;
+  type: 'int64' | 'float32';
+  data: BigInt64Array | Float32Array;
+  dims: number[];
+}
+
+export type ToWorker =
+  | { type: 'load'; models: ModelLoadSpec[]; intraOpThreads: number }
+  | { type: 'run'; id: number; model: string; feeds: FeedSpec[]; output: string }
+  | { type: 'close' };
+
+export interface LoadResult {
+  name: string;
+  ok: boolean;
+  /** Provider that runs the session, when ok. */
+  provider?: ExecutionProviderName;
+  /** Providers that were tried and failed, with the reason. */
+  fallbacks: { provider: ExecutionProviderName; reason: string }[];
+  error?: string;
+}
+
+export type FromWorker =
+  | { type: 'loaded'; results: LoadResult[] }
+  | { type: 'result'; id: number; data: Float32Array; dims: number[]; runMs: number }
+  | { type: 'error'; id: number; message: string };

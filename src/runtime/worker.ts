@@ -1,0 +1,91 @@
+/**
+ * Inference worker: owns one ONNX Runtime session per model and runs batches on request.
+ *
+ * `InferenceSession.run` blocks the thread that calls it, which is why it lives here and not on the
+ * main thread: cache hits and GraphQL parsing never wait behind a batch.
+ */
+import { parentPort } from 'node:worker_threads';
+import * as ort from 'onnxruntime-node';
+import type { ExecutionProviderName } from '../config.ts';
+import type { FromWorker, LoadResult, ModelLoadSpec, ToWorker } from './worker-protocol.ts';
+
+const port = parentPort;
+if (!port) throw new Error('worker.ts must run inside a worker thread');
+
+const sessions = new Map<string, ort.InferenceSession>();
+
+async function createSession(spec: ModelLoadSpec, intraOpThreads: number): Promise<LoadResult> {
+  const fallbacks: LoadResult['fallbacks'] = [];
+  // CPU is the last resort even when the configured list leaves it out: a service that cannot start is
+  // worse than a slow one, and the chosen provider is reported so the operator sees it.
+  const order: ExecutionProviderName[] = [...spec.providers.filter((p) => p !== 'cpu'), 'cpu'];
+  for (const provider of order) {
+    try {
+      const session = await ort.InferenceSession.create(spec.path, {
+        executionProviders: [provider],
+        intraOpNumThreads: intraOpThreads,
+        interOpNumThreads: 1,
+        graphOptimizationLevel: 'all',
+        executionMode: 'sequential',
+      });
+      sessions.set(spec.name, session);
+      return { name: spec.name, ok: true, provider, fallbacks };
+    } catch (e) {
+      fallbacks.push({ provider, reason: (e as Error).message.slice(0, 300) });
+    }
+  }
+  return { name: spec.name, ok: false, fallbacks, error: fallbacks.map((f) => `${f.provider}: ${f.reason}`).join('; ') };
+}
+
+function post(msg: FromWorker, transfer: ArrayBuffer[] = []): void {
+  port!.postMessage(msg, transfer);
+}
+
+port.on('message', (msg: ToWorker) => {
+  switch (msg.type) {
+    case 'load': {
+      void (async () => {
+        const results: LoadResult[] = [];
+        for (const spec of msg.models) results.push(await createSession(spec, msg.intraOpThreads));
+        post({ type: 'loaded', results });
+      })();
+      return;
+    }
+    case 'run': {
+      void (async () => {
+        const session = sessions.get(msg.model);
+        if (!session) {
+          post({ type: 'error', id: msg.id, message: `no session for model ${msg.model}` });
+          return;
+        }
+        try {
+          const feeds: Record<string, ort.Tensor> = {};
+          for (const f of msg.feeds) feeds[f.name] = new ort.Tensor(f.type, f.data, f.dims);
+          const t0 = performance.now();
+          const out = await session.run(feeds, [msg.output]);
+          const runMs = performance.now() - t0;
+          const tensor = out[msg.output];
+          if (!tensor || !(tensor.data instanceof Float32Array)) throw new Error(`output ${msg.output} is missing or not float32`);
+          // Copy into a buffer we own so it can be transferred; ORT may hand out views of its own memory.
+          const data = new Float32Array(tensor.data);
+          post({ type: 'result', id: msg.id, data, dims: [...tensor.dims], runMs }, [data.buffer as ArrayBuffer]);
+        } catch (e) {
+          post({ type: 'error', id: msg.id, message: (e as Error).message.slice(0, 500) });
+        }
+      })();
+      return;
+    }
+    case 'close': {
+      void (async () => {
+        for (const s of sessions.values()) await s.release();
+        sessions.clear();
+        port!.close();
+      })();
+      return;
+    }
+    default: {
+      const never: never = msg;
+      throw new Error(`unknown message ${JSON.stringify(never)}`);
+    }
+  }
+});
