@@ -4,13 +4,11 @@
 import { loadConfig } from './config.ts';
 import { createLogger } from './log.ts';
 import { PolyrayServer } from './server.ts';
-import { lowerTiersFromConfig } from './cache/from-config.ts';
 
 export async function main(): Promise<void> {
   const config = loadConfig();
   const logger = createLogger(config.log.level);
-  const lowerTiers = lowerTiersFromConfig(config, logger);
-  const server = new PolyrayServer(config, { logger, lowerTiers });
+  const server = new PolyrayServer(config, { logger });
   let stopping = false;
   const shutdown = (signal: string): void => {
     if (stopping) return;

@@ -18,7 +18,9 @@ export interface Cache {
   setMany(entries: readonly CacheEntry[]): Promise<void>;
   /** Current counters of this tier. */
   stats(): TierStats;
-  /** Releases connections and timers. */
+  /** Waits until writes accepted so far have reached the tier (write-behind tiers); optional. */
+  flush?(): Promise<void>;
+  /** Releases connections and timers (after flushing pending writes). */
   close(): Promise<void>;
 }
 

@@ -57,6 +57,11 @@ export class TieredCache {
     await Promise.all(this.#tiers.map((t) => t.setMany(entries)));
   }
 
+  /** Waits for write-behind tiers to persist what they have accepted. */
+  async flush(): Promise<void> {
+    await Promise.all(this.#tiers.map((t) => t.flush?.()));
+  }
+
   stats(): TierStats[] {
     return this.#tiers.map((t) => t.stats());
   }
