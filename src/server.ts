@@ -15,6 +15,7 @@ import path from 'node:path';
 import type { Cache } from './cache/cache.ts';
 import { MemoryCache } from './cache/memory.ts';
 import { TieredCache } from './cache/tiered.ts';
+import { lowerTiersFromConfig } from './cache/from-config.ts';
 import type { PolyrayConfig } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
 import { buildModels } from './models/build.ts';
@@ -29,7 +30,7 @@ import { registerHealthRoutes } from './http/health.ts';
 
 export interface PolyrayDeps {
   logger?: Logger;
-  /** Extra cache tiers below memory (e.g. the Redis tier), in order. */
+  /** Cache tiers below memory, in order. Default: built from the config (Redis when configured). */
   lowerTiers?: Cache[];
 }
 
@@ -60,7 +61,7 @@ export class PolyrayServer {
     this.logger = deps.logger ?? createLogger(config.log.level);
     this.pool = new InferencePool({ workers: config.inference.workers, intraOpThreads: config.inference.intraOpThreads, logger: this.logger });
     this.memory = new MemoryCache({ maxBytes: config.cache.memory.maxBytes, ttlMs: config.cache.memory.ttlMs });
-    this.cache = new TieredCache([this.memory, ...(deps.lowerTiers ?? [])]);
+    this.cache = new TieredCache([this.memory, ...(deps.lowerTiers ?? lowerTiersFromConfig(config, this.logger))]);
     const self = this;
     this.service = new EmbeddingService({
       get registry() {
