@@ -58,6 +58,8 @@ export interface ServiceStats {
   bySource: Record<Source, number>;
   /** Misses that joined a computation already in flight. */
   joined: number;
+  /** Answers per model and source (tier statistics per model; per-tier totals come from the tiers). */
+  byModel: Record<string, Record<Source, number>>;
 }
 
 interface Computed {
@@ -71,7 +73,7 @@ const SOURCE_OF_TIER: Record<string, Source> = { memory: 'MEMORY' };
 export class EmbeddingService {
   readonly #o: EmbeddingServiceOptions;
   readonly #flight = new SingleFlight<Computed>();
-  readonly #stats: ServiceStats = { calls: 0, cacheLookups: 0, items: 0, bySource: { MEMORY: 0, GLOBAL: 0, COMPUTED: 0 }, joined: 0 };
+  readonly #stats: ServiceStats = { calls: 0, cacheLookups: 0, items: 0, bySource: { MEMORY: 0, GLOBAL: 0, COMPUTED: 0 }, joined: 0, byModel: {} };
 
   constructor(options: EmbeddingServiceOptions) {
     this.#o = options;
@@ -205,7 +207,7 @@ export class EmbeddingService {
       const key = keyOf[i]!;
       const hit = found.get(key);
       if (hit) {
-        this.#stats.bySource[hit.source]++;
+        this.#count(name, hit.source);
         return { vector: hit.vector, source: hit.source, model: name, version, tokens: 0, inferenceMs: 0 };
       }
       const big = tooLarge.get(key);
@@ -213,14 +215,22 @@ export class EmbeddingService {
       const c = computed.get(key);
       if (!c) return new PolyrayError(ErrorCode.INTERNAL_SERVER_ERROR, 'Internal error');
       if (c instanceof PolyrayError) return c;
-      this.#stats.bySource.COMPUTED++;
+      this.#count(name, 'COMPUTED');
       const first = !charged.has(key);
       charged.add(key);
       return { vector: c.vector, source: 'COMPUTED', model: name, version, tokens: first ? c.tokens : 0, inferenceMs: first ? c.inferenceMs : 0 };
     });
   }
 
+  #count(model: string, source: Source): void {
+    this.#stats.bySource[source]++;
+    const m = (this.#stats.byModel[model] ??= { MEMORY: 0, GLOBAL: 0, COMPUTED: 0 });
+    m[source]++;
+  }
+
   stats(): ServiceStats {
-    return { ...this.#stats, bySource: { ...this.#stats.bySource } };
+    const byModel: ServiceStats['byModel'] = {};
+    for (const [k, v] of Object.entries(this.#stats.byModel)) byModel[k] = { ...v };
+    return { ...this.#stats, bySource: { ...this.#stats.bySource }, byModel };
   }
 }
