@@ -146,7 +146,12 @@ export class PolyrayServer {
     registerHealthRoutes(this.app, {
       live: () => this.#state.kind !== 'stopped',
       ready: () => this.#state.kind === 'ready',
-      detail: () => ({ state: this.#state.kind, models: this.modelInfos().map((m) => ({ name: m.name, state: m.state, provider: m.executionProvider })) }),
+      detail: () => ({
+        state: this.#state.kind,
+        models: this.modelInfos().map((m) => ({ name: m.name, state: m.state, provider: m.executionProvider })),
+        // A failing cache tier does not make the replica unready (requests still succeed), but it shows here.
+        tiers: this.cache.stats().map((t) => ({ tier: t.tier, healthy: t.healthy })),
+      }),
     });
     const url = await this.app.listen({ host: this.config.http.host, port: this.config.http.port });
     this.#state = { kind: 'loading' };
