@@ -1,11 +1,12 @@
 #!/usr/bin/env -S npx tsx
 /**
- * The `polyray` CLI: `serve`, `models build`.
+ * The `polyray` CLI: `serve`, `models build`, `clients add|list`.
  */
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../src/config.ts';
 import { buildModels } from '../src/models/build.ts';
 import { createProgressWriter } from '../src/models/progress.ts';
+import { CLIENTS_USAGE, clientsCommand } from '../src/accounting/cli.ts';
 
 const USAGE = `usage: polyray <command>
 
@@ -13,13 +14,23 @@ commands:
   serve                         start the service (same as npm start)
   models build [--force] [--only NAME ...] [--dir DIR]
                                 build the bundled models into the models directory
-`;
+  simulate (--trace LOCATION | --synthetic zipf:...) [--grid ...] [--prices ...] [--json]
+                                replay a trace for a grid of cache settings; recommend the cheapest
+${CLIENTS_USAGE}`;
 
 async function run(argv: string[]): Promise<number> {
   const [cmd, sub, ...rest] = argv;
   if (cmd === 'serve') {
     await import('../src/main.ts');
     return -1;
+  }
+  if (cmd === 'clients') {
+    return clientsCommand(sub, rest, loadConfig().accounting.clientsFile, { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) });
+  }
+  if (cmd === 'simulate') {
+    const { runSimulate } = await import('../src/policy/cli.ts');
+    await runSimulate(argv.slice(1), loadConfig(), { out: (s) => process.stdout.write(s) });
+    return 0;
   }
   if (cmd === 'models' && sub === 'build') {
     const { values } = parseArgs({ args: rest, options: { force: { type: 'boolean' }, only: { type: 'string', multiple: true }, dir: { type: 'string' } } });

@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
+import { DEFAULT_PRICES, type CostPrices } from './policy/cost.ts';
 
 export type ExecutionProviderName = 'cpu' | 'cuda' | 'webgpu';
 export const EXECUTION_PROVIDERS: readonly ExecutionProviderName[] = ['cpu', 'cuda', 'webgpu'];
@@ -27,7 +28,12 @@ export interface PolyrayConfig {
     dir: string;
     /** Build the bundled models that are missing before serving. Default true. */
     buildMissing: boolean;
-    /** Model `Post.embedding` uses when the query names none. Default `text-glove`. */
+    /**
+     * Names of the models this replica loads and serves; `["*"]` loads every model folder. Default
+     * `["*"]`. A replica per model family keeps memory down (each worker holds a session per model).
+     */
+    serve: string[];
+    /** Model `Post.embedding` uses when the query names none. Default `postray` (text + images). */
     defaultPostModel: string;
   };
   inference: {
@@ -47,6 +53,30 @@ export interface PolyrayConfig {
     maxWaitUs: number;
     /** Most items waiting per model; beyond it requests fail with OVERLOADED. Default 8192. */
     maxQueueItems: number;
+    /** Image models: most input pixels (items × height × width) in one run. Default 16 images of 224×224. */
+    maxPixels: number;
+  };
+  /** Image inputs: fetching (src/images/fetch.ts) and decoding limits. */
+  images: {
+    /**
+     * Hosts and CIDR ranges image URLs may reach although they are loopback, private, link-local or
+     * otherwise internal (e.g. `127.0.0.1`, `10.0.0.0/8`, `images.internal`). Default: none.
+     */
+    fetchAllow: string[];
+    /** Largest image in bytes, enforced while streaming. Default 10 MiB. */
+    maxBytes: number;
+    /** Whole fetch (all redirects, headers and body) time limit. Default 5000 ms. */
+    fetchTimeoutMs: number;
+    /** Most redirects followed. Default 3. */
+    maxRedirects: number;
+    /** Largest image in pixels (width × height, read from the header before decoding). Default 40 MP. */
+    maxPixels: number;
+    /** How long a URL's content hash is remembered, so a repeated URL skips the fetch. Default 300 s. */
+    urlCacheTtlMs: number;
+    /** Most URLs remembered. Default 100000. */
+    urlCacheMaxEntries: number;
+    /** Most images read per post. Default 16. */
+    maxImagesPerPost: number;
   };
   cache: {
     memory: { maxBytes: number; ttlMs: number };
@@ -63,6 +93,60 @@ export interface PolyrayConfig {
   };
   /** Time given to in-flight work at shutdown before the process exits anyway. Default 10 s. */
   shutdownGraceMs: number;
+  /** Clients, quotas and cost attribution (src/accounting). */
+  accounting: {
+    /** JSON file listing clients and their hashed keys. Unset: one local development client, no auth. */
+    clientsFile: string | undefined;
+    /** Redis holding quota buckets and the usage ledger: REDIS_URL if set, else POLYRAY_QUOTA_REDIS_URL; unset = per-replica memory. */
+    redisUrl: string | undefined;
+    /** Prefix of every quota / ledger key. Default `polyray:acct:v1:`. */
+    keyPrefix: string;
+    /** When the quota Redis is unreachable: `open` = per-replica in-memory buckets, `closed` = refuse. Default open. */
+    failureMode: 'open' | 'closed';
+    /** Longest wait for a quota Redis command before it counts as unreachable. Default 200 ms. */
+    redisTimeoutMs: number;
+    /** Cost units of an item served from the memory tier. Default 0.01. */
+    memoryHitCost: number;
+    /** Cost units of an item served from the global (Redis) tier. Default 0.05. */
+    globalHitCost: number;
+    /** How often the usage ledger is flushed to Redis. Default 5000 ms. */
+    ledgerFlushMs: number;
+  };
+  /** Request-stream sampling for the cache-policy simulator (src/policy, docs/CACHE-POLICY.md). */
+  trace: {
+    /** Fraction of cache keys sampled, by key hash, 0..1. Default 0.1. */
+    sampleRate: number;
+    /** Folder of rotated JSONL trace files; unset = none. Default `.cache/traces` without Redis (none under NODE_ENV=test). */
+    dir: string | undefined;
+    /** Size at which a trace file is rotated. Default 64 MiB. */
+    fileMaxBytes: number;
+    /** Trace files kept. Default 8. */
+    fileKeep: number;
+    /** Redis Stream receiving the trace; unset = none. Default `<redis key prefix>trace` with Redis (none under NODE_ENV=test). */
+    redisStream: string | undefined;
+    /** Approximate cap of the stream (`XADD MAXLEN ~`). Default 1,000,000. */
+    redisMaxLen: number;
+    /** Records buffered for the writers; beyond it records are dropped and counted. Default 65,536. */
+    bufferMax: number;
+    /** Flush period of that buffer. Default 1000 ms. */
+    flushMs: number;
+  };
+  /** The live cache policy (src/policy/controller.ts). */
+  policy: {
+    /** Most recent trace records kept in memory for the live recommendation. Default 100,000. */
+    windowRecords: number;
+    /** How often the recommendation is recomputed. Default 60 s. */
+    intervalMs: number;
+    /** Period of the hit-rate time series of the dashboard. Default 10 s. */
+    seriesIntervalMs: number;
+    /** Apply recommended TTLs to new cache entries, within [minTtlMs, maxTtlMs]. Default false. */
+    autoApply: boolean;
+    /** Bounds of auto-applied TTLs. Default 60 s and 7 days. */
+    minTtlMs: number;
+    maxTtlMs: number;
+    /** Prices of the cost model. */
+    prices: CostPrices;
+  };
 }
 
 type Env = Record<string, string | undefined>;
@@ -92,6 +176,16 @@ class ConfigReader {
     const n = Number(r);
     if (!Number.isSafeInteger(n) || n < min || n > max) {
       throw new TypeError(`Configuration ${envName} (file key "${fileKey}") must be an integer in [${min}, ${max}], received "${r}"`);
+    }
+    return n;
+  }
+
+  num(envName: string, fileKey: string, def: number, min: number, max = Number.MAX_VALUE): number {
+    const r = this.raw(envName, fileKey);
+    if (r === undefined) return def;
+    const n = Number(r);
+    if (!Number.isFinite(n) || n < min || n > max) {
+      throw new TypeError(`Configuration ${envName} (file key "${fileKey}") must be a number in [${min}, ${max}], received "${r}"`);
     }
     return n;
   }
@@ -173,7 +267,12 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
     models: {
       dir: path.resolve(r.str('POLYRAY_MODELS_DIR', 'modelsDir', 'models')),
       buildMissing: r.bool('POLYRAY_BUILD_MISSING', 'buildMissing', true),
-      defaultPostModel: r.str('POLYRAY_DEFAULT_POST_MODEL', 'defaultPostModel', 'text-glove'),
+      serve: r
+        .str('POLYRAY_SERVE_MODELS', 'serveModels', '*')
+        .split(',')
+        .map((x) => x.trim())
+        .filter(Boolean),
+      defaultPostModel: r.str('POLYRAY_DEFAULT_POST_MODEL', 'defaultPostModel', 'postray'),
     },
     inference: {
       workers,
@@ -185,6 +284,21 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
       maxTokens: r.int('POLYRAY_BATCH_MAX_TOKENS', 'batchMaxTokens', 16384, 1),
       maxWaitUs: r.int('POLYRAY_BATCH_MAX_WAIT_US', 'batchMaxWaitUs', 2000, 0, 10_000_000),
       maxQueueItems: r.int('POLYRAY_QUEUE_MAX_ITEMS', 'queueMaxItems', 8192, 1),
+      maxPixels: r.int('POLYRAY_BATCH_MAX_PIXELS', 'batchMaxPixels', 16 * 224 * 224, 1),
+    },
+    images: {
+      fetchAllow: r
+        .str('POLYRAY_IMAGE_FETCH_ALLOW', 'imageFetchAllow', '')
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
+      maxBytes: r.int('POLYRAY_IMAGE_MAX_BYTES', 'imageMaxBytes', 10 * 1024 * 1024, 1),
+      fetchTimeoutMs: r.int('POLYRAY_IMAGE_FETCH_TIMEOUT_MS', 'imageFetchTimeoutMs', 5000, 1, 600_000),
+      maxRedirects: r.int('POLYRAY_IMAGE_MAX_REDIRECTS', 'imageMaxRedirects', 3, 0, 20),
+      maxPixels: r.int('POLYRAY_IMAGE_MAX_PIXELS', 'imageMaxPixels', 40_000_000, 1),
+      urlCacheTtlMs: r.int('POLYRAY_IMAGE_URL_CACHE_TTL_S', 'imageUrlCacheTtlSeconds', 300, 0) * 1000,
+      urlCacheMaxEntries: r.int('POLYRAY_IMAGE_URL_CACHE_MAX', 'imageUrlCacheMax', 100_000, 1),
+      maxImagesPerPost: r.int('POLYRAY_MAX_IMAGES_PER_POST', 'maxImagesPerPost', 16, 1, 1024),
     },
     cache: {
       memory: {
@@ -198,8 +312,50 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
       maxInputBytes: r.int('POLYRAY_MAX_INPUT_BYTES', 'maxInputBytes', 64 * 1024, 1),
     },
     shutdownGraceMs: r.int('POLYRAY_SHUTDOWN_GRACE_MS', 'shutdownGraceMs', 10_000, 0),
+    accounting: {
+      clientsFile: ((f) => (f ? path.resolve(f) : undefined))(r.raw('POLYRAY_CLIENTS_FILE', 'clientsFile')),
+      redisUrl: ((u) => {
+        if (u && !/^rediss?:\/\//.test(u)) throw new TypeError('Configuration POLYRAY_QUOTA_REDIS_URL must start with redis:// or rediss://');
+        return u;
+      })(redisUrl ?? r.raw('POLYRAY_QUOTA_REDIS_URL', 'quotaRedisUrl')),
+      keyPrefix: r.str('POLYRAY_QUOTA_KEY_PREFIX', 'quotaKeyPrefix', 'polyray:acct:v1:'),
+      failureMode: r.oneOf('POLYRAY_QUOTA_FAILURE_MODE', 'quotaFailureMode', 'open', ['open', 'closed'] as const),
+      redisTimeoutMs: r.int('POLYRAY_QUOTA_REDIS_TIMEOUT_MS', 'quotaRedisTimeoutMs', 200, 1, 60_000),
+      memoryHitCost: r.num('POLYRAY_COST_MEMORY_HIT', 'costMemoryHit', 0.01, 0),
+      globalHitCost: r.num('POLYRAY_COST_GLOBAL_HIT', 'costGlobalHit', 0.05, 0),
+      ledgerFlushMs: r.int('POLYRAY_LEDGER_FLUSH_MS', 'ledgerFlushMs', 5000, 10, 3_600_000),
+    },
+    trace: {
+      sampleRate: r.num('POLYRAY_TRACE_SAMPLE_RATE', 'traceSampleRate', 0.1, 0, 1),
+      dir: ((d) => (d === undefined ? (nodeEnv !== 'test' && redis.kind === 'none' ? path.resolve('.cache/traces') : undefined) : /^(off|none)$/i.test(d) ? undefined : path.resolve(d)))(r.raw('POLYRAY_TRACE_DIR', 'traceDir')),
+      fileMaxBytes: r.int('POLYRAY_TRACE_FILE_MB', 'traceFileMb', 64, 1, 1 << 20) * 1024 * 1024,
+      fileKeep: r.int('POLYRAY_TRACE_FILE_KEEP', 'traceFileKeep', 8, 1, 10_000),
+      redisStream: ((k) => (k === undefined ? (nodeEnv !== 'test' && redis.kind !== 'none' ? `${keyPrefix}trace` : undefined) : /^(off|none)$/i.test(k) ? undefined : k))(r.raw('POLYRAY_TRACE_STREAM', 'traceStream')),
+      redisMaxLen: r.int('POLYRAY_TRACE_STREAM_MAXLEN', 'traceStreamMaxLen', 1_000_000, 1),
+      bufferMax: r.int('POLYRAY_TRACE_BUFFER', 'traceBuffer', 65_536, 1),
+      flushMs: r.int('POLYRAY_TRACE_FLUSH_MS', 'traceFlushMs', 1000, 10, 3_600_000),
+    },
+    policy: {
+      windowRecords: r.int('POLYRAY_POLICY_WINDOW', 'policyWindow', 100_000, 1, 10_000_000),
+      intervalMs: r.int('POLYRAY_POLICY_INTERVAL_S', 'policyIntervalSeconds', 60, 1) * 1000,
+      seriesIntervalMs: r.int('POLYRAY_POLICY_SERIES_S', 'policySeriesSeconds', 10, 1) * 1000,
+      autoApply: r.bool('POLYRAY_POLICY_AUTO_APPLY', 'policyAutoApply', false),
+      minTtlMs: r.int('POLYRAY_POLICY_MIN_TTL_S', 'policyMinTtlSeconds', 60, 1) * 1000,
+      maxTtlMs: r.int('POLYRAY_POLICY_MAX_TTL_S', 'policyMaxTtlSeconds', 7 * 24 * 3600, 1) * 1000,
+      prices: {
+        computeWatts: r.num('POLYRAY_PRICE_COMPUTE_W', 'priceComputeWatts', DEFAULT_PRICES.computeWatts, 0),
+        memoryWattsPerGiB: r.num('POLYRAY_PRICE_MEMORY_W_PER_GIB', 'priceMemoryWattsPerGiB', DEFAULT_PRICES.memoryWattsPerGiB, 0),
+        globalWattsPerGiB: r.num('POLYRAY_PRICE_GLOBAL_W_PER_GIB', 'priceGlobalWattsPerGiB', DEFAULT_PRICES.globalWattsPerGiB, 0),
+        memoryHitJoules: r.num('POLYRAY_PRICE_MEMORY_HIT_J', 'priceMemoryHitJoules', DEFAULT_PRICES.memoryHitJoules, 0),
+        globalHitJoules: r.num('POLYRAY_PRICE_GLOBAL_HIT_J', 'priceGlobalHitJoules', DEFAULT_PRICES.globalHitJoules, 0),
+        defaultComputeMs: DEFAULT_PRICES.defaultComputeMs,
+      },
+    },
   };
   const merged = deepMerge(config, overrides);
+  if (merged.policy.minTtlMs > merged.policy.maxTtlMs) {
+    throw new TypeError(`Configuration POLYRAY_POLICY_MIN_TTL_S (${merged.policy.minTtlMs / 1000}) must not exceed POLYRAY_POLICY_MAX_TTL_S (${merged.policy.maxTtlMs / 1000})`);
+  }
   if (merged.limits.maxInputsPerRequest > merged.batching.maxQueueItems) {
     throw new TypeError(
       `Configuration POLYRAY_MAX_INPUTS (${merged.limits.maxInputsPerRequest}) must not exceed POLYRAY_QUEUE_MAX_ITEMS (${merged.batching.maxQueueItems}): one request could never be queued`,

@@ -20,6 +20,16 @@ export const ErrorCode = {
   QUOTA_EXCEEDED: 'QUOTA_EXCEEDED',
   INFERENCE_FAILED: 'INFERENCE_FAILED',
   INTERNAL_SERVER_ERROR: 'INTERNAL_SERVER_ERROR',
+  /** An image URL points somewhere Polyray may not fetch from (scheme, internal address). */
+  IMAGE_FETCH_FORBIDDEN: 'IMAGE_FETCH_FORBIDDEN',
+  /** An image exceeds the byte or pixel limit. */
+  IMAGE_TOO_LARGE: 'IMAGE_TOO_LARGE',
+  /** The bytes are not a JPEG, PNG, WebP or GIF image that can be decoded. */
+  IMAGE_UNREADABLE: 'IMAGE_UNREADABLE',
+  /** The image server did not deliver the image within the fetch time limit. */
+  IMAGE_FETCH_TIMEOUT: 'IMAGE_FETCH_TIMEOUT',
+  /** Any other fetch failure: DNS, connection, HTTP status, too many redirects. */
+  IMAGE_FETCH_FAILED: 'IMAGE_FETCH_FAILED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -38,6 +48,11 @@ export const httpStatusOf: Record<ErrorCode, number> = {
   QUOTA_EXCEEDED: 429,
   INFERENCE_FAILED: 500,
   INTERNAL_SERVER_ERROR: 500,
+  IMAGE_FETCH_FORBIDDEN: 403,
+  IMAGE_TOO_LARGE: 413,
+  IMAGE_UNREADABLE: 422,
+  IMAGE_FETCH_TIMEOUT: 504,
+  IMAGE_FETCH_FAILED: 502,
 };
 
 /** An error whose message and extensions are safe to show a client. */

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { startPolyray } from './helpers/polyray.ts';
 
-const ENTITIES = `query($reps: [_Any!]!) { _entities(representations: $reps) { ... on Post { id embedding { source dimensions } } } }`;
+const ENTITIES = `query($reps: [_Any!]!) { _entities(representations: $reps) { ... on Post { id embedding(model: "text-glove") { source dimensions } } } }`;
 type EntitiesData = { _entities: { id: string; embedding: { source: string; dimensions: number } | null }[] };
 const EMBED = `query($inputs: [EmbedInput!]!) { embed(model: "text-glove", inputs: $inputs) { source } }`;
 

@@ -49,7 +49,7 @@ describe('federation through a real gateway', () => {
   test('the supergraph composes and Post.embedding resolves through _entities in one loader batch', async () => {
     const before = polyray.server.service.stats();
     const r = await query<{ posts: { id: string; text: string | null; embedding: { dimensions: number; vector: number[]; source: string } | null }[] }>(
-      '{ posts { id text embedding { dimensions vector source } } }',
+      '{ posts { id text embedding(model: "text-glove") { dimensions vector source } } }',
     );
     assert.equal(r.errors, undefined, JSON.stringify(r.errors));
     const ps = r.data!.posts;

@@ -11,7 +11,9 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 
 import { ErrorCode, PolyrayError } from '../errors.ts';
+import { BERT_MODELS, buildBertSynthetic } from './bert.ts';
 import { buildGlove } from './glove.ts';
+import { HEAD_MODEL, IMAGE_MODEL, buildMobilenet } from './mobilenet.ts';
 import type { ModelBuildProgress, ProgressListener } from './progress.ts';
 
 /** What one builder returns. */
@@ -37,7 +39,16 @@ export interface ModelBuilder {
 }
 
 /** Every model we can build, in build order. */
-export const MODEL_BUILDERS: readonly ModelBuilder[] = [{ name: 'text-glove', build: (o) => buildGlove(o) }];
+export const MODEL_BUILDERS: readonly ModelBuilder[] = [
+  { name: 'text-glove', build: (o) => buildGlove(o) },
+  // Synthetic BERT encoders (random weights, real cost): one builder per variant, same weights.
+  { name: BERT_MODELS.plain, build: (o) => buildBertSynthetic({ ...o, variant: 'plain' }) },
+  { name: BERT_MODELS.fused, build: (o) => buildBertSynthetic({ ...o, variant: 'fused' }) },
+  { name: BERT_MODELS.int8, build: (o) => buildBertSynthetic({ ...o, variant: 'int8' }) },
+  // MobileNetV2 image encoder and its NSFW head, converted from the TF.js model shipped in npm `nsfwjs`.
+  { name: IMAGE_MODEL, build: (o) => buildMobilenet({ ...o, only: IMAGE_MODEL }) },
+  { name: HEAD_MODEL, build: (o) => buildMobilenet({ ...o, only: HEAD_MODEL }) },
+];
 
 export interface BuildModelsOptions {
   /** The models directory (created if missing). */

@@ -6,7 +6,10 @@
  * one cache read and one submit to the batcher.
  */
 import DataLoader from 'dataloader';
+import type { AccountContext } from '../accounting/request.ts';
+import type { PolicyController } from '../policy/controller.ts';
 import type { EmbeddingService, EmbedResult } from '../service/embedding.ts';
+import type { MediaLoaders } from './media-loaders.ts';
 
 export interface ModelInfo {
   name: string;
@@ -36,15 +39,22 @@ export interface PolyrayContext {
   catalog: Catalog;
   /** The authenticated client, when there is one (see the accounting middleware). */
   clientId?: string;
+  /** The request's accounting: client, quota, usage (src/accounting). */
+  account?: AccountContext;
+  /** Loaders for images, posts (postray) and task heads. */
+  media: MediaLoaders;
+  /** The live cache policy, for the admin query `cachePolicy` (src/policy). */
+  policy?: PolicyController;
 }
 
 export class Loaders {
-  readonly #service: EmbeddingService;
+  readonly #service: Pick<EmbeddingService, 'embedMany'>;
   readonly #maxBatch: number;
   readonly #clientId: string | undefined;
   readonly #byModel = new Map<string, DataLoader<string, EmbedResult>>();
 
-  constructor(service: EmbeddingService, maxBatch: number, clientId?: string) {
+  /** `service` is the EmbeddingService or the request's accounting wrapper around it. */
+  constructor(service: Pick<EmbeddingService, 'embedMany'>, maxBatch: number, clientId?: string) {
     this.#service = service;
     this.#maxBatch = maxBatch;
     this.#clientId = clientId;

@@ -2,7 +2,7 @@
  * Error masking: clients see PolyrayError codes and messages, GraphQL's own request errors, and nothing
  * else. Anything unexpected becomes INTERNAL_SERVER_ERROR and is logged here with its detail.
  */
-import type { GraphQLFormattedError } from 'graphql';
+import { GraphQLError, type GraphQLFormattedError } from 'graphql';
 import { unwrapResolverError } from '@apollo/server/errors';
 import { isPolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -20,7 +20,9 @@ const APOLLO_SAFE_CODES = new Set([
 
 export function makeFormatError(logger: Logger) {
   return (formatted: GraphQLFormattedError, error: unknown): GraphQLFormattedError => {
-    const original = unwrapResolverError(error);
+    const unwrapped = unwrapResolverError(error);
+    // Errors thrown outside resolvers (the context function: UNAUTHENTICATED) carry no path: unwrap those too.
+    const original = unwrapped instanceof GraphQLError && isPolyrayError(unwrapped.originalError) ? unwrapped.originalError : unwrapped;
     if (isPolyrayError(original)) {
       return {
         message: original.message,

@@ -11,6 +11,8 @@ import type { GraphQLSchema } from 'graphql';
 import { embeddingResolvers } from './embedding.ts';
 import { postResolvers } from './post.ts';
 import { queryResolvers } from './query.ts';
+import { usageResolvers } from './usage.ts';
+import { policyResolvers } from './policy.ts';
 
 export const SCHEMA_DIR = fileURLToPath(new URL('../../schema/', import.meta.url));
 
@@ -23,6 +25,6 @@ export function loadTypeDefs(dir: string = SCHEMA_DIR): DocumentNode {
 }
 
 export function buildSchema(): GraphQLSchema {
-  const resolvers = { ...queryResolvers, ...postResolvers, ...embeddingResolvers } as unknown as GraphQLResolverMap<unknown>;
+  const resolvers = { ...queryResolvers, ...postResolvers, ...embeddingResolvers, Query: { ...queryResolvers.Query, ...usageResolvers.Query, ...policyResolvers.Query } } as unknown as GraphQLResolverMap<unknown>;
   return buildSubgraphSchema([{ typeDefs: loadTypeDefs(), resolvers }]);
 }

@@ -20,11 +20,39 @@ export interface TokenizerSpec {
   /**
    * "word": lower-cased words and punctuation looked up in a vocabulary file (one token per line,
    * line number = id); unknown words are masked out.
+   * "wordpiece": a Hugging Face `tokenizer.json` with a WordPiece model (BERT family; see
+   * src/runtime/wordpiece.ts); casing comes from its normalizer, not from `lowercase`.
    */
   kind: 'word' | 'wordpiece';
   /** File name inside the model folder. */
   file: string;
   lowercase: boolean;
+}
+
+/**
+ * How an image model wants its pixels (image models only). Images are decoded to RGB, resized so the
+ * shorter side is `size` and centre-cropped to `size`×`size` (`resize: "cover"`), then each channel
+ * value becomes (byte · scale − mean[c]) / std[c], laid out as `layout`.
+ */
+export interface PreprocessSpec {
+  size: number;
+  resize: 'cover';
+  scale: number;
+  mean: [number, number, number];
+  std: [number, number, number];
+  layout: 'nchw' | 'nhwc';
+}
+
+/** A task head: a small model that reads another model's output and returns one score per label. */
+export interface HeadSpec {
+  /** The model whose output the head reads, e.g. "image-mobilenet". */
+  input: string;
+  /** Which output of that model: "embedding" (unit vector) or a raw feature output such as "feature". */
+  inputOutput: string;
+  /** Version of the input model the head was built against; the head is served only with that version. */
+  inputVersion: string;
+  /** One label per output column. */
+  labels: string[];
 }
 
 export interface ModelManifest {
@@ -37,16 +65,21 @@ export interface ModelManifest {
   dimensions: number;
   /** Longest accepted input, in tokens. Longer inputs are refused with INPUT_TOO_LARGE. */
   maxTokens: number;
-  /** Cost units per token computed. */
+  /** Cost units per token computed (text models) or per 1000 input pixels computed (image models). */
   costFactor: number;
   /** True when the weights are generated, not trained: vectors carry no meaning. */
   synthetic: boolean;
   /** File name of the ONNX graph inside the model folder. */
   file: string;
   inputs: TensorSpec[];
-  /** The first output is the embedding, shape [batch, dimensions], L2-normalised. */
+  /** The first output is the embedding, shape [batch, dimensions], L2-normalised (a head: its scores). */
   outputs: TensorSpec[];
-  tokenizer: TokenizerSpec;
+  /** Text models: how to tokenise. Absent for image models and heads. */
+  tokenizer?: TokenizerSpec;
+  /** Image models: how to turn an image into the input tensor. */
+  preprocess?: PreprocessSpec;
+  /** Task heads: what the head reads and what its outputs mean. */
+  head?: HeadSpec;
   /** Human readable description shown by Query.models. */
   description: string;
   /** Where the weights come from and under which licence. */
@@ -80,22 +113,68 @@ export function parseManifest(value: unknown, where: string): ModelManifest {
     });
   };
   const tok = m['tokenizer'] as Record<string, unknown> | undefined;
-  if (!tok || (tok['kind'] !== 'word' && tok['kind'] !== 'wordpiece') || typeof tok['file'] !== 'string') {
+  const head = m['head'] === undefined ? undefined : parseHead(m['head'], bad);
+  const preprocess = m['preprocess'] === undefined ? undefined : parsePreprocess(m['preprocess'], bad);
+  // A text model needs a tokenizer; an image model needs preprocessing; a head reads another model's output.
+  const needsTokenizer = !head && !preprocess;
+  if ((needsTokenizer || tok !== undefined) && (!tok || (tok['kind'] !== 'word' && tok['kind'] !== 'wordpiece') || typeof tok['file'] !== 'string')) {
     bad('tokenizer', '{kind: "word" | "wordpiece", file, lowercase}', tok);
   }
+  if (modality === 'image' && !head && !preprocess) bad('preprocess', 'present for an image model', undefined);
   return {
     name,
     version: str('version'),
     modality: modality as Modality,
     dimensions: posInt('dimensions'),
-    maxTokens: posInt('maxTokens'),
+    maxTokens: needsTokenizer ? posInt('maxTokens') : Number.isSafeInteger(m['maxTokens']) && (m['maxTokens'] as number) >= 0 ? (m['maxTokens'] as number) : 0,
     costFactor: costFactor as number,
     synthetic: m['synthetic'] === true,
     file: str('file'),
     inputs: tensors('inputs'),
     outputs: tensors('outputs'),
-    tokenizer: { kind: tok!['kind'] as TokenizerSpec['kind'], file: tok!['file'] as string, lowercase: tok!['lowercase'] !== false },
+    ...(tok ? { tokenizer: { kind: tok['kind'] as TokenizerSpec['kind'], file: tok['file'] as string, lowercase: tok['lowercase'] !== false } } : {}),
+    ...(preprocess ? { preprocess } : {}),
+    ...(head ? { head } : {}),
     description: typeof m['description'] === 'string' ? (m['description'] as string) : '',
     source: typeof m['source'] === 'string' ? (m['source'] as string) : '',
   };
+}
+
+type Bad = (field: string, expected: string, got: unknown) => never;
+
+function parsePreprocess(v: unknown, bad: Bad): PreprocessSpec {
+  const p = v as Record<string, unknown>;
+  const triple = (x: unknown): x is [number, number, number] => Array.isArray(x) && x.length === 3 && x.every((n) => typeof n === 'number' && Number.isFinite(n));
+  if (
+    typeof p !== 'object' ||
+    p === null ||
+    !Number.isSafeInteger(p['size']) ||
+    (p['size'] as number) < 1 ||
+    p['resize'] !== 'cover' ||
+    typeof p['scale'] !== 'number' ||
+    !triple(p['mean']) ||
+    !triple(p['std']) ||
+    (p['std'] as number[]).some((s) => s === 0) ||
+    (p['layout'] !== 'nchw' && p['layout'] !== 'nhwc')
+  ) {
+    return bad('preprocess', '{size, resize: "cover", scale, mean: [r,g,b], std: [r,g,b] (non-zero), layout: "nchw" | "nhwc"}', v);
+  }
+  return { size: p['size'] as number, resize: 'cover', scale: p['scale'] as number, mean: p['mean'] as [number, number, number], std: p['std'] as [number, number, number], layout: p['layout'] as 'nchw' | 'nhwc' };
+}
+
+function parseHead(v: unknown, bad: Bad): HeadSpec {
+  const h = v as Record<string, unknown>;
+  if (
+    typeof h !== 'object' ||
+    h === null ||
+    typeof h['input'] !== 'string' ||
+    typeof h['inputOutput'] !== 'string' ||
+    typeof h['inputVersion'] !== 'string' ||
+    !Array.isArray(h['labels']) ||
+    h['labels'].length === 0 ||
+    !h['labels'].every((l) => typeof l === 'string')
+  ) {
+    return bad('head', '{input, inputOutput, inputVersion, labels: [string, ...]}', v);
+  }
+  return { input: h['input'] as string, inputOutput: h['inputOutput'] as string, inputVersion: h['inputVersion'] as string, labels: [...(h['labels'] as string[])] };
 }

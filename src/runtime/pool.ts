@@ -10,7 +10,7 @@ import { Worker } from 'node:worker_threads';
 import { PolyrayError, ErrorCode } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { ExecutionProviderName } from '../config.ts';
-import type { FeedSpec, FromWorker, LoadResult, ModelLoadSpec, ToWorker } from './worker-protocol.ts';
+import type { ExtraOutput, FeedSpec, FromWorker, LoadResult, ModelLoadSpec, ToWorker } from './worker-protocol.ts';
 
 export interface InferencePoolOptions {
   /** Number of worker threads. Default 1. */
@@ -23,14 +23,18 @@ export interface InferencePoolOptions {
 }
 
 export interface RunResult {
+  /** The first (or only) requested output. */
   data: Float32Array;
   dims: number[];
+  /** The other outputs of a multi-output run, in request order. */
+  extra?: ExtraOutput[];
   /** Time ONNX Runtime spent in `run()`, measured in the worker. */
   runMs: number;
 }
 
 export interface Lease {
-  run(model: string, feeds: FeedSpec[], output: string): Promise<RunResult>;
+  /** Runs one batch; `output` names one output, or several (the first is `data`, the rest `extra`). */
+  run(model: string, feeds: FeedSpec[], output: string | readonly string[]): Promise<RunResult>;
   release(): void;
 }
 
@@ -102,7 +106,7 @@ export class InferencePool {
         const p = slot.pending.get(m.id);
         if (!p) return;
         slot.pending.delete(m.id);
-        if (m.type === 'result') p.resolve({ data: m.data, dims: m.dims, runMs: m.runMs });
+        if (m.type === 'result') p.resolve({ data: m.data, dims: m.dims, runMs: m.runMs, ...(m.extra ? { extra: m.extra } : {}) });
         else p.reject(new PolyrayError(ErrorCode.INFERENCE_FAILED, 'Inference failed for this batch; the request can be retried', { reason: 'runtime' }));
         if (m.type === 'error') this.#o.logger.error({ err: m.message }, 'inference run failed');
       }

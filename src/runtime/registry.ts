@@ -8,9 +8,11 @@
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ExecutionProviderName } from '../config.ts';
+import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { parseManifest, type ModelManifest } from './manifest.ts';
 import { WordTokenizer, type Tokenizer } from './tokenizer.ts';
+import { WordPieceTokenizer } from './wordpiece.ts';
 
 export type ModelState =
   | { kind: 'loading' }
@@ -35,7 +37,7 @@ export class ModelRegistry {
   readonly #failed: FailedFolder[] = [];
 
   /** Reads every `<dir>/<folder>/manifest.json` and its tokenizer. */
-  static async scan(dir: string, logger: Logger): Promise<ModelRegistry> {
+  static async scan(dir: string, logger: Logger, only?: readonly string[]): Promise<ModelRegistry> {
     const reg = new ModelRegistry();
     let entries: string[] = [];
     try {
@@ -47,6 +49,7 @@ export class ModelRegistry {
       const modelDir = path.join(dir, folder);
       try {
         const manifest = parseManifest(JSON.parse(await readFile(path.join(modelDir, 'manifest.json'), 'utf8')), `${folder}/manifest.json`);
+        if (only && !only.includes(manifest.name)) continue;
         if (reg.#models.has(manifest.name)) throw new TypeError(`model name "${manifest.name}" is used by two folders`);
         const tokenizer = await loadTokenizer(modelDir, manifest);
         reg.#models.set(manifest.name, { manifest, dir: modelDir, tokenizer, state: { kind: 'loading' } });
@@ -84,15 +87,27 @@ export class ModelRegistry {
 }
 
 async function loadTokenizer(dir: string, manifest: ModelManifest): Promise<Tokenizer> {
+  if (!manifest.tokenizer) return noTextTokenizer(manifest.name);
   const file = path.join(dir, manifest.tokenizer.file);
   switch (manifest.tokenizer.kind) {
     case 'word':
       return WordTokenizer.load(file, { lowercase: manifest.tokenizer.lowercase });
     case 'wordpiece':
-      throw new TypeError(`tokenizer kind "wordpiece" is not supported by this build yet (model ${manifest.name})`);
+      // A Hugging Face tokenizer.json; its normalizer (not manifest.tokenizer.lowercase) decides casing.
+      return WordPieceTokenizer.load(file);
     default: {
       const never: never = manifest.tokenizer.kind;
       throw new TypeError(`unknown tokenizer kind ${String(never)}`);
     }
   }
+}
+
+/** Image models and heads read no text: their tokenizer refuses every input with a client-facing error. */
+function noTextTokenizer(model: string): Tokenizer {
+  return {
+    vocabSize: 0,
+    encode: () => {
+      throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${model} does not read text; give it image inputs (imageUrl or imageBase64)`, { model });
+    },
+  };
 }

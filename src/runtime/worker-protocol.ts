@@ -21,7 +21,8 @@ export interface FeedSpec {
 
 export type ToWorker =
   | { type: 'load'; models: ModelLoadSpec[]; intraOpThreads: number }
-  | { type: 'run'; id: number; model: string; feeds: FeedSpec[]; output: string }
+  /** `output`: one output name, or several (the first is the primary result, the rest come back in `extra`). */
+  | { type: 'run'; id: number; model: string; feeds: FeedSpec[]; output: string | readonly string[] }
   | { type: 'close' };
 
 export interface LoadResult {
@@ -34,7 +35,14 @@ export interface LoadResult {
   error?: string;
 }
 
+/** An output beyond the first of a multi-output run. */
+export interface ExtraOutput {
+  name: string;
+  data: Float32Array;
+  dims: number[];
+}
+
 export type FromWorker =
   | { type: 'loaded'; results: LoadResult[] }
-  | { type: 'result'; id: number; data: Float32Array; dims: number[]; runMs: number }
+  | { type: 'result'; id: number; data: Float32Array; dims: number[]; runMs: number; extra?: ExtraOutput[] }
   | { type: 'error'; id: number; message: string };

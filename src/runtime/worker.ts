@@ -62,13 +62,20 @@ port.on('message', (msg: ToWorker) => {
           const feeds: Record<string, ort.Tensor> = {};
           for (const f of msg.feeds) feeds[f.name] = new ort.Tensor(f.type, f.data, f.dims);
           const t0 = performance.now();
-          const out = await session.run(feeds, [msg.output]);
+          const names = typeof msg.output === 'string' ? [msg.output] : [...msg.output];
+          const out = await session.run(feeds, names);
           const runMs = performance.now() - t0;
-          const tensor = out[msg.output];
-          if (!tensor || !(tensor.data instanceof Float32Array)) throw new Error(`output ${msg.output} is missing or not float32`);
-          // Copy into a buffer we own so it can be transferred; ORT may hand out views of its own memory.
-          const data = new Float32Array(tensor.data);
-          post({ type: 'result', id: msg.id, data, dims: [...tensor.dims], runMs }, [data.buffer as ArrayBuffer]);
+          // Copy into buffers we own so they can be transferred; ORT may hand out views of its own memory.
+          const outputs = names.map((name) => {
+            const tensor = out[name];
+            if (!tensor || !(tensor.data instanceof Float32Array)) throw new Error(`output ${name} is missing or not float32`);
+            return { name, data: new Float32Array(tensor.data), dims: [...tensor.dims] };
+          });
+          const [first, ...extra] = outputs;
+          post(
+            { type: 'result', id: msg.id, data: first!.data, dims: first!.dims, runMs, ...(extra.length > 0 ? { extra } : {}) },
+            outputs.map((o) => o.data.buffer as ArrayBuffer),
+          );
         } catch (e) {
           post({ type: 'error', id: msg.id, message: (e as Error).message.slice(0, 500) });
         }

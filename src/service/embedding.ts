@@ -16,6 +16,7 @@ import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Batcher, ItemResult } from '../runtime/batcher.ts';
 import type { ModelRegistry, RegisteredModel } from '../runtime/registry.ts';
+import type { TraceSink } from '../policy/trace.ts';
 
 export type Source = 'MEMORY' | 'GLOBAL' | 'COMPUTED';
 
@@ -47,6 +48,8 @@ export interface EmbeddingServiceOptions {
   batchers: ReadonlyMap<string, Batcher>;
   limits: ServiceLimits;
   logger: Logger;
+  /** Request-stream sampling for the cache policy (src/policy); sees every assembled result. */
+  trace?: TraceSink;
 }
 
 export interface ServiceStats {
@@ -202,7 +205,7 @@ export class EmbeddingService {
 
     // 5. Assemble in input order. An input repeated within the call is charged once.
     const charged = new Set<string>();
-    return out.map((pre, i) => {
+    const results = out.map((pre, i): EmbedResult | PolyrayError => {
       if (pre) return pre;
       const key = keyOf[i]!;
       const hit = found.get(key);
@@ -220,6 +223,8 @@ export class EmbeddingService {
       charged.add(key);
       return { vector: c.vector, source: 'COMPUTED', model: name, version, tokens: first ? c.tokens : 0, inferenceMs: first ? c.inferenceMs : 0 };
     });
+    this.#o.trace?.observe(name, options.clientId, keyOf, results);
+    return results;
   }
 
   #count(model: string, source: Source): void {

@@ -1,0 +1,194 @@
+/* Polyray dashboard: fetches /dashboard/data.json and draws it with Chart.js (served locally). */
+/* global Chart */
+'use strict';
+
+(function () {
+  const params = new URLSearchParams(location.search);
+  const key = params.get('key');
+  const headers = key ? { 'x-api-key': key } : {};
+  const REFRESH_MS = Number(params.get('refresh') || 10000);
+  const COLORS = ['#3b6fd8', '#e07b39', '#2a9d6f', '#b04fc4', '#c9a227', '#d64550', '#4aa3b5', '#7a869a'];
+  const TIER_COLORS = { memory: '#2a9d6f', global: '#3b6fd8', computed: '#e07b39' };
+  const charts = {};
+  window.__polyray = { charts, data: null, renders: 0 };
+
+  Chart.defaults.animation = false;
+  Chart.defaults.font.size = 11;
+  Chart.defaults.maintainAspectRatio = false;
+
+  function bytes(n) {
+    if (n >= 1024 ** 3) return +(n / 1024 ** 3).toFixed(1) + ' GB';
+    if (n >= 1024 ** 2) return +(n / 1024 ** 2).toFixed(1) + ' MB';
+    if (n >= 1024) return +(n / 1024).toFixed(1) + ' KB';
+    return n + ' B';
+  }
+  function duration(ms) {
+    if (ms === null) return 'no tier';
+    if (ms === 0) return 'none';
+    const units = [['d', 86400000], ['h', 3600000], ['min', 60000], ['s', 1000]];
+    for (const [u, f] of units) if (ms >= f) return +(ms / f).toFixed(1) + ' ' + u;
+    return ms + ' ms';
+  }
+  function joules(j) {
+    const a = Math.abs(j);
+    if (a >= 1e6) return (j / 1e6).toFixed(2) + ' MJ';
+    if (a >= 1e3) return (j / 1e3).toFixed(2) + ' kJ';
+    if (a >= 1) return j.toFixed(1) + ' J';
+    return (j * 1e3).toFixed(2) + ' mJ';
+  }
+  const pct = (x) => (x * 100).toFixed(1) + '%';
+  const num = (x) => Math.round(x).toLocaleString('en-US');
+  const setting = (s) => `memory ${bytes(s.memoryBytes)}, TTL ${duration(s.memoryTtlMs)}; global ${s.globalTtlMs === null ? 'no tier' : 'TTL ' + duration(s.globalTtlMs)}`;
+
+  function upsert(id, config) {
+    const existing = charts[id];
+    if (existing) {
+      existing.data = config.data;
+      existing.options = config.options;
+      existing.update('none');
+      return existing;
+    }
+    charts[id] = new Chart(document.getElementById(id), config);
+    return charts[id];
+  }
+
+  function stackedByModel(rows, field) {
+    const clients = [...new Set(rows.map((r) => r.client))];
+    const models = [...new Set(rows.map((r) => r.model))];
+    return {
+      labels: clients,
+      datasets: models.map((m, i) => ({
+        label: m,
+        backgroundColor: COLORS[i % COLORS.length],
+        data: clients.map((c) => rows.filter((r) => r.client === c && r.model === m).reduce((s, r) => s + r[field], 0)),
+      })),
+    };
+  }
+
+  function renderUsage(d) {
+    const u = d.usage;
+    document.getElementById('usage-unit').textContent = `(${u.unit}${u.source === 'trace' ? ', estimated from the trace window' : u.fleetWide ? ', fleet-wide' : ', this replica'})`;
+    const stacked = { x: { stacked: true }, y: { stacked: true, beginAtZero: true } };
+    upsert('chart-cost', { type: 'bar', data: stackedByModel(u.rows, 'cost'), options: { scales: stacked, plugins: { legend: { position: 'bottom' } } } });
+    upsert('chart-items', { type: 'bar', data: stackedByModel(u.rows, 'items'), options: { scales: stacked, plugins: { legend: { position: 'bottom' } } } });
+  }
+
+  function renderHits(d) {
+    const pts = d.hitRates;
+    const total = (p) => p.memory + p.global + p.computed;
+    const series = (tier) => pts.map((p) => (total(p) > 0 ? (100 * p[tier]) / total(p) : null));
+    upsert('chart-hits', {
+      type: 'line',
+      data: {
+        labels: pts.map((p) => new Date(p.t).toLocaleTimeString('en-GB')),
+        datasets: ['memory', 'global', 'computed'].map((tier) => ({
+          label: tier,
+          data: series(tier),
+          borderColor: TIER_COLORS[tier],
+          backgroundColor: TIER_COLORS[tier],
+          pointRadius: pts.length > 60 ? 0 : 2,
+          spanGaps: true,
+          tension: 0.2,
+        })),
+      },
+      options: { scales: { y: { min: 0, max: 100, title: { display: true, text: '% of items' } } }, plugins: { legend: { position: 'bottom' } } },
+    });
+  }
+
+  function markers(labelOf, p) {
+    return [
+      { label: 'current', data: [{ x: labelOf(p.current), y: p.current.costPerHour }], pointStyle: 'rectRot', pointRadius: 9, borderColor: '#1d2330', backgroundColor: '#ffffff', borderWidth: 2, showLine: false, order: -1 },
+      { label: 'recommended', data: [{ x: labelOf(p.recommended), y: p.recommended.costPerHour }], pointStyle: 'star', pointRadius: 12, borderColor: '#d64550', backgroundColor: '#d64550', borderWidth: 3, showLine: false, order: -2 },
+    ];
+  }
+
+  function curve(grid, xOf, xLabel, seriesOf, seriesLabel, sortX) {
+    const xs = [...new Set(grid.map(xOf))].sort(sortX);
+    const series = [...new Set(grid.map(seriesOf))].sort((a, b) => (a ?? -1) - (b ?? -1));
+    return {
+      labels: xs.map(xLabel),
+      datasets: series.map((s, i) => ({
+        label: seriesLabel(s),
+        data: xs.map((x) => {
+          const g = grid.find((r) => xOf(r) === x && seriesOf(r) === s);
+          return g ? g.costPerHour : null;
+        }),
+        borderColor: COLORS[i % COLORS.length],
+        backgroundColor: COLORS[i % COLORS.length],
+        pointRadius: 3,
+        spanGaps: true,
+      })),
+    };
+  }
+
+  function renderPolicy(d) {
+    const p = d.policy;
+    const advice = document.getElementById('advice');
+    if (!p) {
+      for (const id of ['chart-size', 'chart-ttl']) upsert(id, { type: 'line', data: { labels: [], datasets: [] }, options: {} });
+      advice.innerHTML = '<p>Waiting for the first simulation of the live trace window.</p>' + `<p class="muted">${num(d.trace.sampled)} samples so far at rate ${d.trace.sampleRate}.</p>`;
+      return;
+    }
+    const rec = p.recommended;
+    const yAxis = { title: { display: true, text: 'J per hour' }, beginAtZero: false };
+    // Cost over memory size: one line per memory TTL, at the recommended global TTL.
+    const sameGlobal = p.grid.filter((g) => g.globalTtlMs === rec.globalTtlMs);
+    const size = curve(sameGlobal, (g) => g.memoryBytes, bytes, (g) => g.memoryTtlMs, (t) => 'TTL ' + duration(t), (a, b) => a - b);
+    size.datasets.push(...markers((s) => bytes(s.memoryBytes), p));
+    upsert('chart-size', { type: 'line', data: size, options: { scales: { x: { title: { display: true, text: 'memory tier size' } }, y: yAxis }, plugins: { legend: { position: 'bottom', labels: { boxWidth: 10 } } } } });
+    // Cost over memory TTL at the recommended size: one line per global TTL.
+    const sameSize = p.grid.filter((g) => g.memoryBytes === rec.memoryBytes);
+    const ttl = curve(sameSize, (g) => g.memoryTtlMs || Infinity, (t) => duration(t === Infinity ? 0 : t), (g) => g.globalTtlMs, (t) => (t === null ? 'no global tier' : 'global ' + duration(t)), (a, b) => a - b);
+    ttl.datasets.push(...markers((s) => duration(s.memoryTtlMs), p));
+    document.getElementById('ttl-sub').textContent = `(J/h at ${bytes(rec.memoryBytes)})`;
+    upsert('chart-ttl', { type: 'line', data: ttl, options: { scales: { x: { title: { display: true, text: 'memory TTL' } }, y: yAxis }, plugins: { legend: { position: 'bottom', labels: { boxWidth: 10 } } } } });
+    const row = (name, r) =>
+      `<tr><th>${name}</th><td>${bytes(r.memoryBytes)} · ${duration(r.memoryTtlMs)}<br><span class="muted">global ${r.globalTtlMs === null ? 'no tier' : duration(r.globalTtlMs)}</span></td>` +
+      `<td>${pct(r.memoryHitRate)}<br><span class="muted">${pct(r.globalHitRate)}</span></td><td>${joules(r.costPerHour)}/h</td></tr>`;
+    advice.innerHTML =
+      `<div class="saving">${p.savingFraction > 0 ? 'saves ' + pct(p.savingFraction) + ' (' + joules(p.savingPerHour) + '/h)' : 'current setting is the cheapest'}</div>` +
+      '<table><tr><th></th><th>memory size · TTL</th><th>hits mem / global</th><th>cost</th></tr>' +
+      row('current', p.current) +
+      row('recommended', rec) +
+      '</table>' +
+      `<p class="muted">Simulated ${num(p.windowRecords)} samples (rate ${p.sampleRate}) over ${duration(Math.round(p.windowSpanMs))}, at ${new Date(p.computedAt).toLocaleTimeString('en-GB')}. ` +
+      `Auto-apply of TTLs is ${d.setting.autoApply ? 'on' : 'off'}. Cost = compute + storage + serving energy (docs/CACHE-POLICY.md).</p>`;
+  }
+
+  function renderSummary(d) {
+    const s = d.service.bySource;
+    const total = s.MEMORY + s.GLOBAL + s.COMPUTED;
+    document.getElementById('summary').innerHTML = [
+      `running: <b>${setting(d.setting)}</b>`,
+      `items: <b>${num(d.service.items)}</b>`,
+      `memory hits: <b>${total ? pct(s.MEMORY / total) : '–'}</b>`,
+      `global hits: <b>${total ? pct(s.GLOBAL / total) : '–'}</b>`,
+      `trace: <b>${num(d.trace.sampled)}</b> samples at ${d.trace.sampleRate}${d.trace.dropped ? `, ${num(d.trace.dropped)} dropped` : ''}`,
+    ]
+      .map((x) => `<span>${x}</span>`)
+      .join('');
+  }
+
+  async function refresh() {
+    try {
+      const res = await fetch('/dashboard/data.json', { headers });
+      if (!res.ok) {
+        document.getElementById('summary').textContent = `data.json: HTTP ${res.status}`;
+        return;
+      }
+      const d = await res.json();
+      window.__polyray.data = d;
+      renderSummary(d);
+      renderUsage(d);
+      renderHits(d);
+      renderPolicy(d);
+      window.__polyray.renders++;
+      document.body.dataset.ready = 'true';
+    } catch (e) {
+      document.getElementById('summary').textContent = 'could not load data: ' + e.message;
+    }
+  }
+
+  refresh();
+  if (REFRESH_MS > 0) setInterval(refresh, REFRESH_MS);
+})();

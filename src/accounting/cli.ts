@@ -1,0 +1,88 @@
+/**
+ * `polyray clients add|list`: manage the clients file. `add` prints the new key once, on stdout; it is
+ * stored only as a hash.
+ */
+import { parseArgs } from 'node:util';
+import { addClient, readClientsFileSync, type Role } from './clients.ts';
+
+export const CLIENTS_USAGE = `  clients add --id ID --name NAME [--role admin|client] [--models a,b | --models '*']
+              [--rate UNITS_PER_S --burst UNITS] [--replace-keys] [--file PATH]
+                                create or update a client and print a new API key (shown once)
+  clients list [--file PATH]    list clients (never keys)
+`;
+
+export interface CliIO {
+  out: (s: string) => void;
+  err: (s: string) => void;
+}
+
+function num(v: string | undefined, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new TypeError(`--${flag} must be a number > 0, received "${v}"`);
+  return n;
+}
+
+/** Runs `clients <sub> ...`; returns the exit code. `defaultFile` is POLYRAY_CLIENTS_FILE. */
+export async function clientsCommand(sub: string | undefined, args: string[], defaultFile: string | undefined, io: CliIO): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      id: { type: 'string' },
+      name: { type: 'string' },
+      role: { type: 'string' },
+      models: { type: 'string' },
+      rate: { type: 'string' },
+      burst: { type: 'string' },
+      'replace-keys': { type: 'boolean' },
+      file: { type: 'string' },
+    },
+  });
+  const file = values.file ?? defaultFile;
+  if (!file) {
+    io.err('no clients file: set POLYRAY_CLIENTS_FILE or pass --file PATH\n');
+    return 2;
+  }
+  if (sub === 'add') {
+    if (!values.id) {
+      io.err('clients add needs --id ID\n');
+      return 2;
+    }
+    if (values.role !== undefined && values.role !== 'admin' && values.role !== 'client') throw new TypeError(`--role must be admin or client, received "${values.role}"`);
+    const models =
+      values.models === undefined
+        ? undefined
+        : values.models.trim() === '*'
+          ? ('*' as const)
+          : values.models
+              .split(',')
+              .map((m) => m.trim())
+              .filter(Boolean);
+    const rate = num(values.rate, 'rate');
+    const burst = num(values.burst, 'burst');
+    const { key, client, created } = await addClient(file, {
+      id: values.id,
+      ...(values.name !== undefined ? { name: values.name } : {}),
+      ...(values.role !== undefined ? { role: values.role as Role } : {}),
+      ...(models !== undefined ? { models } : {}),
+      ...(rate !== undefined ? { rate } : {}),
+      ...(burst !== undefined ? { burst } : {}),
+      replaceKeys: values['replace-keys'] ?? false,
+    });
+    io.err(
+      `${created ? 'created' : 'updated'} client ${client.id} (${client.role}, models ${client.models === '*' ? '*' : client.models.join(',')}, ` +
+        `rate ${client.quota.rate}/s, burst ${client.quota.burst}, ${client.keys.length} key(s)) in ${file}\n` +
+        'the API key below is shown once; store it now:\n',
+    );
+    io.out(`${key}\n`);
+    return 0;
+  }
+  if (sub === 'list') {
+    for (const c of readClientsFileSync(file).clients) {
+      io.out(`${JSON.stringify({ id: c.id, name: c.name, role: c.role, models: c.models, quota: c.quota, keys: c.keys.length })}\n`);
+    }
+    return 0;
+  }
+  io.err(`unknown clients command "${sub ?? ''}"\n${CLIENTS_USAGE}`);
+  return 2;
+}

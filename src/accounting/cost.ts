@@ -1,0 +1,65 @@
+/**
+ * The cost model, in cost units.
+ *
+ *   cost(item) = tokens × costFactor(model)   when COMPUTED (tokens this request computed)
+ *              = memoryHitCost                when served from the replica's memory   (default 0.01)
+ *              = globalHitCost                when served from the global Redis tier  (default 0.05)
+ *
+ * An item that joined an identical computation already running for another request, or that repeats an
+ * input of the same call, has 0 computed tokens and costs 0: the request that started it pays.
+ *
+ * Worst case, charged up front (before the cache is even read):
+ *
+ *   estimate(item) = max(memoryHitCost, globalHitCost, min(maxTokens, length + 2) × costFactor)
+ *
+ * where `length` is the input's length in UTF-16 code units. The tokenizer emits at most one token per
+ * UTF-16 code unit of the normalised text (its documented contract), +2 covers the special tokens of
+ * WordPiece-style models, and inputs over `maxTokens` are refused, not computed. Normalisation (NFC,
+ * lower-casing) can in rare scripts lengthen a text; if an item ever costs more than its estimate, the
+ * settle charges the excess, so the bill stays exact and the bucket may dip below zero.
+ */
+import type { Source } from '../service/embedding.ts';
+
+export interface CostRates {
+  memoryHitCost: number;
+  globalHitCost: number;
+}
+
+export interface ModelCost {
+  costFactor: number;
+  maxTokens: number;
+}
+
+export class CostModel {
+  readonly rates: CostRates;
+
+  constructor(rates: CostRates) {
+    this.rates = rates;
+  }
+
+  /** Upper bound of what embedding `texts` with `model` can cost. */
+  estimate(model: ModelCost, texts: readonly string[]): number {
+    const floor = Math.max(this.rates.memoryHitCost, this.rates.globalHitCost);
+    let sum = 0;
+    for (const t of texts) {
+      const tokens = Math.min(model.maxTokens, (typeof t === 'string' ? t.length : 0) + 2);
+      sum += Math.max(floor, tokens * model.costFactor);
+    }
+    return sum;
+  }
+
+  itemCost(model: ModelCost, source: Source, tokens: number): number {
+    switch (source) {
+      case 'MEMORY':
+        return this.rates.memoryHitCost;
+      case 'GLOBAL':
+        return this.rates.globalHitCost;
+      case 'COMPUTED':
+        return tokens * model.costFactor;
+      default: {
+        const never: never = source;
+        throw new TypeError(`unknown source ${String(never)}`);
+      }
+    }
+  }
+}

@@ -1,0 +1,191 @@
+/**
+ * Accounting: clients, quotas, cost attribution and metrics, as one component the server composes.
+ *
+ *   - `authenticate(headers)` (the GraphQL context function) → a `RequestAccount`, or UNAUTHENTICATED
+ *   - the request's Loaders call `account.embedMany` (permission → reserve → service → settle + ledger)
+ *   - `apolloPlugin()` puts `extensions.cost` on every response and counts requests
+ *   - `registerRoutes(app)` serves `/metrics`
+ *
+ * Redis (quota buckets + the usage ledger): `config.accounting.redisUrl`; without it everything is
+ * per replica, which is what the embedded default wants.
+ */
+import { unwatchFile, watchFile } from 'node:fs';
+import type { ApolloServerPlugin } from '@apollo/server';
+import type { FastifyInstance } from 'fastify';
+import { GraphQLError } from 'graphql';
+import { Redis } from 'ioredis';
+import type { PolyrayConfig } from '../config.ts';
+import { httpStatusOf, isPolyrayError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { PolyrayContext } from '../resolvers/context.ts';
+import type { Batcher } from '../runtime/batcher.ts';
+import type { EmbeddingService } from '../service/embedding.ts';
+import { ClientDirectory, DEV_CLIENT, readClientsFileSync } from './clients.ts';
+import { CostModel } from './cost.ts';
+import { Ledger } from './ledger.ts';
+import { AccountingMetrics } from './metrics.ts';
+import { QuotaManager } from './quota.ts';
+import { RedisBuckets } from './redis-bucket.ts';
+import { RequestAccount, type AccountingCore } from './request.ts';
+
+export type { AccountContext, ClientUsage, CostSummary } from './request.ts';
+
+export interface AccountingOptions {
+  config: PolyrayConfig['accounting'];
+  logger: Logger;
+  service: EmbeddingService;
+  batchers: ReadonlyMap<string, Batcher>;
+  /** How often the clients file is checked for changes. Default 2000 ms. */
+  clientsPollMs?: number;
+}
+
+export class Accounting implements AccountingCore {
+  readonly service: EmbeddingService;
+  readonly logger: Logger;
+  readonly metrics: AccountingMetrics;
+  readonly costModel: CostModel;
+  readonly quota: QuotaManager;
+  readonly ledger: Ledger;
+  readonly redis: Redis | undefined;
+  readonly #o: AccountingOptions;
+  #directory: ClientDirectory = new ClientDirectory('dev');
+  #watcher: ((cur: { mtimeMs: number; size: number }, prev: { mtimeMs: number; size: number }) => void) | undefined;
+
+  constructor(options: AccountingOptions) {
+    this.#o = options;
+    const c = options.config;
+    this.service = options.service;
+    this.logger = options.logger;
+    this.metrics = new AccountingMetrics(options.batchers);
+    this.costModel = new CostModel({ memoryHitCost: c.memoryHitCost, globalHitCost: c.globalHitCost });
+    if (c.redisUrl) {
+      this.redis = new Redis(c.redisUrl, {
+        lazyConnect: true,
+        // Fail fast instead of queueing while disconnected: the quota manager falls back at once.
+        enableOfflineQueue: false,
+        maxRetriesPerRequest: 1,
+        commandTimeout: c.redisTimeoutMs,
+        connectTimeout: 2000,
+        retryStrategy: (n) => Math.min(100 * n, 2000),
+      });
+      let warned = false;
+      this.redis.on('error', (e: Error) => {
+        if (!warned) this.logger.warn({ reason: e.message }, 'accounting Redis connection error');
+        warned = true;
+      });
+      this.redis.on('ready', () => {
+        warned = false;
+      });
+    }
+    this.quota = new QuotaManager({
+      redis: this.redis ? new RedisBuckets(this.redis, c.keyPrefix) : undefined,
+      failureMode: c.failureMode,
+      logger: this.logger,
+      onStoreChange: (s) => this.metrics.setQuotaStore(s),
+    });
+    this.metrics.setQuotaStore(this.quota.store);
+    this.ledger = new Ledger({ redis: this.redis, keyPrefix: c.keyPrefix, flushMs: c.ledgerFlushMs, logger: this.logger });
+  }
+
+  directory(): ClientDirectory {
+    return this.#directory;
+  }
+
+  /** Loads the clients (an invalid file stops start-up), connects Redis, starts the ledger flusher. */
+  async start(): Promise<void> {
+    const c = this.#o.config;
+    if (c.clientsFile) {
+      this.#setDirectory(new ClientDirectory(readClientsFileSync(c.clientsFile).clients));
+      this.logger.info({ clientsFile: c.clientsFile, clients: this.#directory.list().length }, 'clients loaded; requests need an API key');
+      const file = c.clientsFile;
+      this.#watcher = (cur, prev) => {
+        if (cur.mtimeMs === prev.mtimeMs && cur.size === prev.size) return;
+        try {
+          this.#setDirectory(new ClientDirectory(readClientsFileSync(file).clients));
+          this.logger.info({ clients: this.#directory.list().length }, 'clients file reloaded');
+        } catch (e) {
+          this.logger.error({ reason: (e as Error).message }, 'clients file could not be reloaded; keeping the previous clients');
+        }
+      };
+      watchFile(file, { interval: this.#o.clientsPollMs ?? 2000, persistent: false }, this.#watcher);
+    } else {
+      this.#setDirectory(new ClientDirectory('dev'));
+      this.logger.warn(
+        { client: DEV_CLIENT.id },
+        'no POLYRAY_CLIENTS_FILE: running with one local development client (admin, every model, generous quota); requests need no API key',
+      );
+    }
+    if (this.redis) {
+      try {
+        await this.redis.connect();
+        this.logger.info('quotas and usage ledger in Redis (fleet-wide)');
+      } catch (e) {
+        this.logger.warn({ reason: (e as Error).message, failureMode: c.failureMode }, 'accounting Redis unreachable at start; retrying in the background');
+      }
+      this.ledger.start();
+    } else {
+      this.logger.info('no quota Redis (REDIS_URL / POLYRAY_QUOTA_REDIS_URL): quotas and usage are per replica');
+    }
+  }
+
+  #setDirectory(d: ClientDirectory): void {
+    this.#directory = d;
+    this.metrics.setClients(d.list().map((c) => c.id));
+  }
+
+  /**
+   * The request's account, from its headers. Throws a GraphQLError with code UNAUTHENTICATED (HTTP 401)
+   * for a missing or wrong key; the PolyrayError inside carries the public message.
+   */
+  authenticate(headers: Record<string, string | string[] | undefined>): RequestAccount {
+    try {
+      return new RequestAccount(this, this.#directory.authenticate(headers));
+    } catch (e) {
+      if (!isPolyrayError(e)) throw e;
+      this.metrics.authFailures.inc();
+      throw new GraphQLError(e.message, { originalError: e, extensions: { code: e.code, http: { status: httpStatusOf[e.code] } } });
+    }
+  }
+
+  /** Adds `extensions.cost` to every response and counts requests by client and outcome. */
+  apolloPlugin(): ApolloServerPlugin<PolyrayContext> {
+    const metrics = this.metrics;
+    return {
+      async requestDidStart() {
+        return {
+          async willSendResponse({ contextValue, response }) {
+            const account = contextValue.account;
+            if (!account) return;
+            const cost = await account.finish();
+            if (response.body.kind === 'single') {
+              const r = response.body.singleResult;
+              r.extensions = { ...r.extensions, cost };
+              metrics.requests.inc({ client: metrics.clientLabel(account.client.id), code: metrics.codeLabel(r.errors?.[0]?.extensions?.['code'] ?? 'OK') });
+            }
+          },
+        };
+      },
+    };
+  }
+
+  registerRoutes(app: FastifyInstance): void {
+    app.get('/metrics', async (_req, reply) => {
+      const body = await this.metrics.registry.metrics();
+      return reply.header('content-type', this.metrics.registry.contentType).send(body);
+    });
+  }
+
+  /** Flushes the ledger, stops watching the clients file, closes Redis. */
+  async close(): Promise<void> {
+    if (this.#watcher && this.#o.config.clientsFile) unwatchFile(this.#o.config.clientsFile, this.#watcher);
+    this.#watcher = undefined;
+    await this.ledger.close();
+    if (this.redis) {
+      try {
+        await this.redis.quit();
+      } catch {
+        this.redis.disconnect();
+      }
+    }
+  }
+}

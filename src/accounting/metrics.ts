@@ -1,0 +1,114 @@
+/**
+ * Prometheus metrics on a per-server `Registry` (never prom-client's global one, so two servers in one
+ * process — tests, benchmarks — keep separate series).
+ *
+ * Cardinality is bounded: the `client` label is a configured client id (at most `MAX_CLIENT_LABELS` of
+ * them, in clients-file order) or "other"; `model` is a model of the models folder (unknown names are
+ * refused before anything is counted); `source` and `code` come from closed sets.
+ */
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { ErrorCode } from '../errors.ts';
+import type { Batcher } from '../runtime/batcher.ts';
+import type { InferencePool, Lease } from '../runtime/pool.ts';
+import type { Source } from '../service/embedding.ts';
+
+export const MAX_CLIENT_LABELS = 100;
+const KNOWN_CODES = new Set<string>([...Object.values(ErrorCode), 'OK', 'GRAPHQL_PARSE_FAILED', 'GRAPHQL_VALIDATION_FAILED', 'BAD_REQUEST']);
+
+export class AccountingMetrics {
+  readonly registry = new Registry();
+  #labelled = new Set<string>();
+  readonly requests: Counter<'client' | 'code'>;
+  readonly items: Counter<'client' | 'model' | 'source'>;
+  readonly cacheHits: Counter<'client' | 'model' | 'tier'>;
+  readonly tokens: Counter<'client' | 'model'>;
+  readonly inferenceMs: Counter<'client' | 'model'>;
+  readonly cost: Counter<'client' | 'model' | 'source'>;
+  readonly quotaRejections: Counter<'client'>;
+  readonly authFailures: Counter;
+  readonly batchSize: Histogram<'model'>;
+  readonly batchSeconds: Histogram<'model'>;
+  readonly queueDepth: Gauge<'model'>;
+  readonly quotaStore: Gauge<'store'>;
+
+  constructor(batchers: ReadonlyMap<string, Batcher>) {
+    const registers = [this.registry];
+    this.requests = new Counter({ name: 'polyray_requests_total', help: 'GraphQL requests by client and outcome (OK or the first error code)', labelNames: ['client', 'code'], registers });
+    this.items = new Counter({ name: 'polyray_items_total', help: 'Embeddings served, by client, model and source (MEMORY, GLOBAL, COMPUTED)', labelNames: ['client', 'model', 'source'], registers });
+    this.cacheHits = new Counter({ name: 'polyray_cache_hits_total', help: 'Items served from a cache tier (memory or global), by client and model', labelNames: ['client', 'model', 'tier'], registers });
+    this.tokens = new Counter({ name: 'polyray_tokens_computed_total', help: 'Tokens computed by inference, by client and model', labelNames: ['client', 'model'], registers });
+    this.inferenceMs = new Counter({ name: 'polyray_inference_milliseconds_total', help: "Inference time attributed to clients (each batch's measured run time split by token share)", labelNames: ['client', 'model'], registers });
+    this.cost = new Counter({ name: 'polyray_cost_units_total', help: 'Cost units charged, by client, model and source', labelNames: ['client', 'model', 'source'], registers });
+    this.quotaRejections = new Counter({ name: 'polyray_quota_rejections_total', help: 'Operations refused with QUOTA_EXCEEDED, by client', labelNames: ['client'], registers });
+    this.authFailures = new Counter({ name: 'polyray_auth_failures_total', help: 'Requests refused with UNAUTHENTICATED', registers });
+    this.batchSize = new Histogram({ name: 'polyray_batch_size', help: 'Items per inference batch', labelNames: ['model'], buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096], registers });
+    this.batchSeconds = new Histogram({
+      name: 'polyray_inference_batch_seconds',
+      help: 'ONNX Runtime run() time per batch, measured in the worker',
+      labelNames: ['model'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers,
+    });
+    this.queueDepth = new Gauge({
+      name: 'polyray_queue_depth',
+      help: 'Items waiting in the batcher queue, by model',
+      labelNames: ['model'],
+      registers,
+      collect() {
+        for (const [model, b] of batchers) this.set({ model }, b.stats().queued);
+      },
+    });
+    this.quotaStore = new Gauge({ name: 'polyray_quota_store', help: 'Where quota buckets live now (1 on the current one): redis, local, unavailable', labelNames: ['store'], registers });
+  }
+
+  /** Sets which client ids get their own label (the first MAX_CLIENT_LABELS configured ones). */
+  setClients(ids: readonly string[]): void {
+    this.#labelled = new Set(ids.slice(0, MAX_CLIENT_LABELS));
+  }
+
+  clientLabel(id: string | undefined): string {
+    return id !== undefined && this.#labelled.has(id) ? id : 'other';
+  }
+
+  codeLabel(code: unknown): string {
+    return typeof code === 'string' && KNOWN_CODES.has(code) ? code : 'OTHER';
+  }
+
+  setQuotaStore(store: 'redis' | 'local' | 'unavailable'): void {
+    for (const s of ['redis', 'local', 'unavailable']) this.quotaStore.set({ store: s }, s === store ? 1 : 0);
+  }
+
+  item(clientId: string, model: string, source: Source, tokens: number, inferenceMs: number, cost: number): void {
+    const client = this.clientLabel(clientId);
+    this.items.inc({ client, model, source });
+    if (source !== 'COMPUTED') this.cacheHits.inc({ client, model, tier: source === 'MEMORY' ? 'memory' : 'global' });
+    if (tokens > 0) this.tokens.inc({ client, model }, tokens);
+    if (inferenceMs > 0) this.inferenceMs.inc({ client, model }, inferenceMs);
+    if (cost > 0) this.cost.inc({ client, model, source }, cost);
+  }
+
+  /**
+   * A view of the pool for the batchers that observes every batch: its size (from the feeds' first
+   * dimension) and its measured run time. Batchers only call `acquire()` and the lease's `run`/`release`.
+   */
+  instrumentPool(pool: InferencePool): InferencePool {
+    const observe = (model: string, n: number | undefined, runMs: number): void => {
+      if (n !== undefined) this.batchSize.observe({ model }, n);
+      this.batchSeconds.observe({ model }, runMs / 1000);
+    };
+    const view = {
+      acquire: async (): Promise<Lease> => {
+        const lease = await pool.acquire();
+        return {
+          run: async (model, feeds, output) => {
+            const r = await lease.run(model, feeds, output);
+            observe(model, feeds[0]?.dims[0], r.runMs);
+            return r;
+          },
+          release: () => lease.release(),
+        };
+      },
+    };
+    return view as unknown as InferencePool;
+  }
+}

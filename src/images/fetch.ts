@@ -1,0 +1,293 @@
+/**
+ * Fetching images safely: the only code in Polyray that opens outbound connections on a client's behalf.
+ *
+ * Rules, each a per-image error with a stable code:
+ *   - schemes: `http:`, `https:` and `data:` only                         (IMAGE_FETCH_FORBIDDEN)
+ *   - the address actually connected to must be public (see address.ts) or allowlisted. It is checked
+ *     in the socket's DNS `lookup` (every resolved address must pass, so a DNS answer cannot smuggle a
+ *     private address past the check, and a rebinding answer is judged when it is used), for IP-literal
+ *     hosts before connecting, and once more on the connected socket's remote address
+ *                                                                         (IMAGE_FETCH_FORBIDDEN)
+ *   - redirects are followed by hand, at most `maxRedirects`, each hop re-checked; a redirect to
+ *     another scheme (data:, file:) is refused                           (IMAGE_FETCH_FAILED / _FORBIDDEN)
+ *   - at most `maxBytes`, enforced on Content-Length and again while streaming (IMAGE_TOO_LARGE)
+ *   - one deadline for the whole fetch: redirects, headers, body          (IMAGE_FETCH_TIMEOUT)
+ *   - non-2xx status, DNS and connection errors                           (IMAGE_FETCH_FAILED)
+ *
+ * The response's Content-Type is ignored: the decoder sniffs the bytes (decode.ts). No cookies, no
+ * proxy, no compression (so the byte limit counts what the image is). URLs are never logged.
+ */
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import http from 'node:http';
+import https from 'node:https';
+import type { LookupFunction, Socket } from 'node:net';
+import { ErrorCode, PolyrayError } from '../errors.ts';
+import { FetchAllowList, parseAddress, type AddressClass } from './address.ts';
+
+export interface ImageFetcherOptions {
+  /** Hosts / CIDRs that may be fetched although internal (`POLYRAY_IMAGE_FETCH_ALLOW`). Default none. */
+  allow?: readonly string[];
+  /** Largest body in bytes. Default 10 MiB. */
+  maxBytes?: number;
+  /** Deadline of the whole fetch. Default 5000 ms. */
+  timeoutMs?: number;
+  /** Most redirects followed. Default 3. */
+  maxRedirects?: number;
+  /** Longest accepted URL, in characters. Default 8192. */
+  maxUrlLength?: number;
+  /** DNS resolution; tests inject answers. Default `dns.lookup`. */
+  resolve?: (host: string) => Promise<LookupAddress[]>;
+  /** User-Agent sent with requests. */
+  userAgent?: string;
+}
+
+export const DEFAULT_FETCH_OPTIONS = { maxBytes: 10 * 1024 * 1024, timeoutMs: 5000, maxRedirects: 3, maxUrlLength: 8192 } as const;
+
+export interface FetchedImage {
+  bytes: Uint8Array;
+  /** Redirects followed. */
+  redirects: number;
+}
+
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+
+const defaultResolve = (host: string): Promise<LookupAddress[]> =>
+  new Promise((resolve, reject) => dnsLookup(host, { all: true, verbatim: true }, (err, addrs) => (err ? reject(err) : resolve(addrs))));
+
+function forbidden(message: string, extensions: Record<string, unknown> = {}): PolyrayError {
+  return new PolyrayError(ErrorCode.IMAGE_FETCH_FORBIDDEN, message, extensions);
+}
+
+function refusalMessage(cls: AddressClass): string {
+  return `Image URL resolves to a ${cls} address, which Polyray does not fetch from; an operator can allow it with POLYRAY_IMAGE_FETCH_ALLOW`;
+}
+
+/** Raised inside the socket machinery; mapped to a PolyrayError by `fetch`. */
+class AddressRefused extends Error {
+  constructor(readonly cls: AddressClass) {
+    super(`address refused: ${cls}`);
+  }
+}
+
+export class ImageFetcher {
+  readonly #allow: FetchAllowList;
+  readonly #o: Required<Omit<ImageFetcherOptions, 'allow'>>;
+
+  constructor(options: ImageFetcherOptions = {}) {
+    this.#allow = new FetchAllowList(options.allow ?? []);
+    this.#o = {
+      maxBytes: options.maxBytes ?? DEFAULT_FETCH_OPTIONS.maxBytes,
+      timeoutMs: options.timeoutMs ?? DEFAULT_FETCH_OPTIONS.timeoutMs,
+      maxRedirects: options.maxRedirects ?? DEFAULT_FETCH_OPTIONS.maxRedirects,
+      maxUrlLength: options.maxUrlLength ?? DEFAULT_FETCH_OPTIONS.maxUrlLength,
+      resolve: options.resolve ?? defaultResolve,
+      userAgent: options.userAgent ?? 'Polyray-ImageFetcher/1',
+    };
+    for (const k of ['maxBytes', 'timeoutMs', 'maxUrlLength'] as const) {
+      if (!Number.isSafeInteger(this.#o[k]) || this.#o[k] < 1) throw new TypeError(`ImageFetcher option ${k} must be an integer >= 1, received ${String(this.#o[k])}`);
+    }
+    if (!Number.isSafeInteger(this.#o.maxRedirects) || this.#o.maxRedirects < 0) {
+      throw new TypeError(`ImageFetcher option maxRedirects must be an integer >= 0, received ${String(this.#o.maxRedirects)}`);
+    }
+  }
+
+  get maxBytes(): number {
+    return this.#o.maxBytes;
+  }
+
+  /** Fetches one image URL (http, https or data). Rejects with a PolyrayError carrying an IMAGE_* code. */
+  async fetch(rawUrl: string): Promise<FetchedImage> {
+    // data: URLs carry the image itself, so only the byte limit applies to them.
+    if (typeof rawUrl === 'string' && /^data:/i.test(rawUrl)) return { bytes: decodeDataUrl(rawUrl, this.#o.maxBytes), redirects: 0 };
+    if (typeof rawUrl !== 'string' || rawUrl.length === 0 || rawUrl.length > this.#o.maxUrlLength) {
+      throw new PolyrayError(ErrorCode.BAD_USER_INPUT, `An image URL must be 1 to ${this.#o.maxUrlLength} characters`);
+    }
+    let url: URL;
+    try {
+      url = new URL(rawUrl);
+    } catch {
+      throw new PolyrayError(ErrorCode.BAD_USER_INPUT, 'An image URL could not be parsed as an absolute URL');
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw forbidden(`Image URL scheme "${url.protocol.slice(0, 16)}" is not fetched; use http, https or data`, { scheme: url.protocol.slice(0, 16) });
+    }
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), this.#o.timeoutMs);
+    try {
+      for (let redirects = 0; ; redirects++) {
+        const res = await this.#request(url, controller.signal);
+        if (res.kind === 'body') return { bytes: res.bytes, redirects };
+        if (redirects >= this.#o.maxRedirects) {
+          throw new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, `Image URL redirected more than ${this.#o.maxRedirects} times`, { reason: 'too-many-redirects', limit: this.#o.maxRedirects });
+        }
+        let next: URL;
+        try {
+          next = new URL(res.location, url);
+        } catch {
+          throw new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, 'Image URL redirected to an invalid location', { reason: 'bad-redirect' });
+        }
+        if (next.protocol !== 'http:' && next.protocol !== 'https:') {
+          throw forbidden(`Image URL redirected to scheme "${next.protocol.slice(0, 16)}", which is not followed`, { reason: 'redirect-scheme' });
+        }
+        url = next;
+      }
+    } catch (e) {
+      if (controller.signal.aborted && !(e instanceof PolyrayError && e.code !== ErrorCode.IMAGE_FETCH_FAILED)) {
+        throw new PolyrayError(ErrorCode.IMAGE_FETCH_TIMEOUT, `Image was not fetched within ${this.#o.timeoutMs} ms`, { timeoutMs: this.#o.timeoutMs });
+      }
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** The lookup the socket uses: every address of the answer must pass, else the connection fails. */
+  #lookup(host: string): LookupFunction {
+    return (hostname, options, callback) => {
+      this.#o.resolve(hostname).then(
+        (addrs) => {
+          if (addrs.length === 0) return callback(Object.assign(new Error('no addresses'), { code: 'ENOTFOUND' }), '', 0);
+          for (const a of addrs) {
+            const bytes = parseAddress(a.address);
+            const cls = bytes ? this.#allow.refusal(host, bytes) : 'reserved';
+            if (cls) return callback(new AddressRefused(cls), '', 0);
+          }
+          const family = typeof options === 'object' && options?.family ? options.family : 0;
+          const usable = family ? addrs.filter((a) => a.family === family) : addrs;
+          if (typeof options === 'object' && options?.all) return (callback as unknown as (e: null, a: LookupAddress[]) => void)(null, usable);
+          const first = usable[0] ?? addrs[0]!;
+          callback(null, first.address, first.family);
+        },
+        (err: NodeJS.ErrnoException) => callback(err, '', 0),
+      );
+    };
+  }
+
+  #request(url: URL, signal: AbortSignal): Promise<{ kind: 'body'; bytes: Uint8Array } | { kind: 'redirect'; location: string }> {
+    const host = url.hostname.replace(/^\[|\]$/g, '');
+    const literal = parseAddress(host);
+    if (literal) {
+      const cls = this.#allow.refusal(host, literal);
+      if (cls) return Promise.reject(forbidden(refusalMessage(cls), { addressClass: cls }));
+    }
+    const mod = url.protocol === 'https:' ? https : http;
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const fail = (e: unknown): void => {
+        if (settled) return;
+        settled = true;
+        req.destroy();
+        reject(this.#mapError(e));
+      };
+      const req = mod.request(
+        url,
+        {
+          method: 'GET',
+          signal,
+          agent: false, // a fresh connection per fetch: a pooled socket was checked for another host
+          lookup: this.#lookup(host),
+          headers: { 'user-agent': this.#o.userAgent, accept: 'image/*', 'accept-encoding': 'identity' },
+        },
+        (res) => {
+          const status = res.statusCode ?? 0;
+          if (REDIRECTS.has(status) && typeof res.headers.location === 'string') {
+            res.resume();
+            settled = true;
+            resolve({ kind: 'redirect', location: res.headers.location });
+            req.destroy();
+            return;
+          }
+          if (status < 200 || status > 299) {
+            res.resume();
+            return fail(new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, `Image server answered HTTP ${status}`, { reason: 'http-status', status }));
+          }
+          const declared = Number(res.headers['content-length']);
+          if (Number.isFinite(declared) && declared > this.#o.maxBytes) {
+            return fail(tooLarge(this.#o.maxBytes, declared));
+          }
+          const chunks: Buffer[] = [];
+          let total = 0;
+          res.on('data', (chunk: Buffer) => {
+            total += chunk.length;
+            if (total > this.#o.maxBytes) return fail(tooLarge(this.#o.maxBytes));
+            chunks.push(chunk);
+          });
+          res.on('end', () => {
+            if (settled) return;
+            settled = true;
+            resolve({ kind: 'body', bytes: new Uint8Array(Buffer.concat(chunks, total)) });
+          });
+          res.on('error', fail);
+          res.on('aborted', () => fail(new Error('response aborted')));
+        },
+      );
+      req.on('socket', (socket: Socket) => {
+        // Belt and braces: judge the address the socket actually connected to.
+        socket.once('connect', () => {
+          const remote = socket.remoteAddress ? parseAddress(socket.remoteAddress) : undefined;
+          const cls = remote ? this.#allow.refusal(host, remote) : 'reserved';
+          if (cls) fail(new AddressRefused(cls));
+        });
+      });
+      req.on('error', fail);
+      req.end();
+    });
+  }
+
+  #mapError(e: unknown): PolyrayError {
+    if (e instanceof PolyrayError) return e;
+    if (e instanceof AddressRefused) return forbidden(refusalMessage(e.cls), { addressClass: e.cls });
+    const cause = (e as { cause?: unknown }).cause;
+    if (cause instanceof AddressRefused) return forbidden(refusalMessage(cause.cls), { addressClass: cause.cls });
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ABORT_ERR' || (e as Error).name === 'AbortError') {
+      return new PolyrayError(ErrorCode.IMAGE_FETCH_TIMEOUT, `Image was not fetched within ${this.#o.timeoutMs} ms`, { timeoutMs: this.#o.timeoutMs });
+    }
+    const reason = code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? 'dns' : code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EHOSTUNREACH' ? 'connection' : 'network';
+    return new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, `Image could not be fetched (${reason})`, { reason });
+  }
+}
+
+function tooLarge(limit: number, declared?: number): PolyrayError {
+  return new PolyrayError(ErrorCode.IMAGE_TOO_LARGE, `Image is larger than ${limit} bytes (POLYRAY_IMAGE_MAX_BYTES)`, {
+    limit,
+    ...(declared !== undefined ? { bytes: declared } : {}),
+  });
+}
+
+/**
+ * Decodes a `data:` URL (RFC 2397): `data:[<media type>][;base64],<data>`. The media type is ignored
+ * (the decoder sniffs); the decoded size is checked before decoding from the encoded length.
+ */
+export function decodeDataUrl(url: string, maxBytes: number): Uint8Array {
+  const comma = url.indexOf(',');
+  if (!/^data:/i.test(url) || comma < 0) throw new PolyrayError(ErrorCode.BAD_USER_INPUT, 'A data: URL must look like data:[type][;base64],<data>');
+  const meta = url.slice(5, comma);
+  const payload = url.slice(comma + 1);
+  const base64 = /;base64$/i.test(meta);
+  // Upper bounds of the decoded size, so an oversized payload is refused before it is decoded.
+  const bound = base64 ? Math.floor((payload.length * 3) / 4) : payload.length;
+  if (bound > maxBytes + 3) throw tooLarge(maxBytes);
+  let bytes: Uint8Array;
+  if (base64) {
+    const clean = payload.replace(/%([0-9a-f]{2})/gi, (_, h: string) => String.fromCharCode(parseInt(h, 16))).replace(/\s+/g, '');
+    if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(clean)) throw new PolyrayError(ErrorCode.IMAGE_UNREADABLE, 'A data: URL holds invalid base64');
+    bytes = new Uint8Array(Buffer.from(clean, 'base64'));
+  } else {
+    // Percent-decoding to bytes (not to UTF-8 text: image bytes are arbitrary octets).
+    if (/[^\x00-\x7f]/.test(payload)) throw new PolyrayError(ErrorCode.IMAGE_UNREADABLE, 'A data: URL must be ASCII');
+    bytes = new Uint8Array(Buffer.from(payload.replace(/%([0-9a-f]{2})/gi, (_, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1'));
+  }
+  if (bytes.byteLength > maxBytes) throw tooLarge(maxBytes);
+  return bytes;
+}
+
+/** Decodes `imageBase64` input (standard or URL-safe alphabet, padding optional). */
+export function decodeBase64Image(b64: string, maxBytes: number): Uint8Array {
+  if (Math.floor((b64.length * 3) / 4) > maxBytes + 3) throw tooLarge(maxBytes);
+  const clean = b64.replace(/\s+/g, '');
+  if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(clean)) throw new PolyrayError(ErrorCode.BAD_USER_INPUT, 'imageBase64 must be base64 (RFC 4648, standard or URL-safe alphabet)');
+  const bytes = new Uint8Array(Buffer.from(clean, 'base64'));
+  if (bytes.byteLength > maxBytes) throw tooLarge(maxBytes);
+  return bytes;
+}

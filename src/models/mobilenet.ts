@@ -1,0 +1,271 @@
+/**
+ * `image-mobilenet` and `head-nsfw`: a real pretrained image encoder and its 5-class head, converted
+ * by us from the TF.js graph model that the npm package `nsfwjs` ships (`mobilenet_v2_mid`).
+ *
+ * Owns: locating the package, cutting its graph at the pooled feature, the two ONNX models, their
+ * manifests and `build-info.json`.
+ *
+ * Source: nsfwjs (MIT, Infinite Red) — a MobileNetV2 with depth multiplier 1.4 (TF-Hub feature-vector
+ * module, ImageNet-pretrained, fine-tuned on the NSFW data set) followed by a dense layer to 5 classes
+ * (Drawing, Hentai, Neutral, Porn, Sexy). Weights are stored uint8-quantised per tensor; they are
+ * dequantised exactly as tfjs does (`tfjs.ts`) and stored as float32.
+ *
+ * The TF graph, NHWC, input x ∈ [0,1]^(N×224×224×3):
+ *
+ *   x·2 − 1 → MobileNetV2-1.4 (Conv/BN folded into biases, ReLU6) → AvgPool 7×7 → Squeeze → f ∈ R^1792
+ *   f → MatMul [1792×5] + bias → Softmax → p ∈ R^5
+ *
+ * We cut at f (`feature_vector/SpatialSqueeze`):
+ *
+ *   image-mobilenet  input  pixels    float32 [batch, 3, 224, 224]  (NCHW, RGB, value = byte / 255)
+ *                    output embedding float32 [batch, 1792]          f / max(‖f‖₂, 1e-12)
+ *                           feature   float32 [batch, 1792]          f (raw; what heads read)
+ *   head-nsfw        input  feature   float32 [batch, 1792]
+ *                    output probabilities float32 [batch, 5]         softmax(f·W + b)
+ *
+ * Convolutions run in NCHW with filters transposed at conversion (see `tfjs-onnx.ts`), which is what
+ * ONNX Runtime's CPU kernels are fastest at. `test/image-model.test.ts` checks both models against
+ * `@tensorflow/tfjs` running the original graph.
+ */
+
+import { createHash } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+
+import type { ModelManifest } from '../runtime/manifest.ts';
+import type { ModelBuildResult } from './build.ts';
+import { BUILD_INFO_FILE, MANIFEST_FILE, currentBuild, publishDirectory, withLock, type BuildExpectation, type BuildInfo } from './model-dir.ts';
+import { OnnxModelBuilder, attr } from './onnx-writer.ts';
+import type { ProgressListener } from './progress.ts';
+import { convertTfjsGraph } from './tfjs-onnx.ts';
+import { loadTfjsGraph, type TfNode, type TfjsGraph } from './tfjs.ts';
+
+/** Bump whenever the conversion, graph, weights or manifests written here change. */
+export const BUILDER_VERSION = 'mobilenet-1';
+export const IMAGE_MODEL = 'image-mobilenet';
+export const HEAD_MODEL = 'head-nsfw';
+export const SOURCE_PACKAGE = 'nsfwjs';
+/** The graph model inside the package. */
+export const SOURCE_MODEL = 'mobilenet_v2_mid';
+export const INPUT_SIZE = 224;
+export const FEATURE_DIMENSIONS = 1792;
+/** nsfwjs's class order (src/nsfw_classes.ts). */
+export const NSFW_LABELS = ['Drawing', 'Hentai', 'Neutral', 'Porn', 'Sexy'] as const;
+/** Cost units per 1000 input pixels computed (one 224×224 image = 50.176 kilopixels). */
+export const IMAGE_COST_PER_KILOPIXEL = 1;
+
+const MODEL_FILE = 'model.onnx';
+const EPSILON = 1e-12;
+
+export interface MobilenetBuildOptions {
+  outDir: string;
+  force?: boolean;
+  onProgress?: ProgressListener;
+}
+
+interface SourcePackage {
+  version: string;
+  modelModule: string;
+}
+
+/** Finds the package through Node resolution; its model files are CommonJS modules embedding base64. */
+export async function locateSource(): Promise<SourcePackage> {
+  const require = createRequire(import.meta.url);
+  // The package's `exports` hides package.json, so resolve the entry point and walk up to the root.
+  let dir = path.dirname(require.resolve(SOURCE_PACKAGE));
+  for (;;) {
+    try {
+      const pkg = JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8')) as { name?: unknown; version?: unknown };
+      if (pkg.name === SOURCE_PACKAGE && typeof pkg.version === 'string') {
+        return { version: pkg.version, modelModule: path.join(dir, 'dist', 'models', SOURCE_MODEL, 'model.min.js') };
+      }
+    } catch {
+      // no package.json at this level
+    }
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error(`${SOURCE_PACKAGE}: package root not found; is it installed?`);
+    dir = up;
+  }
+}
+
+/** Loads the TF.js graph of the source package (weights dequantised). */
+export async function loadSourceGraph(): Promise<{ graph: TfjsGraph; version: string }> {
+  const src = await locateSource();
+  const graph = await loadTfjsGraph({ kind: 'js-modules', modelModule: src.modelModule, shardSuffix: '.min.js' });
+  return { graph, version: src.version };
+}
+
+/** The TF node names we cut at: the input placeholder, the pooled feature and the class output. */
+export function graphEndpoints(graph: TfjsGraph): { input: string; feature: string; output: string } {
+  const nodes = [...graph.nodes.values()];
+  const placeholders = nodes.filter((n) => n.op === 'Placeholder');
+  if (placeholders.length !== 1) throw new Error(`${SOURCE_MODEL}: expected one input placeholder, found ${placeholders.length}`);
+  const softmax = nodes.filter((n) => n.op === 'Softmax');
+  if (softmax.length !== 1) throw new Error(`${SOURCE_MODEL}: expected one Softmax, found ${softmax.length}`);
+  const dense = graph.nodes.get(softmax[0]!.input![0]!) as TfNode;
+  if (!dense || (dense.op !== '_FusedMatMul' && dense.op !== 'MatMul')) throw new Error(`${SOURCE_MODEL}: the Softmax does not follow a dense layer`);
+  const feature = dense.input![0]!;
+  const kernel = graph.weights.get(dense.input![1]!);
+  if (!kernel || kernel.shape[0] !== FEATURE_DIMENSIONS || kernel.shape[1] !== NSFW_LABELS.length) {
+    throw new Error(`${SOURCE_MODEL}: the dense kernel is ${JSON.stringify(kernel?.shape)}, expected [${FEATURE_DIMENSIONS}, ${NSFW_LABELS.length}]`);
+  }
+  const identity = nodes.find((n) => n.op === 'Identity' && n.input?.[0] === softmax[0]!.name);
+  return { input: placeholders[0]!.name, feature, output: identity?.name ?? softmax[0]!.name };
+}
+
+/** The image encoder as an ONNX model (see the file header). */
+export function buildImageGraph(graph: TfjsGraph): { model: OnnxModelBuilder; ops: Record<string, number> } {
+  const ends = graphEndpoints(graph);
+  const model = new OnnxModelBuilder({
+    graphName: 'image_mobilenet',
+    producerName: 'polyray',
+    producerVersion: BUILDER_VERSION,
+    domain: 'dev.polyray',
+    docString: `MobileNetV2-1.4 pooled feature converted from ${SOURCE_PACKAGE}/${SOURCE_MODEL} (TF.js). See src/models/mobilenet.ts.`,
+  });
+  const g = model.graph;
+  const { outputs, ops } = convertTfjsGraph(g, graph, [{ tfName: ends.input, onnxName: 'pixels', shape: ['batch', 3, INPUT_SIZE, INPUT_SIZE], layout: 'nchw' }], [ends.feature]);
+  const feature = outputs[0]!;
+  const axis1 = g.int64('l2_axis_1', [1], [1]);
+  const eps = g.float32('l2_epsilon', [EPSILON], []);
+  const sq = g.op('ReduceSumSquare', [feature, axis1], { keepdims: attr.int(1) }, { name: 'l2_norm_squared' });
+  const norm = g.op('Sqrt', [sq], {}, { name: 'l2_norm' });
+  const safe = g.op('Max', [norm, eps], {}, { name: 'l2_guard' });
+  const unit = g.op('Div', [feature, safe], {}, { name: 'l2_normalise' });
+  g.output(unit, 'float32', ['batch', FEATURE_DIMENSIONS], 'embedding');
+  g.output(feature, 'float32', ['batch', FEATURE_DIMENSIONS], 'feature');
+  return { model, ops };
+}
+
+/** The 5-class head as an ONNX model reading the raw pooled feature. */
+export function buildHeadGraph(graph: TfjsGraph): { model: OnnxModelBuilder; ops: Record<string, number> } {
+  const ends = graphEndpoints(graph);
+  const model = new OnnxModelBuilder({
+    graphName: 'head_nsfw',
+    producerName: 'polyray',
+    producerVersion: BUILDER_VERSION,
+    domain: 'dev.polyray',
+    docString: `NSFW 5-class head (${NSFW_LABELS.join(', ')}) converted from ${SOURCE_PACKAGE}/${SOURCE_MODEL}. Reads image-mobilenet's raw feature.`,
+  });
+  const g = model.graph;
+  const { outputs, ops } = convertTfjsGraph(g, graph, [{ tfName: ends.feature, onnxName: 'feature', shape: ['batch', FEATURE_DIMENSIONS], layout: 'plain' }], [ends.output]);
+  g.output(outputs[0]!, 'float32', ['batch', NSFW_LABELS.length], 'probabilities');
+  return { model, ops };
+}
+
+const SOURCE_NOTE = (v: string): string =>
+  `npm package ${SOURCE_PACKAGE}@${v} (MIT licence, Copyright Infinite Red, Inc.; https://github.com/infinitered/nsfwjs), ` +
+  `TF.js graph model ${SOURCE_MODEL}: MobileNetV2 depth multiplier 1.4 (TF-Hub feature-vector module, ImageNet-pretrained, ` +
+  'fine-tuned for NSFW classification) with a 5-class dense head. uint8-quantised weights dequantised to float32 and ' +
+  'converted to ONNX by Polyray (src/models/mobilenet.ts).';
+
+function imageManifest(version: string, sourceVersion: string): ModelManifest {
+  return {
+    name: IMAGE_MODEL,
+    version,
+    modality: 'image',
+    dimensions: FEATURE_DIMENSIONS,
+    maxTokens: 0,
+    costFactor: IMAGE_COST_PER_KILOPIXEL,
+    synthetic: false,
+    file: MODEL_FILE,
+    inputs: [{ name: 'pixels', type: 'float32', shape: ['batch', 3, INPUT_SIZE, INPUT_SIZE] }],
+    outputs: [
+      { name: 'embedding', type: 'float32', shape: ['batch', FEATURE_DIMENSIONS] },
+      { name: 'feature', type: 'float32', shape: ['batch', FEATURE_DIMENSIONS] },
+    ],
+    preprocess: { size: INPUT_SIZE, resize: 'cover', scale: 1 / 255, mean: [0, 0, 0], std: [1, 1, 1], layout: 'nchw' },
+    description:
+      `Image embedding: the ${FEATURE_DIMENSIONS}-d global-average-pooled feature of a MobileNetV2-1.4 (ImageNet-pretrained ` +
+      'lower blocks, fine-tuned on an NSFW data set), L2-normalised. Images are resized (shorter side 224), centre-cropped ' +
+      'to 224×224 and scaled to [0, 1]. Good for near-duplicate and visual-style similarity; cost is charged per 1000 input pixels.',
+    source: SOURCE_NOTE(sourceVersion),
+  };
+}
+
+function headManifest(version: string, sourceVersion: string, imageVersion: string): ModelManifest {
+  return {
+    name: HEAD_MODEL,
+    version,
+    modality: 'image',
+    dimensions: NSFW_LABELS.length,
+    maxTokens: 0,
+    costFactor: 0,
+    synthetic: false,
+    file: MODEL_FILE,
+    inputs: [{ name: 'feature', type: 'float32', shape: ['batch', FEATURE_DIMENSIONS] }],
+    outputs: [{ name: 'probabilities', type: 'float32', shape: ['batch', NSFW_LABELS.length] }],
+    head: { input: IMAGE_MODEL, inputOutput: 'feature', inputVersion: imageVersion, labels: [...NSFW_LABELS] },
+    description:
+      `Task head: probabilities of ${NSFW_LABELS.join(', ')} for an image, from ${IMAGE_MODEL}'s raw pooled feature ` +
+      '(the dense layer + softmax of nsfwjs). Runs on cached image features without re-running the encoder.',
+    source: SOURCE_NOTE(sourceVersion),
+  };
+}
+
+async function publish(outDir: string, name: string, modelBytes: Uint8Array, manifest: ModelManifest, expect: BuildExpectation, started: number): Promise<void> {
+  await publishDirectory(outDir, name, async (tmp) => {
+    await writeFile(path.join(tmp, MODEL_FILE), modelBytes);
+    const manifestText = `${JSON.stringify(manifest, null, 2)}\n`;
+    await writeFile(path.join(tmp, MANIFEST_FILE), manifestText);
+    const info: BuildInfo = {
+      model: name,
+      ...expect,
+      version: manifest.version,
+      builtAt: new Date().toISOString(),
+      buildMs: Date.now() - started,
+      files: { [MODEL_FILE]: modelBytes.byteLength, [MANIFEST_FILE]: Buffer.byteLength(manifestText) },
+    };
+    await writeFile(path.join(tmp, BUILD_INFO_FILE), `${JSON.stringify(info, null, 2)}\n`);
+  });
+}
+
+function versionOf(modelBytes: Uint8Array): string {
+  return createHash('sha256').update(BUILDER_VERSION).update('\0').update(modelBytes).digest('hex').slice(0, 16);
+}
+
+/**
+ * Builds `<outDir>/image-mobilenet/` and `<outDir>/head-nsfw/` (both from one conversion) unless they
+ * are up to date. `only` restricts which of the two is (re)written.
+ */
+export async function buildMobilenet(options: MobilenetBuildOptions & { only: typeof IMAGE_MODEL | typeof HEAD_MODEL }): Promise<ModelBuildResult> {
+  const { outDir, force = false, only } = options;
+  const report = options.onProgress ?? (() => {});
+  const dir = path.join(outDir, only);
+  const source = await locateSource();
+  const expect: BuildExpectation = { builder: 'mobilenet', builderVersion: BUILDER_VERSION, source: { package: SOURCE_PACKAGE, version: source.version } };
+  if (!force) {
+    const existing = await currentBuild(dir, expect);
+    if (existing) return { name: only, status: 'up-to-date', version: existing.version, dir };
+  }
+  return withLock(
+    path.join(outDir, `.${only}.lock`),
+    async () => {
+      if (!force) {
+        const existing = await currentBuild(dir, expect);
+        if (existing) return { name: only, status: 'up-to-date' as const, version: existing.version, dir };
+      }
+      const started = Date.now();
+      report({ step: 'reading TF.js graph', done: 0, total: 1 });
+      const { graph } = await loadSourceGraph();
+      report({ step: 'reading TF.js graph', done: 1, total: 1 });
+      report({ step: 'converting', done: 0, total: 1 });
+      // The head's manifest names the encoder version it reads, so both are converted either way.
+      const imageBytes = buildImageGraph(graph).model.serialize();
+      const imageVersion = versionOf(imageBytes);
+      let bytes = imageBytes;
+      let manifest = imageManifest(imageVersion, source.version);
+      if (only === HEAD_MODEL) {
+        bytes = buildHeadGraph(graph).model.serialize();
+        manifest = headManifest(versionOf(bytes), source.version, imageVersion);
+      }
+      report({ step: 'converting', done: 1, total: 1 });
+      report({ step: 'writing files', done: 0, total: 1 });
+      await publish(outDir, only, bytes, manifest, expect, started);
+      report({ step: 'writing files', done: 1, total: 1 });
+      return { name: only, status: 'built' as const, version: manifest.version, dir };
+    },
+    { onWait: () => report({ step: 'waiting for another build', done: 0, total: 1 }) },
+  );
+}

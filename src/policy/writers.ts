@@ -1,0 +1,128 @@
+/**
+ * Durable trace writers: rotated JSONL files (the embedded default) and a capped Redis Stream.
+ *
+ * JSONL: one record per line in `trace-<epoch ms>-<pid>.jsonl` under the trace directory; a file is
+ * closed when it passes `maxFileBytes` and the oldest files beyond `keepFiles` are deleted, so the
+ * folder never holds more than about `keepFiles × maxFileBytes`.
+ *
+ * Redis: `XADD <key> MAXLEN ~ <maxLen> * t … k … …`, one pipeline per batch; Redis trims the stream to
+ * about `maxLen` entries itself. Field names are those of `TraceRecord`.
+ */
+import { mkdir, open, readdir, unlink, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { Cluster, Redis } from 'ioredis';
+import type { TraceRecord, TraceWriter } from './trace.ts';
+
+export const TRACE_FILE_RE = /^trace-(\d+)-(\d+)(?:-(\d+))?\.jsonl$/;
+
+export interface JsonlWriterOptions {
+  dir: string;
+  maxFileBytes: number;
+  keepFiles: number;
+}
+
+export class JsonlTraceWriter implements TraceWriter {
+  readonly name = 'jsonl';
+  readonly #o: JsonlWriterOptions;
+  #file: FileHandle | undefined;
+  #bytes = 0;
+  #seq = 0;
+  #ready: Promise<void> | undefined;
+
+  constructor(options: JsonlWriterOptions) {
+    if (options.keepFiles < 1) throw new TypeError(`JSONL trace writer keepFiles must be >= 1, received ${options.keepFiles}`);
+    this.#o = options;
+  }
+
+  async write(batch: readonly TraceRecord[]): Promise<void> {
+    if (batch.length === 0) return;
+    this.#ready ??= mkdir(this.#o.dir, { recursive: true }).then(() => undefined);
+    await this.#ready;
+    let text = '';
+    for (const r of batch) text += JSON.stringify(r) + '\n';
+    if (!this.#file) await this.#openNext();
+    await this.#file!.write(text);
+    this.#bytes += Buffer.byteLength(text);
+    if (this.#bytes >= this.#o.maxFileBytes) {
+      await this.#file!.close();
+      this.#file = undefined;
+      await this.#prune();
+    }
+  }
+
+  async #openNext(): Promise<void> {
+    const name = `trace-${String(Date.now()).padStart(15, '0')}-${process.pid}-${String(this.#seq++).padStart(6, '0')}.jsonl`;
+    this.#file = await open(path.join(this.#o.dir, name), 'a');
+    this.#bytes = 0;
+    await this.#prune();
+  }
+
+  async #prune(): Promise<void> {
+    const files = (await traceFiles(this.#o.dir)).map((f) => path.basename(f));
+    const excess = files.length - this.#o.keepFiles;
+    for (let i = 0; i < excess; i++) await unlink(path.join(this.#o.dir, files[i]!)).catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    const f = this.#file;
+    this.#file = undefined;
+    await f?.close();
+  }
+}
+
+/** Trace files of a directory, oldest first (by the time and sequence in their names). */
+export async function traceFiles(dir: string): Promise<string[]> {
+  const names = (await readdir(dir)).filter((f) => TRACE_FILE_RE.test(f)).sort();
+  return names.map((f) => path.join(dir, f));
+}
+
+export type RedisTarget = { url: string } | { cluster: { host: string; port: number }[] };
+
+export interface RedisStreamWriterOptions {
+  target: RedisTarget;
+  key: string;
+  /** Approximate cap of the stream (`MAXLEN ~`). */
+  maxLen: number;
+  /** Longest a batch may take before it counts as failed. Default 2000 ms. */
+  timeoutMs?: number;
+}
+
+export function redisClient(target: RedisTarget, timeoutMs: number): Redis | Cluster {
+  const common = { maxRetriesPerRequest: 1, commandTimeout: timeoutMs, connectTimeout: timeoutMs, lazyConnect: true };
+  if ('url' in target) return new Redis(target.url, common);
+  return new Cluster(target.cluster, { redisOptions: common, clusterRetryStrategy: (n: number) => Math.min(10_000, 100 * 2 ** n) });
+}
+
+export class RedisStreamTraceWriter implements TraceWriter {
+  readonly name = 'redis-stream';
+  readonly #o: RedisStreamWriterOptions;
+  readonly #redis: Redis | Cluster;
+
+  constructor(options: RedisStreamWriterOptions) {
+    this.#o = options;
+    this.#redis = redisClient(options.target, options.timeoutMs ?? 2000);
+    // Connection errors surface as failed writes (counted by the tracer); keep ioredis from logging them.
+    this.#redis.on('error', () => undefined);
+  }
+
+  async write(batch: readonly TraceRecord[]): Promise<void> {
+    if (batch.length === 0) return;
+    if (this.#redis.status === 'wait') await this.#redis.connect();
+    const p = this.#redis.pipeline();
+    for (const r of batch) p.xadd(this.#o.key, 'MAXLEN', '~', this.#o.maxLen, '*', ...recordFields(r));
+    const res = await p.exec();
+    const failed = res?.find(([err]) => err);
+    if (failed) throw failed[0]!;
+  }
+
+  async close(): Promise<void> {
+    this.#redis.disconnect();
+  }
+}
+
+export function recordFields(r: TraceRecord): string[] {
+  const f = ['t', String(r.t), 'k', r.k, 'kl', String(r.kl), 'm', r.m, 'b', String(r.b), 'tok', String(r.tok), 'ms', String(r.ms), 'src', r.src, 'r', String(r.r)];
+  if (r.c !== undefined) f.push('c', r.c);
+  if (r.n !== undefined) f.push('n', String(r.n));
+  return f;
+}

@@ -1,0 +1,179 @@
+/**
+ * Trace sampling: by key hash (a sampled key is always sampled), never the text or key in clear,
+ * bounded and non-blocking (drops counted), writers failing without failing anything, rotated JSONL
+ * files and a capped Redis Stream, both read back as streams.
+ */
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Redis } from 'ioredis';
+import { createLogger } from '../src/log.ts';
+import { hash53, inSample } from '../src/policy/hash.ts';
+import { openTrace } from '../src/policy/read.ts';
+import { Tracer, type TraceRecord, type TraceWriter } from '../src/policy/trace.ts';
+import { JsonlTraceWriter, RedisStreamTraceWriter } from '../src/policy/writers.ts';
+import type { EmbedResult, Source } from '../src/service/embedding.ts';
+
+const logger = createLogger('silent');
+
+function result(source: Source = 'COMPUTED'): EmbedResult {
+  return { vector: new Float32Array(100), source, model: 'text-glove', version: 'v1', tokens: source === 'COMPUTED' ? 4 : 0, inferenceMs: source === 'COMPUTED' ? 0.25 : 0 };
+}
+
+const key = (i: number) => `text-glove@b73c56c6f3ab2804:${String(i).padStart(43, 'k')}`;
+
+class MemoryWriter implements TraceWriter {
+  readonly name = 'memory';
+  records: TraceRecord[] = [];
+  async write(batch: readonly TraceRecord[]): Promise<void> {
+    this.records.push(...batch);
+  }
+  async close(): Promise<void> {}
+}
+
+async function collect(src: { records(): AsyncGenerator<TraceRecord> }): Promise<TraceRecord[]> {
+  const out: TraceRecord[] = [];
+  for await (const r of src.records()) out.push(r);
+  return out;
+}
+
+describe('sampling', () => {
+  test('by key hash: the same keys are sampled on every call, at about the rate', async () => {
+    const w = new MemoryWriter();
+    const tracer = new Tracer({ sampleRate: 0.3, writers: [w], windowRecords: 100_000, bufferMax: 100_000, flushMs: 10_000, logger });
+    const keys = Array.from({ length: 10_000 }, (_, i) => key(i));
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < keys.length; i += 100) tracer.observe('text-glove', 'search', keys.slice(i, i + 100), keys.slice(i, i + 100).map(() => result()));
+    }
+    await tracer.flush();
+    const perRound = w.records.length / 3;
+    assert.ok(Math.abs(perRound / keys.length - 0.3) < 0.02, `sampled ${perRound} of ${keys.length}`);
+    const rounds = [0, 1, 2].map((r) => w.records.slice(r * perRound, (r + 1) * perRound).map((x) => x.k));
+    assert.deepEqual(rounds[1], rounds[0]);
+    assert.deepEqual(rounds[2], rounds[0]);
+    assert.equal(tracer.window!.size, w.records.length);
+    // Monotone in the rate: everything sampled at 0.1 is sampled at 0.3.
+    for (const k of keys) if (inSample(hash53(k), 0.1)) assert.ok(inSample(hash53(k), 0.3));
+    await tracer.close();
+  });
+
+  test('a record holds a hash, sizes, cost and tier — never the key or the text; repeats in a call are one record', async () => {
+    const w = new MemoryWriter();
+    const tracer = new Tracer({ sampleRate: 1, writers: [w], windowRecords: 10, bufferMax: 100, flushMs: 10_000, logger, now: () => 1234 });
+    const k = key(1);
+    tracer.observe('text-glove', 'feed', [k, undefined, k, key(2)], [result('COMPUTED'), new Error('too large'), result('COMPUTED'), result('MEMORY')]);
+    await tracer.flush();
+    assert.equal(w.records.length, 2);
+    assert.deepEqual(w.records[0], { t: 1234, k: w.records[0]!.k, kl: k.length, m: 'text-glove', b: 400, tok: 4, ms: 0.25, src: 'COMPUTED', r: 1, c: 'feed', n: 2 });
+    assert.match(w.records[0]!.k, /^[0-9a-f]{14}$/);
+    assert.equal(w.records[1]!.src, 'MEMORY');
+    const text = JSON.stringify(w.records);
+    assert.ok(!text.includes('kkkk') && !text.includes('b73c56c6f3ab2804'), 'no key material in the trace');
+    await tracer.close();
+  });
+
+  test('rate 0 samples nothing and costs nothing', () => {
+    const tracer = new Tracer({ sampleRate: 0, writers: [], windowRecords: 10, bufferMax: 10, flushMs: 1000, logger });
+    tracer.observe('m', undefined, [key(1)], [result()]);
+    assert.equal(tracer.stats().observed, 0);
+  });
+});
+
+describe('never blocks, never fails a request', () => {
+  test('a writer that hangs: the buffer stays bounded, overflow is dropped and counted, observe stays fast', async () => {
+    let calls = 0;
+    const hanging: TraceWriter = { name: 'hang', write: () => (calls++, new Promise<void>(() => undefined)), close: async () => undefined };
+    const tracer = new Tracer({ sampleRate: 1, writers: [hanging], windowRecords: 10, bufferMax: 50, flushMs: 10, batchMax: 20, logger });
+    const t0 = performance.now();
+    for (let i = 0; i < 2000; i++) tracer.observe('text-glove', undefined, [key(i)], [result()]);
+    const took = performance.now() - t0;
+    await new Promise((r) => setTimeout(r, 50));
+    for (let i = 2000; i < 2100; i++) tracer.observe('text-glove', undefined, [key(i)], [result()]);
+    const s = tracer.stats();
+    assert.ok(s.buffered <= 50, `buffered ${s.buffered}`);
+    assert.ok(s.dropped >= 2000, `dropped ${s.dropped}`);
+    assert.equal(calls, 1, 'one flush at a time');
+    assert.ok(took < 500, `observe took ${took} ms for 2000 calls`);
+  });
+
+  test('a writer that fails: errors are counted, nothing throws', async () => {
+    const failing: TraceWriter = { name: 'fail', write: async () => Promise.reject(new Error('disk full')), close: async () => undefined };
+    const good = new MemoryWriter();
+    const tracer = new Tracer({ sampleRate: 1, writers: [failing, good], windowRecords: 10, bufferMax: 100, flushMs: 10_000, logger });
+    tracer.observe('text-glove', undefined, [key(1), key(2)], [result(), result()]);
+    await tracer.flush();
+    assert.equal(tracer.stats().errors, 1);
+    assert.equal(good.records.length, 2, 'the other writer still got the batch');
+    await tracer.close();
+  });
+
+  test('an unreachable Redis: the stream writer fails fast and is counted', async () => {
+    const w = new RedisStreamTraceWriter({ target: { url: 'redis://127.0.0.1:1' }, key: 'x', maxLen: 10, timeoutMs: 300 });
+    const tracer = new Tracer({ sampleRate: 1, writers: [w], windowRecords: 10, bufferMax: 100, flushMs: 10_000, logger });
+    tracer.observe('text-glove', undefined, [key(1)], [result()]);
+    await tracer.flush();
+    assert.equal(tracer.stats().errors, 1);
+    await tracer.close();
+  });
+});
+
+describe('JSONL files', () => {
+  let dir: string;
+  after(async () => {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  test('rotate by size, keep K files, read back in order as one stream', async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'polyray-trace-'));
+    const w = new JsonlTraceWriter({ dir, maxFileBytes: 4000, keepFiles: 3 });
+    const tracer = new Tracer({ sampleRate: 1, writers: [w], windowRecords: 10, bufferMax: 10_000, flushMs: 10_000, batchMax: 10, logger, now: (() => {
+      let t = 0;
+      return () => ++t;
+    })() });
+    for (let i = 0; i < 400; i++) tracer.observe('text-glove', 'search', [key(i)], [result()]);
+    await tracer.close();
+    const files = (await readdir(dir)).filter((f) => f.endsWith('.jsonl'));
+    assert.equal(files.length, 3, `files: ${files.join(', ')}`);
+    const back = await collect(await openTrace(dir));
+    const lines = (await Promise.all(files.map((f) => readFile(path.join(dir, f), 'utf8')))).join('').split('\n').filter(Boolean).length;
+    assert.equal(back.length, lines);
+    assert.ok(back.length < 400 && back.length >= 30, `${back.length} records kept`);
+    for (let i = 1; i < back.length; i++) assert.equal(back[i]!.t, back[i - 1]!.t + 1, 'the newest records, in order');
+    assert.equal(back[back.length - 1]!.t, 400);
+    const single = await collect(await openTrace(path.join(dir, files.sort()[0]!)));
+    assert.ok(single.length > 0 && single.length < back.length);
+  });
+});
+
+describe('Redis Stream', () => {
+  const streamKey = `polyray:test:${randomUUID()}:trace`;
+  const redis = new Redis('redis://127.0.0.1:6379', { lazyConnect: true });
+  after(async () => {
+    await redis.del(streamKey).catch(() => undefined);
+    redis.disconnect();
+  });
+
+  test('XADD with MAXLEN ~ caps the stream; XRANGE pages read it back in order', async () => {
+    const w = new RedisStreamTraceWriter({ target: { url: 'redis://127.0.0.1:6379' }, key: streamKey, maxLen: 1000 });
+    let t = 0;
+    const tracer = new Tracer({ sampleRate: 1, writers: [w], windowRecords: 10, bufferMax: 10_000, flushMs: 10_000, batchMax: 500, logger, now: () => ++t });
+    for (let i = 0; i < 5000; i += 10) {
+      const keys = Array.from({ length: 10 }, (_, j) => key(i + j));
+      tracer.observe('text-glove', i % 20 === 0 ? 'search' : undefined, keys, keys.map(() => result()));
+    }
+    await tracer.close();
+    assert.equal(tracer.stats().written, 5000);
+    await redis.connect();
+    const len = await redis.xlen(streamKey);
+    assert.ok(len >= 1000 && len < 1500, `stream length ${len}`);
+    const back = await collect(await openTrace(`redis://127.0.0.1:6379/?stream=${encodeURIComponent(streamKey)}`, { pageSize: 300 }));
+    assert.equal(back.length, len);
+    assert.equal(back[back.length - 1]!.t, 500);
+    for (let i = 1; i < back.length; i++) assert.ok(back[i]!.t >= back[i - 1]!.t);
+    assert.ok(back.some((r) => r.c === 'search') && back.some((r) => r.c === undefined));
+    assert.deepEqual(Object.keys(back[0]!).sort(), ['b', 'k', 'kl', 'm', 'ms', 'r', 'src', 't', 'tok', ...(back[0]!.c ? ['c'] : [])].sort());
+  });
+});
