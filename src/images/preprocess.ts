@@ -61,7 +61,7 @@ export async function preprocessImage(bytes: Uint8Array, spec: PreprocessSpec, l
   let height: number;
   try {
     const meta = await sharp(input, { limitInputPixels: false, failOn: 'none' }).metadata();
-    if (meta.format !== format && !(format === 'jpeg' && meta.format === 'jpeg')) throw new Error(`header says ${String(meta.format)}`);
+    if (meta.format !== format) throw new Error(`header says ${String(meta.format)}`);
     width = meta.width ?? 0;
     height = meta.height ?? 0;
   } catch {
