@@ -125,7 +125,7 @@ export class PolyrayServer {
       maxImagesPerPost: config.images.maxImagesPerPost,
     });
     this.policy = createPolicyController(config, this.logger, { tracer: this.tracer, tiers, stats: () => this.service.stats() });
-    this.accounting = new Accounting({ config: config.accounting, logger: this.logger, service: this.service, batchers: this.batchers });
+    this.accounting = new Accounting({ config: config.accounting, logger: this.logger, service: this.service, images: this.images, batchers: this.batchers });
     // Per-request access logs are off: at embedding-service rates they would dominate the log volume.
     this.app = Fastify({
       loggerInstance: this.logger as FastifyBaseLogger,
@@ -219,7 +219,7 @@ export class PolyrayServer {
         const account = this.accounting.authenticate(request.headers);
         const media = new MediaLoaders(
           { images: this.images, posts: this.posts },
-          { maxBatch: this.config.limits.maxInputsPerRequest, textEmbedder: account, clientId: account.client.id, mayUse: (m) => mayUseModel(account.client, m) },
+          { maxBatch: this.config.limits.maxInputsPerRequest, textEmbedder: account, imageEmbedder: account, clientId: account.client.id, mayUse: (m) => mayUseModel(account.client, m) },
         );
         return { loaders: new Loaders(account, this.config.limits.maxInputsPerRequest), catalog, clientId: account.client.id, account, policy: this.policy, media };
       },

@@ -17,6 +17,11 @@
  * WordPiece-style models, and inputs over `maxTokens` are refused, not computed. Normalisation (NFC,
  * lower-casing) can in rare scripts lengthen a text; if an item ever costs more than its estimate, the
  * settle charges the excess, so the bill stays exact and the bucket may dip below zero.
+ *
+ * Image models are priced per 1000 model input pixels (width × height of the preprocessed tensor):
+ *
+ *   cost(image) = pixels / 1000 × costFactor(model)   when COMPUTED; hit costs as above
+ *   estimate(image) = size² / 1000 × costFactor(model) (the model's fixed input size)
  */
 import type { Source } from '../service/embedding.ts';
 
@@ -28,6 +33,8 @@ export interface CostRates {
 export interface ModelCost {
   costFactor: number;
   maxTokens: number;
+  /** Image models: the square input size the model reads. */
+  preprocess?: { size: number };
 }
 
 export class CostModel {
@@ -46,6 +53,17 @@ export class CostModel {
       sum += Math.max(floor, tokens * model.costFactor);
     }
     return sum;
+  }
+
+  /** Upper bound of what embedding `count` images with an image model can cost. */
+  imageEstimate(model: ModelCost, count: number): number {
+    const size = model.preprocess?.size ?? 0;
+    const perImage = Math.max(this.rates.memoryHitCost, this.rates.globalHitCost, ((size * size) / 1000) * model.costFactor);
+    return count * perImage;
+  }
+
+  imageItemCost(model: ModelCost, source: Source, pixels: number): number {
+    return source === 'COMPUTED' ? (pixels / 1000) * model.costFactor : this.itemCost(model, source, 0);
   }
 
   itemCost(model: ModelCost, source: Source, tokens: number): number {

@@ -20,6 +20,7 @@ import type { Logger } from '../log.ts';
 import type { PolyrayContext } from '../resolvers/context.ts';
 import type { Batcher } from '../runtime/batcher.ts';
 import type { EmbeddingService } from '../service/embedding.ts';
+import type { ImageService } from '../images/service.ts';
 import { ClientDirectory, DEV_CLIENT, readClientsFileSync } from './clients.ts';
 import { CostModel } from './cost.ts';
 import { Ledger } from './ledger.ts';
@@ -34,6 +35,8 @@ export interface AccountingOptions {
   config: PolyrayConfig['accounting'];
   logger: Logger;
   service: EmbeddingService;
+  /** Image embeddings, charged through the same request accounts as text. */
+  images?: Pick<ImageService, 'embedImages'>;
   batchers: ReadonlyMap<string, Batcher>;
   /** How often the clients file is checked for changes. Default 2000 ms. */
   clientsPollMs?: number;
@@ -41,6 +44,7 @@ export interface AccountingOptions {
 
 export class Accounting implements AccountingCore {
   readonly service: EmbeddingService;
+  readonly images?: Pick<ImageService, 'embedImages'>;
   readonly logger: Logger;
   readonly metrics: AccountingMetrics;
   readonly costModel: CostModel;
@@ -55,6 +59,7 @@ export class Accounting implements AccountingCore {
     this.#o = options;
     const c = options.config;
     this.service = options.service;
+    if (options.images) this.images = options.images;
     this.logger = options.logger;
     this.metrics = new AccountingMetrics(options.batchers);
     this.costModel = new CostModel({ memoryHitCost: c.memoryHitCost, globalHitCost: c.globalHitCost });

@@ -18,6 +18,8 @@
 import { ErrorCode, PolyrayError, isPolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { EmbeddingService, EmbedResult, Source } from '../service/embedding.ts';
+import type { ImageEmbedOptions, ImageInput, ImageResult, ImageService } from '../images/service.ts';
+import type { ModelManifest } from '../runtime/manifest.ts';
 import { mayUseModel, type Client, type ClientDirectory, type Role } from './clients.ts';
 import type { CostModel } from './cost.ts';
 import type { Figures, Ledger, UsageRow } from './ledger.ts';
@@ -56,6 +58,8 @@ export interface ClientUsage {
 /** What a request account needs from the server-wide accounting. */
 export interface AccountingCore {
   readonly service: EmbeddingService;
+  /** Image embeddings (image inputs, post images, head features); absent when images are not served. */
+  readonly images?: Pick<ImageService, 'embedImages'>;
   readonly quota: QuotaManager;
   readonly ledger: Ledger;
   readonly metrics: AccountingMetrics;
@@ -68,14 +72,18 @@ export interface AccountingCore {
 export interface AccountContext {
   readonly client: Client;
   embedMany(model: string, texts: readonly string[]): Promise<(EmbedResult | PolyrayError)[]>;
+  embedImages(model: string, inputs: readonly ImageInput[], options?: ImageEmbedOptions): Promise<(ImageResult | PolyrayError)[]>;
   usage(clientId?: string | null): Promise<ClientUsage>;
   usageAll(): Promise<ClientUsage[]>;
   finish(): Promise<CostSummary>;
 }
 
+/** One service call waiting in a wave: how to price it before, run it, and what it returned. */
 interface Call {
   model: string;
-  texts: readonly string[];
+  /** Worst-case cost, from the model's manifest. */
+  estimate: (m: ModelManifest) => number;
+  run: () => Promise<(EmbedResult | PolyrayError)[]>;
   resolve: (r: (EmbedResult | PolyrayError)[]) => void;
   reject: (e: unknown) => void;
 }
@@ -97,6 +105,27 @@ export class RequestAccount implements AccountContext {
   }
 
   embedMany(model: string, texts: readonly string[]): Promise<(EmbedResult | PolyrayError)[]> {
+    const { service, costModel } = this.#core;
+    return this.#enqueue(
+      model,
+      (m) => costModel.estimate(m, texts),
+      () => service.embedMany(model, texts, { clientId: this.client.id }),
+    );
+  }
+
+  /** Image embeddings through the same permission → reserve → run → settle path as texts. */
+  embedImages(model: string, inputs: readonly ImageInput[], options: ImageEmbedOptions = {}): Promise<(ImageResult | PolyrayError)[]> {
+    const images = this.#core.images;
+    if (!images) return Promise.reject(new PolyrayError(ErrorCode.MODEL_NOT_READY, 'Images are not served by this replica'));
+    const { costModel } = this.#core;
+    return this.#enqueue(
+      model,
+      (m) => costModel.imageEstimate(m, inputs.length),
+      () => images.embedImages(model, inputs, { ...options, clientId: this.client.id }),
+    ) as Promise<(ImageResult | PolyrayError)[]>;
+  }
+
+  #enqueue(model: string, estimate: Call['estimate'], run: Call['run']): Promise<(EmbedResult | PolyrayError)[]> {
     if (!mayUseModel(this.client, model)) {
       return Promise.reject(new PolyrayError(ErrorCode.FORBIDDEN, `This client may not use model "${model.slice(0, 64)}"`, { model: model.slice(0, 64) }));
     }
@@ -105,7 +134,7 @@ export class RequestAccount implements AccountContext {
         this.#wave = [];
         this.#track(new Promise<void>((r) => setImmediate(r)).then(() => this.#runWave()));
       }
-      this.#wave.push({ model, texts, resolve, reject });
+      this.#wave.push({ model, estimate, run, resolve, reject });
     });
   }
 
@@ -117,13 +146,13 @@ export class RequestAccount implements AccountContext {
   async #runWave(): Promise<void> {
     const calls = this.#wave ?? [];
     this.#wave = undefined;
-    const { service, quota, costModel } = this.#core;
+    const { service, quota } = this.#core;
     const priced: { call: Call; costFactor: number; maxTokens: number }[] = [];
     let estimate = 0;
     for (const call of calls) {
       try {
         const m = service.resolveModel(call.model).manifest;
-        estimate += costModel.estimate(m, call.texts);
+        estimate += call.estimate(m);
         priced.push({ call, costFactor: m.costFactor, maxTokens: m.maxTokens });
       } catch (e) {
         call.reject(e);
@@ -146,7 +175,7 @@ export class RequestAccount implements AccountContext {
         priced.map(async ({ call, costFactor, maxTokens }) => {
           let results: (EmbedResult | PolyrayError)[];
           try {
-            results = await service.embedMany(call.model, call.texts, { clientId: this.client.id });
+            results = await call.run();
           } catch (e) {
             call.reject(e);
             return;
@@ -168,15 +197,18 @@ export class RequestAccount implements AccountContext {
     let total = 0;
     for (const r of results) {
       if (r instanceof PolyrayError) continue;
-      const cost = costModel.itemCost(m, r.source, r.tokens);
+      // Image results count model input pixels where text results count tokens.
+      const pixels = 'pixels' in r ? (r as ImageResult).pixels : undefined;
+      const units = pixels ?? r.tokens;
+      const cost = pixels === undefined ? costModel.itemCost(m, r.source, r.tokens) : costModel.imageItemCost(m, r.source, pixels);
       total += cost;
       const f = bySource.get(r.source) ?? { items: 0, tokens: 0, inferenceMs: 0, cost: 0 };
       f.items++;
-      f.tokens += r.tokens;
+      f.tokens += units;
       f.inferenceMs += r.inferenceMs;
       f.cost += cost;
       bySource.set(r.source, f);
-      metrics.item(this.client.id, model, r.source, r.tokens, r.inferenceMs, cost);
+      metrics.item(this.client.id, model, r.source, units, r.inferenceMs, cost);
     }
     for (const [source, f] of bySource) ledger.record(this.client.id, model, source, f);
     return total;

@@ -23,6 +23,8 @@ export interface MediaLoaderOptions {
   maxBatch: number;
   /** Embeds the text parts of posts: the request's accounting wrapper when there is one. */
   textEmbedder?: Pick<EmbeddingService, 'embedMany'>;
+  /** Embeds images (image inputs, post images, head features): the request's accounting wrapper when there is one. */
+  imageEmbedder?: Pick<ImageService, 'embedImages'>;
   clientId?: string;
   /** Whether the request's client may use a model (image model, postray, head). Default: any. */
   mayUse?: (model: string) => boolean;
@@ -76,8 +78,12 @@ export class MediaLoaders {
     }
   }
 
-  #opts(): { textEmbedder?: Pick<EmbeddingService, 'embedMany'>; clientId?: string } {
-    return { ...(this.#o.textEmbedder ? { textEmbedder: this.#o.textEmbedder } : {}), ...(this.#o.clientId ? { clientId: this.#o.clientId } : {}) };
+  #opts(): { textEmbedder?: Pick<EmbeddingService, 'embedMany'>; imageEmbedder?: Pick<ImageService, 'embedImages'>; clientId?: string } {
+    return {
+      ...(this.#o.textEmbedder ? { textEmbedder: this.#o.textEmbedder } : {}),
+      ...(this.#o.imageEmbedder ? { imageEmbedder: this.#o.imageEmbedder } : {}),
+      ...(this.#o.clientId ? { clientId: this.#o.clientId } : {}),
+    };
   }
 
   /** Image embeddings of one image model; keys are URL or base64 inputs. */
@@ -97,7 +103,7 @@ export class MediaLoaders {
             }
           });
           const ok = inputs.filter((i): i is ImageInput => !(i instanceof PolyrayError));
-          const results = ok.length > 0 ? await this.#s.images.embedImages(model, ok, this.#opts()) : [];
+          const results = ok.length > 0 ? await (this.#o.imageEmbedder ?? this.#s.images).embedImages(model, ok, this.#opts()) : [];
           let j = 0;
           return inputs.map((i) => (i instanceof PolyrayError ? i : results[j++]!));
         },

@@ -29,6 +29,8 @@ export interface PostInput {
 export interface PostOptions {
   /** Embeds texts; the request's accounting wrapper when there is one. Default: the EmbeddingService. */
   textEmbedder?: Pick<EmbeddingService, 'embedMany'>;
+  /** Embeds images; the request's accounting wrapper when there is one. Default: the ImageService. */
+  imageEmbedder?: Pick<ImageService, 'embedImages'>;
   clientId?: string;
 }
 
@@ -242,7 +244,7 @@ export class PostService {
       });
     });
     if (flat.length === 0) return out;
-    const results = await this.#o.images.embedImages(model, flat, { want, ...(options.clientId ? { clientId: options.clientId } : {}) });
+    const results = await (options.imageEmbedder ?? this.#o.images).embedImages(model, flat, { want, ...(options.clientId ? { clientId: options.clientId } : {}) });
     results.forEach((r, j) => {
       const { post, image } = owner[j]!;
       const cur = out[post]!;
