@@ -97,7 +97,7 @@ export interface PolyrayConfig {
   accounting: {
     /** JSON file listing clients and their hashed keys. Unset: one local development client, no auth. */
     clientsFile: string | undefined;
-    /** Redis holding quota buckets and the usage ledger: REDIS_URL if set, else POLYRAY_QUOTA_REDIS_URL; unset = per-replica memory. */
+    /** Redis holding quota buckets and the usage ledger: POLYRAY_QUOTA_REDIS_URL if set, else REDIS_URL; unset = per-replica memory. */
     redisUrl: string | undefined;
     /** Prefix of every quota / ledger key. Default `polyray:acct:v1:`. */
     keyPrefix: string;
@@ -317,7 +317,7 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
       redisUrl: ((u) => {
         if (u && !/^rediss?:\/\//.test(u)) throw new TypeError('Configuration POLYRAY_QUOTA_REDIS_URL must start with redis:// or rediss://');
         return u;
-      })(redisUrl ?? r.raw('POLYRAY_QUOTA_REDIS_URL', 'quotaRedisUrl')),
+      })(r.raw('POLYRAY_QUOTA_REDIS_URL', 'quotaRedisUrl') ?? redisUrl),
       keyPrefix: r.str('POLYRAY_QUOTA_KEY_PREFIX', 'quotaKeyPrefix', 'polyray:acct:v1:'),
       failureMode: r.oneOf('POLYRAY_QUOTA_FAILURE_MODE', 'quotaFailureMode', 'open', ['open', 'closed'] as const),
       redisTimeoutMs: r.int('POLYRAY_QUOTA_REDIS_TIMEOUT_MS', 'quotaRedisTimeoutMs', 200, 1, 60_000),
