@@ -177,14 +177,15 @@ describe('accounting without Redis', () => {
 });
 
 describe('accounting configuration', () => {
-  test('defaults, REDIS_URL before POLYRAY_QUOTA_REDIS_URL, and validation', () => {
+  test('defaults, POLYRAY_QUOTA_REDIS_URL before REDIS_URL, and validation', () => {
     const d = loadConfig({}).accounting;
     assert.deepEqual(
       { redisUrl: d.redisUrl, failureMode: d.failureMode, memoryHitCost: d.memoryHitCost, globalHitCost: d.globalHitCost, ledgerFlushMs: d.ledgerFlushMs },
       { redisUrl: undefined, failureMode: 'open', memoryHitCost: 0.01, globalHitCost: 0.05, ledgerFlushMs: 5000 },
     );
     assert.equal(loadConfig({ POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379' }).accounting.redisUrl, 'redis://q:6379');
-    assert.equal(loadConfig({ REDIS_URL: 'redis://c:6379', POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379' }).accounting.redisUrl, 'redis://c:6379');
+    assert.equal(loadConfig({ REDIS_URL: 'redis://c:6379', POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379' }).accounting.redisUrl, 'redis://q:6379');
+    assert.equal(loadConfig({ REDIS_URL: 'redis://c:6379' }).accounting.redisUrl, 'redis://c:6379');
     assert.equal(loadConfig({ POLYRAY_COST_MEMORY_HIT: '0.5', POLYRAY_QUOTA_FAILURE_MODE: 'closed' }).accounting.memoryHitCost, 0.5);
     assert.throws(() => loadConfig({ POLYRAY_QUOTA_FAILURE_MODE: 'sometimes' }), /POLYRAY_QUOTA_FAILURE_MODE/);
     assert.throws(() => loadConfig({ POLYRAY_COST_GLOBAL_HIT: '-1' }), /POLYRAY_COST_GLOBAL_HIT/);
