@@ -102,6 +102,7 @@ export class PolyrayServer {
       get registry() {
         return self.registry;
       },
+      trace: this.tracer,
       cache: this.cache,
       batchers: this.tensorBatchers,
       fetcher: new ImageFetcher({

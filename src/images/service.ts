@@ -21,6 +21,7 @@ import { cacheKey, contentHash } from '../cache/keys.ts';
 import { SingleFlight } from '../cache/single-flight.ts';
 import type { TieredCache } from '../cache/tiered.ts';
 import { ErrorCode, PolyrayError } from '../errors.ts';
+import type { TraceSink } from '../policy/trace.ts';
 import type { Logger } from '../log.ts';
 import type { PreprocessSpec } from '../runtime/manifest.ts';
 import type { ModelRegistry, RegisteredModel } from '../runtime/registry.ts';
@@ -59,6 +60,8 @@ export interface ImageServiceOptions {
   /** Most URL fetches one call runs at once. Default 16. */
   fetchConcurrency?: number;
   logger: Logger;
+  /** Request-stream sampling for the cache-policy simulator (pixels stand in for tokens). */
+  trace?: TraceSink;
 }
 
 export interface ImageServiceStats {
@@ -197,7 +200,7 @@ export class ImageService {
 
     // 5. Assemble in input order; repeated content within the call is charged once.
     const charged = new Set<string>();
-    return slots.map((s, index) => {
+    const results = slots.map((s, index): ImageResult | PolyrayError => {
       const fail = (e: PolyrayError): PolyrayError => {
         this.#stats.errors[e.code] = (this.#stats.errors[e.code] ?? 0) + 1;
         return new PolyrayError(e.code, e.message, { ...e.extensions, index });
@@ -223,6 +226,15 @@ export class ImageService {
         inferenceMs: first ? c.inferenceMs : 0,
       };
     });
+    if (this.#o.trace && want === 'embedding') {
+      this.#o.trace.observe(
+        name,
+        options.clientId,
+        slots.map((s) => (s.hash ? cacheKey(name, version, s.hash) : undefined)),
+        results.map((r) => (r instanceof PolyrayError ? r : { ...r, tokens: r.pixels })),
+      );
+    }
+    return results;
   }
 
   async #lookup(slots: Slot[], keyOf: (hash: string) => string): Promise<void> {
