@@ -41,6 +41,11 @@ export interface PolyrayConfig {
     workers: number;
     /** ONNX Runtime intra-op threads per worker. Default: cores / workers, at least 1. */
     intraOpThreads: number;
+    /**
+     * Let ONNX Runtime's intra-op threads spin between runs. Default false: with many short runs the
+     * spinning burns a core the event loop needs (bench/RESULTS.md).
+     */
+    allowSpinning: boolean;
     /** Execution providers to try in order; CPU is always the last resort. Default ["cpu"]. */
     providers: ExecutionProviderName[];
   };
@@ -49,7 +54,12 @@ export interface PolyrayConfig {
     maxItems: number;
     /** Most padded tokens (items × longest sequence) in one run. Default 16384. */
     maxTokens: number;
-    /** Longest time the first queued item waits for company, in microseconds. Default 2000. */
+    /**
+     * Longest time the first queued item waits for company, in microseconds. Default 0: dispatch as soon
+     * as a worker is free — items that arrive while every worker is busy still form batches, and a lone
+     * request pays no timer (measured in bench/RESULTS.md). Raise it for accelerators whose runs are
+     * cheap relative to their fixed cost.
+     */
     maxWaitUs: number;
     /** Most items waiting per model; beyond it requests fail with OVERLOADED. Default 8192. */
     maxQueueItems: number;
@@ -277,12 +287,13 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
     inference: {
       workers,
       intraOpThreads: r.int('POLYRAY_INTRA_OP_THREADS', 'intraOpThreads', Math.max(1, Math.floor(cores / workers)), 1, 256),
+      allowSpinning: r.bool('POLYRAY_ORT_SPINNING', 'ortSpinning', false),
       providers: providers as ExecutionProviderName[],
     },
     batching: {
       maxItems: r.int('POLYRAY_BATCH_MAX_ITEMS', 'batchMaxItems', 64, 1, 4096),
       maxTokens: r.int('POLYRAY_BATCH_MAX_TOKENS', 'batchMaxTokens', 16384, 1),
-      maxWaitUs: r.int('POLYRAY_BATCH_MAX_WAIT_US', 'batchMaxWaitUs', 2000, 0, 10_000_000),
+      maxWaitUs: r.int('POLYRAY_BATCH_MAX_WAIT_US', 'batchMaxWaitUs', 0, 0, 10_000_000),
       maxQueueItems: r.int('POLYRAY_QUEUE_MAX_ITEMS', 'queueMaxItems', 8192, 1),
       maxPixels: r.int('POLYRAY_BATCH_MAX_PIXELS', 'batchMaxPixels', 16 * 224 * 224, 1),
     },

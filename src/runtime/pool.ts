@@ -17,6 +17,8 @@ export interface InferencePoolOptions {
   workers: number;
   /** ONNX Runtime intra-op threads per worker. Default 1. */
   intraOpThreads: number;
+  /** Let ONNX Runtime threads spin between runs. Default false. */
+  allowSpinning?: boolean;
   logger: Logger;
   /** Worker entry; default `./worker-entry.mjs` beside this file (registers tsx, then runs worker.ts). */
   workerUrl?: URL;
@@ -73,7 +75,7 @@ export class InferencePool {
     if (!Number.isSafeInteger(options.intraOpThreads) || options.intraOpThreads < 1) {
       throw new TypeError(`InferencePool option intraOpThreads must be an integer >= 1, received ${String(options.intraOpThreads)}`);
     }
-    this.#o = { workerUrl: new URL('./worker-entry.mjs', import.meta.url), ...options };
+    this.#o = { workerUrl: new URL('./worker-entry.mjs', import.meta.url), allowSpinning: false, ...options };
   }
 
   /** Starts the workers and loads every model in each. Resolves with the per-model outcome of worker 0. */
@@ -99,7 +101,7 @@ export class InferencePool {
       };
       worker.on('message', onMsg);
       worker.once('error', reject);
-      worker.postMessage({ type: 'load', models: this.#models, intraOpThreads: this.#o.intraOpThreads } satisfies ToWorker);
+      worker.postMessage({ type: 'load', models: this.#models, intraOpThreads: this.#o.intraOpThreads, allowSpinning: this.#o.allowSpinning } satisfies ToWorker);
     });
     worker.on('message', (m: FromWorker) => {
       if (m.type === 'result' || m.type === 'error') {

@@ -20,7 +20,7 @@ export interface FeedSpec {
 }
 
 export type ToWorker =
-  | { type: 'load'; models: ModelLoadSpec[]; intraOpThreads: number }
+  | { type: 'load'; models: ModelLoadSpec[]; intraOpThreads: number; allowSpinning: boolean }
   /** `output`: one output name, or several (the first is the primary result, the rest come back in `extra`). */
   | { type: 'run'; id: number; model: string; feeds: FeedSpec[]; output: string | readonly string[] }
   | { type: 'close' };

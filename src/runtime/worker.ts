@@ -14,7 +14,7 @@ if (!port) throw new Error('worker.ts must run inside a worker thread');
 
 const sessions = new Map<string, ort.InferenceSession>();
 
-async function createSession(spec: ModelLoadSpec, intraOpThreads: number): Promise<LoadResult> {
+async function createSession(spec: ModelLoadSpec, intraOpThreads: number, allowSpinning: boolean): Promise<LoadResult> {
   const fallbacks: LoadResult['fallbacks'] = [];
   // CPU is the last resort even when the configured list leaves it out: a service that cannot start is
   // worse than a slow one, and the chosen provider is reported so the operator sees it.
@@ -24,6 +24,7 @@ async function createSession(spec: ModelLoadSpec, intraOpThreads: number): Promi
       const session = await ort.InferenceSession.create(spec.path, {
         executionProviders: [provider],
         intraOpNumThreads: intraOpThreads,
+        extra: { session: { intra_op: { allow_spinning: allowSpinning ? '1' : '0' } } },
         interOpNumThreads: 1,
         graphOptimizationLevel: 'all',
         executionMode: 'sequential',
@@ -46,7 +47,7 @@ port.on('message', (msg: ToWorker) => {
     case 'load': {
       void (async () => {
         const results: LoadResult[] = [];
-        for (const spec of msg.models) results.push(await createSession(spec, msg.intraOpThreads));
+        for (const spec of msg.models) results.push(await createSession(spec, msg.intraOpThreads, msg.allowSpinning));
         post({ type: 'loaded', results });
       })();
       return;
