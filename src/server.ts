@@ -231,6 +231,7 @@ export class PolyrayServer {
       if (this.#state.kind === 'draining') reply.header('connection', 'close');
       return payload;
     });
+    this.accounting.metrics.instrumentTiers(() => this.cache.stats());
     this.accounting.registerRoutes(this.app);
     registerDashboardRoutes(this.app, {
       authenticate: (headers) => this.accounting.directory().authenticate(headers),

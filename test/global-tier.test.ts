@@ -153,6 +153,8 @@ describe('Redis faults are not client errors', () => {
       await new Promise((r) => setTimeout(r, 1500));
       const global = () => s.server.cache.stats()[1]!;
       assert.equal(global().healthy, false, 'the tier is marked unhealthy while Redis is down');
+      const metricsDown = await (await fetch(`${s.url}/metrics`)).text();
+      assert.match(metricsDown, /polyray_cache_tier_healthy\{tier="global"\} 0/);
       await redis.restart();
       await load;
       assert.ok(requests > 50, `only ${requests} requests ran`);
@@ -169,6 +171,9 @@ describe('Redis faults are not client errors', () => {
       const r = await s.gql<EmbedData>(EMBED, { inputs: [{ text }] });
       assert.equal(r.data!.embed[0]!.source, 'GLOBAL');
       assert.ok(global().errors > 0, 'the outage was counted');
+      const metricsUp = await (await fetch(`${s.url}/metrics`)).text();
+      assert.match(metricsUp, /polyray_cache_tier_healthy\{tier="global"\} 1/);
+      assert.match(metricsUp, /polyray_cache_tier_errors\{tier="global"\} [1-9]/);
     } finally {
       await s.stop();
     }

@@ -6,6 +6,7 @@
  * them, in clients-file order) or "other"; `model` is a model of the models folder (unknown names are
  * refused before anything is counted); `source` and `code` come from closed sets.
  */
+import type { TierStats } from '../cache/cache.ts';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { ErrorCode } from '../errors.ts';
 import type { Batcher } from '../runtime/batcher.ts';
@@ -59,6 +60,35 @@ export class AccountingMetrics {
       },
     });
     this.quotaStore = new Gauge({ name: 'polyray_quota_store', help: 'Where quota buckets live now (1 on the current one): redis, local, unavailable', labelNames: ['store'], registers });
+  }
+
+  /**
+   * Cache tier series, read from the tiers at scrape time: health, hits, misses, errors, bytes, entries
+   * and read latency per tier ("memory", "global").
+   */
+  instrumentTiers(stats: () => readonly TierStats[]): void {
+    const registers = [this.registry];
+    const gauge = (name: string, help: string, pick: (t: TierStats) => number): void => {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['tier'],
+        registers,
+        collect() {
+          for (const t of stats()) {
+            const v = pick(t);
+            if (v >= 0) this.set({ tier: t.tier }, v);
+          }
+        },
+      });
+    };
+    gauge('polyray_cache_tier_healthy', 'Whether a cache tier is in use (1) or skipped after a failure (0)', (t) => (t.healthy ? 1 : 0));
+    gauge('polyray_cache_tier_hits', 'Keys found in a tier since start', (t) => t.hits);
+    gauge('polyray_cache_tier_misses', 'Keys looked up in a tier and not found (failures count as misses)', (t) => t.misses);
+    gauge('polyray_cache_tier_errors', 'Failed or timed-out tier operations since start', (t) => t.errors);
+    gauge('polyray_cache_tier_bytes', 'Bytes a tier holds, where it can tell', (t) => t.bytes);
+    gauge('polyray_cache_tier_entries', 'Entries a tier holds, where it can tell', (t) => t.entries);
+    gauge('polyray_cache_tier_read_seconds_mean', 'Mean read latency of a tier since start', (t) => (t.reads > 0 ? t.readMsTotal / t.reads / 1000 : 0));
   }
 
   /** Sets which client ids get their own label (the first MAX_CLIENT_LABELS configured ones). */
