@@ -39,7 +39,7 @@
  * Math.log/sin/cos, rounded to float32, so the bytes are the same on every run and machine.
  */
 
-import { OnnxModelBuilder, attr, float32Tensor, rawTensor, type OnnxGraphBuilder } from './onnx-writer.ts';
+import { OnnxModelBuilder, attr, float16Tensor, float32Tensor, rawTensor, type OnnxGraphBuilder, type TensorValue } from './onnx-writer.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -75,6 +75,15 @@ const NORM_EPS = 1e-12;
 export const INIT_STD = 0.02;
 
 export type BertVariant = 'plain' | 'fused' | 'int8';
+
+/**
+ * Precision of the plain graph's weights and activations. 'fp16' (for GPU providers: CUDA, WebGPU)
+ * stores every weight as float16 and computes the encoder in float16 (embeddings, LayerNormalization,
+ * MatMul, Softmax, GELU, the additive attention mask); the masked mean pooling and the L2
+ * normalisation stay float32 (the last hidden state is cast up), and the output stays float32 [B, H].
+ * Same seeded weights, rounded to nearest float16.
+ */
+export type BertPrecision = 'fp32' | 'fp16';
 
 // ---------------------------------------------------------------------------------------------
 // Deterministic weights
@@ -283,6 +292,7 @@ function concat(parts: Float32Array[]): Float32Array {
 
 const MS = 'com.microsoft';
 const FLOAT = 1;
+const FLOAT16 = 10;
 const INT32 = 6;
 
 export interface BertGraphOptions {
@@ -290,10 +300,14 @@ export interface BertGraphOptions {
   producerVersion: string;
   docString?: string;
   metadata?: Readonly<Record<string, string>>;
+  /** 'fp16' is supported for the plain variant only. Default 'fp32'. */
+  precision?: BertPrecision;
 }
 
 /** Builds the ONNX model of one variant over `weights`. */
 export function buildBertGraph(weights: BertWeights, variant: BertVariant, options: BertGraphOptions): OnnxModelBuilder {
+  const fp16 = options.precision === 'fp16';
+  if (fp16 && variant !== 'plain') throw new Error(`precision fp16 is supported for the plain variant only, not ${variant}`);
   const model = new OnnxModelBuilder({
     graphName: options.graphName,
     producerName: 'polyray',
@@ -307,8 +321,9 @@ export function buildBertGraph(weights: BertWeights, variant: BertVariant, optio
   const ids = g.input('input_ids', 'int64', ['batch', 'sequence']);
   const mask = g.input('attention_mask', 'int64', ['batch', 'sequence']);
   const types = g.input('token_type_ids', 'int64', ['batch', 'sequence']);
-  const hidden = variant === 'plain' ? plainEncoder(g, weights, ids, mask, types) : fusedEncoder(g, weights, ids, mask, types, variant === 'int8');
-  const embedding = meanPoolNormalise(g, hidden, mask);
+  const hidden = variant === 'plain' ? plainEncoder(g, weights, ids, mask, types, fp16) : fusedEncoder(g, weights, ids, mask, types, variant === 'int8');
+  // Pooling and normalisation in float32 for accuracy (sums over up to 512 positions).
+  const embedding = meanPoolNormalise(g, fp16 ? g.op('Cast', [hidden], { to: attr.int(FLOAT) }, { name: 'hidden_float32' }) : hidden, mask);
   g.output(embedding, 'float32', ['batch', weights.config.hidden], 'embedding');
   return model;
 }
@@ -330,16 +345,21 @@ function meanPoolNormalise(g: OnnxGraphBuilder, hidden: string, mask: string): s
   return g.op('Div', [mean, norm], {}, { name: 'l2_normalise' });
 }
 
-function plainEncoder(g: OnnxGraphBuilder, w: BertWeights, ids: string, mask: string, types: string): string {
+function plainEncoder(g: OnnxGraphBuilder, w: BertWeights, ids: string, mask: string, types: string, fp16 = false): string {
   const { hidden: H, heads, intermediate: I, layerNormEps: eps } = w.config;
+  // Weights and constants in the activation type (float16 values rounded to nearest even).
+  const tensor = (name: string, data: Float32Array | readonly number[], dims: readonly number[]): TensorValue =>
+    fp16 ? float16Tensor(name, data, dims) : float32Tensor(name, data, dims);
+  const wt = (name: string, data: Float32Array | readonly number[], dims: readonly number[]): string => g.initializer(tensor(name, data, dims));
+  const ACT = fp16 ? FLOAT16 : FLOAT;
   const headSize = H / heads;
   const ln = (x: string, gamma: string, beta: string, name: string) =>
     g.op('LayerNormalization', [x, gamma, beta], { axis: attr.int(-1), epsilon: attr.float(eps) }, { name });
 
   // Embeddings.
-  const word = g.initializer(float32Tensor('embeddings.word_embeddings.weight', w.wordEmbeddings, [w.config.vocabSize, H]));
-  const pos = g.initializer(float32Tensor('embeddings.position_embeddings.weight', w.positionEmbeddings, [w.config.maxPositions, H]));
-  const type = g.initializer(float32Tensor('embeddings.token_type_embeddings.weight', w.typeEmbeddings, [w.config.typeVocabSize, H]));
+  const word = g.initializer(tensor('embeddings.word_embeddings.weight', w.wordEmbeddings, [w.config.vocabSize, H]));
+  const pos = g.initializer(tensor('embeddings.position_embeddings.weight', w.positionEmbeddings, [w.config.maxPositions, H]));
+  const type = g.initializer(tensor('embeddings.token_type_embeddings.weight', w.typeEmbeddings, [w.config.typeVocabSize, H]));
   const seqLen = g.op('Shape', [ids], { start: attr.int(1), end: attr.int(2) }, { name: 'sequence_length_1d' }); // [1]
   const seqScalar = g.op('Squeeze', [seqLen, g.int64('axis_0', [0], [1])], {}, { name: 'sequence_length' });
   const positions = g.op('Range', [g.int64('zero', [0], []), seqScalar, g.int64('one', [1], [])], {}, { name: 'position_ids' });
@@ -352,26 +372,26 @@ function plainEncoder(g: OnnxGraphBuilder, w: BertWeights, ids: string, mask: st
     {},
     { name: 'emb_add_position' },
   );
-  let x = ln(e, g.float32('embeddings.LayerNorm.weight', w.embGamma, [H]), g.float32('embeddings.LayerNorm.bias', w.embBeta, [H]), 'emb_layer_norm');
+  let x = ln(e, wt('embeddings.LayerNorm.weight', w.embGamma, [H]), wt('embeddings.LayerNorm.bias', w.embBeta, [H]), 'emb_layer_norm');
 
   // Additive attention mask [B,1,1,S]: 0 for tokens, -10000 for padding.
-  const maskF = g.op('Cast', [mask], { to: attr.int(FLOAT) }, { name: 'mask_float' });
-  const inverted = g.op('Sub', [g.float32('one_f', [1], []), maskF], {}, { name: 'mask_inverted' });
+  const maskF = g.op('Cast', [mask], { to: attr.int(ACT) }, { name: 'mask_float' });
+  const inverted = g.op('Sub', [wt('one_f', [1], []), maskF], {}, { name: 'mask_inverted' });
   const maskBias = g.op(
     'Unsqueeze',
-    [g.op('Mul', [inverted, g.float32('mask_filter_value', [MASK_FILTER_VALUE], [])], {}, { name: 'mask_scaled' }), g.int64('axes_1_2', [1, 2], [2])],
+    [g.op('Mul', [inverted, wt('mask_filter_value', [MASK_FILTER_VALUE], [])], {}, { name: 'mask_scaled' }), g.int64('axes_1_2', [1, 2], [2])],
     {},
     { name: 'mask_bias' },
   );
   const headsShape = g.int64('heads_shape', [0, 0, heads, headSize], [4]);
   const mergedShape = g.int64('merged_shape', [0, 0, H], [3]);
-  const scale = g.float32('attention_scale', [1 / Math.sqrt(headSize)], []);
-  const geluC: GeluConstants = { sqrt2: g.float32('gelu_sqrt2', [Math.SQRT2], []), half: g.float32('gelu_half', [0.5], []), one: g.float32('gelu_one', [1], []) };
+  const scale = wt('attention_scale', [1 / Math.sqrt(headSize)], []);
+  const geluC: GeluConstants = { sqrt2: wt('gelu_sqrt2', [Math.SQRT2], []), half: wt('gelu_half', [0.5], []), one: wt('gelu_one', [1], []) };
 
   w.layers.forEach((L, l) => {
     const p = `encoder.layer.${l}`;
     const dense = (input: string, weight: Float32Array, bias: Float32Array, rows: number, cols: number, name: string) =>
-      g.op('Add', [g.op('MatMul', [input, g.float32(`${name}.weight`, weight, [rows, cols])], {}, { name: `${name}.matmul` }), g.float32(`${name}.bias`, bias, [cols])], {}, { name: `${name}.add_bias` });
+      g.op('Add', [g.op('MatMul', [input, wt(`${name}.weight`, weight, [rows, cols])], {}, { name: `${name}.matmul` }), wt(`${name}.bias`, bias, [cols])], {}, { name: `${name}.add_bias` });
     const split = (t: string, perm: number[], name: string) =>
       g.op('Transpose', [g.op('Reshape', [t, headsShape], {}, { name: `${name}.reshape` })], { perm: attr.ints(perm) }, { name: `${name}.transpose` });
     const q = split(dense(x, L.wq, L.bq, H, H, `${p}.attention.self.query`), [0, 2, 1, 3], `${p}.q`); // [B,N,S,d]
@@ -382,11 +402,11 @@ function plainEncoder(g: OnnxGraphBuilder, w: BertWeights, ids: string, mask: st
     const context = g.op('MatMul', [probs, v], {}, { name: `${p}.context` }); // [B,N,S,d]
     const merged = g.op('Reshape', [g.op('Transpose', [context], { perm: attr.ints([0, 2, 1, 3]) }, { name: `${p}.context_transpose` }), mergedShape], {}, { name: `${p}.context_merge` });
     const attnOut = dense(merged, L.wo, L.bo, H, H, `${p}.attention.output.dense`);
-    const x1 = ln(g.op('Add', [attnOut, x], {}, { name: `${p}.attention.residual` }), g.float32(`${p}.attention.output.LayerNorm.weight`, L.ln1Gamma, [H]), g.float32(`${p}.attention.output.LayerNorm.bias`, L.ln1Beta, [H]), `${p}.attention.layer_norm`);
+    const x1 = ln(g.op('Add', [attnOut, x], {}, { name: `${p}.attention.residual` }), wt(`${p}.attention.output.LayerNorm.weight`, L.ln1Gamma, [H]), wt(`${p}.attention.output.LayerNorm.bias`, L.ln1Beta, [H]), `${p}.attention.layer_norm`);
     const h = dense(x1, L.w1, L.b1, H, I, `${p}.intermediate.dense`);
     const act = gelu(g, geluC, h, `${p}.gelu`);
     const f = dense(act, L.w2, L.b2, I, H, `${p}.output.dense`);
-    x = ln(g.op('Add', [f, x1], {}, { name: `${p}.output.residual` }), g.float32(`${p}.output.LayerNorm.weight`, L.ln2Gamma, [H]), g.float32(`${p}.output.LayerNorm.bias`, L.ln2Beta, [H]), `${p}.output.layer_norm`);
+    x = ln(g.op('Add', [f, x1], {}, { name: `${p}.output.residual` }), wt(`${p}.output.LayerNorm.weight`, L.ln2Gamma, [H]), wt(`${p}.output.LayerNorm.bias`, L.ln2Beta, [H]), `${p}.output.layer_norm`);
   });
   return x;
 }

@@ -287,6 +287,45 @@ export function float32Tensor(name: string, data: Float32Array | readonly number
   return rawTensor(name, 'float32', dims, littleEndianBytes(arr, 4));
 }
 
+const F32_SCRATCH = new Float32Array(1);
+const U32_SCRATCH = new Uint32Array(F32_SCRATCH.buffer);
+
+/**
+ * IEEE 754 binary16 bits of a number (via its float32 value), round to nearest even; overflow → ±Inf,
+ * NaN stays NaN, tiny values become subnormals or ±0.
+ */
+export function float16Bits(value: number): number {
+  F32_SCRATCH[0] = value;
+  const x = U32_SCRATCH[0]!;
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  const mant = x & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 : 0);
+  const e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign; // below half the smallest subnormal
+    const m = mant | 0x800000; // implicit leading 1
+    const shift = 14 - e; // 14..24
+    const half = 1 << (shift - 1);
+    const rest = m & ((1 << shift) - 1);
+    let h = m >>> shift;
+    if (rest > half || (rest === half && (h & 1) === 1)) h += 1;
+    return sign | h; // a carry into the exponent field is still the right encoding
+  }
+  let h = (e << 10) | (mant >>> 13);
+  const rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest === 0x1000 && (h & 1) === 1)) h += 1; // carry may round up to Inf: correct
+  return sign | h;
+}
+
+/** A float16 tensor from float32 values (rounded to nearest even; see `float16Bits`). */
+export function float16Tensor(name: string, data: Float32Array | readonly number[], dims: readonly number[]): TensorValue {
+  const bits = new Uint16Array(data.length);
+  for (let i = 0; i < data.length; i++) bits[i] = float16Bits(data[i]!);
+  return rawTensor(name, 'float16', dims, littleEndianBytes(bits, 2));
+}
+
 /** An int32 tensor. */
 export function int32Tensor(name: string, data: Int32Array | readonly number[], dims: readonly number[]): TensorValue {
   const arr = data instanceof Int32Array ? data : Int32Array.from(data);
