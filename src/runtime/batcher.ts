@@ -10,6 +10,7 @@
  * A failed batch rejects every item in it and nothing of it reaches a cache.
  */
 import { ErrorCode, PolyrayError } from '../errors.ts';
+import { DispatchQueue, type Pending } from './dispatch-queue.ts';
 import type { InferencePool, Lease } from './pool.ts';
 import type { FeedSpec } from './worker-protocol.ts';
 
@@ -18,13 +19,13 @@ export interface BatcherOptions {
   maxItems: number;
   /** Most padded tokens (items × longest length) in one run. Default 16384. */
   maxTokens: number;
-  /** How long the oldest item waits for company before dispatch, in microseconds. Default 2000. */
+  /** How long the oldest item waits for company before dispatch, in microseconds. Default 0 (dispatch when a worker is free). */
   maxWaitUs: number;
   /** Most items queued; beyond it submits fail with OVERLOADED. Default 8192. */
   maxQueueItems: number;
 }
 
-export const DEFAULT_BATCHER_OPTIONS: BatcherOptions = { maxItems: 64, maxTokens: 16384, maxWaitUs: 2000, maxQueueItems: 8192 };
+export const DEFAULT_BATCHER_OPTIONS: BatcherOptions = { maxItems: 64, maxTokens: 16384, maxWaitUs: 0, maxQueueItems: 8192 };
 
 export interface ModelIO {
   name: string;
@@ -61,30 +62,17 @@ export interface BatcherStats {
   failedBatches: number;
 }
 
-interface Queued {
-  item: BatchItem;
-  len: number;
-  enqueuedAt: number;
-  resolve: (r: ItemResult) => void;
-  reject: (e: Error) => void;
-}
+type Queued = Pending<BatchItem, ItemResult>;
 
-type BatcherState = { kind: 'open' } | { kind: 'draining'; done: Promise<void> } | { kind: 'closed' };
+const lengthOf = (q: Queued): number => Math.max(1, q.item.ids.length);
 
 export class Batcher {
   readonly #o: BatcherOptions;
   readonly #io: ModelIO;
-  readonly #pool: InferencePool;
-  readonly #now: () => number;
-  #queue: Queued[] = [];
-  #timer: NodeJS.Timeout | undefined;
-  #acquiring = false;
-  #inFlight = 0;
-  #state: BatcherState = { kind: 'open' };
-  #idleWaiters: (() => void)[] = [];
+  readonly #queue: DispatchQueue<BatchItem, ItemResult>;
   readonly #stats: BatcherStats = { queued: 0, batches: 0, items: 0, paddedTokens: 0, realTokens: 0, rejected: 0, failedBatches: 0 };
 
-  constructor(io: ModelIO, pool: InferencePool, options: Partial<BatcherOptions> = {}, now: () => number = () => performance.now()) {
+  constructor(io: ModelIO, pool: Pick<InferencePool, 'acquire'>, options: Partial<BatcherOptions> = {}, now: () => number = () => performance.now()) {
     const o = { ...DEFAULT_BATCHER_OPTIONS, ...options };
     for (const k of ['maxItems', 'maxTokens', 'maxQueueItems'] as const) {
       if (!Number.isSafeInteger(o[k]) || o[k] < 1) throw new TypeError(`Batcher option ${k} must be an integer >= 1, received ${String(o[k])}`);
@@ -92,110 +80,55 @@ export class Batcher {
     if (!Number.isFinite(o.maxWaitUs) || o.maxWaitUs < 0) throw new TypeError(`Batcher option maxWaitUs must be >= 0, received ${String(o.maxWaitUs)}`);
     this.#o = o;
     this.#io = io;
-    this.#pool = pool;
-    this.#now = now;
+    this.#queue = new DispatchQueue<BatchItem, ItemResult>(
+      {
+        name: io.name,
+        maxWaitUs: o.maxWaitUs,
+        maxQueueItems: o.maxQueueItems,
+        full: (queue) => this.#full(queue),
+        take: (queue) => this.#take(queue),
+        run: (batch, run) => this.#run(batch, run),
+      },
+      pool,
+      now,
+    );
   }
 
   /** Queues items; each promise settles with its own vector or the error of its batch. */
   submit(items: readonly BatchItem[]): Promise<ItemResult>[] {
-    if (this.#state.kind !== 'open') {
-      const e = new PolyrayError(ErrorCode.SHUTTING_DOWN, 'The service is shutting down; retry on another replica');
-      return items.map(() => Promise.reject(e));
-    }
-    if (this.#queue.length + items.length > this.#o.maxQueueItems) {
-      this.#stats.rejected += items.length;
-      const e = new PolyrayError(ErrorCode.OVERLOADED, `The ${this.#io.name} queue is full (${this.#o.maxQueueItems} items); retry later`, {
-        retryAfterMs: 100,
-      });
-      return items.map(() => Promise.reject(e));
-    }
-    const now = this.#now();
-    const promises = items.map(
-      (item) =>
-        new Promise<ItemResult>((resolve, reject) => {
-          this.#queue.push({ item, len: Math.max(1, item.ids.length), enqueuedAt: now, resolve, reject });
-        }),
-    );
-    this.#schedule();
-    return promises;
+    return this.#queue.submit(items);
   }
 
-  #full(): boolean {
-    if (this.#queue.length >= this.#o.maxItems) return true;
+  #full(queue: readonly Queued[]): boolean {
+    if (queue.length >= this.#o.maxItems) return true;
     let maxLen = 0;
-    for (const q of this.#queue) if (q.len > maxLen) maxLen = q.len;
-    return maxLen * this.#queue.length >= this.#o.maxTokens;
+    for (const q of queue) maxLen = Math.max(maxLen, lengthOf(q));
+    return maxLen * queue.length >= this.#o.maxTokens;
   }
 
-  #schedule(): void {
-    if (this.#queue.length === 0 || this.#acquiring) return;
-    const waitedUs = (this.#now() - this.#queue[0]!.enqueuedAt) * 1000;
-    if (this.#full() || waitedUs >= this.#o.maxWaitUs || this.#state.kind === 'draining') {
-      if (this.#timer) clearTimeout(this.#timer);
-      this.#timer = undefined;
-      this.#dispatch();
-    } else if (!this.#timer) {
-      this.#timer = setTimeout(() => {
-        this.#timer = undefined;
-        this.#schedule();
-      }, Math.max(0, (this.#o.maxWaitUs - waitedUs) / 1000));
-    }
-  }
-
-  #dispatch(): void {
-    this.#acquiring = true;
-    this.#pool.acquire().then(
-      (lease) => {
-        this.#acquiring = false;
-        const batch = this.#take();
-        if (batch.length === 0) {
-          lease.release();
-          this.#notifyIdle();
-          return;
-        }
-        this.#inFlight++;
-        this.#run(batch, lease.run.bind(lease)).finally(() => {
-          lease.release();
-          this.#inFlight--;
-          this.#notifyIdle();
-        });
-        this.#schedule();
-      },
-      (err: Error) => {
-        this.#acquiring = false;
-        const batch = this.#queue;
-        this.#queue = [];
-        for (const q of batch) q.reject(err);
-        this.#notifyIdle();
-      },
-    );
-  }
-
-  /** Removes the next batch from the queue: the oldest item plus the items nearest to it in length. */
-  #take(): Queued[] {
-    if (this.#queue.length === 0) return [];
-    const anchor = this.#queue[0]!;
-    const order = this.#queue.map((q, i) => ({ q, i, d: Math.abs(q.len - anchor.len) }));
+  /** The next batch: the oldest item plus the items nearest to it in length. */
+  #take(queue: readonly Queued[]): { batch: Queued[]; rest: Queued[] } {
+    const anchor = lengthOf(queue[0]!);
+    const order = queue.map((q, i) => ({ len: lengthOf(q), i, d: Math.abs(lengthOf(q) - anchor) }));
     order.sort((a, b) => a.d - b.d || a.i - b.i);
     const picked = new Set<number>();
     let maxLen = 0;
-    for (const { q, i } of order) {
+    for (const { len, i } of order) {
       if (picked.size >= this.#o.maxItems) break;
-      const nextMax = Math.max(maxLen, q.len);
+      const nextMax = Math.max(maxLen, len);
       if (picked.size > 0 && nextMax * (picked.size + 1) > this.#o.maxTokens) continue;
       picked.add(i);
       maxLen = nextMax;
     }
     const batch: Queued[] = [];
     const rest: Queued[] = [];
-    this.#queue.forEach((q, i) => (picked.has(i) ? batch : rest).push(q));
-    this.#queue = rest;
-    return batch;
+    queue.forEach((q, i) => (picked.has(i) ? batch : rest).push(q));
+    return { batch, rest };
   }
 
   async #run(batch: Queued[], run: Lease['run']): Promise<void> {
     const n = batch.length;
-    const t = Math.max(...batch.map((q) => q.len));
+    const t = Math.max(...batch.map(lengthOf));
     const ids = new BigInt64Array(n * t);
     const mask = new BigInt64Array(n * t);
     let realTokens = 0;
@@ -224,11 +157,11 @@ export class Batcher {
           reason: 'output-shape',
         });
       }
-      const tokenTotal = batch.reduce((s, q) => s + q.len, 0);
+      const tokenTotal = batch.reduce((s, q) => s + lengthOf(q), 0);
       batch.forEach((q, r) => {
         q.resolve({
           vector: res.data.slice(r * d, (r + 1) * d),
-          inferenceMs: (res.runMs * q.len) / tokenTotal,
+          inferenceMs: (res.runMs * lengthOf(q)) / tokenTotal,
           batchSize: n,
           tokens: q.item.ids.length,
         });
@@ -240,30 +173,12 @@ export class Batcher {
     }
   }
 
-  #notifyIdle(): void {
-    if (this.#queue.length === 0 && this.#inFlight === 0 && !this.#acquiring) {
-      const w = this.#idleWaiters;
-      this.#idleWaiters = [];
-      for (const f of w) f();
-    }
-  }
-
   /** Stops accepting items and resolves once everything queued has run. */
   drain(): Promise<void> {
-    if (this.#state.kind === 'draining') return this.#state.done;
-    if (this.#state.kind === 'closed') return Promise.resolve();
-    const done = new Promise<void>((resolve) => {
-      this.#idleWaiters.push(resolve);
-    }).then(() => {
-      this.#state = { kind: 'closed' };
-    });
-    this.#state = { kind: 'draining', done };
-    this.#schedule();
-    this.#notifyIdle();
-    return done;
+    return this.#queue.drain();
   }
 
   stats(): BatcherStats {
-    return { ...this.#stats, queued: this.#queue.length };
+    return { ...this.#stats, queued: this.#queue.length, rejected: this.#queue.rejected };
   }
 }

@@ -13,6 +13,7 @@
  * item's result holds its row of every output. Inference time is apportioned by cost share.
  */
 import { ErrorCode, PolyrayError } from '../errors.ts';
+import { DispatchQueue, type Pending } from './dispatch-queue.ts';
 import type { InferencePool, Lease } from './pool.ts';
 import type { FeedSpec } from './worker-protocol.ts';
 
@@ -21,13 +22,13 @@ export interface TensorBatcherOptions {
   maxItems: number;
   /** Most cost units (pixels for images) in one run; a single larger item still runs alone. Default 16 × 224². */
   maxCost: number;
-  /** How long the oldest item waits for company, in microseconds. Default 2000. */
+  /** How long the oldest item waits for company, in microseconds. Default 0 (dispatch when a worker is free). */
   maxWaitUs: number;
   /** Most items queued; beyond it submits fail with OVERLOADED. Default 8192. */
   maxQueueItems: number;
 }
 
-export const DEFAULT_TENSOR_BATCHER_OPTIONS: TensorBatcherOptions = { maxItems: 64, maxCost: 16 * 224 * 224, maxWaitUs: 2000, maxQueueItems: 8192 };
+export const DEFAULT_TENSOR_BATCHER_OPTIONS: TensorBatcherOptions = { maxItems: 64, maxCost: 16 * 224 * 224, maxWaitUs: 0, maxQueueItems: 8192 };
 
 export interface TensorModelIO {
   /** Model name in the inference pool. */
@@ -66,27 +67,13 @@ export interface TensorBatcherStats {
   failedBatches: number;
 }
 
-interface Queued {
-  item: TensorItem;
-  enqueuedAt: number;
-  resolve: (r: TensorItemResult) => void;
-  reject: (e: Error) => void;
-}
-
-type State = { kind: 'open' } | { kind: 'draining'; done: Promise<void> } | { kind: 'closed' };
+type Queued = Pending<TensorItem, TensorItemResult>;
 
 export class TensorBatcher {
   readonly #o: TensorBatcherOptions;
   readonly #io: TensorModelIO;
   readonly #itemSize: number;
-  readonly #pool: Pick<InferencePool, 'acquire'>;
-  readonly #now: () => number;
-  #queue: Queued[] = [];
-  #timer: NodeJS.Timeout | undefined;
-  #acquiring = false;
-  #inFlight = 0;
-  #state: State = { kind: 'open' };
-  #idleWaiters: (() => void)[] = [];
+  readonly #queue: DispatchQueue<TensorItem, TensorItemResult>;
   readonly #stats: TensorBatcherStats = { queued: 0, batches: 0, items: 0, cost: 0, rejected: 0, failedBatches: 0 };
 
   constructor(io: TensorModelIO, pool: Pick<InferencePool, 'acquire'>, options: Partial<TensorBatcherOptions> = {}, now: () => number = () => performance.now()) {
@@ -99,8 +86,18 @@ export class TensorBatcher {
     this.#o = o;
     this.#io = io;
     this.#itemSize = io.itemShape.reduce((a, b) => a * b, 1);
-    this.#pool = pool;
-    this.#now = now;
+    this.#queue = new DispatchQueue<TensorItem, TensorItemResult>(
+      {
+        name: io.name,
+        maxWaitUs: o.maxWaitUs,
+        maxQueueItems: o.maxQueueItems,
+        full: (queue) => this.#full(queue),
+        take: (queue) => this.#take(queue),
+        run: (batch, run) => this.#run(batch, run),
+      },
+      pool,
+      now,
+    );
   }
 
   get io(): TensorModelIO {
@@ -109,86 +106,30 @@ export class TensorBatcher {
 
   /** Queues items; each promise settles with the item's outputs or its batch's error. */
   submit(items: readonly TensorItem[]): Promise<TensorItemResult>[] {
-    if (this.#state.kind !== 'open') {
-      const e = new PolyrayError(ErrorCode.SHUTTING_DOWN, 'The service is shutting down; retry on another replica');
-      return items.map(() => Promise.reject(e));
-    }
     for (const it of items) {
       if (it.data.length !== this.#itemSize) throw new TypeError(`TensorBatcher ${this.#io.name}: item has ${it.data.length} values, expected ${this.#itemSize}`);
     }
-    if (this.#queue.length + items.length > this.#o.maxQueueItems) {
-      this.#stats.rejected += items.length;
-      const e = new PolyrayError(ErrorCode.OVERLOADED, `The ${this.#io.name} queue is full (${this.#o.maxQueueItems} items); retry later`, { retryAfterMs: 100 });
-      return items.map(() => Promise.reject(e));
-    }
-    const now = this.#now();
-    const promises = items.map((item) => new Promise<TensorItemResult>((resolve, reject) => this.#queue.push({ item, enqueuedAt: now, resolve, reject })));
-    this.#schedule();
-    return promises;
+    return this.#queue.submit(items);
   }
 
-  #full(): boolean {
-    if (this.#queue.length >= this.#o.maxItems) return true;
+  #full(queue: readonly Queued[]): boolean {
+    if (queue.length >= this.#o.maxItems) return true;
     let cost = 0;
-    for (const q of this.#queue) cost += q.item.cost;
+    for (const q of queue) cost += q.item.cost;
     return cost >= this.#o.maxCost;
   }
 
-  #schedule(): void {
-    if (this.#queue.length === 0 || this.#acquiring) return;
-    const waitedUs = (this.#now() - this.#queue[0]!.enqueuedAt) * 1000;
-    if (this.#full() || waitedUs >= this.#o.maxWaitUs || this.#state.kind === 'draining') {
-      if (this.#timer) clearTimeout(this.#timer);
-      this.#timer = undefined;
-      this.#dispatch();
-    } else if (!this.#timer) {
-      this.#timer = setTimeout(() => {
-        this.#timer = undefined;
-        this.#schedule();
-      }, Math.max(0, (this.#o.maxWaitUs - waitedUs) / 1000));
-    }
-  }
-
-  #dispatch(): void {
-    this.#acquiring = true;
-    this.#pool.acquire().then(
-      (lease) => {
-        this.#acquiring = false;
-        const batch = this.#take();
-        if (batch.length === 0) {
-          lease.release();
-          this.#notifyIdle();
-          return;
-        }
-        this.#inFlight++;
-        this.#run(batch, lease.run.bind(lease)).finally(() => {
-          lease.release();
-          this.#inFlight--;
-          this.#notifyIdle();
-        });
-        this.#schedule();
-      },
-      (err: Error) => {
-        this.#acquiring = false;
-        const batch = this.#queue;
-        this.#queue = [];
-        for (const q of batch) q.reject(err);
-        this.#notifyIdle();
-      },
-    );
-  }
-
   /** The oldest items that fit the item and cost bounds (at least one). */
-  #take(): Queued[] {
+  #take(queue: readonly Queued[]): { batch: Queued[]; rest: Queued[] } {
     let cost = 0;
     let n = 0;
-    while (n < this.#queue.length && n < this.#o.maxItems) {
-      const c = this.#queue[n]!.item.cost;
+    while (n < queue.length && n < this.#o.maxItems) {
+      const c = queue[n]!.item.cost;
       if (n > 0 && cost + c > this.#o.maxCost) break;
       cost += c;
       n++;
     }
-    return this.#queue.splice(0, n);
+    return { batch: queue.slice(0, n), rest: queue.slice(n) };
   }
 
   async #run(batch: Queued[], run: Lease['run']): Promise<void> {
@@ -230,28 +171,12 @@ export class TensorBatcher {
     }
   }
 
-  #notifyIdle(): void {
-    if (this.#queue.length === 0 && this.#inFlight === 0 && !this.#acquiring) {
-      const w = this.#idleWaiters;
-      this.#idleWaiters = [];
-      for (const f of w) f();
-    }
-  }
-
   /** Stops accepting items and resolves once everything queued has run. */
   drain(): Promise<void> {
-    if (this.#state.kind === 'draining') return this.#state.done;
-    if (this.#state.kind === 'closed') return Promise.resolve();
-    const done = new Promise<void>((resolve) => this.#idleWaiters.push(resolve)).then(() => {
-      this.#state = { kind: 'closed' };
-    });
-    this.#state = { kind: 'draining', done };
-    this.#schedule();
-    this.#notifyIdle();
-    return done;
+    return this.#queue.drain();
   }
 
   stats(): TensorBatcherStats {
-    return { ...this.#stats, queued: this.#queue.length };
+    return { ...this.#stats, queued: this.#queue.length, rejected: this.#queue.rejected };
   }
 }
