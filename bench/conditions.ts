@@ -27,6 +27,8 @@ export interface Conditions {
   modelsLoaded: string;
   /** Environment the bench always gives the service (besides PORT and each run's overrides). */
   serviceEnv: string;
+  /** Set when the issue-7 section failed as a whole. */
+  transformerError?: string;
 }
 
 /** HEAD commit and how many files under src/ differ from it. */

@@ -67,6 +67,11 @@ export class SentenceSource {
     return new SentenceSource(words, seed);
   }
 
+  /** A source over a given list of plain words (most frequent first), e.g. a WordPiece vocabulary's whole words. */
+  static fromWords(words: string[], seed = 42): SentenceSource {
+    return new SentenceSource(words, seed);
+  }
+
   /** How many sentences have been produced. */
   get produced(): number {
     return this.#counter;

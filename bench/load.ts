@@ -20,7 +20,7 @@ export const EMBED_QUERY = 'query($inputs:[EmbedInput!]!){ embed(model:"text-glo
 
 export interface PhaseSpec {
   id: string;
-  kind: 'miss' | 'memory';
+  kind: 'miss' | 'memory' | 'global';
   concurrency: number;
   inputsPerRequest: number;
   warmupMs: number;
@@ -64,7 +64,7 @@ export interface BatchStats {
   meanRunMs: number;
 }
 
-interface MetricsSample {
+export interface MetricsSample {
   sizeSum: number;
   sizeCount: number;
   secondsSum: number;
@@ -183,7 +183,7 @@ export interface PhaseContext {
 export async function runPhase(spec: PhaseSpec, ctx: PhaseContext): Promise<PhaseRun> {
   ctx.checkAbort();
   const metricsBefore = await scrapeBatchMetrics(ctx.url);
-  const expected = spec.kind === 'miss' ? 'COMPUTED' : 'MEMORY';
+  const expected = spec.kind === 'miss' ? 'COMPUTED' : spec.kind === 'global' ? 'GLOBAL' : 'MEMORY';
   const t0 = performance.now();
   const windowStart = t0 + spec.warmupMs;
   const windowEnd = windowStart + spec.durationMs;

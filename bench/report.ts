@@ -5,6 +5,9 @@
 import type { CeilingResult, CeilingRow } from './ceiling.ts';
 import type { Conditions } from './conditions.ts';
 import type { ClientKind, PhaseResult } from './load.ts';
+import type { GlobalHitResult } from './global-hit.ts';
+import type { TransformerResults } from './transformer-run.ts';
+import { globalHitMarkdown, globalHitText, transformerMarkdown, transformerText } from './transformer-report.ts';
 
 export interface ServiceSettings {
   workers: number;
@@ -26,6 +29,8 @@ export interface ServiceRun {
   startupMs: number;
   phases: PhaseResult[];
   error?: string;
+  /** Peak RSS (VmHWM) of the service process at the end of its phases, MiB. */
+  peakRssMiB?: number;
 }
 
 export interface BenchResults {
@@ -34,6 +39,8 @@ export interface BenchResults {
   ceiling: CeilingResult;
   main: ServiceRun;
   variants: ServiceRun[];
+  globalHit?: GlobalHitResult;
+  transformer?: TransformerResults;
 }
 
 // ---------- formatting ----------
@@ -45,7 +52,7 @@ const cores = (x: number): string => (Number.isFinite(x) ? x.toFixed(2) : '–')
 const ratio = (x: number): string => (Number.isFinite(x) ? `×${x.toFixed(2)}` : '–');
 
 export function phaseLabel(p: { kind: string; concurrency: number; inputsPerRequest: number }): string {
-  return `${p.kind === 'miss' ? 'miss' : 'memory hit'} N=${p.concurrency}${p.inputsPerRequest > 1 ? ` ×${p.inputsPerRequest}/req` : ''}`;
+  return `${p.kind === 'miss' ? 'miss' : p.kind === 'global' ? 'global hit' : 'memory hit'} N=${p.concurrency}${p.inputsPerRequest > 1 ? ` ×${p.inputsPerRequest}/req` : ''}`;
 }
 
 export function settingsLabel(s: ServiceSettings): string {
@@ -427,13 +434,23 @@ export function stdoutReport(r: BenchResults): string {
     textTable(phaseTable(r.main, r.ceiling.best.itemsPerS)),
   ];
   if (r.variants.length) parts.push('', 'Service variants (cache misses; cpu bench/svc main/svc other in cores)', textTable(variantTable(r)));
+  if (r.globalHit) parts.push('', globalHitText(r.globalHit));
+  if (r.transformer) parts.push('', transformerText(r.transformer, extraMemory(r)));
+  if (r.conditions.transformerError) parts.push('', `Issue-7 section failed: ${r.conditions.transformerError}`);
   parts.push('', 'Notes', ...notes(r).map((n) => `- ${n.replaceAll('**', '').replaceAll('`', '')}`));
   return parts.join('\n');
 }
 
+function extraMemory(r: BenchResults): { label: string; mib: number; startupMs: number; what: string }[] {
+  const out: { label: string; mib: number; startupMs: number; what: string }[] = [];
+  if (r.main.peakRssMiB !== undefined) out.push({ label: 'text-glove main', mib: r.main.peakRssMiB, startupMs: r.main.startupMs, what: 'Polyray serving text-glove (the glove sections above)' });
+  for (const [k, v] of Object.entries(r.globalHit?.peakRssMiB ?? {})) out.push({ label: `text-glove ${k}`, mib: v, startupMs: NaN, what: 'Polyray serving text-glove with Redis' });
+  return out;
+}
+
 export function markdownReport(r: BenchResults): string {
   const ceil = r.ceiling.best;
-  return `# Polyray bench results — \`text-glove\`
+  return `# Polyray bench results — \`text-glove\`, \`text-bert-synthetic\`
 
 Produced by \`npm run bench\` (\`bench/run.ts\`) on ${r.conditions.startedAt}; the raw figures are in \`results.json\`. Rerun to refresh: this file is
 rewritten by every run, notes included (they are computed from the figures).
@@ -441,9 +458,10 @@ rewritten by every run, notes included (they are computed from the figures).
 ## How to run
 
 \`\`\`sh
-npm run models:build                  # once: builds models/text-glove
-npm run bench                         # full run (~2.5–3 min): writes bench/RESULTS.md and bench/results.json
-npm run bench -- --quick              # smoke run (< 45 s) into bench/out/quick/ (git-ignored)
+npm run models:build                  # once: builds models/ (text-glove, text-bert-synthetic*)
+npm run bench                         # full run (~6 min on 2 cores): writes bench/RESULTS.md and bench/results.json
+npm run bench -- --quick              # smoke run (~60 s) into bench/out/quick/ (git-ignored)
+npm run bench -- --no-transformer     # skip issue 7 (text-bert-synthetic); --no-redis skips the GLOBAL row
 npm run bench -- --out DIR            # write the two files elsewhere
 npm run bench -- --no-variants        # skip the alternative-settings runs
 npm run bench -- --all-models         # services load every model of models/ (default: text-glove only)
@@ -453,7 +471,8 @@ npm run bench -- --set POLYRAY_BATCH_MAX_WAIT_US=0   # extra service environment
 
 The bench starts and stops its own service processes (loopback only, free ports) and kills them on exit, error, SIGINT or
 SIGTERM; a service also stops by itself if the bench process dies (\`bench/orphan-guard.mjs\`). Run it on an otherwise idle
-machine: the *others* columns show how much CPU other processes took during each measurement.
+machine: the *others* columns show how much CPU other processes took during each measurement. Services run with the current
+defaults (\`POLYRAY_BATCH_MAX_WAIT_US\` = 0, ONNX Runtime spinning off). Row meanings and targets: \`docs/BENCH.md\`.
 
 ## What each table measures
 
@@ -511,7 +530,9 @@ ${mdTable(variantTable(r))}
 `
     : ''
 }
-## Notes
+${r.globalHit ? globalHitMarkdown(r.globalHit) : ''}
+${r.transformer ? transformerMarkdown(r.transformer, extraMemory(r)) : r.conditions.transformerError ? `## Issue 7\n\nThe section failed: ${r.conditions.transformerError}\n` : ''}
+## Notes (text-glove sections)
 
 ${notes(r)
   .map((n) => `- ${n}`)

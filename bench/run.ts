@@ -25,7 +25,9 @@ import { gitState, hostInfo, loadAvg, packageVersion, type Conditions } from './
 import { SentenceSource } from './corpus.ts';
 import { embed, mergeRounds, runPhase, type ClientKind, type PhaseRun, type PhaseSpec } from './load.ts';
 import { markdownReport, phaseLabel, stdoutReport, type BenchResults, type ServiceRun, type ServiceSettings } from './report.ts';
-import { childEnv, cpuSnapshot, cpuUse, effectiveSettings, freePort, removeScratch, removeStaleScratch, ServiceProcess, useSingleModel } from './service.ts';
+import { childEnv, cpuSnapshot, peakRss, cpuUse, effectiveSettings, freePort, removeScratch, removeStaleScratch, ServiceProcess, useSingleModel } from './service.ts';
+import { measureGlobalHits } from './global-hit.ts';
+import { runTransformerSection, type TransformerPlan } from './transformer-run.ts';
 
 const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(BENCH_DIR, '..');
@@ -39,20 +41,26 @@ interface Args {
   out: string;
   variants: boolean;
   set: Record<string, string>;
+  noTransformer: boolean;
+  noRedis: boolean;
+  redisUrl: string;
 }
 
 function usage(): string {
   return `usage: npm run bench -- [--quick] [--out DIR] [--no-variants] [--set KEY=VALUE ...]
-  --quick         smoke run: short phases, fewer batch sizes, no variants (< 45 s)
+  --quick         smoke run: short phases, fewer batch sizes, no variants (< 60 s)
   --out DIR       where RESULTS.md and results.json go (default: bench/, or bench/out/quick/ with --quick)
   --no-variants   skip the alternative-settings runs (full mode runs them by default)
   --all-models    services load every model of models/ (default: text-glove only, the model measured)
   --render FILE   measure nothing: rewrite RESULTS.md (in --out, default: FILE's folder) from a results.json
-  --set KEY=VAL   extra service environment for the main run, e.g. --set POLYRAY_BATCH_MAX_WAIT_US=0`;
+  --set KEY=VAL   extra service environment for the main run, e.g. --set POLYRAY_BATCH_MAX_WAIT_US=0
+  --no-transformer  skip the issue-7 section (text-bert-synthetic: ceiling, naive baseline, peer, mixed, probe, memory)
+  --no-redis      skip the GLOBAL-hit row (issue 3)
+  --redis URL     Redis for the GLOBAL-hit row (default: $REDIS_URL or redis://127.0.0.1:6379; keys under a unique prefix, deleted after)`;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { quick: false, allModels: false, out: '', variants: true, set: {} };
+  const a: Args = { quick: false, allModels: false, out: '', variants: true, set: {}, noTransformer: false, noRedis: false, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379' };
   for (let i = 0; i < argv.length; i++) {
     const x = argv[i]!;
     const value = (): string => {
@@ -63,6 +71,9 @@ function parseArgs(argv: string[]): Args {
     if (x === '--quick') a.quick = true;
     else if (x === '--no-variants') a.variants = false;
     else if (x === '--all-models') a.allModels = true;
+    else if (x === '--no-transformer') a.noTransformer = true;
+    else if (x === '--no-redis') a.noRedis = true;
+    else if (x === '--redis') a.redisUrl = value();
     else if (x === '--render') a.render = path.resolve(value());
     else if (x === '--out') a.out = path.resolve(value());
     else if (x.startsWith('--out=')) a.out = path.resolve(x.slice(6));
@@ -98,6 +109,10 @@ interface Plan {
   variantWarmupMs: number;
   variantDurationMs: number;
   watchdogMs: number;
+  /** Issue 7 (text-bert-synthetic); undefined = skipped. */
+  transformer?: TransformerPlan;
+  /** Issue 3: GLOBAL hits (needs Redis). */
+  globalHit?: { concurrency: number; warmTexts: number; warmupMs: number; durationMs: number };
 }
 
 const CEILING_SESSIONS: CeilingSession[] = [
@@ -115,12 +130,26 @@ function plan(quick: boolean): Plan {
         memoryConcurrency: [1, 16, 64],
         memorySet: 1024,
         warmupMs: 250,
-        durationMs: 3000,
+        durationMs: 1500,
         variantPhases: [],
         variantRounds: 0,
         variantWarmupMs: 0,
         variantDurationMs: 0,
-        watchdogMs: 120_000,
+        watchdogMs: 150_000,
+        transformer: {
+          ceiling: { seqs: [16, 128], batchSizes: [1, 4], intras: [2], cellMs: 120, minRuns: 1, variantRounds: 1, cosineSamples: 8 },
+          seqs: [16],
+          concurrency: [16],
+          peerBatchedConcurrency: [16],
+          mixedConcurrency: 16,
+          mixedRange: [8, 256],
+          probeConcurrency: 16,
+          probeRatePerS: 10,
+          warmup: (seq) => (seq === 16 ? 400 : 800),
+          duration: (seq) => (seq === 16 ? 1000 : 1500),
+          tunedMaxTokens: 1024,
+        },
+        globalHit: { concurrency: 16, warmTexts: 1000, warmupMs: 150, durationMs: 500 },
       }
     : {
         ceiling: { batchSizes: [1, 8, 32, 64, 128, 256], sessions: CEILING_SESSIONS, cellMs: 600, rounds: 3, warmupMs: 40, hostItems: 20000, poolSize: 8192 },
@@ -129,15 +158,30 @@ function plan(quick: boolean): Plan {
         memoryConcurrency: [1, 16, 64],
         memorySet: 1024,
         warmupMs: 500,
-        durationMs: 7000,
+        durationMs: 3500,
         variantPhases: [
           { concurrency: 1, inputs: 1 },
           { concurrency: 64, inputs: 1 },
         ],
-        variantRounds: 3,
+        variantRounds: 2,
         variantWarmupMs: 250,
         variantDurationMs: 1000,
-        watchdogMs: 330_000,
+        watchdogMs: 480_000,
+        transformer: {
+          ceiling: { seqs: [16, 128], batchSizes: [1, 4, 8, 16, 32], intras: [1, 2], cellMs: 500, minRuns: 2, variantRounds: 3, variantBatch: 8, variantIntra: 2, cosineSamples: 32 },
+          seqs: [16, 128],
+          concurrency: [1, 16, 64],
+          peerBatchedConcurrency: [16, 64],
+          mixedConcurrency: 64,
+          mixedRange: [8, 256],
+          probeConcurrency: 64,
+          probeRatePerS: 10,
+          // seq 128 at N=64 answers in seconds: the warm-up must cover the first full queue.
+          warmup: (seq, n) => (seq === 16 || n === 1 ? 1000 : n >= 64 ? 3000 : 1500),
+          duration: (seq, n) => (seq === 16 || n === 1 ? 3000 : 4500),
+          tunedMaxTokens: 1024,
+        },
+        globalHit: { concurrency: 16, warmTexts: 16384, warmupMs: 300, durationMs: 3000 },
       };
 }
 
@@ -149,10 +193,10 @@ function plan(quick: boolean): Plan {
 const VARIANTS: { label: string; env: Record<string, string>; client: ClientKind }[] = [
   { label: 'default (repeat)', env: {}, client: 'fetch' },
   { label: 'default, http client', env: {}, client: 'http' },
-  { label: 'maxWait=0', env: { POLYRAY_BATCH_MAX_WAIT_US: '0' }, client: 'fetch' },
+  // POLYRAY_BATCH_MAX_WAIT_US now defaults to 0: the old default (2000) is the alternative.
+  { label: 'maxWait=2000', env: { POLYRAY_BATCH_MAX_WAIT_US: '2000' }, client: 'fetch' },
   { label: 'intra=1', env: { POLYRAY_INTRA_OP_THREADS: '1' }, client: 'fetch' },
   { label: 'intra=1 maxWait=500', env: { POLYRAY_INTRA_OP_THREADS: '1', POLYRAY_BATCH_MAX_WAIT_US: '500' }, client: 'fetch' },
-  { label: 'intra=1 maxWait=0', env: { POLYRAY_INTRA_OP_THREADS: '1', POLYRAY_BATCH_MAX_WAIT_US: '0' }, client: 'fetch' },
   { label: 'workers=2 intra=1', env: { POLYRAY_WORKERS: '2', POLYRAY_INTRA_OP_THREADS: '1' }, client: 'fetch' },
 ];
 
@@ -214,14 +258,14 @@ function settingsOf(env: Record<string, string>): ServiceSettings {
   };
 }
 
-async function startService(label: string, overrides: Record<string, string>): Promise<ServiceProcess> {
+async function startService(label: string, overrides: Record<string, string>, script?: string): Promise<ServiceProcess> {
   checkAbort();
   const port = await freePort();
-  log(`service [${label}] starting on 127.0.0.1:${port} (${Object.entries(overrides).map(([k, v]) => `${k}=${v}`).join(' ') || 'defaults'})`);
+  log(`service [${label}] starting on 127.0.0.1:${port} (${Object.entries(overrides).map(([k, v]) => `${k}=${v}`).join(' ') || 'defaults'})${script ? ` ${script}` : ''}`);
   const svc = await ServiceProcess.start(ROOT, childEnv(overrides, port), port, 90_000, (c) => {
     children.add(c);
     c.once('exit', () => children.delete(c));
-  });
+  }, script);
   log(`  [${label}] ready in ${Math.round(svc.startupMs)} ms (pid ${String(svc.pid)})`);
   return svc;
 }
@@ -233,6 +277,7 @@ async function withService(label: string, overrides: Record<string, string>, bod
     run.startupMs = svc.startupMs;
     await body(svc, run);
     if (!svc.alive) throw new Error(`service exited during the run:\n${svc.tail()}`);
+    run.peakRssMiB = peakRss(svc.pid).hwmMiB;
   } finally {
     await svc.stop();
   }
@@ -401,10 +446,41 @@ async function main(): Promise<void> {
     }
   }
 
+  // 5. Issue 3: GLOBAL (Redis) hits, text-glove.
+  const globalHit =
+    P.globalHit && !args.noRedis
+      ? await measureGlobalHits({
+          redisUrl: args.redisUrl,
+          warmTexts: corpus.take(P.globalHit.warmTexts),
+          missTexts,
+          concurrency: P.globalHit.concurrency,
+          warmupMs: P.globalHit.warmupMs,
+          durationMs: P.globalHit.durationMs,
+          base64Length,
+          start: (label, env) => startService(label, env),
+          log,
+          logPhase,
+          checkAbort,
+        })
+      : undefined;
+
+  // 6. Issue 7: the transformer encoder, the naive baseline, the peer.
+  let transformer;
+  if (P.transformer && !args.noTransformer) {
+    try {
+      transformer = await runTransformerSection({ root: ROOT, plan: P.transformer, start: startService, log, checkAbort });
+    } catch (e) {
+      if (aborted) throw e;
+      log(`issue-7 section failed: ${(e as Error).stack ?? String(e)}`);
+      transformer = undefined;
+      conditions.transformerError = String((e as Error).message).slice(0, 2000);
+    }
+  }
+
   conditions.finishedAt = new Date().toISOString();
   conditions.wallSeconds = (performance.now() - t0) / 1000;
   conditions.loadAvgAfter = loadAvg();
-  const results: BenchResults = { schema: 'polyray-bench/1', conditions, ceiling, main, variants };
+  const results: BenchResults = { schema: 'polyray-bench/1', conditions, ceiling, main, variants, ...(globalHit ? { globalHit } : {}), ...(transformer ? { transformer } : {}) };
 
   mkdirSync(args.out, { recursive: true });
   writeFileSync(path.join(args.out, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);

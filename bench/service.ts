@@ -71,6 +71,32 @@ export function useSingleModel(root: string, model: string): string {
   return dir;
 }
 
+/**
+ * A models folder of its own (in the scratch folder) holding `models`, each a real directory of symlinks
+ * to the project's built files; unlike `useSingleModel` it does not change the default folder of
+ * `childEnv`: pass it as `POLYRAY_MODELS_DIR`.
+ */
+export function modelsFolder(root: string, name: string, models: string[]): string {
+  const dir = path.join(SCRATCH_DIR, name);
+  for (const model of models) {
+    const src = path.join(root, 'models', model);
+    mkdirSync(path.join(dir, model), { recursive: true });
+    for (const f of readdirSync(src)) symlinkSync(path.join(src, f), path.join(dir, model, f));
+  }
+  return dir;
+}
+
+/** Peak resident set size (VmHWM) and current RSS of a process, in MiB; NaN when unreadable. */
+export function peakRss(pid: number | undefined): { hwmMiB: number; rssMiB: number } {
+  try {
+    const s = readFileSync(`/proc/${String(pid)}/status`, 'utf8');
+    const kb = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(s)?.[1] ?? NaN);
+    return { hwmMiB: kb('VmHWM') / 1024, rssMiB: kb('VmRSS') / 1024 };
+  } catch {
+    return { hwmMiB: NaN, rssMiB: NaN };
+  }
+}
+
 export function childEnv(overrides: Record<string, string>, port: number): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !CONFIG_ENV.test(k)) env[k] = v;
@@ -234,10 +260,10 @@ export class ServiceProcess {
    * the child exits or is not ready within `timeoutMs`. `register` is called with the child at once,
    * so an abort during start-up can kill it too.
    */
-  static async start(root: string, env: Record<string, string>, port: number, timeoutMs: number, register: (c: ChildProcess) => void): Promise<ServiceProcess> {
+  static async start(root: string, env: Record<string, string>, port: number, timeoutMs: number, register: (c: ChildProcess) => void, script = 'src/main.ts'): Promise<ServiceProcess> {
     const t0 = performance.now();
     const guard = new URL('./orphan-guard.mjs', import.meta.url).href;
-    const child = spawn(process.execPath, ['--import', 'tsx', '--import', guard, 'src/main.ts'], { cwd: root, env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', '--import', guard, script], { cwd: root, env, stdio: ['pipe', 'pipe', 'pipe'] });
     register(child);
     const tail: string[] = [];
     const keep = (d: Buffer): void => {

@@ -1,0 +1,512 @@
+/**
+ * Project issue 7: a transformer encoder (`text-bert-synthetic`, MiniLM-L6 size) at sequence lengths 16
+ * and 128 and a mixed-length workload, measured in one run:
+ *   1. the ceiling: raw onnxruntime-node `run()` over batch sizes × intra-op threads, plus the fused and
+ *      int8 variants at seq 128 (speed-up, and cosine of their vectors against fp32);
+ *   2. Polyray (batching on, the service defaults) through HTTP GraphQL, cache misses, N = 1/16/64;
+ *   3. the naive baseline: the same service with `POLYRAY_BATCH_MAX_ITEMS=1`;
+ *   4. a peer: transformers.js behind a minimal node:http server (`bench/peer-server.ts`), one model call
+ *      per request and micro-batched, same clients;
+ *   5. mixed lengths (8–256 tokens) at N = 64, Polyray vs the peer;
+ *   6. responsiveness: a low-rate probe of memory hits while 64 clients saturate the CPU with misses;
+ *   7. peak RSS of every server process.
+ * Every server is a child process; the load generator is this process (node:http keep-alive clients).
+ */
+import http from 'node:http';
+import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { WordPieceTokenizer } from '../src/runtime/wordpiece.ts';
+import { SentenceSource, prng } from './corpus.ts';
+import { summarise, type Latency } from './load.ts';
+import { cpuSnapshot, cpuUse, peakRss, SCRATCH_DIR, type CpuUse } from './service.ts';
+
+export const BERT = 'text-bert-synthetic';
+
+// ---------- corpus of WordPiece-length-controlled texts ----------
+
+/** Unique sentences whose WordPiece length ([CLS] and [SEP] included) is chosen by the caller. */
+export class BertCorpus {
+  readonly tokenizer: WordPieceTokenizer;
+  readonly #src: SentenceSource;
+  readonly #rand: () => number;
+
+  private constructor(tokenizer: WordPieceTokenizer, src: SentenceSource, seed: number) {
+    this.tokenizer = tokenizer;
+    this.#src = src;
+    this.#rand = prng(seed);
+  }
+
+  /** Whole words (a–z, 2+ letters) of the vocabulary in id order (BERT's vocab is roughly frequency-ordered). */
+  static async load(tokenizerJson: string, seed = 7): Promise<BertCorpus> {
+    const tok = await WordPieceTokenizer.load(tokenizerJson);
+    const json = JSON.parse(readFileSync(tokenizerJson, 'utf8')) as { model: { vocab: Record<string, number> } };
+    const words = Object.entries(json.model.vocab)
+      .filter(([w]) => /^[a-z]{2,}$/.test(w))
+      .sort((a, b) => a[1] - b[1])
+      .map(([w]) => w);
+    return new BertCorpus(tok, SentenceSource.fromWords(words, seed), seed + 1);
+  }
+
+  /** A new text of `tokens` WordPiece tokens (≥ 9; each vocabulary word, comma and period is one token). */
+  text(tokens: number): string {
+    return this.#src.next(Math.max(7, tokens - 2));
+  }
+
+  /** Length drawn uniformly from [lo, hi]. */
+  mixed(lo: number, hi: number): string {
+    return this.text(lo + Math.floor(this.#rand() * (hi - lo + 1)));
+  }
+
+  length(text: string): number {
+    return this.tokenizer.encode(text).ids.length;
+  }
+}
+
+// ---------- ceiling ----------
+
+export interface BertCeilingRow {
+  model: string;
+  seq: number;
+  intraOpThreads: number;
+  batchSize: number;
+  runs: number;
+  itemsPerS: number;
+  runMsP50: number;
+  cpuCores: number;
+}
+
+export interface BertVariantRow {
+  model: string;
+  seq: number;
+  batchSize: number;
+  intraOpThreads: number;
+  itemsPerS: number;
+  runMsP50: number;
+  speedupVsFp32: number;
+  cosineMin: number;
+  cosineMean: number;
+  samples: number;
+}
+
+function feedsOf(encs: { ids: number[]; mask: number[] }[]): Record<string, ort.Tensor> {
+  const n = encs.length;
+  const t = Math.max(...encs.map((e) => e.ids.length));
+  const ids = new BigInt64Array(n * t);
+  const mask = new BigInt64Array(n * t);
+  encs.forEach((e, r) => {
+    for (let j = 0; j < e.ids.length; j++) {
+      ids[r * t + j] = BigInt(e.ids[j]!);
+      mask[r * t + j] = BigInt(e.mask[j]!);
+    }
+  });
+  return {
+    input_ids: new ort.Tensor('int64', ids, [n, t]),
+    attention_mask: new ort.Tensor('int64', mask, [n, t]),
+    token_type_ids: new ort.Tensor('int64', new BigInt64Array(n * t), [n, t]),
+  };
+}
+
+/** The session options of src/runtime/worker.ts with the service defaults (ORT spinning off). */
+function createSession(file: string, intra: number): Promise<ort.InferenceSession> {
+  return ort.InferenceSession.create(file, {
+    executionProviders: ['cpu'],
+    intraOpNumThreads: intra,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+    executionMode: 'sequential',
+    extra: { session: { intra_op: { allow_spinning: '0' } } },
+  });
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)] ?? NaN;
+
+async function timeCell(session: ort.InferenceSession, batches: Record<string, ort.Tensor>[], b: number, cellMs: number, minRuns: number, warm = true): Promise<{ runs: number; itemsPerS: number; runMsP50: number; cpuCores: number }> {
+  if (warm) await session.run(batches[0]!, ['embedding']); // warm-up
+  const times: number[] = [];
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  let k = 1;
+  while (times.length < minRuns || performance.now() - t0 < cellMs) {
+    const r0 = performance.now();
+    await session.run(batches[k++ % batches.length]!, ['embedding']);
+    times.push(performance.now() - r0);
+  }
+  const s = (performance.now() - t0) / 1000;
+  const c = process.cpuUsage(cpu0);
+  return { runs: times.length, itemsPerS: (times.length * b) / s, runMsP50: median(times), cpuCores: (c.user + c.system) / 1e6 / s };
+}
+
+function cosine(a: Float32Array, b: Float32Array): number {
+  let d = 0;
+  let na = 0;
+  let nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    d += a[i]! * b[i]!;
+    na += a[i]! * a[i]!;
+    nb += b[i]! * b[i]!;
+  }
+  return d / Math.sqrt(na * nb);
+}
+
+export interface BertCeilingOptions {
+  modelsDir: string;
+  corpus: BertCorpus;
+  seqs: number[];
+  batchSizes: number[];
+  intras: number[];
+  cellMs: number;
+  minRuns: number;
+  variantSeq: number;
+  variantRounds: number;
+  /** Batch size and intra-op threads of the variant comparison (default: the best fp32 cell). */
+  variantBatch?: number;
+  variantIntra?: number;
+  cosineSamples: number;
+  log: (s: string) => void;
+  checkAbort: () => void;
+}
+
+export interface BertCeilingResult {
+  rows: BertCeilingRow[];
+  best: Record<string, BertCeilingRow>;
+  variants: BertVariantRow[];
+  tokenLengths: Record<string, { min: number; max: number; mean: number }>;
+}
+
+export async function bertCeiling(o: BertCeilingOptions): Promise<BertCeilingResult> {
+  const file = (m: string): string => path.join(o.modelsDir, m, 'model.onnx');
+  const pool = new Map<number, { ids: number[]; mask: number[] }[]>();
+  const tokenLengths: BertCeilingResult['tokenLengths'] = {};
+  const maxB = Math.max(...o.batchSizes);
+  for (const seq of o.seqs) {
+    const encs = Array.from({ length: maxB * 2 }, () => o.corpus.tokenizer.encode(o.corpus.text(seq)));
+    pool.set(seq, encs);
+    const ls = encs.map((e) => e.ids.length);
+    tokenLengths[`seq${seq}`] = { min: Math.min(...ls), max: Math.max(...ls), mean: ls.reduce((a, b) => a + b, 0) / ls.length };
+  }
+  const batchesOf = (seq: number, b: number): Record<string, ort.Tensor>[] => {
+    const encs = pool.get(seq)!;
+    return [0, 1].map((i) => feedsOf(encs.slice(i * b, i * b + b)));
+  };
+  const rows: BertCeilingRow[] = [];
+  for (const intra of o.intras) {
+    o.checkAbort();
+    const session = await createSession(file(BERT), intra);
+    try {
+      for (const seq of o.seqs) {
+        for (const b of o.batchSizes) {
+          o.checkAbort();
+          // One untimed run warms the session per sequence length and for the small batches (cheap); the
+          // larger cells follow warm cells of the same session, and their runs are long.
+          const r = await timeCell(session, batchesOf(seq, b), b, o.cellMs, o.minRuns, b === o.batchSizes[0] || b * seq <= 512);
+          rows.push({ model: BERT, seq, intraOpThreads: intra, batchSize: b, ...r });
+          o.log(`  bert ceiling seq=${seq} intra=${intra} batch=${String(b).padStart(2)}: ${r.itemsPerS.toFixed(1).padStart(7)} items/s (run p50 ${r.runMsP50.toFixed(1)} ms, ${r.cpuCores.toFixed(2)} cores)`);
+        }
+      }
+    } finally {
+      await session.release();
+    }
+  }
+  const best: Record<string, BertCeilingRow> = {};
+  for (const seq of o.seqs) {
+    const rs = rows.filter((r) => r.seq === seq);
+    best[`seq${seq}`] = rs.reduce((a, r) => (r.itemsPerS > a.itemsPerS ? r : a), rs[0]!);
+  }
+
+  // Variants at one sequence length, the best batch and threads of plain fp32, in interleaved rounds.
+  // A fixed batch when given: the best cell moves between runs on a noisy shared box.
+  const bestV = best[`seq${o.variantSeq}`]!;
+  const vb = { batchSize: o.variantBatch ?? bestV.batchSize, intraOpThreads: o.variantIntra ?? bestV.intraOpThreads };
+  const models = [BERT, `${BERT}-fused`, `${BERT}-int8`];
+  const sessions = new Map<string, ort.InferenceSession>();
+  const variants: BertVariantRow[] = [];
+  try {
+    for (const m of models) sessions.set(m, await createSession(file(m), vb.intraOpThreads));
+    const acc = new Map<string, { times: number[] }>();
+    const batches = batchesOf(o.variantSeq, vb.batchSize);
+    for (let round = 0; round < o.variantRounds; round++) {
+      for (let i = 0; i < models.length; i++) {
+        o.checkAbort();
+        const m = models[(i + round) % models.length]!;
+        const r = await timeCell(sessions.get(m)!, batches, vb.batchSize, o.cellMs, o.minRuns);
+        const a = acc.get(m) ?? { times: [] };
+        a.times.push(r.itemsPerS); // items/s of each round; the median round is reported
+        acc.set(m, a);
+      }
+    }
+    // Cosine against fp32, one text per run (no padding effects), half short, half long.
+    const samples = Array.from({ length: o.cosineSamples }, (_, i) => o.corpus.text(i % 2 ? o.variantSeq : 16));
+    const vecs = new Map<string, Float32Array[]>();
+    for (const m of models) {
+      const out: Float32Array[] = [];
+      for (const t of samples) out.push(new Float32Array(((await sessions.get(m)!.run(feedsOf([o.corpus.tokenizer.encode(t)]), ['embedding'])).embedding!.data as Float32Array)));
+      vecs.set(m, out);
+    }
+    const fp32 = median(acc.get(BERT)!.times);
+    for (const m of models) {
+      const cos = vecs.get(m)!.map((v, i) => cosine(v, vecs.get(BERT)![i]!));
+      const ips = median(acc.get(m)!.times);
+      variants.push({
+        model: m,
+        seq: o.variantSeq,
+        batchSize: vb.batchSize,
+        intraOpThreads: vb.intraOpThreads,
+        itemsPerS: ips,
+        runMsP50: (vb.batchSize * 1000) / ips,
+        speedupVsFp32: ips / fp32,
+        cosineMin: Math.min(...cos),
+        cosineMean: cos.reduce((a, b) => a + b, 0) / cos.length,
+        samples: cos.length,
+      });
+      o.log(`  variant ${m.padEnd(26)} seq=${o.variantSeq} batch=${vb.batchSize}: ${ips.toFixed(1)} items/s (×${(ips / fp32).toFixed(2)} vs fp32), cosine vs fp32 min ${Math.min(...cos).toFixed(5)}`);
+    }
+  } finally {
+    for (const s of sessions.values()) await s.release();
+  }
+  return { rows, best, variants, tokenLengths };
+}
+
+// ---------- HTTP load ----------
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+const probeAgent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+
+function post(url: string, body: string, a: http.Agent = agent): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: 'POST', agent: a, timeout: 60_000, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (text += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error('request timed out')));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+export interface Outcome {
+  ok: boolean;
+  sources: string[];
+  error?: string;
+}
+export type Target = (texts: string[], probe?: boolean) => Promise<Outcome>;
+
+const VECTOR_B64 = 4 * Math.ceil((384 * 4) / 3);
+const BERT_QUERY = `query($inputs:[EmbedInput!]!){ embed(model:"${BERT}", inputs:$inputs){ source base64 } }`;
+
+/** Polyray: one GraphQL `embed` request. */
+export function polyrayTarget(url: string): Target {
+  return async (texts, probe) => {
+    try {
+      const res = await post(`${url}/graphql`, JSON.stringify({ query: BERT_QUERY, variables: { inputs: texts.map((text) => ({ text })) } }), probe ? probeAgent : agent);
+      const body = JSON.parse(res.text) as { data?: { embed?: { source: string; base64: string }[] }; errors?: { message: string; extensions?: { code?: string } }[] };
+      const e = body.data?.embed;
+      if (res.status !== 200 || body.errors?.length || !e || e.length !== texts.length) {
+        return { ok: false, sources: [], error: `HTTP ${res.status} ${body.errors?.[0]?.extensions?.code ?? ''} ${body.errors?.[0]?.message ?? ''}`.slice(0, 300) };
+      }
+      if (e.some((x) => x.base64.length !== VECTOR_B64)) return { ok: false, sources: [], error: 'bad vector length' };
+      return { ok: true, sources: e.map((x) => x.source) };
+    } catch (err) {
+      return { ok: false, sources: [], error: String((err as Error).message).slice(0, 300) };
+    }
+  };
+}
+
+/** The peer server: POST {texts} to /embed or /embed-batched. */
+export function peerTarget(url: string, endpoint: '/embed' | '/embed-batched'): Target {
+  return async (texts, probe) => {
+    try {
+      const res = await post(`${url}${endpoint}`, JSON.stringify({ texts }), probe ? probeAgent : agent);
+      const body = JSON.parse(res.text) as { vectors?: string[]; error?: string };
+      if (res.status !== 200 || !body.vectors || body.vectors.length !== texts.length) return { ok: false, sources: [], error: `HTTP ${res.status} ${body.error ?? ''}`.slice(0, 300) };
+      if (body.vectors.some((v) => v.length !== VECTOR_B64)) return { ok: false, sources: [], error: 'bad vector length' };
+      return { ok: true, sources: texts.map(() => 'COMPUTED') };
+    } catch (err) {
+      return { ok: false, sources: [], error: String((err as Error).message).slice(0, 300) };
+    }
+  };
+}
+
+/** Raw vectors of one request (for the peer-vs-Polyray equality check). */
+export async function vectorsOf(url: string, kind: 'polyray' | 'peer', texts: string[]): Promise<Float32Array[]> {
+  const res =
+    kind === 'polyray'
+      ? await post(`${url}/graphql`, JSON.stringify({ query: BERT_QUERY, variables: { inputs: texts.map((text) => ({ text })) } }))
+      : await post(`${url}/embed`, JSON.stringify({ texts }));
+  const body = JSON.parse(res.text) as { data?: { embed?: { base64: string }[] }; vectors?: string[] };
+  const b64 = kind === 'polyray' ? (body.data?.embed ?? []).map((x) => x.base64) : (body.vectors ?? []);
+  return b64.map((s) => {
+    const buf = Buffer.from(s, 'base64');
+    return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
+  });
+}
+
+export { cosine };
+
+export interface LoadSpec {
+  server: string;
+  workload: string;
+  concurrency: number;
+  warmupMs: number;
+  durationMs: number;
+}
+
+export interface LoadResult extends LoadSpec {
+  requests: number;
+  items: number;
+  itemsPerS: number;
+  latencyMs: Latency;
+  errors: number;
+  firstError?: string;
+  sources: Record<string, number>;
+  unexpectedSource: number;
+  cpu: CpuUse;
+  probe?: ProbeResult;
+  /** Polyray only: its inference batches over the phase (warm-up included), from /metrics. */
+  batches?: { count: number; meanSize: number; meanRunMs: number };
+}
+
+export interface ProbeResult {
+  ratePerS: number;
+  sent: number;
+  answered: number;
+  errors: number;
+  latencyMs: Latency;
+  sources: Record<string, number>;
+  firstError?: string;
+}
+
+export interface LoadOptions {
+  target: Target;
+  nextText: () => string;
+  pid: number | undefined;
+  expected: string;
+  checkAbort: () => void;
+  probe?: { target: Target; texts: string[]; ratePerS: number; expected: string };
+}
+
+/** N closed-loop clients, one text per request; optionally an open-loop probe at a fixed rate during the window. */
+export async function runLoad(spec: LoadSpec, o: LoadOptions): Promise<LoadResult> {
+  o.checkAbort();
+  const t0 = performance.now();
+  const ws = t0 + spec.warmupMs;
+  const we = ws + spec.durationMs;
+  const lat: number[] = [];
+  const sources: Record<string, number> = {};
+  let requests = 0;
+  let errors = 0;
+  let unexpected = 0;
+  let firstError: string | undefined;
+  let cpuA: ReturnType<typeof cpuSnapshot> | undefined;
+  let cpuB: ReturnType<typeof cpuSnapshot> | undefined;
+  const ta = setTimeout(() => (cpuA = cpuSnapshot(o.pid)), spec.warmupMs);
+  const tb = setTimeout(() => (cpuB = cpuSnapshot(o.pid)), spec.warmupMs + spec.durationMs);
+  const client = async (): Promise<void> => {
+    while (performance.now() < we) {
+      const texts = [o.nextText()];
+      const s = performance.now();
+      const r = await o.target(texts);
+      const e = performance.now();
+      if (e < ws || e > we) continue;
+      if (!r.ok) {
+        errors++;
+        firstError ??= r.error;
+        continue;
+      }
+      requests++;
+      lat.push(e - s);
+      for (const x of r.sources) {
+        sources[x] = (sources[x] ?? 0) + 1;
+        if (x !== o.expected) unexpected++;
+      }
+    }
+  };
+  // The probe: one request every 1/rate s sent inside the window, whatever the previous one is doing.
+  const probeLat: number[] = [];
+  const probeSources: Record<string, number> = {};
+  let probeSent = 0;
+  let probeErrors = 0;
+  let probeFirstError: string | undefined;
+  const probes: Promise<void>[] = [];
+  let probeTimer: NodeJS.Timeout | undefined;
+  if (o.probe) {
+    const p = o.probe;
+    const start = setTimeout(() => {
+      probeTimer = setInterval(() => {
+        if (performance.now() > we) return;
+        const text = p.texts[probeSent++ % p.texts.length]!;
+        const s = performance.now();
+        probes.push(
+          p.target([text], true).then((r) => {
+            if (!r.ok) {
+              probeErrors++;
+              probeFirstError ??= r.error;
+              return;
+            }
+            probeLat.push(performance.now() - s);
+            for (const x of r.sources) probeSources[x] = (probeSources[x] ?? 0) + 1;
+          }),
+        );
+      }, 1000 / p.ratePerS);
+    }, spec.warmupMs);
+    probes.push(new Promise<void>((r) => setTimeout(r, spec.warmupMs + 1)).then(() => clearTimeout(start)));
+  }
+  try {
+    await Promise.all(Array.from({ length: spec.concurrency }, () => client()));
+  } finally {
+    clearTimeout(ta);
+    clearTimeout(tb);
+    if (probeTimer) clearInterval(probeTimer);
+  }
+  await Promise.all(probes);
+  const a = cpuA ?? cpuSnapshot(o.pid);
+  const b = cpuB ?? cpuSnapshot(o.pid);
+  const seconds = spec.durationMs / 1000;
+  return {
+    ...spec,
+    requests,
+    items: requests,
+    itemsPerS: requests / seconds,
+    latencyMs: summarise(lat),
+    errors,
+    ...(firstError ? { firstError } : {}),
+    sources,
+    unexpectedSource: unexpected,
+    cpu: cpuUse(a, b),
+    ...(o.probe
+      ? {
+          probe: {
+            ratePerS: o.probe.ratePerS,
+            sent: probeSent,
+            answered: probeLat.length,
+            errors: probeErrors,
+            latencyMs: summarise(probeLat),
+            sources: probeSources,
+            ...(probeFirstError ? { firstError: probeFirstError } : {}),
+          },
+        }
+      : {}),
+  };
+}
+
+// ---------- the peer's model folder (Hugging Face layout, symlinks) ----------
+
+/** `<dir>/<id>/{config.json, tokenizer.json, tokenizer_config.json, onnx/model.onnx}` for transformers.js. */
+export function hfLayout(modelDir: string, id: string): string {
+  const root = path.join(SCRATCH_DIR, 'hf');
+  const d = path.join(root, id);
+  mkdirSync(path.join(d, 'onnx'), { recursive: true });
+  symlinkSync(path.join(modelDir, 'config.json'), path.join(d, 'config.json'));
+  symlinkSync(path.join(modelDir, 'tokenizer.json'), path.join(d, 'tokenizer.json'));
+  symlinkSync(path.join(modelDir, 'model.onnx'), path.join(d, 'onnx', 'model.onnx'));
+  writeFileSync(
+    path.join(d, 'tokenizer_config.json'),
+    JSON.stringify({ tokenizer_class: 'BertTokenizer', do_lower_case: true, model_max_length: 512, cls_token: '[CLS]', sep_token: '[SEP]', pad_token: '[PAD]', unk_token: '[UNK]', mask_token: '[MASK]' }),
+  );
+  return root;
+}
+
+export { peakRss };
