@@ -39,7 +39,10 @@ export interface PolyrayConfig {
   inference: {
     /** Worker threads, each holding a session per model. Default 1. */
     workers: number;
-    /** ONNX Runtime intra-op threads per worker. Default: cores / workers, at least 1. */
+    /**
+     * ONNX Runtime intra-op threads per worker. Default: (cores − 1) / workers, at least 1 — one core stays
+     * with the event loop, so cache hits keep answering while inference saturates the rest.
+     */
     intraOpThreads: number;
     /**
      * Let ONNX Runtime's intra-op threads spin between runs. Default false: with many short runs the
@@ -52,7 +55,10 @@ export interface PolyrayConfig {
   batching: {
     /** Most items in one inference run. Default 64. */
     maxItems: number;
-    /** Most padded tokens (items × longest sequence) in one run. Default 16384. */
+    /**
+     * Most padded tokens (items × longest sequence) in one run. Default 2048: on CPU a transformer's
+     * per-item cost grows with the batch past a few thousand tokens (bench/RESULTS.md).
+     */
     maxTokens: number;
     /**
      * Longest time the first queued item waits for company, in microseconds. Default 0: dispatch as soon
@@ -286,13 +292,13 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
     },
     inference: {
       workers,
-      intraOpThreads: r.int('POLYRAY_INTRA_OP_THREADS', 'intraOpThreads', Math.max(1, Math.floor(cores / workers)), 1, 256),
+      intraOpThreads: r.int('POLYRAY_INTRA_OP_THREADS', 'intraOpThreads', Math.max(1, Math.floor((cores - 1) / workers)), 1, 256),
       allowSpinning: r.bool('POLYRAY_ORT_SPINNING', 'ortSpinning', false),
       providers: providers as ExecutionProviderName[],
     },
     batching: {
       maxItems: r.int('POLYRAY_BATCH_MAX_ITEMS', 'batchMaxItems', 64, 1, 4096),
-      maxTokens: r.int('POLYRAY_BATCH_MAX_TOKENS', 'batchMaxTokens', 16384, 1),
+      maxTokens: r.int('POLYRAY_BATCH_MAX_TOKENS', 'batchMaxTokens', 2048, 1),
       maxWaitUs: r.int('POLYRAY_BATCH_MAX_WAIT_US', 'batchMaxWaitUs', 0, 0, 10_000_000),
       maxQueueItems: r.int('POLYRAY_QUEUE_MAX_ITEMS', 'queueMaxItems', 8192, 1),
       maxPixels: r.int('POLYRAY_BATCH_MAX_PIXELS', 'batchMaxPixels', 16 * 224 * 224, 1),

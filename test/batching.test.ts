@@ -71,7 +71,7 @@ describe('batching', () => {
   });
 
   test('length grouping: short inputs are not padded to a long one', async () => {
-    const t = await startPolyray({ batching: { maxItems: 8, maxWaitUs: 300_000 } });
+    const t = await startPolyray({ batching: { maxItems: 8, maxTokens: 16384, maxWaitUs: 300_000 } });
     try {
       const salt = randomUUID();
       const long = `${salt} ` + 'word '.repeat(300);
