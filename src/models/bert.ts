@@ -24,7 +24,7 @@
  */
 
 import { createHash } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
@@ -32,7 +32,7 @@ import type { ModelManifest } from '../runtime/manifest.ts';
 import { wordPieceTokenizerJson } from '../runtime/wordpiece.ts';
 import { MINILM_L6_CONFIG, buildBertGraph, generateBertWeights, type BertConfig, type BertPrecision, type BertVariant } from './bert-graph.ts';
 import type { ModelBuildResult } from './build.ts';
-import { BUILD_INFO_FILE, MANIFEST_FILE, currentBuild, publishDirectory, withLock, type BuildInfo } from './model-dir.ts';
+import { MANIFEST_FILE, currentBuild, publishModel, withLock } from './model-dir.ts';
 import type { ProgressListener } from './progress.ts';
 
 /** Bump whenever the graphs, weights, tokenizer.json or manifests written here change. */
@@ -255,27 +255,12 @@ export async function buildBertSynthetic(options: BertBuildOptions): Promise<Mod
       const configText = hfConfig(variant, precision);
 
       report({ step: 'writing files', done: 0, total: 1 });
-      await publishDirectory(outDir, name, async (tmp) => {
-        await writeFile(path.join(tmp, MODEL_FILE), modelBytes);
-        await writeFile(path.join(tmp, TOKENIZER_FILE), tokenizerText);
-        await writeFile(path.join(tmp, CONFIG_FILE), configText);
-        await writeFile(path.join(tmp, MANIFEST_FILE), manifestText);
-        const info: BuildInfo = {
-          model: name,
-          ...expect,
-          version,
-          builtAt: new Date().toISOString(),
-          buildMs: Date.now() - started,
-          files: {
-            [MODEL_FILE]: modelBytes.byteLength,
-            [TOKENIZER_FILE]: Buffer.byteLength(tokenizerText),
-            [CONFIG_FILE]: Buffer.byteLength(configText),
-            [MANIFEST_FILE]: Buffer.byteLength(manifestText),
-          },
-        };
-        // Written last: its presence marks the folder complete (see currentBuild).
-        await writeFile(path.join(tmp, BUILD_INFO_FILE), `${JSON.stringify(info, null, 2)}\n`);
-      });
+      await publishModel(
+        outDir,
+        name,
+        { [MODEL_FILE]: modelBytes, [TOKENIZER_FILE]: tokenizerText, [CONFIG_FILE]: configText, [MANIFEST_FILE]: manifestText },
+        { expect, version, started },
+      );
       report({ step: 'writing files', done: 1, total: 1 });
       return { name, status: 'built' as const, version, dir };
     },

@@ -43,13 +43,13 @@
  */
 
 import { createHash } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
 import type { ModelManifest } from '../runtime/manifest.ts';
 import type { ModelBuildResult } from './build.ts';
-import { BUILD_INFO_FILE, MANIFEST_FILE, currentBuild, publishDirectory, withLock, type BuildInfo } from './model-dir.ts';
+import { MANIFEST_FILE, currentBuild, publishModel, withLock } from './model-dir.ts';
 import { OnnxModelBuilder, attr, float32Tensor } from './onnx-writer.ts';
 import type { ProgressListener } from './progress.ts';
 
@@ -298,26 +298,12 @@ export async function buildGlove(options: GloveBuildOptions): Promise<ModelBuild
       const manifest = manifestFor(version, source.version, count);
 
       report({ step: 'writing files', done: 0, total: 1 });
-      await publishDirectory(outDir, MODEL_NAME, async (tmp) => {
-        await writeFile(path.join(tmp, MODEL_FILE), modelBytes);
-        await writeFile(path.join(tmp, VOCAB_FILE), vocabText);
-        const manifestText = `${JSON.stringify(manifest, null, 2)}\n`;
-        await writeFile(path.join(tmp, MANIFEST_FILE), manifestText);
-        const info: BuildInfo = {
-          model: MODEL_NAME,
-          ...expect,
-          version,
-          builtAt: new Date().toISOString(),
-          buildMs: Date.now() - started,
-          files: {
-            [MODEL_FILE]: modelBytes.byteLength,
-            [VOCAB_FILE]: Buffer.byteLength(vocabText),
-            [MANIFEST_FILE]: Buffer.byteLength(manifestText),
-          },
-        };
-        // Written last: its presence marks the folder complete (see currentBuild).
-        await writeFile(path.join(tmp, BUILD_INFO_FILE), `${JSON.stringify(info, null, 2)}\n`);
-      });
+      await publishModel(
+        outDir,
+        MODEL_NAME,
+        { [MODEL_FILE]: modelBytes, [VOCAB_FILE]: vocabText, [MANIFEST_FILE]: `${JSON.stringify(manifest, null, 2)}\n` },
+        { expect, version, started },
+      );
       report({ step: 'writing files', done: 1, total: 1 });
       return { name: MODEL_NAME, status: 'built' as const, version, dir };
     },

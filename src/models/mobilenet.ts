@@ -29,13 +29,13 @@
  */
 
 import { createHash } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
 import type { ModelManifest } from '../runtime/manifest.ts';
 import type { ModelBuildResult } from './build.ts';
-import { BUILD_INFO_FILE, MANIFEST_FILE, currentBuild, publishDirectory, withLock, type BuildExpectation, type BuildInfo } from './model-dir.ts';
+import { MANIFEST_FILE, currentBuild, publishModel, withLock, type BuildExpectation } from './model-dir.ts';
 import { OnnxModelBuilder, attr } from './onnx-writer.ts';
 import type { ProgressListener } from './progress.ts';
 import { convertTfjsGraph } from './tfjs-onnx.ts';
@@ -205,20 +205,7 @@ function headManifest(version: string, sourceVersion: string, imageVersion: stri
 }
 
 async function publish(outDir: string, name: string, modelBytes: Uint8Array, manifest: ModelManifest, expect: BuildExpectation, started: number): Promise<void> {
-  await publishDirectory(outDir, name, async (tmp) => {
-    await writeFile(path.join(tmp, MODEL_FILE), modelBytes);
-    const manifestText = `${JSON.stringify(manifest, null, 2)}\n`;
-    await writeFile(path.join(tmp, MANIFEST_FILE), manifestText);
-    const info: BuildInfo = {
-      model: name,
-      ...expect,
-      version: manifest.version,
-      builtAt: new Date().toISOString(),
-      buildMs: Date.now() - started,
-      files: { [MODEL_FILE]: modelBytes.byteLength, [MANIFEST_FILE]: Buffer.byteLength(manifestText) },
-    };
-    await writeFile(path.join(tmp, BUILD_INFO_FILE), `${JSON.stringify(info, null, 2)}\n`);
-  });
+  await publishModel(outDir, name, { [MODEL_FILE]: modelBytes, [MANIFEST_FILE]: `${JSON.stringify(manifest, null, 2)}\n` }, { expect, version: manifest.version, started });
 }
 
 function versionOf(modelBytes: Uint8Array): string {

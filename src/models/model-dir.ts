@@ -11,7 +11,7 @@
  */
 
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, open, readFile, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, open, readFile, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -165,6 +165,35 @@ export interface BuildExpectation {
   builder: string;
   builderVersion: string;
   source: { package: string; version: string };
+}
+
+/**
+ * Publishes a built model folder atomically: writes `files` (name → contents, the manifest among them),
+ * then `build-info.json` last — its presence marks the folder complete (see `currentBuild`).
+ */
+export async function publishModel(
+  parent: string,
+  name: string,
+  files: Record<string, Uint8Array | string>,
+  record: { expect: BuildExpectation; version: string; started: number },
+): Promise<void> {
+  await publishDirectory(parent, name, async (tmp) => {
+    const sizes: Record<string, number> = {};
+    for (const [file, contents] of Object.entries(files)) {
+      await writeFile(path.join(tmp, file), contents);
+      sizes[file] = typeof contents === 'string' ? Buffer.byteLength(contents) : contents.byteLength;
+    }
+    const info: BuildInfo = {
+      model: name,
+      ...record.expect,
+      version: record.version,
+      builtAt: new Date().toISOString(),
+      buildMs: Date.now() - record.started,
+      files: sizes,
+    };
+    await writeFile(path.join(tmp, BUILD_INFO_FILE), `${JSON.stringify(info, null, 2)}
+`);
+  });
 }
 
 /**
