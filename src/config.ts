@@ -40,15 +40,25 @@ export interface PolyrayConfig {
     /** Worker threads, each holding a session per model. Default 1. */
     workers: number;
     /**
-     * ONNX Runtime intra-op threads per worker. Default: (cores − 1) / workers, at least 1 — one core stays
-     * with the event loop, so cache hits keep answering while inference saturates the rest.
+     * ONNX Runtime intra-op threads per worker. Default: cores / workers when inference runs at a lower
+     * priority (`niceness` > 0, Linux), else (cores − 1) / workers — at least 1 either way. Inference may
+     * then use every core, because the event loop preempts it whenever it has work: cache hits keep
+     * answering while inference saturates the machine (bench/RESULTS.md).
      */
     intraOpThreads: number;
     /**
-     * Let ONNX Runtime's intra-op threads spin between runs. Default false: with many short runs the
-     * spinning burns a core the event loop needs (bench/RESULTS.md).
+     * Nice value of the inference threads (the worker threads and the ONNX Runtime threads they start),
+     * 0–19. Default 10 on Linux, where nice is per thread; 0 elsewhere (there it would lower the whole
+     * process). The main thread keeps its own priority.
      */
-    allowSpinning: boolean;
+    niceness: number;
+    /**
+     * Let ONNX Runtime's intra-op threads spin between parallel sections instead of sleeping. "auto"
+     * (default): as the model's manifest suggests (`runtime.allowSpinning`; our transformer builders set
+     * it, since waking threads costs a long run ~20 % on CPU), else off — with many short runs (GloVe)
+     * the spinning takes a core the event loop needs (bench/RESULTS.md). true/false force it for every model.
+     */
+    allowSpinning: boolean | 'auto';
     /** Execution providers to try in order; CPU is always the last resort. Default ["cpu"]. */
     providers: ExecutionProviderName[];
   };
@@ -56,8 +66,8 @@ export interface PolyrayConfig {
     /** Most items in one inference run. Default 64. */
     maxItems: number;
     /**
-     * Most padded tokens (items × longest sequence) in one run. Default 2048: on CPU a transformer's
-     * per-item cost grows with the batch past a few thousand tokens (bench/RESULTS.md).
+     * Most padded tokens (items × longest sequence) in one run. Default 1024: on CPU a transformer's
+     * throughput peaks at about 768–1024 padded tokens per run and falls beyond (bench/RESULTS.md).
      */
     maxTokens: number;
     /**
@@ -246,6 +256,7 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
   const nodeEnv = r.str('NODE_ENV', 'env', 'development');
   const workers = r.int('POLYRAY_WORKERS', 'workers', 1, 1, 64);
   const cores = availableParallelism();
+  const niceness = r.int('POLYRAY_INFERENCE_NICE', 'inferenceNice', process.platform === 'linux' ? 10 : 0, 0, 19);
   const providers = r
     .str('POLYRAY_PROVIDERS', 'providers', 'cpu')
     .split(',')
@@ -292,13 +303,14 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
     },
     inference: {
       workers,
-      intraOpThreads: r.int('POLYRAY_INTRA_OP_THREADS', 'intraOpThreads', Math.max(1, Math.floor((cores - 1) / workers)), 1, 256),
-      allowSpinning: r.bool('POLYRAY_ORT_SPINNING', 'ortSpinning', false),
+      intraOpThreads: r.int('POLYRAY_INTRA_OP_THREADS', 'intraOpThreads', Math.max(1, Math.floor((niceness > 0 ? cores : cores - 1) / workers)), 1, 256),
+      niceness,
+      allowSpinning: ((v) => (v === 'auto' ? v : r.bool('POLYRAY_ORT_SPINNING', 'ortSpinning', false)))(r.str('POLYRAY_ORT_SPINNING', 'ortSpinning', 'auto')),
       providers: providers as ExecutionProviderName[],
     },
     batching: {
       maxItems: r.int('POLYRAY_BATCH_MAX_ITEMS', 'batchMaxItems', 64, 1, 4096),
-      maxTokens: r.int('POLYRAY_BATCH_MAX_TOKENS', 'batchMaxTokens', 2048, 1),
+      maxTokens: r.int('POLYRAY_BATCH_MAX_TOKENS', 'batchMaxTokens', 1024, 1),
       maxWaitUs: r.int('POLYRAY_BATCH_MAX_WAIT_US', 'batchMaxWaitUs', 0, 0, 10_000_000),
       maxQueueItems: r.int('POLYRAY_QUEUE_MAX_ITEMS', 'queueMaxItems', 8192, 1),
       maxPixels: r.int('POLYRAY_BATCH_MAX_PIXELS', 'batchMaxPixels', 16 * 224 * 224, 1),

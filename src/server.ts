@@ -81,7 +81,7 @@ export class PolyrayServer {
   constructor(config: PolyrayConfig, deps: PolyrayDeps = {}) {
     this.config = config;
     this.logger = deps.logger ?? createLogger(config.log.level);
-    this.pool = new InferencePool({ workers: config.inference.workers, intraOpThreads: config.inference.intraOpThreads, allowSpinning: config.inference.allowSpinning, logger: this.logger });
+    this.pool = new InferencePool({ workers: config.inference.workers, intraOpThreads: config.inference.intraOpThreads, niceness: config.inference.niceness, logger: this.logger });
     this.memory = new MemoryCache({ maxBytes: config.cache.memory.maxBytes, ttlMs: config.cache.memory.ttlMs });
     // Each tier is wrapped so the cache policy can change the TTL of new entries (src/policy).
     const tiers = withTtlControl([this.memory, ...(deps.lowerTiers ?? lowerTiersFromConfig(config, this.logger))]);
@@ -274,7 +274,18 @@ export class PolyrayServer {
       this.registry = await ModelRegistry.scan(dir, this.logger, serve.includes('*') ? undefined : serve);
       const models = this.registry.list();
       if (models.length === 0) throw new Error(`no models found in ${dir}; run \`npm run models:build\``);
-      const loaded = await this.pool.start(models.map((m) => ({ name: m.manifest.name, path: path.join(m.dir, m.manifest.file), providers: this.config.inference.providers })));
+      const spin = this.config.inference.allowSpinning;
+      const spinOf = (m: ModelManifest): boolean => (spin === 'auto' ? m.runtime?.allowSpinning === true : spin);
+      const loaded = await this.pool.start(
+        models.map((m) => ({
+          name: m.manifest.name,
+          path: path.join(m.dir, m.manifest.file),
+          providers: this.config.inference.providers,
+          allowSpinning: spinOf(m.manifest),
+        })),
+      );
+      const { workers, intraOpThreads, niceness } = this.config.inference;
+      this.logger.info({ workers, intraOpThreads, niceness: this.pool.stats().niceness, requestedNiceness: niceness }, 'inference pool started');
       for (const l of loaded) {
         const m = this.registry.get(l.name)!;
         for (const f of l.fallbacks) this.logger.warn({ model: l.name, provider: f.provider, reason: f.reason }, 'execution provider unavailable, falling back');
@@ -282,7 +293,7 @@ export class PolyrayServer {
           // Image models and heads take fixed-size float tensors: one tensor batcher each.
           this.tensorBatchers.set(l.name, this.#tensorBatcher(m.manifest));
           this.registry.setState(l.name, { kind: 'ready', provider: l.provider });
-          this.logger.info({ model: l.name, version: m.manifest.version, provider: l.provider }, 'model ready');
+          this.logger.info({ model: l.name, version: m.manifest.version, provider: l.provider, allowSpinning: spinOf(m.manifest) }, 'model ready');
         } else if (l.ok && l.provider) {
           const output = m.manifest.outputs[0]!.name;
           const names = m.manifest.inputs.map((i) => i.name);
@@ -302,7 +313,7 @@ export class PolyrayServer {
             ),
           );
           this.registry.setState(l.name, { kind: 'ready', provider: l.provider });
-          this.logger.info({ model: l.name, version: m.manifest.version, provider: l.provider }, 'model ready');
+          this.logger.info({ model: l.name, version: m.manifest.version, provider: l.provider, allowSpinning: spinOf(m.manifest) }, 'model ready');
         } else {
           this.registry.setState(l.name, { kind: 'failed', reason: 'the model could not be loaded by ONNX Runtime' });
           this.logger.error({ model: l.name, reason: l.error }, 'model failed to load');

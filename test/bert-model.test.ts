@@ -96,6 +96,7 @@ describe('text-bert-synthetic models', () => {
       assert.equal(m.maxTokens, 512);
       assert.ok(m.costFactor > 1);
       assert.deepEqual(m.tokenizer, { kind: 'wordpiece', file: 'tokenizer.json', lowercase: true });
+      assert.deepEqual(m.runtime, { allowSpinning: true }, 'transformer manifests ask for spinning intra-op threads');
       assert.match(m.description, /no meaning/);
       assert.match(m.version, /^[0-9a-f]{16}$/);
       assert.deepEqual(m.inputs.map((i) => i.name), ['input_ids', 'attention_mask', 'token_type_ids']);

@@ -52,6 +52,9 @@ describe('bring-your-own model folder', () => {
     // A broken neighbour: reported and skipped, never fatal.
     await mkdir(path.join(tmp, 'broken'));
     await writeFile(path.join(tmp, 'broken', 'manifest.json'), '{"name": "Broken!"}');
+    // A runtime hint of the wrong type is refused the same way, naming the field.
+    await mkdir(path.join(tmp, 'bad-hint'));
+    await writeFile(path.join(tmp, 'bad-hint', 'manifest.json'), JSON.stringify({ ...manifest, name: 'bad-hint', runtime: { allowSpinning: 'yes' } }));
 
     server = await startPolyray({ models: { dir: tmp, buildMissing: false, serve: ['*'] } });
   });
@@ -66,7 +69,9 @@ describe('bring-your-own model folder', () => {
     assert.deepEqual(r.data!.models, [
       { name: NAME, version: 'byo-2024-01', modality: 'TEXT', dimensions: 384, maxTokens: 512, synthetic: true, state: 'READY', executionProvider: 'cpu' },
     ]);
-    assert.deepEqual(server.server.registry!.failedFolders().map((f) => f.folder), ['broken']);
+    const failed = server.server.registry!.failedFolders();
+    assert.deepEqual(failed.map((f) => f.folder).sort(), ['bad-hint', 'broken']);
+    assert.match(JSON.stringify(failed.find((f) => f.folder === 'bad-hint')), /runtime/);
   });
 
   test('embed returns 384-d unit vectors equal to running the ONNX file directly', async () => {

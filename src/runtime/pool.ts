@@ -17,8 +17,11 @@ export interface InferencePoolOptions {
   workers: number;
   /** ONNX Runtime intra-op threads per worker. Default 1. */
   intraOpThreads: number;
-  /** Let ONNX Runtime threads spin between runs. Default false. */
-  allowSpinning?: boolean;
+  /**
+   * Nice value for the inference threads, 0–19 (0: unchanged). Only meaningful where nice is per
+   * thread (Linux); callers pass 0 elsewhere. Default 0.
+   */
+  niceness?: number;
   logger: Logger;
   /** Worker entry; default `./worker-entry.mjs` beside this file (registers tsx, then runs worker.ts). */
   workerUrl?: URL;
@@ -42,6 +45,8 @@ export interface Lease {
 
 export interface PoolStats {
   workers: number;
+  /** Nice value of the inference threads, as the last started worker read it back. */
+  niceness: number;
   busy: number;
   waiting: number;
   runs: number;
@@ -65,6 +70,7 @@ export class InferencePool {
   readonly #waiters: ((slot: Slot) => void)[] = [];
   #models: ModelLoadSpec[] = [];
   #nextId = 1;
+  #niceness = 0;
   #state: PoolState = { kind: 'idle' };
   readonly #stats = { runs: 0, runsByModel: {} as Record<string, number>, runMsTotal: 0, failures: 0 };
 
@@ -75,7 +81,7 @@ export class InferencePool {
     if (!Number.isSafeInteger(options.intraOpThreads) || options.intraOpThreads < 1) {
       throw new TypeError(`InferencePool option intraOpThreads must be an integer >= 1, received ${String(options.intraOpThreads)}`);
     }
-    this.#o = { workerUrl: new URL('./worker-entry.mjs', import.meta.url), allowSpinning: false, ...options };
+    this.#o = { workerUrl: new URL('./worker-entry.mjs', import.meta.url), niceness: 0, ...options };
   }
 
   /** Starts the workers and loads every model in each. Resolves with the per-model outcome of worker 0. */
@@ -96,12 +102,18 @@ export class InferencePool {
         if (m.type === 'loaded') {
           worker.off('message', onMsg);
           worker.off('error', reject);
+          this.#niceness = m.niceness;
           resolve(m.results);
         }
       };
       worker.on('message', onMsg);
       worker.once('error', reject);
-      worker.postMessage({ type: 'load', models: this.#models, intraOpThreads: this.#o.intraOpThreads, allowSpinning: this.#o.allowSpinning } satisfies ToWorker);
+      worker.postMessage({
+        type: 'load',
+        models: this.#models,
+        intraOpThreads: this.#o.intraOpThreads,
+        niceness: this.#o.niceness,
+      } satisfies ToWorker);
     });
     worker.on('message', (m: FromWorker) => {
       if (m.type === 'result' || m.type === 'error') {
@@ -190,6 +202,7 @@ export class InferencePool {
   stats(): PoolStats {
     return {
       workers: this.#slots.length,
+      niceness: this.#niceness,
       busy: this.#slots.filter((s) => s.busy).length,
       waiting: this.#waiters.length,
       runs: this.#stats.runs,

@@ -10,6 +10,8 @@ export interface ModelLoadSpec {
   path: string;
   /** Providers to try in order; the worker falls back to the next one when a session cannot be created. */
   providers: ExecutionProviderName[];
+  /** Let this session's intra-op threads spin between parallel sections. */
+  allowSpinning: boolean;
 }
 
 export interface FeedSpec {
@@ -20,7 +22,8 @@ export interface FeedSpec {
 }
 
 export type ToWorker =
-  | { type: 'load'; models: ModelLoadSpec[]; intraOpThreads: number; allowSpinning: boolean }
+  /** `niceness`: nice value the worker gives itself before creating sessions (0: leave it). */
+  | { type: 'load'; models: ModelLoadSpec[]; intraOpThreads: number; niceness: number }
   /** `output`: one output name, or several (the first is the primary result, the rest come back in `extra`). */
   | { type: 'run'; id: number; model: string; feeds: FeedSpec[]; output: string | readonly string[] }
   | { type: 'close' };
@@ -43,6 +46,7 @@ export interface ExtraOutput {
 }
 
 export type FromWorker =
-  | { type: 'loaded'; results: LoadResult[] }
+  /** `niceness`: the worker thread's nice value after loading, as the OS reports it. */
+  | { type: 'loaded'; results: LoadResult[]; niceness: number }
   | { type: 'result'; id: number; data: Float32Array; dims: number[]; runMs: number; extra?: ExtraOutput[] }
   | { type: 'error'; id: number; message: string };

@@ -4,6 +4,7 @@
  * `InferenceSession.run` blocks the thread that calls it, which is why it lives here and not on the
  * main thread: cache hits and GraphQL parsing never wait behind a batch.
  */
+import { getPriority, setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import type { ExecutionProviderName } from '../config.ts';
@@ -14,7 +15,7 @@ if (!port) throw new Error('worker.ts must run inside a worker thread');
 
 const sessions = new Map<string, ort.InferenceSession>();
 
-async function createSession(spec: ModelLoadSpec, intraOpThreads: number, allowSpinning: boolean): Promise<LoadResult> {
+async function createSession(spec: ModelLoadSpec, intraOpThreads: number): Promise<LoadResult> {
   const fallbacks: LoadResult['fallbacks'] = [];
   // CPU is the last resort even when the configured list leaves it out: a service that cannot start is
   // worse than a slow one, and the chosen provider is reported so the operator sees it.
@@ -24,7 +25,7 @@ async function createSession(spec: ModelLoadSpec, intraOpThreads: number, allowS
       const session = await ort.InferenceSession.create(spec.path, {
         executionProviders: [provider],
         intraOpNumThreads: intraOpThreads,
-        extra: { session: { intra_op: { allow_spinning: allowSpinning ? '1' : '0' } } },
+        extra: { session: { intra_op: { allow_spinning: spec.allowSpinning ? '1' : '0' } } },
         interOpNumThreads: 1,
         graphOptimizationLevel: 'all',
         executionMode: 'sequential',
@@ -48,9 +49,13 @@ port.on('message', (msg: ToWorker) => {
   switch (msg.type) {
     case 'load': {
       void (async () => {
+        // On Linux the nice value belongs to the thread (setpriority on "0" changes the calling thread
+        // only), and threads inherit it from the thread that starts them: ONNX Runtime's intra-op threads,
+        // created by the session below, run at this priority too, and the event loop preempts all of them.
+        if (msg.niceness > 0) setPriority(0, msg.niceness);
         const results: LoadResult[] = [];
-        for (const spec of msg.models) results.push(await createSession(spec, msg.intraOpThreads, msg.allowSpinning));
-        post({ type: 'loaded', results });
+        for (const spec of msg.models) results.push(await createSession(spec, msg.intraOpThreads));
+        post({ type: 'loaded', results, niceness: getPriority(0) });
       })();
       return;
     }
