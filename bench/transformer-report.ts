@@ -29,27 +29,28 @@ function bestPeer(t: TransformerResults, workload: string, n: number): LoadResul
 
 export function ceilingTableT(t: TransformerResults): Table {
   const c = t.ceiling;
-  const intras = [...new Set(c.rows.map((r) => r.intraOpThreads))];
+  const label = (r: { intraOpThreads: number; spinning: boolean }): string => `intra=${r.intraOpThreads}${r.spinning ? ' spin' : ''}`;
+  const settings = [...new Set(c.rows.map(label))];
   const seqs = [...new Set(c.rows.map((r) => r.seq))];
   const batches = [...new Set(c.rows.map((r) => r.batchSize))];
   const rows: string[][] = [];
   for (const seq of seqs)
     for (const b of batches) {
       const cells = [`${seq}`, `${b}`];
-      for (const i of intras) {
-        const r = c.rows.find((x) => x.seq === seq && x.batchSize === b && x.intraOpThreads === i);
+      for (const st of settings) {
+        const r = c.rows.find((x) => x.seq === seq && x.batchSize === b && label(x) === st);
         const best = c.best[`seq${seq}`] === r;
         cells.push(r ? `${f1(r.itemsPerS)}${best ? ' *' : ''}` : '–', r ? ms(r.runMsP50) : '–', r ? r.cpuCores.toFixed(2) : '–');
       }
       rows.push(cells);
     }
-  return { head: ['seq', 'batch', ...intras.flatMap((i) => [`intra=${i} items/s`, 'run p50 ms', 'cores'])], rows, right: [true, true, ...intras.flatMap(() => [true, true, true])] };
+  return { head: ['seq', 'batch', ...settings.flatMap((st) => [`${st} items/s`, 'run p50 ms', 'cores'])], rows, right: [true, true, ...settings.flatMap(() => [true, true, true])] };
 }
 
 export function variantTableT(t: TransformerResults): Table {
   return {
-    head: ['model', 'seq', 'batch', 'intra', 'items/s', 'vs fp32', 'cosine vs fp32 (min / mean)', 'samples'],
-    rows: t.ceiling.variants.map((v) => [v.model, `${v.seq}`, `${v.batchSize}`, `${v.intraOpThreads}`, f1(v.itemsPerS), ratio(v.speedupVsFp32), `${v.cosineMin.toFixed(5)} / ${v.cosineMean.toFixed(5)}`, `${v.samples}`]),
+    head: ['model', 'seq', 'batch', 'threads', 'items/s', 'vs fp32', 'cosine vs fp32 (min / mean)', 'samples'],
+    rows: t.ceiling.variants.map((v) => [v.model, `${v.seq}`, `${v.batchSize}`, `intra=${v.intraOpThreads}${v.spinning ? ' spin' : ''}`, f1(v.itemsPerS), ratio(v.speedupVsFp32), `${v.cosineMin.toFixed(5)} / ${v.cosineMean.toFixed(5)}`, `${v.samples}`]),
     right: [false, true, true, true, true, true, true, true],
   };
 }
@@ -132,9 +133,19 @@ export function verdictsT(t: TransformerResults): Verdict[] {
     v.push({
       target: 'int8 ≥ 1.8× fp32 with cosine ≥ 0.99',
       met: int8.speedupVsFp32 >= 1.8 && int8.cosineMin >= 0.99,
-      detail: `int8 ${f1(int8.itemsPerS)} items/s = ${ratio(int8.speedupVsFp32)} fp32 (seq ${int8.seq}, batch ${int8.batchSize}, intra ${int8.intraOpThreads}); cosine vs fp32 min ${int8.cosineMin.toFixed(4)}, mean ${int8.cosineMean.toFixed(4)} over ${int8.samples} texts`,
+      detail: `int8 ${f1(int8.itemsPerS)} items/s = ${ratio(int8.speedupVsFp32)} fp32 (seq ${int8.seq}, batch ${int8.batchSize}, intra ${int8.intraOpThreads}${int8.spinning ? ' spin' : ''}); cosine vs fp32 min ${int8.cosineMin.toFixed(4)}, mean ${int8.cosineMean.toFixed(4)} over ${int8.samples} texts`,
     });
   if (fused) v.push({ target: 'fused speed-up (reported, no target)', met: undefined, detail: `fused ${f1(fused.itemsPerS)} items/s = ${ratio(fused.speedupVsFp32)} fp32; cosine min ${fused.cosineMin.toFixed(6)}` });
+  const seqMax = Math.max(...Object.keys(t.ceiling.best).map((k) => Number(k.slice(3))));
+  const nTop = Math.max(...t.loads.filter((l) => l.workload === `seq${seqMax}` && l.server === 'polyray' && !l.probe).map((l) => l.concurrency), -1);
+  const pTop = find(t, 'polyray', `seq${seqMax}`, nTop);
+  const cTop = t.ceiling.best[`seq${seqMax}`];
+  if (pTop && cTop)
+    v.push({
+      target: `seq${seqMax} N=${nTop}: Polyray cache misses ≥ 0.9× the raw ceiling`,
+      met: pTop.itemsPerS >= 0.9 * cTop.itemsPerS,
+      detail: `Polyray ${f1(pTop.itemsPerS)} items/s vs ceiling ${f1(cTop.itemsPerS)} (batch ${cTop.batchSize}, intra ${cTop.intraOpThreads}${cTop.spinning ? ' spin' : ''}) = ${ratio(pTop.itemsPerS / cTop.itemsPerS)}` + (pTop.batches ? ` (Polyray's batches: mean ${pTop.batches.meanSize.toFixed(1)} items, ${ms(pTop.batches.meanRunMs)} ms per run)` : ''),
+    });
   const nMix = Math.max(...t.loads.filter((l) => l.workload === 'mixed').map((l) => l.concurrency), -1);
   const pm = find(t, 'polyray', 'mixed', nMix);
   const peerM = bestPeer(t, 'mixed', nMix);
@@ -186,14 +197,16 @@ ${t.errors.length ? `\n**Errors:** ${t.errors.map((e) => e.replaceAll('\n', ' ')
 
 ${mdTable(verdictTable(verdictsT(t)))}
 
-### Ceiling (raw \`run()\`, session options of the service's workers, spinning off)
+### Ceiling (raw \`run()\` in the bench process: best batch size and thread setting)
 
-Ceiling: seq 16 **${f1(b16?.itemsPerS ?? NaN)} items/s** (batch ${b16?.batchSize}, intra ${b16?.intraOpThreads}); seq 128 **${f1(b128?.itemsPerS ?? NaN)} items/s**
-(batch ${b128?.batchSize}, intra ${b128?.intraOpThreads}); marked \\*. Each cell: one warm-up run, then runs for the cell time (at least the minimum runs).
+Ceiling: seq 16 **${f1(b16?.itemsPerS ?? NaN)} items/s** (batch ${b16?.batchSize}, intra ${b16?.intraOpThreads}${b16?.spinning ? ' spin' : ''}); seq 128 **${f1(b128?.itemsPerS ?? NaN)} items/s**
+(batch ${b128?.batchSize}, intra ${b128?.intraOpThreads}${b128?.spinning ? ' spin' : ''}); marked \\*. Session options as the service's workers, with the spinning
+setting of each column (*spin*: \`session.intra_op.allow_spinning\` = 1, which the service uses for this model; its manifest asks for it). No HTTP, no other load.
+Each cell: one warm-up run, then runs for the cell time (at least the minimum runs).
 
 ${mdTable(ceilingTableT(t))}
 
-Variants at seq ${t.ceiling.variants[0]?.seq ?? '–'}, batch ${t.ceiling.variants[0]?.batchSize ?? '–'}, intra ${t.ceiling.variants[0]?.intraOpThreads ?? '–'} (interleaved rounds, median round; cosine on single-text runs, half seq 16, half long):
+Variants at seq ${t.ceiling.variants[0]?.seq ?? '–'}, batch ${t.ceiling.variants[0]?.batchSize ?? '–'}, intra ${t.ceiling.variants[0]?.intraOpThreads ?? '–'}${t.ceiling.variants[0]?.spinning ? ' spin' : ''} (interleaved rounds, median round; cosine on single-text runs, half seq 16, half long):
 
 ${mdTable(variantTableT(t))}
 

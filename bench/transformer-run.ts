@@ -24,7 +24,7 @@ import {
 } from './transformer.ts';
 
 export interface TransformerPlan {
-  ceiling: { seqs: number[]; batchSizes: number[]; intras: number[]; cellMs: number; minRuns: number; variantRounds: number; variantBatch?: number; variantIntra?: number; cosineSamples: number };
+  ceiling: { seqs: number[]; batchSizes: number[]; threads: { intra: number; spin: boolean }[]; cellMs: number; minRuns: number; variantRounds: number; variantBatch?: number; variantIntra?: number; variantSpin?: boolean; cosineSamples: number };
   seqs: number[];
   concurrency: number[];
   /** Peer micro-batching measured at these N (at N=1 both modes are the same call). */
@@ -80,19 +80,20 @@ export async function runTransformerSection(d: TransformerDeps): Promise<Transfo
   const corpus = await BertCorpus.load(path.join(modelDir, 'tokenizer.json'));
   const errors: string[] = [];
 
-  log(`issue 7: ${BERT} ceiling (raw run(), spinning off as in the service)`);
+  log(`issue 7: ${BERT} ceiling (raw run(), thread settings × batch sizes)`);
   const ceiling = await bertCeiling({
     modelsDir: path.join(d.root, 'models'),
     corpus,
     seqs: P.ceiling.seqs,
     batchSizes: P.ceiling.batchSizes,
-    intras: P.ceiling.intras,
+    threads: P.ceiling.threads,
     cellMs: P.ceiling.cellMs,
     minRuns: P.ceiling.minRuns,
     variantSeq: Math.max(...P.ceiling.seqs),
     variantRounds: P.ceiling.variantRounds,
     ...(P.ceiling.variantBatch ? { variantBatch: P.ceiling.variantBatch } : {}),
     ...(P.ceiling.variantIntra ? { variantIntra: P.ceiling.variantIntra } : {}),
+    ...(P.ceiling.variantSpin !== undefined ? { variantSpin: P.ceiling.variantSpin } : {}),
     cosineSamples: P.ceiling.cosineSamples,
     log,
     checkAbort,
@@ -106,7 +107,7 @@ export async function runTransformerSection(d: TransformerDeps): Promise<Transfo
     { label: 'polyray', kind: 'polyray', env: svcEnv, description: 'Polyray, service defaults (dynamic batching on)' },
     { label: 'polyray naive', kind: 'polyray-naive', env: { ...svcEnv, POLYRAY_BATCH_MAX_ITEMS: '1' }, description: 'Polyray with POLYRAY_BATCH_MAX_ITEMS=1 (batching off)' },
     ...(P.tunedMaxTokens
-      ? [{ label: `polyray maxTokens=${P.tunedMaxTokens}`, kind: 'polyray' as const, env: { ...svcEnv, POLYRAY_BATCH_MAX_TOKENS: String(P.tunedMaxTokens) }, description: `Polyray with POLYRAY_BATCH_MAX_TOKENS=${P.tunedMaxTokens} (smaller batches; measured, not applied)` }]
+      ? [{ label: `polyray maxTokens=${P.tunedMaxTokens}`, kind: 'polyray' as const, env: { ...svcEnv, POLYRAY_BATCH_MAX_TOKENS: String(P.tunedMaxTokens) }, description: `Polyray with POLYRAY_BATCH_MAX_TOKENS=${P.tunedMaxTokens} (an alternative to the default; measured, not applied)` }]
       : []),
     {
       label: 'peer',

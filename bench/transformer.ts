@@ -69,6 +69,8 @@ export interface BertCeilingRow {
   model: string;
   seq: number;
   intraOpThreads: number;
+  /** ONNX Runtime `session.intra_op.allow_spinning` of the session. */
+  spinning: boolean;
   batchSize: number;
   runs: number;
   itemsPerS: number;
@@ -81,6 +83,7 @@ export interface BertVariantRow {
   seq: number;
   batchSize: number;
   intraOpThreads: number;
+  spinning: boolean;
   itemsPerS: number;
   runMsP50: number;
   speedupVsFp32: number;
@@ -107,15 +110,15 @@ function feedsOf(encs: { ids: number[]; mask: number[] }[]): Record<string, ort.
   };
 }
 
-/** The session options of src/runtime/worker.ts with the service defaults (ORT spinning off). */
-function createSession(file: string, intra: number): Promise<ort.InferenceSession> {
+/** The session options of src/runtime/worker.ts; spinning as given (the service turns it on for these models). */
+function createSession(file: string, intra: number, spin: boolean): Promise<ort.InferenceSession> {
   return ort.InferenceSession.create(file, {
     executionProviders: ['cpu'],
     intraOpNumThreads: intra,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
     executionMode: 'sequential',
-    extra: { session: { intra_op: { allow_spinning: '0' } } },
+    extra: { session: { intra_op: { allow_spinning: spin ? '1' : '0' } } },
   });
 }
 
@@ -154,14 +157,16 @@ export interface BertCeilingOptions {
   corpus: BertCorpus;
   seqs: number[];
   batchSizes: number[];
-  intras: number[];
+  /** Thread settings measured: intra-op threads × spinning. */
+  threads: { intra: number; spin: boolean }[];
   cellMs: number;
   minRuns: number;
   variantSeq: number;
   variantRounds: number;
-  /** Batch size and intra-op threads of the variant comparison (default: the best fp32 cell). */
+  /** Batch size and thread setting of the variant comparison (default: the best fp32 cell). */
   variantBatch?: number;
   variantIntra?: number;
+  variantSpin?: boolean;
   cosineSamples: number;
   log: (s: string) => void;
   checkAbort: () => void;
@@ -190,9 +195,9 @@ export async function bertCeiling(o: BertCeilingOptions): Promise<BertCeilingRes
     return [0, 1].map((i) => feedsOf(encs.slice(i * b, i * b + b)));
   };
   const rows: BertCeilingRow[] = [];
-  for (const intra of o.intras) {
+  for (const { intra, spin } of o.threads) {
     o.checkAbort();
-    const session = await createSession(file(BERT), intra);
+    const session = await createSession(file(BERT), intra, spin);
     try {
       for (const seq of o.seqs) {
         for (const b of o.batchSizes) {
@@ -200,8 +205,8 @@ export async function bertCeiling(o: BertCeilingOptions): Promise<BertCeilingRes
           // One untimed run warms the session per sequence length and for the small batches (cheap); the
           // larger cells follow warm cells of the same session, and their runs are long.
           const r = await timeCell(session, batchesOf(seq, b), b, o.cellMs, o.minRuns, b === o.batchSizes[0] || b * seq <= 512);
-          rows.push({ model: BERT, seq, intraOpThreads: intra, batchSize: b, ...r });
-          o.log(`  bert ceiling seq=${seq} intra=${intra} batch=${String(b).padStart(2)}: ${r.itemsPerS.toFixed(1).padStart(7)} items/s (run p50 ${r.runMsP50.toFixed(1)} ms, ${r.cpuCores.toFixed(2)} cores)`);
+          rows.push({ model: BERT, seq, intraOpThreads: intra, spinning: spin, batchSize: b, ...r });
+          o.log(`  bert ceiling seq=${seq} intra=${intra}${spin ? ' spin' : ''} batch=${String(b).padStart(2)}: ${r.itemsPerS.toFixed(1).padStart(7)} items/s (run p50 ${r.runMsP50.toFixed(1)} ms, ${r.cpuCores.toFixed(2)} cores)`);
         }
       }
     } finally {
@@ -217,12 +222,12 @@ export async function bertCeiling(o: BertCeilingOptions): Promise<BertCeilingRes
   // Variants at one sequence length, the best batch and threads of plain fp32, in interleaved rounds.
   // A fixed batch when given: the best cell moves between runs on a noisy shared box.
   const bestV = best[`seq${o.variantSeq}`]!;
-  const vb = { batchSize: o.variantBatch ?? bestV.batchSize, intraOpThreads: o.variantIntra ?? bestV.intraOpThreads };
+  const vb = { batchSize: o.variantBatch ?? bestV.batchSize, intraOpThreads: o.variantIntra ?? bestV.intraOpThreads, spinning: o.variantSpin ?? bestV.spinning };
   const models = [BERT, `${BERT}-fused`, `${BERT}-int8`];
   const sessions = new Map<string, ort.InferenceSession>();
   const variants: BertVariantRow[] = [];
   try {
-    for (const m of models) sessions.set(m, await createSession(file(m), vb.intraOpThreads));
+    for (const m of models) sessions.set(m, await createSession(file(m), vb.intraOpThreads, vb.spinning));
     const acc = new Map<string, { times: number[] }>();
     const batches = batchesOf(o.variantSeq, vb.batchSize);
     for (let round = 0; round < o.variantRounds; round++) {
@@ -252,6 +257,7 @@ export async function bertCeiling(o: BertCeilingOptions): Promise<BertCeilingRes
         seq: o.variantSeq,
         batchSize: vb.batchSize,
         intraOpThreads: vb.intraOpThreads,
+        spinning: vb.spinning,
         itemsPerS: ips,
         runMsP50: (vb.batchSize * 1000) / ips,
         speedupVsFp32: ips / fp32,

@@ -81,7 +81,7 @@ export class PolyrayServer {
   constructor(config: PolyrayConfig, deps: PolyrayDeps = {}) {
     this.config = config;
     this.logger = deps.logger ?? createLogger(config.log.level);
-    this.pool = new InferencePool({ workers: config.inference.workers, intraOpThreads: config.inference.intraOpThreads, niceness: config.inference.niceness, logger: this.logger });
+    this.pool = new InferencePool({ workers: config.inference.workers, intraOpThreads: config.inference.intraOpThreads, niceness: config.inference.niceness, pipelineDepth: config.inference.pipelineDepth, logger: this.logger });
     this.memory = new MemoryCache({ maxBytes: config.cache.memory.maxBytes, ttlMs: config.cache.memory.ttlMs });
     // Each tier is wrapped so the cache policy can change the TTL of new entries (src/policy).
     const tiers = withTtlControl([this.memory, ...(deps.lowerTiers ?? lowerTiersFromConfig(config, this.logger))]);

@@ -59,6 +59,20 @@ export class AccountingMetrics {
         for (const [model, b] of batchers) this.set({ model }, b.stats().queued);
       },
     });
+    // Real vs padded tokens of the text batches: real ÷ padded is the share of inference spent on real input.
+    new Gauge({
+      name: 'polyray_batch_tokens',
+      help: 'Tokens sent to inference in text batches since start, by model and kind (real: input tokens; padded: batch items × longest item)',
+      labelNames: ['model', 'kind'],
+      registers,
+      collect() {
+        for (const [model, b] of batchers) {
+          const st = b.stats();
+          this.set({ model, kind: 'real' }, st.realTokens);
+          this.set({ model, kind: 'padded' }, st.paddedTokens);
+        }
+      },
+    });
     this.quotaStore = new Gauge({ name: 'polyray_quota_store', help: 'Where quota buckets live now (1 on the current one): redis, local, unavailable', labelNames: ['store'], registers });
   }
 

@@ -17,7 +17,7 @@ import type { FeedSpec } from './worker-protocol.ts';
 export interface BatcherOptions {
   /** Most items in one run. Default 64. */
   maxItems: number;
-  /** Most padded tokens (items × longest length) in one run. Default 2048. */
+  /** Most padded tokens (items × longest length) in one run. Default 1024. */
   maxTokens: number;
   /** How long the oldest item waits for company before dispatch, in microseconds. Default 0 (dispatch when a worker is free). */
   maxWaitUs: number;
@@ -25,7 +25,7 @@ export interface BatcherOptions {
   maxQueueItems: number;
 }
 
-export const DEFAULT_BATCHER_OPTIONS: BatcherOptions = { maxItems: 64, maxTokens: 2048, maxWaitUs: 0, maxQueueItems: 8192 };
+export const DEFAULT_BATCHER_OPTIONS: BatcherOptions = { maxItems: 64, maxTokens: 1024, maxWaitUs: 0, maxQueueItems: 8192 };
 
 export interface ModelIO {
   name: string;

@@ -1,8 +1,9 @@
 /**
  * The inference pool: a fixed set of worker threads, each holding a session per model.
  *
- * Batchers `acquire()` a worker lease, run one batch on it and release it. Leases are granted in FIFO
- * order, so batchers of different models share the workers fairly, and a batcher waiting for a lease
+ * Batchers `acquire()` a worker lease, run one batch on it and release it. A worker takes up to
+ * `pipelineDepth` leases at once and runs their batches one after the other, so its next batch is already
+ * there when a run ends. Leases are granted in FIFO order, so batchers of different models share the workers fairly, and a batcher waiting for a lease
  * keeps collecting items — that wait is what makes batches grow under load. A worker that dies fails
  * its in-flight batch (the batcher rejects every waiter of it) and is replaced.
  */
@@ -22,6 +23,13 @@ export interface InferencePoolOptions {
    * thread (Linux); callers pass 0 elsewhere. Default 0.
    */
   niceness?: number;
+  /**
+   * Batches a worker holds at once: the one running and the ones queued behind it. 1 (default) leases
+   * each worker to one batch at a time; 2 lets the next batch wait in the worker while the current one
+   * runs, so the worker never idles while the main thread hands results back (at the price of batches
+   * formed earlier, hence smaller).
+   */
+  pipelineDepth?: number;
   logger: Logger;
   /** Worker entry; default `./worker-entry.mjs` beside this file (registers tsx, then runs worker.ts). */
   workerUrl?: URL;
@@ -57,7 +65,8 @@ export interface PoolStats {
 
 interface Slot {
   worker: Worker;
-  busy: boolean;
+  /** Leases granted on this worker and not yet released (at most pipelineDepth). */
+  leased: number;
   pending: Map<number, { resolve: (r: RunResult) => void; reject: (e: Error) => void }>;
   closing: boolean;
 }
@@ -81,7 +90,10 @@ export class InferencePool {
     if (!Number.isSafeInteger(options.intraOpThreads) || options.intraOpThreads < 1) {
       throw new TypeError(`InferencePool option intraOpThreads must be an integer >= 1, received ${String(options.intraOpThreads)}`);
     }
-    this.#o = { workerUrl: new URL('./worker-entry.mjs', import.meta.url), niceness: 0, ...options };
+    if (options.pipelineDepth !== undefined && (!Number.isSafeInteger(options.pipelineDepth) || options.pipelineDepth < 1)) {
+      throw new TypeError(`InferencePool option pipelineDepth must be an integer >= 1, received ${String(options.pipelineDepth)}`);
+    }
+    this.#o = { workerUrl: new URL('./worker-entry.mjs', import.meta.url), niceness: 0, pipelineDepth: 1, ...options };
   }
 
   /** Starts the workers and loads every model in each. Resolves with the per-model outcome of worker 0. */
@@ -96,7 +108,7 @@ export class InferencePool {
 
   async #spawn(): Promise<LoadResult[]> {
     const worker = new Worker(this.#o.workerUrl);
-    const slot: Slot = { worker, busy: false, pending: new Map(), closing: false };
+    const slot: Slot = { worker, leased: 0, pending: new Map(), closing: false };
     const loaded = await new Promise<LoadResult[]>((resolve, reject) => {
       const onMsg = (m: FromWorker): void => {
         if (m.type === 'loaded') {
@@ -156,12 +168,16 @@ export class InferencePool {
   }
 
   #grant(): void {
-    for (const slot of this.#slots) {
-      if (this.#waiters.length === 0) return;
-      if (!slot.busy && !slot.closing) {
-        slot.busy = true;
-        this.#waiters.shift()!(slot);
+    while (this.#waiters.length > 0) {
+      // The least loaded worker first: an idle one before one that is running a batch.
+      let best: Slot | undefined;
+      for (const slot of this.#slots) {
+        if (slot.closing || slot.leased >= this.#o.pipelineDepth) continue;
+        if (!best || slot.leased < best.leased) best = slot;
       }
+      if (!best) return;
+      best.leased++;
+      this.#waiters.shift()!(best);
     }
   }
 
@@ -188,7 +204,7 @@ export class InferencePool {
       release: () => {
         if (released) return;
         released = true;
-        slot.busy = false;
+        slot.leased--;
         this.#grant();
       },
     };
@@ -203,7 +219,7 @@ export class InferencePool {
     return {
       workers: this.#slots.length,
       niceness: this.#niceness,
-      busy: this.#slots.filter((s) => s.busy).length,
+      busy: this.#slots.filter((s) => s.leased > 0).length,
       waiting: this.#waiters.length,
       runs: this.#stats.runs,
       runsByModel: { ...this.#stats.runsByModel },

@@ -14,6 +14,7 @@ const port = parentPort;
 if (!port) throw new Error('worker.ts must run inside a worker thread');
 
 const sessions = new Map<string, ort.InferenceSession>();
+let runChain: Promise<void> = Promise.resolve();
 
 async function createSession(spec: ModelLoadSpec, intraOpThreads: number): Promise<LoadResult> {
   const fallbacks: LoadResult['fallbacks'] = [];
@@ -60,7 +61,8 @@ port.on('message', (msg: ToWorker) => {
       return;
     }
     case 'run': {
-      void (async () => {
+      // Runs execute one at a time, in arrival order: the pool may send the next batch while one runs.
+      runChain = runChain.then(async () => {
         const session = sessions.get(msg.model);
         if (!session) {
           post({ type: 'error', id: msg.id, message: `no session for model ${msg.model}` });
@@ -87,11 +89,12 @@ port.on('message', (msg: ToWorker) => {
         } catch (e) {
           post({ type: 'error', id: msg.id, message: (e as Error).message.slice(0, 500) });
         }
-      })();
+      });
       return;
     }
     case 'close': {
       void (async () => {
+        await runChain;
         for (const s of sessions.values()) await s.release();
         sessions.clear();
         port!.close();
