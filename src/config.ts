@@ -54,9 +54,10 @@ export interface PolyrayConfig {
     niceness: number;
     /**
      * Batches each worker holds at once (running + queued behind it). Default 1: a batch forms when a
-     * worker is free, from everything that queued meanwhile. 2 keeps the next batch waiting in the worker
-     * so it never idles while the main thread hands results back — measured on 2 CPU cores it formed
-     * smaller batches and lost ~7 % at seq 16 without gaining at seq 128 (worker busy 96–98 % either way).
+     * worker is free, from everything that queued meanwhile. 2 sends a batch that is already full to wait
+     * in the worker while the previous one runs, so the worker does not idle while the main thread hands
+     * results back (partial batches still wait and grow). On 2 CPU cores it measured within noise of 1
+     * (worker busy 95–98 % either way), so it is left for accelerators, where a run is short next to the hand-off.
      */
     pipelineDepth: number;
     /**
@@ -144,6 +145,11 @@ export interface PolyrayConfig {
     globalHitCost: number;
     /** How often the usage ledger is flushed to Redis. Default 5000 ms. */
     ledgerFlushMs: number;
+    /**
+     * Bearer token `/metrics` requires (`Authorization: Bearer <token>`, Prometheus' `authorization`
+     * scrape setting). Unset: `/metrics` is open — keep it off the public network then. Default unset.
+     */
+    metricsToken: string | undefined;
   };
   /** Request-stream sampling for the cache-policy simulator (src/policy, docs/CACHE-POLICY.md). */
   trace: {
@@ -361,6 +367,10 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
       memoryHitCost: r.num('POLYRAY_COST_MEMORY_HIT', 'costMemoryHit', 0.01, 0),
       globalHitCost: r.num('POLYRAY_COST_GLOBAL_HIT', 'costGlobalHit', 0.05, 0),
       ledgerFlushMs: r.int('POLYRAY_LEDGER_FLUSH_MS', 'ledgerFlushMs', 5000, 10, 3_600_000),
+      metricsToken: ((t) => {
+        if (t !== undefined && t.length < 16) throw new TypeError('Configuration POLYRAY_METRICS_TOKEN must be at least 16 characters');
+        return t;
+      })(r.raw('POLYRAY_METRICS_TOKEN', 'metricsToken')),
     },
     trace: {
       sampleRate: r.num('POLYRAY_TRACE_SAMPLE_RATE', 'traceSampleRate', 0.1, 0, 1),

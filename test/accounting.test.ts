@@ -13,6 +13,7 @@ import { addClient } from '../src/accounting/clients.ts';
 import type { Figures } from '../src/accounting/ledger.ts';
 import { normaliseText } from '../src/cache/keys.ts';
 import { startPolyray, type GqlResponse, type TestServer } from './helpers/polyray.ts';
+import { loadConfig } from '../src/config.ts';
 
 const EMBED = `query($model: String!, $inputs: [EmbedInput!]!) { embed(model: $model, inputs: $inputs) { source } }`;
 type EmbedData = { embed: { source: string }[] };
@@ -328,6 +329,8 @@ describe('clients, quotas and cost attribution across two replicas', () => {
       /polyray_quota_rejections_total\{client="alice"\} \d+/,
       /polyray_auth_failures_total \d+/,
       /polyray_quota_store\{store="redis"\} 1/,
+      /polyray_batch_tokens\{model="text-glove",kind="real"\} [1-9]\d*/,
+      /polyray_batch_tokens\{model="text-glove",kind="padded"\} [1-9]\d*/,
     ]) {
       assert.match(text, series);
     }
@@ -336,5 +339,32 @@ describe('clients, quotas and cost attribution across two replicas', () => {
     // Separate registries: replica B's counters are its own.
     const textB = await (await fetch(`${b.url}/metrics`)).text();
     assert.notEqual(/polyray_auth_failures_total (\d+)/.exec(textB)?.[1], /polyray_auth_failures_total (\d+)/.exec(text)?.[1]);
+  });
+});
+
+describe('/metrics with a bearer token', () => {
+  test('refuses scrapes without the token, in constant-time comparison, and serves the right one', async () => {
+    const token = 'metrics-token-0123456789abcdef';
+    const t = await startPolyray({ accounting: { metricsToken: token } });
+    try {
+      const get = (authorization?: string): Promise<Response> => fetch(`${t.url}/metrics`, authorization ? { headers: { authorization } } : {});
+      for (const bad of [undefined, `Bearer ${token.slice(0, -1)}`, `Bearer ${token}x`, token, `Basic ${token}`]) {
+        const res = await get(bad);
+        assert.equal(res.status, 401, String(bad));
+        assert.match(res.headers.get('www-authenticate') ?? '', /^Bearer/);
+        assert.equal(((await res.json()) as { error: string }).error, 'UNAUTHENTICATED');
+      }
+      const ok = await get(`Bearer ${token}`);
+      assert.equal(ok.status, 200);
+      assert.match(await ok.text(), /polyray_requests_total|polyray_queue_depth/);
+      // Health endpoints stay open for load balancers.
+      assert.equal((await fetch(`${t.url}/healthz`)).status, 200);
+    } finally {
+      await t.stop();
+    }
+  });
+
+  test('a short token is a configuration error', () => {
+    assert.throws(() => loadConfig({ POLYRAY_METRICS_TOKEN: 'short' }, {}), /POLYRAY_METRICS_TOKEN must be at least 16 characters/);
   });
 });

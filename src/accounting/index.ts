@@ -9,6 +9,7 @@
  * Redis (quota buckets + the usage ledger): `config.accounting.redisUrl`; without it everything is
  * per replica, which is what the embedded default wants.
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { unwatchFile, watchFile } from 'node:fs';
 import type { ApolloServerPlugin } from '@apollo/server';
 import type { FastifyInstance } from 'fastify';
@@ -174,7 +175,16 @@ export class Accounting implements AccountingCore {
   }
 
   registerRoutes(app: FastifyInstance): void {
-    app.get('/metrics', async (_req, reply) => {
+    const token = this.#o.config.metricsToken;
+    const expected = token === undefined ? undefined : createHash('sha256').update(`Bearer ${token}`).digest();
+    app.get('/metrics', async (req, reply) => {
+      if (expected) {
+        // Compared as digests: constant time whatever the length of what was sent.
+        const got = createHash('sha256').update(req.headers.authorization ?? '').digest();
+        if (!timingSafeEqual(got, expected)) {
+          return reply.code(401).header('www-authenticate', 'Bearer realm="polyray-metrics"').send({ error: 'UNAUTHENTICATED', message: '/metrics needs the metrics bearer token (POLYRAY_METRICS_TOKEN)' });
+        }
+      }
       const body = await this.metrics.registry.metrics();
       return reply.header('content-type', this.metrics.registry.contentType).send(body);
     });

@@ -76,9 +76,13 @@ export class DispatchQueue<T, R> {
 
   #schedule(): void {
     if (this.#queue.length === 0 || this.#acquiring) return;
+    const full = this.#policy.full(this.#queue);
+    // While a batch of this queue runs, only a full batch is sent after it (to wait in the worker, where
+    // the pool allows it): a partial one waits for the run to end and grows meanwhile.
+    if (this.#inFlight > 0 && !full && this.#state.kind !== 'draining') return;
     const waitedUs = (this.#now() - this.#queue[0]!.enqueuedAt) * 1000;
     const maxWaitUs = this.#policy.maxWaitUs;
-    if (this.#policy.full(this.#queue) || waitedUs >= maxWaitUs || this.#state.kind === 'draining') {
+    if (full || waitedUs >= maxWaitUs || this.#state.kind === 'draining') {
       if (this.#timer) clearTimeout(this.#timer);
       this.#timer = undefined;
       this.#dispatch();
@@ -106,6 +110,7 @@ export class DispatchQueue<T, R> {
         this.#policy.run(batch, lease.run.bind(lease)).finally(() => {
           lease.release();
           this.#inFlight--;
+          this.#schedule();
           this.#notifyIdle();
         });
         this.#schedule();

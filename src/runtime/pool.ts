@@ -26,8 +26,8 @@ export interface InferencePoolOptions {
   /**
    * Batches a worker holds at once: the one running and the ones queued behind it. 1 (default) leases
    * each worker to one batch at a time; 2 lets the next batch wait in the worker while the current one
-   * runs, so the worker never idles while the main thread hands results back (at the price of batches
-   * formed earlier, hence smaller).
+   * runs, so the worker never idles while the main thread hands results back (the dispatch queue sends
+   * only full batches ahead, see dispatch-queue.ts).
    */
   pipelineDepth?: number;
   logger: Logger;
