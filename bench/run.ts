@@ -137,7 +137,7 @@ function plan(quick: boolean): Plan {
         variantDurationMs: 0,
         watchdogMs: 150_000,
         transformer: {
-          ceiling: { seqs: [16, 128], batchSizes: [1, 4], threads: [{ intra: 2, spin: true }], cellMs: 120, minRuns: 1, variantRounds: 1, cosineSamples: 8 },
+          ceiling: { seqs: [16, 128], batchSizes: [1, 4], threads: [{ intra: 2, spin: true }], cellMs: 120, minRuns: 1, variantRounds: 1, cosineSamples: 8, mixedTexts: 48, mixedRounds: 1 },
           seqs: [16],
           concurrency: [16],
           peerBatchedConcurrency: [16],
@@ -183,6 +183,8 @@ function plan(quick: boolean): Plan {
             variantIntra: 2,
             variantSpin: true,
             cosineSamples: 32,
+            mixedTexts: 192,
+            mixedRounds: 3,
           },
           seqs: [16, 128],
           concurrency: [1, 16, 64],

@@ -55,6 +55,26 @@ export function variantTableT(t: TransformerResults): Table {
   };
 }
 
+export function mixedTableT(t: TransformerResults): Table | undefined {
+  const m = t.ceiling.mixed;
+  if (!m) return undefined;
+  const base = m.rows[0]?.itemsPerS ?? NaN;
+  return {
+    head: ['strategy (same texts, one session)', 'items/s', 'vs one text per run', 'fill (real ÷ padded)', 'runs'],
+    rows: m.rows.map((r) => [r.strategy, f1(r.itemsPerS), ratio(r.itemsPerS / base), `${(r.fill * 100).toFixed(0)}%`, `${r.runs}`]),
+    right: [false, true, true, true, true],
+  };
+}
+
+/** "raw bound: …" for the mixed verdict: how much length-sorted batches gain over one text per run. */
+function mixedBound(t: TransformerResults): string {
+  const m = t.ceiling.mixed;
+  const one = m?.rows[0];
+  const sorted = m?.rows[2];
+  if (!one || !sorted) return '';
+  return `; on raw \`run()\` the same kind of texts give ${f1(one.itemsPerS)} items/s one per run and ${f1(sorted.itemsPerS)} in ideal length-sorted batches (${ratio(sorted.itemsPerS / one.itemsPerS)}): the most any bucketing can gain over the peer's mode here`;
+}
+
 export function loadTableT(t: TransformerResults): Table {
   const rows: string[][] = [];
   const ceil = (w: string): number => t.ceiling.best[w]?.itemsPerS ?? NaN;
@@ -159,7 +179,8 @@ export function verdictsT(t: TransformerResults): Verdict[] {
         (() => {
           const tm = t.loads.find((l) => l.server.startsWith('polyray maxTokens=') && l.workload === 'mixed' && l.concurrency === nMax(t));
           return tm ? `; ${tm.server} (not the default): ${f1(tm.itemsPerS)} items/s = ${ratio(tm.itemsPerS / peerM.itemsPerS)} the peer` : '';
-        })(),
+        })() +
+        mixedBound(t),
     });
   const probe = t.loads.find((l) => l.probe && l.server === 'polyray');
   if (probe?.probe)
@@ -209,7 +230,17 @@ ${mdTable(ceilingTableT(t))}
 Variants at seq ${t.ceiling.variants[0]?.seq ?? '–'}, batch ${t.ceiling.variants[0]?.batchSize ?? '–'}, intra ${t.ceiling.variants[0]?.intraOpThreads ?? '–'}${t.ceiling.variants[0]?.spinning ? ' spin' : ''} (interleaved rounds, median round; cosine on single-text runs, half seq 16, half long):
 
 ${mdTable(variantTableT(t))}
+${(() => {
+  const mt = mixedTableT(t);
+  const m = t.ceiling.mixed;
+  return mt && m
+    ? `
+Mixed lengths on raw \`run()\` (${m.texts} texts of ${m.range[0]}–${m.range[1]} tokens, intra ${m.intraOpThreads}${m.spinning ? ' spin' : ''}, interleaved rounds, median): what batching can gain on this machine before any service overhead.
 
+${mdTable(mt)}
+`
+    : '';
+})()}
 ### Polyray vs naive vs peer (cache misses; one text per request)
 
 ${mdTable(comparisonTableT(t))}
@@ -241,6 +272,7 @@ export function transformerText(t: TransformerResults, extraMemory: { label: str
     '',
     textTable(variantTableT(t)),
     '',
+    ...(mixedTableT(t) ? ['Mixed lengths, raw run()', textTable(mixedTableT(t)!), ''] : []),
     'Polyray vs naive vs peer (cache misses)',
     textTable(comparisonTableT(t)),
     '',

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { packageVersion } from './conditions.ts';
 import { scrapeBatchMetrics } from './load.ts';
 import type { ServiceProcess } from './service.ts';
-import { modelsFolder } from './service.ts';
+import { effectiveSettings, modelsFolder } from './service.ts';
 import {
   BERT,
   BertCorpus,
@@ -24,7 +24,7 @@ import {
 } from './transformer.ts';
 
 export interface TransformerPlan {
-  ceiling: { seqs: number[]; batchSizes: number[]; threads: { intra: number; spin: boolean }[]; cellMs: number; minRuns: number; variantRounds: number; variantBatch?: number; variantIntra?: number; variantSpin?: boolean; cosineSamples: number };
+  ceiling: { seqs: number[]; batchSizes: number[]; threads: { intra: number; spin: boolean }[]; cellMs: number; minRuns: number; variantRounds: number; variantBatch?: number; variantIntra?: number; variantSpin?: boolean; cosineSamples: number; mixedTexts: number; mixedRounds: number };
   seqs: number[];
   concurrency: number[];
   /** Peer micro-batching measured at these N (at N=1 both modes are the same call). */
@@ -95,6 +95,7 @@ export async function runTransformerSection(d: TransformerDeps): Promise<Transfo
     ...(P.ceiling.variantIntra ? { variantIntra: P.ceiling.variantIntra } : {}),
     ...(P.ceiling.variantSpin !== undefined ? { variantSpin: P.ceiling.variantSpin } : {}),
     cosineSamples: P.ceiling.cosineSamples,
+    mixed: { range: P.mixedRange, texts: P.ceiling.mixedTexts, maxTokens: effectiveSettings({}).batching.maxTokens, rounds: P.ceiling.mixedRounds },
     log,
     checkAbort,
   });

@@ -168,14 +168,26 @@ export interface BertCeilingOptions {
   variantIntra?: number;
   variantSpin?: boolean;
   cosineSamples: number;
+  /** Raw batching strategies on mixed-length texts (the bound of what length bucketing can gain). */
+  mixed?: { range: [number, number]; texts: number; maxTokens: number; rounds: number };
   log: (s: string) => void;
   checkAbort: () => void;
+}
+
+/** One batching strategy over the same mixed-length texts, raw `run()` with the variant session setting. */
+export interface BertMixedRow {
+  strategy: string;
+  itemsPerS: number;
+  /** Real ÷ padded tokens. */
+  fill: number;
+  runs: number;
 }
 
 export interface BertCeilingResult {
   rows: BertCeilingRow[];
   best: Record<string, BertCeilingRow>;
   variants: BertVariantRow[];
+  mixed?: { range: [number, number]; texts: number; maxTokens: number; intraOpThreads: number; spinning: boolean; rows: BertMixedRow[] };
   tokenLengths: Record<string, { min: number; max: number; mean: number }>;
 }
 
@@ -270,7 +282,69 @@ export async function bertCeiling(o: BertCeilingOptions): Promise<BertCeilingRes
   } finally {
     for (const s of sessions.values()) await s.release();
   }
-  return { rows, best, variants, tokenLengths };
+  const mixed = o.mixed ? await mixedStrategies(o, file(BERT), vb.intraOpThreads, vb.spinning, o.mixed) : undefined;
+  return { rows, best, variants, tokenLengths, ...(mixed ? { mixed } : {}) };
+}
+
+/**
+ * The same mixed-length texts run three ways on one session: one text per run (no padding, batch 1 — the
+ * peer's one-call-per-request mode), random groups of 8 padded to their longest (the peer's micro-batched
+ * mode), and length-sorted groups of at most `maxTokens` padded tokens (the best any length bucketing can
+ * do with these texts: Polyray's batcher sees only what is queued, so it does no better). Interleaved rounds,
+ * median round.
+ */
+async function mixedStrategies(
+  o: BertCeilingOptions,
+  modelFile: string,
+  intra: number,
+  spin: boolean,
+  m: NonNullable<BertCeilingOptions['mixed']>,
+): Promise<NonNullable<BertCeilingResult['mixed']>> {
+  const encs = Array.from({ length: m.texts }, () => o.corpus.tokenizer.encode(o.corpus.mixed(m.range[0], m.range[1])));
+  const chunk = <T>(xs: T[], n: number): T[][] => Array.from({ length: Math.ceil(xs.length / n) }, (_, i) => xs.slice(i * n, i * n + n));
+  const sorted = [...encs].sort((a, b) => a.ids.length - b.ids.length);
+  const bucketed: (typeof encs)[] = [];
+  let cur: typeof encs = [];
+  for (const e of sorted) {
+    const longest = Math.max(e.ids.length, ...cur.map((c) => c.ids.length));
+    if (cur.length > 0 && longest * (cur.length + 1) > m.maxTokens) {
+      bucketed.push(cur);
+      cur = [];
+    }
+    cur.push(e);
+  }
+  if (cur.length) bucketed.push(cur);
+  const strategies: { strategy: string; groups: (typeof encs)[] }[] = [
+    { strategy: 'one text per run', groups: encs.map((e) => [e]) },
+    { strategy: 'random groups of 8, padded to the longest', groups: chunk(encs, 8) },
+    { strategy: `length-sorted groups, ≤ ${m.maxTokens} padded tokens`, groups: bucketed },
+  ];
+  const session = await createSession(modelFile, intra, spin);
+  const acc = new Map<string, number[]>();
+  try {
+    await session.run(feedsOf([encs[0]!]), ['embedding']);
+    for (let round = 0; round < m.rounds; round++) {
+      for (let i = 0; i < strategies.length; i++) {
+        o.checkAbort();
+        const st = strategies[(i + round) % strategies.length]!;
+        const feeds = st.groups.map((g) => feedsOf(g));
+        const t0 = performance.now();
+        for (const f of feeds) await session.run(f, ['embedding']);
+        const ips = encs.length / ((performance.now() - t0) / 1000);
+        acc.set(st.strategy, [...(acc.get(st.strategy) ?? []), ips]);
+      }
+    }
+  } finally {
+    await session.release();
+  }
+  const real = encs.reduce((a, e) => a + e.ids.length, 0);
+  const rows = strategies.map((st) => {
+    const padded = st.groups.reduce((a, g) => a + g.length * Math.max(...g.map((e) => e.ids.length)), 0);
+    const row = { strategy: st.strategy, itemsPerS: median(acc.get(st.strategy)!), fill: real / padded, runs: st.groups.length };
+    o.log(`  mixed raw ${row.strategy.padEnd(48)} ${row.itemsPerS.toFixed(1).padStart(7)} items/s (fill ${(row.fill * 100).toFixed(0)}%, ${row.runs} runs)`);
+    return row;
+  });
+  return { range: m.range, texts: m.texts, maxTokens: m.maxTokens, intraOpThreads: intra, spinning: spin, rows };
 }
 
 // ---------- HTTP load ----------
