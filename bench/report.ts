@@ -90,7 +90,7 @@ export function ceilingTable(c: CeilingResult): Table {
     const cells = sessions.flatMap((s) => {
       const r = c.rows.find((x) => x.batchSize === b && x.session === s);
       if (!r) return ['–', '–', '–'];
-      return [`${int(r.itemsPerS)}${r === c.best ? ' *' : ''}`, r.runMsP50.toFixed(3), cores(r.cpuCores)];
+      return [`${int(r.itemsPerS)}${r.batchSize === c.best.batchSize && r.session === c.best.session ? ' *' : ''}`, r.runMsP50.toFixed(3), cores(r.cpuCores)];
     });
     const all = c.rows.filter((x) => x.batchSize === b);
     const others = all.reduce((a, x) => a + x.othersCores, 0) / all.length;
@@ -472,7 +472,7 @@ npm run bench -- --set POLYRAY_BATCH_MAX_WAIT_US=0   # extra service environment
 The bench starts and stops its own service processes (loopback only, free ports) and kills them on exit, error, SIGINT or
 SIGTERM; a service also stops by itself if the bench process dies (\`bench/orphan-guard.mjs\`). Run it on an otherwise idle
 machine: the *others* columns show how much CPU other processes took during each measurement. Services run with the current
-defaults (\`POLYRAY_BATCH_MAX_WAIT_US\` = 0, ONNX Runtime spinning off). Row meanings and targets: \`docs/BENCH.md\`.
+defaults (\`POLYRAY_BATCH_MAX_WAIT_US\` = 0, inference threads at nice 10, ONNX Runtime spinning as each manifest asks: off for text-glove). Row meanings and targets: \`docs/BENCH.md\`.
 
 ## What each table measures
 

@@ -39,7 +39,9 @@ export function ceilingTableT(t: TransformerResults): Table {
       const cells = [`${seq}`, `${b}`];
       for (const st of settings) {
         const r = c.rows.find((x) => x.seq === seq && x.batchSize === b && label(x) === st);
-        const best = c.best[`seq${seq}`] === r;
+        const top = c.best[`seq${seq}`];
+        // By fields, not identity: figures re-read from results.json (--render) are new objects.
+        const best = !!r && !!top && top.batchSize === r.batchSize && label(top) === label(r);
         cells.push(r ? `${f1(r.itemsPerS)}${best ? ' *' : ''}` : '–', r ? ms(r.runMsP50) : '–', r ? r.cpuCores.toFixed(2) : '–');
       }
       rows.push(cells);
