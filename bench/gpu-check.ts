@@ -49,7 +49,19 @@ interface ProviderResult {
   ceiling: { seq: number; batch: number; itemsPerS: number; runMsP50: number }[];
   /** Max |a−b| and min cosine of this provider's vectors against the CPU provider's. */
   vsCpu?: { maxAbsDiff: number; minCosine: number };
-  service?: { executionProvider: string; state: string; startupMs: number; peakRssMiB: number; loads: LoadResult[]; error?: string; logTail?: string };
+  service?: ServiceResult;
+  /** The same service with batching off (POLYRAY_BATCH_MAX_ITEMS=1): the naive baseline of the GPU target. */
+  naive?: ServiceResult;
+}
+
+interface ServiceResult {
+  executionProvider: string;
+  state: string;
+  startupMs: number;
+  peakRssMiB: number;
+  loads: LoadResult[];
+  error?: string;
+  logTail?: string;
 }
 
 function feeds(encs: { ids: number[]; mask: number[] }[]): Record<string, ort.Tensor> {
@@ -68,6 +80,64 @@ function placement(profileFile: string): Record<string, number> {
   const out: Record<string, number> = {};
   for (const p of seen.values()) out[p] = (out[p] ?? 0) + 1;
   return out;
+}
+
+async function serviceRun(provider: string, label: string, extra: Record<string, string>, ns: number[], corpus: BertCorpus): Promise<ServiceResult> {
+  const port = await freePort();
+  const dir = modelsFolder(ROOT, `models-gpu-${provider}-${label}`, [BERT]);
+  const env = childEnv({ POLYRAY_MODELS_DIR: dir, POLYRAY_SERVE_MODELS: BERT, POLYRAY_PROVIDERS: provider === 'cpu' ? 'cpu' : `${provider},cpu`, LOG_LEVEL: 'info', ...extra }, port);
+  let svc: ServiceProcess | undefined;
+  try {
+    log(`[${provider}] ${label} POLYRAY_PROVIDERS=${env.POLYRAY_PROVIDERS}${Object.entries(extra).map(([k, v]) => ` ${k}=${v}`).join('')}`);
+    svc = await ServiceProcess.start(ROOT, env, port, 120_000, (c) => {
+      children.add(c);
+      c.once('exit', () => children.delete(c));
+    });
+    const m = (await (await fetch(`${svc.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ query: '{ models { name state executionProvider } }' }) })).json()) as {
+      data?: { models?: { name: string; state: string; executionProvider: string }[] };
+    };
+    const me = m.data?.models?.find((x) => x.name === BERT);
+    const res: ServiceResult = { executionProvider: me?.executionProvider ?? '?', state: me?.state ?? '?', startupMs: Math.round(svc.startupMs), peakRssMiB: NaN, loads: [] };
+    log(`[${provider}] ${label} reports executionProvider=${res.executionProvider} state=${res.state}`);
+    for (const n of ns) {
+      const l = await runLoad(
+        { server: `polyray ${label} ${provider}`, workload: 'seq128', concurrency: n, warmupMs: QUICK ? 800 : 2000, durationMs: QUICK ? 1500 : 5000 },
+        { target: polyrayTarget(svc.url), nextText: () => corpus.text(128), pid: svc.pid, expected: 'COMPUTED', checkAbort: () => {} },
+      );
+      res.loads.push(l);
+      log(`[${provider}] ${label} seq128 N=${n}: ${l.itemsPerS.toFixed(1)} items/s p50 ${l.latencyMs.p50.toFixed(1)} ms p99 ${l.latencyMs.p99.toFixed(1)} ms errors ${l.errors}${l.firstError ? ` (${l.firstError})` : ''}`);
+    }
+    res.peakRssMiB = peakRss(svc.pid).hwmMiB;
+    res.logTail = svc.tail().split('\n').filter((x) => /provider|fallback|cuda|webgpu|maxTokensPerBatch/i.test(x)).slice(-10).join('\n');
+    return res;
+  } catch (e) {
+    const error = (e as Error).message.slice(0, 1500);
+    log(`[${provider}] ${label} failed: ${error}`);
+    return { executionProvider: '?', state: 'FAILED TO START', startupMs: NaN, peakRssMiB: NaN, loads: [], error };
+  } finally {
+    await svc?.stop();
+  }
+}
+
+/**
+ * The issue's GPU targets, per provider: the batched service at the highest N ≥ 5× the naive service at the
+ * same N, and ≥ 0.85× the best raw seq-128 ceiling of that provider. Shown for CPU too, for comparison.
+ */
+function verdicts(r: ProviderResult): string[] {
+  const top = (x: ServiceResult | undefined): LoadResult | undefined => x?.loads.reduce<LoadResult | undefined>((a, l) => (!a || l.concurrency > a.concurrency ? l : a), undefined);
+  const s = top(r.service);
+  const nv = r.naive?.loads.find((l) => l.concurrency === s?.concurrency);
+  const c128 = r.ceiling.filter((c) => c.seq === 128).map((c) => c.itemsPerS);
+  const ceil = c128.length ? Math.max(...c128) : NaN;
+  if (!s) return [`| ${r.provider} | – | – | no service figures |`];
+  const onIt = r.service?.executionProvider === r.provider;
+  const vsNaive = nv ? s.itemsPerS / nv.itemsPerS : NaN;
+  const vsCeil = s.itemsPerS / ceil;
+  const mark = (ok: boolean): string => (r.provider === 'cpu' ? '– (CPU, for comparison)' : !onIt ? 'n/a (not on this provider)' : ok ? 'yes' : '**no**');
+  return [
+    `| ${r.provider} | service ≥ 5× naive (seq128 N=${s.concurrency}) | ${mark(vsNaive >= 5)} | ${s.itemsPerS.toFixed(1)} vs ${nv ? nv.itemsPerS.toFixed(1) : '–'} items/s = ×${vsNaive.toFixed(2)} |`,
+    `| ${r.provider} | service ≥ 0.85× raw ceiling (seq128) | ${mark(vsCeil >= 0.85)} | ${s.itemsPerS.toFixed(1)} vs ${Number.isFinite(ceil) ? ceil.toFixed(1) : '–'} items/s = ×${vsCeil.toFixed(2)} |`,
+  ];
 }
 
 async function main(): Promise<number> {
@@ -158,39 +228,10 @@ async function main(): Promise<number> {
       }
     }
 
-    // The service with this provider first (it falls back to CPU by itself and reports what runs).
-    const port = await freePort();
-    const dir = modelsFolder(ROOT, `models-gpu-${provider}`, [BERT]);
-    const env = childEnv({ POLYRAY_MODELS_DIR: dir, POLYRAY_SERVE_MODELS: BERT, POLYRAY_PROVIDERS: provider === 'cpu' ? 'cpu' : `${provider},cpu`, LOG_LEVEL: 'info' }, port);
-    let svc: ServiceProcess | undefined;
-    try {
-      log(`[${provider}] service POLYRAY_PROVIDERS=${env.POLYRAY_PROVIDERS}`);
-      svc = await ServiceProcess.start(ROOT, env, port, 120_000, (c) => {
-        children.add(c);
-        c.once('exit', () => children.delete(c));
-      });
-      const m = (await (await fetch(`${svc.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ query: '{ models { name state executionProvider } }' }) })).json()) as {
-        data?: { models?: { name: string; state: string; executionProvider: string }[] };
-      };
-      const me = m.data?.models?.find((x) => x.name === BERT);
-      r.service = { executionProvider: me?.executionProvider ?? '?', state: me?.state ?? '?', startupMs: Math.round(svc.startupMs), peakRssMiB: NaN, loads: [] };
-      log(`[${provider}] service reports executionProvider=${r.service.executionProvider} state=${r.service.state}`);
-      for (const n of QUICK ? [16] : [1, 64]) {
-        const l = await runLoad(
-          { server: `polyray ${provider}`, workload: 'seq128', concurrency: n, warmupMs: QUICK ? 800 : 2000, durationMs: QUICK ? 1500 : 5000 },
-          { target: polyrayTarget(svc.url), nextText: () => corpus.text(128), pid: svc.pid, expected: 'COMPUTED', checkAbort: () => {} },
-        );
-        r.service.loads.push(l);
-        log(`[${provider}] service seq128 N=${n}: ${l.itemsPerS.toFixed(1)} items/s p50 ${l.latencyMs.p50.toFixed(1)} ms p99 ${l.latencyMs.p99.toFixed(1)} ms errors ${l.errors}${l.firstError ? ` (${l.firstError})` : ''}`);
-      }
-      r.service.peakRssMiB = peakRss(svc.pid).hwmMiB;
-      r.service.logTail = svc.tail().split('\n').filter((x) => /provider|fallback|cuda|webgpu/i.test(x)).slice(-10).join('\n');
-    } catch (e) {
-      r.service = { executionProvider: '?', state: 'FAILED TO START', startupMs: NaN, peakRssMiB: NaN, loads: [], error: (e as Error).message.slice(0, 1500) };
-      log(`[${provider}] service failed: ${r.service.error}`);
-    } finally {
-      await svc?.stop();
-    }
+    // The service with this provider first (it falls back to CPU by itself and reports what runs), then
+    // the same service with batching off: the naive baseline.
+    r.service = await serviceRun(provider, 'service', {}, QUICK ? [16] : [1, 64], corpus);
+    r.naive = await serviceRun(provider, 'naive', { POLYRAY_BATCH_MAX_ITEMS: '1' }, QUICK ? [16] : [64], corpus);
   }
 
   const doc = {
@@ -221,9 +262,16 @@ async function main(): Promise<number> {
     '| service (POLYRAY_PROVIDERS) | reports | load | items/s | p50 ms | p99 ms | errors | peak RSS MiB |',
     '| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |',
     ...results.flatMap((r) =>
-      (r.service?.loads ?? []).map((l) => `| ${r.provider === 'cpu' ? 'cpu' : `${r.provider},cpu`} | ${r.service!.executionProvider} | ${l.workload} N=${l.concurrency} | ${l.itemsPerS.toFixed(1)} | ${l.latencyMs.p50.toFixed(1)} | ${l.latencyMs.p99.toFixed(1)} | ${l.errors} | ${r.service!.peakRssMiB.toFixed(0)} |`),
+      (['service', 'naive'] as const).flatMap((kind) => {
+        const sv = r[kind];
+        return (sv?.loads ?? []).map((l) => `| ${r.provider === 'cpu' ? 'cpu' : `${r.provider},cpu`}${kind === 'naive' ? ' (naive: batching off)' : ''} | ${sv!.executionProvider} | ${l.workload} N=${l.concurrency} | ${l.itemsPerS.toFixed(1)} | ${l.latencyMs.p50.toFixed(1)} | ${l.latencyMs.p99.toFixed(1)} | ${l.errors} | ${sv!.peakRssMiB.toFixed(0)} |`);
+      }),
     ),
     ...results.filter((r) => r.service?.error).map((r) => `\nService with ${r.provider} failed: ${r.service!.error}`),
+    '',
+    '| provider | target | met? | numbers |',
+    '| --- | --- | --- | --- |',
+    ...results.flatMap(verdicts),
     '',
   ].join('\n');
   writeFileSync(path.join(OUT, 'gpu-check.md'), md);

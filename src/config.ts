@@ -79,6 +79,11 @@ export interface PolyrayConfig {
      */
     maxTokens: number;
     /**
+     * `maxTokens` for models that run on an accelerator provider (cuda, webgpu). Default 16384 (64 items of
+     * 256 tokens): a GPU wants large batches, and the CPU bound above would cap it at a few items.
+     */
+    acceleratorMaxTokens: number;
+    /**
      * Longest time the first queued item waits for company, in microseconds. Default 0: dispatch as soon
      * as a worker is free — items that arrive while every worker is busy still form batches, and a lone
      * request pays no timer (measured in bench/RESULTS.md). Raise it for accelerators whose runs are
@@ -325,6 +330,7 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
     batching: {
       maxItems: r.int('POLYRAY_BATCH_MAX_ITEMS', 'batchMaxItems', 64, 1, 4096),
       maxTokens: r.int('POLYRAY_BATCH_MAX_TOKENS', 'batchMaxTokens', 1024, 1),
+      acceleratorMaxTokens: r.int('POLYRAY_BATCH_MAX_TOKENS_ACCELERATOR', 'batchMaxTokensAccelerator', 16384, 1),
       maxWaitUs: r.int('POLYRAY_BATCH_MAX_WAIT_US', 'batchMaxWaitUs', 0, 0, 10_000_000),
       maxQueueItems: r.int('POLYRAY_QUEUE_MAX_ITEMS', 'queueMaxItems', 8192, 1),
       maxPixels: r.int('POLYRAY_BATCH_MAX_PIXELS', 'batchMaxPixels', 16 * 224 * 224, 1),

@@ -297,6 +297,8 @@ export class PolyrayServer {
         } else if (l.ok && l.provider) {
           const output = m.manifest.outputs[0]!.name;
           const names = m.manifest.inputs.map((i) => i.name);
+          // An accelerator wants large batches; the CPU bound would cap it at a few items.
+          const batching = l.provider === 'cpu' ? this.config.batching : { ...this.config.batching, maxTokens: this.config.batching.acceleratorMaxTokens };
           this.batchers.set(
             l.name,
             new Batcher(
@@ -309,11 +311,11 @@ export class PolyrayServer {
                 dimensions: m.manifest.dimensions,
               },
               this.accounting.metrics.instrumentPool(this.pool),
-              this.config.batching,
+              batching,
             ),
           );
           this.registry.setState(l.name, { kind: 'ready', provider: l.provider });
-          this.logger.info({ model: l.name, version: m.manifest.version, provider: l.provider, allowSpinning: spinOf(m.manifest) }, 'model ready');
+          this.logger.info({ model: l.name, version: m.manifest.version, provider: l.provider, allowSpinning: spinOf(m.manifest), maxTokensPerBatch: batching.maxTokens }, 'model ready');
         } else {
           this.registry.setState(l.name, { kind: 'failed', reason: 'the model could not be loaded by ONNX Runtime' });
           this.logger.error({ model: l.name, reason: l.error }, 'model failed to load');

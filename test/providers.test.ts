@@ -63,6 +63,7 @@ interface LogLine {
   model?: string;
   provider?: string;
   reason?: string;
+  maxTokensPerBatch?: number;
 }
 
 describe('execution providers', () => {
@@ -157,6 +158,8 @@ describe('execution providers', () => {
       const fallbacks = gpu.logs.filter((l) => l.msg === 'execution provider unavailable, falling back');
       assert.deepEqual(fallbacks, []);
       assert.ok(gpu.logs.some((l) => l.msg === 'model ready' && l.model === BERT_FP16_MODEL && l.provider === 'webgpu'));
+      // On an accelerator the batcher takes large batches (POLYRAY_BATCH_MAX_TOKENS_ACCELERATOR), not the CPU bound.
+      assert.ok(gpu.logs.some((l) => l.msg === 'model ready' && l.model === BERT_FP16_MODEL && l.maxTokensPerBatch === 16384), JSON.stringify(gpu.logs.filter((l) => l.msg === 'model ready')));
     });
 
     test('a padded batch on webgpu (fp16) agrees with fp32 on cpu', async () => {
