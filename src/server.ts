@@ -285,7 +285,11 @@ export class PolyrayServer {
         })),
       );
       const { workers, intraOpThreads, niceness } = this.config.inference;
-      this.logger.info({ workers, intraOpThreads, niceness: this.pool.stats().niceness, requestedNiceness: niceness }, 'inference pool started');
+      const actualNiceness = this.pool.stats().niceness;
+      this.logger.info({ workers, intraOpThreads, niceness: actualNiceness }, 'inference pool started');
+      if (niceness > 0 && actualNiceness < niceness) {
+        this.logger.warn({ requested: niceness, actual: actualNiceness }, 'inference threads could not be given the configured nice value; the event loop competes with them as equals');
+      }
       for (const l of loaded) {
         const m = this.registry.get(l.name)!;
         for (const f of l.fallbacks) this.logger.warn({ model: l.name, provider: f.provider, reason: f.reason }, 'execution provider unavailable, falling back');

@@ -53,7 +53,14 @@ port.on('message', (msg: ToWorker) => {
         // On Linux the nice value belongs to the thread (setpriority on "0" changes the calling thread
         // only), and threads inherit it from the thread that starts them: ONNX Runtime's intra-op threads,
         // created by the session below, run at this priority too, and the event loop preempts all of them.
-        if (msg.niceness > 0) setPriority(0, msg.niceness);
+        // Best effort: a sandbox may refuse setpriority; the pool sees the value read back and warns.
+        if (msg.niceness > 0) {
+          try {
+            setPriority(0, msg.niceness);
+          } catch {
+            // reported through `niceness` in the 'loaded' message
+          }
+        }
         const results: LoadResult[] = [];
         for (const spec of msg.models) results.push(await createSession(spec, msg.intraOpThreads));
         post({ type: 'loaded', results, niceness: getPriority(0) });
