@@ -102,6 +102,11 @@ export interface PolyrayConfig {
      * otherwise internal (e.g. `127.0.0.1`, `10.0.0.0/8`, `images.internal`). Default: none.
      */
     fetchAllow: string[];
+    /**
+     * PEM bundle of extra certificate authorities trusted for https image hosts (a private CA), added to
+     * Node's bundled roots for image fetches only. Default: unset (the bundled roots only).
+     */
+    caFile: string | undefined;
     /** Largest image in bytes, enforced while streaming. Default 10 MiB. */
     maxBytes: number;
     /** Whole fetch (all redirects, headers and body) time limit. Default 5000 ms. */
@@ -341,6 +346,7 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
         .split(',')
         .map((s) => s.trim())
         .filter(Boolean),
+      caFile: ((f) => (f ? path.resolve(f) : undefined))(r.raw('POLYRAY_IMAGE_CA_FILE', 'imageCaFile')),
       maxBytes: r.int('POLYRAY_IMAGE_MAX_BYTES', 'imageMaxBytes', 10 * 1024 * 1024, 1),
       fetchTimeoutMs: r.int('POLYRAY_IMAGE_FETCH_TIMEOUT_MS', 'imageFetchTimeoutMs', 5000, 1, 600_000),
       maxRedirects: r.int('POLYRAY_IMAGE_MAX_REDIRECTS', 'imageMaxRedirects', 3, 0, 20),

@@ -28,7 +28,7 @@ export const ErrorCode = {
   IMAGE_UNREADABLE: 'IMAGE_UNREADABLE',
   /** The image server did not deliver the image within the fetch time limit. */
   IMAGE_FETCH_TIMEOUT: 'IMAGE_FETCH_TIMEOUT',
-  /** Any other fetch failure: DNS, connection, HTTP status, too many redirects. */
+  /** Any other fetch failure: DNS, connection, TLS (certificate or handshake), HTTP status, too many redirects. */
   IMAGE_FETCH_FAILED: 'IMAGE_FETCH_FAILED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -32,7 +32,7 @@ import { Accounting } from './accounting/index.ts';
 import { mayUseModel } from './accounting/clients.ts';
 import { createPolicyController, createTracer, withTtlControl, type PolicyController, type Tracer } from './policy/index.ts';
 import { registerDashboardRoutes } from './http/dashboard.ts';
-import { ImageFetcher } from './images/fetch.ts';
+import { ImageFetcher, readCaFile } from './images/fetch.ts';
 import { ImageService } from './images/service.ts';
 import { POSTRAY_MODEL } from './models/postray.ts';
 import { MediaLoaders } from './resolvers/media-loaders.ts';
@@ -110,6 +110,7 @@ export class PolyrayServer {
         maxBytes: config.images.maxBytes,
         timeoutMs: config.images.fetchTimeoutMs,
         maxRedirects: config.images.maxRedirects,
+        ca: config.images.caFile === undefined ? undefined : readCaFile(config.images.caFile),
       }),
       maxPixels: config.images.maxPixels,
       urlCacheTtlMs: config.images.urlCacheTtlMs,

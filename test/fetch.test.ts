@@ -1,18 +1,26 @@
 /**
  * Fetching images safely (src/images/fetch.ts, address.ts) and decoding them safely (preprocess.ts),
- * against a real local HTTP server that misbehaves on purpose. DNS answers for made-up host names are
- * injected (`resolve`), so "a name that resolves to a private address" needs no real DNS.
+ * against real local HTTP and HTTPS servers that misbehave on purpose (certificates made at test time by
+ * helpers/tls.ts). DNS answers for made-up host names are injected (`resolve`), so "a name that resolves
+ * to a private address" needs no real DNS.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
 
+import { loadConfig } from '../src/config.ts';
+
 import { ErrorCode, PolyrayError } from '../src/errors.ts';
 import { FetchAllowList, classifyAddress, embeddedIPv4, formatAddress, parseAddress } from '../src/images/address.ts';
-import { ImageFetcher, decodeDataUrl } from '../src/images/fetch.ts';
+import { ImageFetcher, decodeDataUrl, readCaFile } from '../src/images/fetch.ts';
 import { preprocessImage, sniffImageType } from '../src/images/preprocess.ts';
 import type { PreprocessSpec } from '../src/runtime/manifest.ts';
-import { patternImage, pngBomb, serve, startImageServer, type ImageServer } from './helpers/images.ts';
+import { patternImage, pngBomb, serve, startImageServer, type ImageServer, type Route } from './helpers/images.ts';
+import { createTestCa, selfSignedCert } from './helpers/tls.ts';
 
 const SPEC: PreprocessSpec = { size: 224, resize: 'cover', scale: 1 / 255, mean: [0, 0, 0], std: [1, 1, 1], layout: 'nchw' };
 
@@ -170,6 +178,245 @@ describe('image fetching', () => {
     assert.ok(a.allowsAddress(parseAddress('fd12::1')!));
     assert.ok(!a.allowsAddress(parseAddress('11.0.0.1')!));
     assert.ok(a.allowsHost('images.internal'));
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The same fetcher over https: a real local TLS server with certificates made at test time.
+// ---------------------------------------------------------------------------------------------
+
+describe('image fetching over https', () => {
+  const ca = createTestCa();
+  const timers: NodeJS.Timeout[] = [];
+  const servers: ImageServer[] = [];
+  let png: Buffer;
+  /** https, certificate for images.test and 127.0.0.1 from `ca`. */
+  let tlsSrv: ImageServer;
+  /** http, the same routes. */
+  let httpSrv: ImageServer;
+  /** A TCP server that accepts and never answers: a TLS handshake that never ends. */
+  let silent: Server;
+  const silentSockets = new Set<Socket>();
+  const resolveMap: Record<string, string[]> = { 'images.test': ['127.0.0.1'], 'elsewhere.test': ['127.0.0.1'], 'internal.test': ['10.1.2.3'] };
+  const resolve = async (host: string) => {
+    const a = resolveMap[host];
+    if (!a) throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: 'ENOTFOUND' });
+    return a.map((address) => ({ address, family: 4 }));
+  };
+  const opts = { allow: ['127.0.0.1'], maxBytes: 1024 * 1024, timeoutMs: 400, maxRedirects: 3, resolve };
+  /** Trusts the test CA, as POLYRAY_IMAGE_CA_FILE would. */
+  let fetcher: ImageFetcher;
+  /** Node's bundled roots only: the default. */
+  let defaultTrust: ImageFetcher;
+  const urlOf = (scheme: 'http' | 'https'): string => (scheme === 'https' ? tlsSrv : httpSrv).url;
+
+  /** The hostile routes of the http tests, plus redirect chains that switch scheme on every hop. */
+  const routes = (): Record<string, Route> => ({
+    '/img.png': serve(png, 'text/html'),
+    '/to-http': (_q, r) => r.writeHead(302, { location: `${httpSrv.url}/img.png` }).end(),
+    '/to-https': (_q, r) => r.writeHead(302, { location: `${tlsSrv.url}/img.png` }).end(),
+    '/to-metadata': (_q, r) => r.writeHead(302, { location: 'https://169.254.169.254/latest/meta-data/' }).end(),
+    '/to-private-name': (_q, r) => r.writeHead(301, { location: `https://internal.test:${tlsSrv.port}/img.png` }).end(),
+    '/to-private-http': (_q, r) => r.writeHead(307, { location: `http://10.0.0.7:${httpSrv.port}/img.png` }).end(),
+    '/to-file': (_q, r) => r.writeHead(302, { location: 'file:///etc/passwd' }).end(),
+    '/declared-big': (_q, r) => {
+      r.writeHead(200, { 'content-type': 'image/png', 'content-length': String(50 * 1024 * 1024) });
+      r.write(png.subarray(0, 16));
+    },
+    '/stream-big': (_q, r) => {
+      r.writeHead(200, { 'content-type': 'image/png' });
+      const block = Buffer.alloc(64 * 1024, 7);
+      let sent = 0;
+      const push = (): void => {
+        if (r.destroyed || sent > 64) return void r.end();
+        sent++;
+        if (r.write(block)) setImmediate(push);
+        else r.once('drain', push);
+      };
+      push();
+    },
+    '/slow-body': (_q, r) => {
+      r.writeHead(200, { 'content-type': 'image/png' });
+      r.write(png.subarray(0, 10));
+      timers.push(setTimeout(() => r.end(png.subarray(10)), 3000));
+    },
+    '/no-answer': () => undefined,
+  });
+
+  /** `/chain/<hops>`: each letter is one redirect, to the http (h) or https (s) server; then the image. */
+  const chainRoute: Route = (q, r) => {
+    const rest = (q.url ?? '').slice('/chain/'.length);
+    if (rest === '') return serve(png)(q, r);
+    r.writeHead(302, { location: `${urlOf(rest[0] === 's' ? 'https' : 'http')}/chain/${rest.slice(1)}` }).end();
+  };
+  const withChain = (rs: Record<string, Route>): Record<string, Route> => new Proxy(rs, { get: (t, p: string) => (p.startsWith('/chain/') ? chainRoute : t[p]) });
+
+  /** An https server for one test case, stopped in `after`. */
+  const tlsServer = async (cert: { cert: string; key: string }): Promise<ImageServer> => {
+    const s = await startImageServer({ '/img.png': serve(png) }, { tls: cert });
+    servers.push(s);
+    return s;
+  };
+
+  before(async () => {
+    png = await patternImage(64, 48, 4);
+    tlsSrv = await startImageServer(withChain(routes()), { tls: ca.issue({ dns: ['images.test'], ips: ['127.0.0.1'] }) });
+    httpSrv = await startImageServer(withChain(routes()));
+    silent = createServer((s) => {
+      silentSockets.add(s);
+      s.on('close', () => silentSockets.delete(s));
+    });
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    fetcher = new ImageFetcher({ ...opts, ca: ca.cert });
+    defaultTrust = new ImageFetcher(opts);
+  });
+  after(async () => {
+    for (const t of timers) clearTimeout(t);
+    for (const s of silentSockets) s.destroy();
+    await new Promise<void>((r) => silent?.close(() => r()));
+    await Promise.all([tlsSrv?.stop(), httpSrv?.stop(), ...servers.map((s) => s.stop())]);
+  });
+
+  test('a good image over https: the same bytes as over http, decoded to the same tensor', async () => {
+    const [viaTls, viaName, viaHttp] = await Promise.all([fetcher.fetch(`${tlsSrv.url}/img.png`), fetcher.fetch(`https://images.test:${tlsSrv.port}/img.png`), fetcher.fetch(`${httpSrv.url}/img.png`)]);
+    assert.deepEqual(Buffer.from(viaTls.bytes), png);
+    assert.deepEqual(Buffer.from(viaName.bytes), png, 'certificate checked against the DNS name');
+    assert.deepEqual(Buffer.from(viaHttp.bytes), png);
+    const [a, b] = await Promise.all([preprocessImage(viaTls.bytes, SPEC, { maxPixels: 1e7 }), preprocessImage(viaHttp.bytes, SPEC, { maxPixels: 1e7 })]);
+    assert.equal(a.format, 'png');
+    assert.deepEqual(a.tensor, b.tensor);
+  });
+
+  test('certificates that are not accepted fail with IMAGE_FETCH_FAILED, reason tls, and a message that names no host', async () => {
+    const other = createTestCa('Another CA');
+    const now = Date.now();
+    const cases: { what: string; cert?: { cert: string; key: string }; host?: string; via?: ImageFetcher; tls: string; tlsCode: string; hint?: RegExp }[] = [
+      { what: 'self-signed', cert: selfSignedCert({ dns: ['images.test'], ips: ['127.0.0.1'] }), tls: 'untrusted', tlsCode: 'DEPTH_ZERO_SELF_SIGNED_CERT', hint: /POLYRAY_IMAGE_CA_FILE/ },
+      { what: 'signed by a CA nobody trusts', cert: other.issue({ ips: ['127.0.0.1'] }), tls: 'untrusted', tlsCode: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', hint: /POLYRAY_IMAGE_CA_FILE/ },
+      { what: 'private CA, default trust', via: defaultTrust, tls: 'untrusted', tlsCode: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' },
+      { what: 'another DNS name', cert: ca.issue({ dns: ['elsewhere.test'] }), host: 'images.test', tls: 'hostname', tlsCode: 'ERR_TLS_CERT_ALTNAME_INVALID' },
+      { what: 'a DNS name, fetched by IP', cert: ca.issue({ dns: ['images.test'] }), tls: 'hostname', tlsCode: 'ERR_TLS_CERT_ALTNAME_INVALID' },
+      { what: 'another IP', cert: ca.issue({ ips: ['127.0.0.2'] }), tls: 'hostname', tlsCode: 'ERR_TLS_CERT_ALTNAME_INVALID' },
+      { what: 'expired', cert: ca.issue({ ips: ['127.0.0.1'], notBefore: new Date(now - 10 * 86_400_000), notAfter: new Date(now - 86_400_000) }), tls: 'expired', tlsCode: 'CERT_HAS_EXPIRED' },
+      { what: 'not yet valid', cert: ca.issue({ ips: ['127.0.0.1'], notBefore: new Date(now + 86_400_000), notAfter: new Date(now + 10 * 86_400_000) }), tls: 'expired', tlsCode: 'CERT_NOT_YET_VALID' },
+    ];
+    for (const c of cases) {
+      const srv = c.cert ? await tlsServer(c.cert) : tlsSrv;
+      const hits = srv.hits.get('/img.png') ?? 0;
+      await rejectsWith((c.via ?? fetcher).fetch(`https://${c.host ?? '127.0.0.1'}:${srv.port}/img.png`), ErrorCode.IMAGE_FETCH_FAILED, (e) => {
+        assert.deepEqual(e.extensions, { reason: 'tls', tls: c.tls, tlsCode: c.tlsCode }, c.what);
+        assert.match(e.message, /TLS certificate/, c.what);
+        if (c.hint) assert.match(e.message, c.hint, c.what);
+        assert.doesNotMatch(e.message, /127\.0\.0\.|images\.test|elsewhere\.test|DNS:|IP Address/, `${c.what}: the message names no host and no certificate name`);
+      });
+      assert.equal(srv.hits.get('/img.png') ?? 0, hits, `${c.what}: no request was sent`);
+    }
+    // https to a port that speaks plain http: the handshake fails.
+    await rejectsWith(fetcher.fetch(`https://127.0.0.1:${httpSrv.port}/img.png`), ErrorCode.IMAGE_FETCH_FAILED, (e) => {
+      assert.equal(e.extensions['reason'], 'tls');
+      assert.equal(e.extensions['tls'], 'handshake');
+    });
+  });
+
+  test('NODE_TLS_REJECT_UNAUTHORIZED=0 does not switch verification off for image fetches', async () => {
+    const self = await tlsServer(selfSignedCert({ ips: ['127.0.0.1'] }));
+    const saved = process.env['NODE_TLS_REJECT_UNAUTHORIZED'];
+    const warn = process.emitWarning;
+    process.emitWarning = () => undefined; // Node warns once about the variable; not this test's concern
+    process.env['NODE_TLS_REJECT_UNAUTHORIZED'] = '0';
+    try {
+      await rejectsWith(fetcher.fetch(`${self.url}/img.png`), ErrorCode.IMAGE_FETCH_FAILED, (e) => assert.equal(e.extensions['tls'], 'untrusted'));
+    } finally {
+      if (saved === undefined) delete process.env['NODE_TLS_REJECT_UNAUTHORIZED'];
+      else process.env['NODE_TLS_REJECT_UNAUTHORIZED'] = saved;
+      process.emitWarning = warn;
+    }
+  });
+
+  test('redirects between http and https: each hop passes the address checks', async () => {
+    assert.equal((await fetcher.fetch(`${httpSrv.url}/to-https`)).redirects, 1);
+    assert.equal((await fetcher.fetch(`${tlsSrv.url}/to-http`)).redirects, 1);
+    for (const scheme of ['http', 'https'] as const) {
+      await rejectsWith(fetcher.fetch(`${urlOf(scheme)}/to-metadata`), ErrorCode.IMAGE_FETCH_FORBIDDEN, (e) => assert.equal(e.extensions['addressClass'], 'metadata'));
+      await rejectsWith(fetcher.fetch(`${urlOf(scheme)}/to-private-name`), ErrorCode.IMAGE_FETCH_FORBIDDEN, (e) => assert.equal(e.extensions['addressClass'], 'private'));
+      await rejectsWith(fetcher.fetch(`${urlOf(scheme)}/to-private-http`), ErrorCode.IMAGE_FETCH_FORBIDDEN, (e) => assert.equal(e.extensions['addressClass'], 'private'));
+      await rejectsWith(fetcher.fetch(`${urlOf(scheme)}/to-file`), ErrorCode.IMAGE_FETCH_FORBIDDEN);
+    }
+    // Without the allowlist entry the https server is loopback like any other: refused before connecting.
+    const strict = new ImageFetcher({ ca: ca.cert, resolve });
+    const hits = tlsSrv.hits.get('/img.png') ?? 0;
+    for (const u of [`${tlsSrv.url}/img.png`, `https://images.test:${tlsSrv.port}/img.png`, `https://[::ffff:127.0.0.1]:${tlsSrv.port}/img.png`]) {
+      await rejectsWith(strict.fetch(u), ErrorCode.IMAGE_FETCH_FORBIDDEN, (e) => assert.equal(e.extensions['addressClass'], 'loopback'));
+    }
+    await rejectsWith(strict.fetch(`${httpSrv.url}/to-https`), ErrorCode.IMAGE_FETCH_FORBIDDEN);
+    assert.equal(tlsSrv.hits.get('/img.png') ?? 0, hits);
+  });
+
+  test('redirect chains that switch scheme count every hop against the one limit (property)', async () => {
+    const hop = fc.constantFrom('h', 's');
+    await fc.assert(
+      fc.asyncProperty(hop, fc.array(hop, { maxLength: 5 }), async (start, hops) => {
+        const url = `${urlOf(start === 's' ? 'https' : 'http')}/chain/${hops.join('')}`;
+        if (hops.length <= 3) {
+          const r = await fetcher.fetch(url);
+          assert.equal(r.redirects, hops.length);
+          assert.deepEqual(Buffer.from(r.bytes), png);
+        } else {
+          await rejectsWith(fetcher.fetch(url), ErrorCode.IMAGE_FETCH_FAILED, (e) => assert.equal(e.extensions['reason'], 'too-many-redirects'));
+        }
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  test('the byte limit and the deadline hold over TLS as over plain http', async () => {
+    for (const scheme of ['http', 'https'] as const) {
+      const base = urlOf(scheme);
+      await rejectsWith(fetcher.fetch(`${base}/declared-big`), ErrorCode.IMAGE_TOO_LARGE, (e) => assert.equal(e.extensions['bytes'], 50 * 1024 * 1024));
+      const t0 = performance.now();
+      await rejectsWith(fetcher.fetch(`${base}/stream-big`), ErrorCode.IMAGE_TOO_LARGE, (e) => assert.equal(e.extensions['limit'], 1024 * 1024));
+      assert.ok(performance.now() - t0 < 400, `${scheme}: cut while streaming`);
+    }
+    // Stalls, run side by side (each fetch has its own deadline): a body that stops, headers that never
+    // come, and — https only — a TLS handshake that never completes.
+    const stalls = [`${httpSrv.url}/slow-body`, `${httpSrv.url}/no-answer`, `${tlsSrv.url}/slow-body`, `${tlsSrv.url}/no-answer`, `https://127.0.0.1:${(silent.address() as AddressInfo).port}/img.png`];
+    await Promise.all(
+      stalls.map(async (u, i) => {
+        const t0 = performance.now();
+        await rejectsWith(fetcher.fetch(u), ErrorCode.IMAGE_FETCH_TIMEOUT, (e) => assert.equal(e.extensions['timeoutMs'], 400));
+        const took = performance.now() - t0;
+        assert.ok(took >= 390 && took < 1500, `stall ${i}: cut at the deadline, took ${took.toFixed(0)} ms`);
+      }),
+    );
+  });
+
+  test('the CA bundle: several certificates, read once, and refused when unreadable', async () => {
+    const other = createTestCa('Second CA');
+    const both = new ImageFetcher({ ...opts, ca: `${other.cert}\n${ca.cert}` });
+    const second = await tlsServer(other.issue({ ips: ['127.0.0.1'] }));
+    assert.equal((await both.fetch(`${second.url}/img.png`)).bytes.length, png.length);
+    assert.equal((await both.fetch(`${tlsSrv.url}/img.png`)).bytes.length, png.length);
+    // A pinned self-signed server certificate works as its own trust anchor.
+    const self = selfSignedCert({ ips: ['127.0.0.1'] });
+    const pinnedSrv = await tlsServer(self);
+    assert.equal((await new ImageFetcher({ ...opts, ca: self.cert }).fetch(`${pinnedSrv.url}/img.png`)).bytes.length, png.length);
+
+    assert.throws(() => new ImageFetcher({ ca: 'not a certificate' }), (e: unknown) => e instanceof TypeError && /POLYRAY_IMAGE_CA_FILE/.test(e.message) && /received none/.test(e.message));
+    const broken = ca.cert.replace(/\n[A-Za-z0-9+/]{64}\n/, '\nAAAA\n');
+    assert.throws(() => new ImageFetcher({ ca: `${other.cert}${broken}` }), /POLYRAY_IMAGE_CA_FILE\): certificate 2 of 2 could not be read/);
+    assert.throws(() => readCaFile('/nonexistent/ca.pem'), /POLYRAY_IMAGE_CA_FILE="\/nonexistent\/ca.pem" could not be read/);
+
+    const dir = mkdtempSync(path.join(tmpdir(), 'polyray-ca-'));
+    try {
+      writeFileSync(path.join(dir, 'ca.pem'), ca.cert);
+      const config = loadConfig({ POLYRAY_IMAGE_CA_FILE: path.join(dir, 'ca.pem') });
+      assert.equal(config.images.caFile, path.join(dir, 'ca.pem'));
+      assert.equal(readCaFile(config.images.caFile!), ca.cert);
+      assert.equal(loadConfig({}).images.caFile, undefined, 'default: no extra CA');
+      assert.equal(loadConfig({ POLYRAY_IMAGE_CA_FILE: 'rel/ca.pem' }).images.caFile, path.resolve('rel/ca.pem'));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

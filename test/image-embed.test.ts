@@ -1,13 +1,18 @@
 /**
  * Image inputs of `Query.embed` end to end: a real Polyray (real ONNX Runtime workers, real HTTP) fetching
- * from a local image server (127.0.0.1 is allowlisted, as an operator would allow an internal CDN), the
- * content-hash cache, the URL → hash memory, per-input errors, and batching bounded by pixels.
+ * from local image servers (127.0.0.1 is allowlisted, as an operator would allow an internal CDN; the https
+ * one has a certificate from a private CA given as POLYRAY_IMAGE_CA_FILE), the content-hash cache, the
+ * URL → hash memory, per-input errors, and batching bounded by pixels.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { cosine, norm, startPolyray, type TestServer } from './helpers/polyray.ts';
 import { patternImage, pngBomb, serve, startImageServer, type ImageServer } from './helpers/images.ts';
+import { createTestCa, selfSignedCert } from './helpers/tls.ts';
 
 const EMBED = `query($model: String!, $inputs: [EmbedInput!]!, $dimensions: Int) {
   embed(model: $model, inputs: $inputs, dimensions: $dimensions) { model dimensions vector source }
@@ -17,6 +22,10 @@ type EmbedData = { embed: { model: string; dimensions: number; vector: number[];
 describe('image inputs in Query.embed', () => {
   let t: TestServer;
   let srv: ImageServer;
+  let tlsSrv: ImageServer;
+  let untrusted: ImageServer;
+  let caDir: string;
+  let tlsImg: Buffer;
   const imgs: Buffer[] = [];
 
   before(async () => {
@@ -31,11 +40,21 @@ describe('image inputs in Query.embed', () => {
       '/bomb.png': serve(pngBomb(20_000, 20_000), 'image/png'),
       '/garbage': serve(Buffer.from('not an image'), 'image/jpeg'),
     });
-    t = await startPolyray({ images: { fetchAllow: ['127.0.0.1'] }, batching: { maxPixels: 3 * 224 * 224, maxWaitUs: 200_000 } }, { lowerTiers: [] });
+    tlsImg = await patternImage(230, 190, salt + 7, 'jpeg');
+    const ca = createTestCa();
+    tlsSrv = await startImageServer({ '/c.jpg': serve(tlsImg) }, { tls: ca.issue({ ips: ['127.0.0.1'] }) });
+    untrusted = await startImageServer({ '/c.jpg': serve(tlsImg) }, { tls: selfSignedCert({ ips: ['127.0.0.1'] }) });
+    caDir = mkdtempSync(path.join(tmpdir(), 'polyray-ca-'));
+    writeFileSync(path.join(caDir, 'ca.pem'), ca.cert);
+    t = await startPolyray(
+      { images: { fetchAllow: ['127.0.0.1'], caFile: path.join(caDir, 'ca.pem') }, batching: { maxPixels: 3 * 224 * 224, maxWaitUs: 200_000 } },
+      { lowerTiers: [] },
+    );
   });
   after(async () => {
     await t?.stop();
-    await srv?.stop();
+    await Promise.all([srv?.stop(), tlsSrv?.stop(), untrusted?.stop()]);
+    if (caDir) rmSync(caDir, { recursive: true, force: true });
   });
 
   test('a URL and the same bytes in base64 give one unit 1792-d vector, computed once', async () => {
@@ -107,6 +126,22 @@ describe('image inputs in Query.embed', () => {
     assert.equal(two.errors?.[0]?.extensions?.['code'], 'BAD_USER_INPUT');
     const bad64 = await t.gql(EMBED, { model: 'image-mobilenet', inputs: [{ imageBase64: '***' }] });
     assert.equal(bad64.errors?.[0]?.extensions?.['code'], 'BAD_USER_INPUT');
+  });
+
+  test('https: a host signed by the POLYRAY_IMAGE_CA_FILE CA is fetched; an untrusted one fails only its input', async () => {
+    const r = await t.gql<EmbedData>(EMBED, { model: 'image-mobilenet', inputs: [{ imageUrl: `${tlsSrv.url}/c.jpg` }, { imageBase64: tlsImg.toString('base64') }] });
+    assert.equal(r.errors, undefined, JSON.stringify(r.errors));
+    assert.equal(tlsSrv.hits.get('/c.jpg'), 1);
+    assert.deepEqual(r.data!.embed[0]!.vector, r.data!.embed[1]!.vector, 'the same bytes as inline');
+    const bad = await t.gql(EMBED, { model: 'image-mobilenet', inputs: [{ imageUrl: `${srv.url}/a.png` }, { imageUrl: `${untrusted.url}/c.jpg` }] });
+    const e = bad.errors?.[0];
+    assert.equal(e?.extensions?.['code'], 'IMAGE_FETCH_FAILED', JSON.stringify(bad.errors));
+    assert.equal(e?.extensions?.['index'], 1);
+    assert.equal(e?.extensions?.['reason'], 'tls');
+    assert.equal(e?.extensions?.['tlsCode'], 'DEPTH_ZERO_SELF_SIGNED_CERT');
+    assert.match(e!.message, /not signed by a trusted certificate authority.*POLYRAY_IMAGE_CA_FILE/);
+    assert.doesNotMatch(e!.message, /127\.0\.0\.1/);
+    assert.equal(untrusted.hits.get('/c.jpg') ?? 0, 0, 'no request went out over the refused connection');
   });
 
   test('Query.models lists the image model, the head and postray', async () => {

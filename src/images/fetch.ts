@@ -13,14 +13,20 @@
  *   - at most `maxBytes`, enforced on Content-Length and again while streaming (IMAGE_TOO_LARGE)
  *   - one deadline for the whole fetch: redirects, headers, body          (IMAGE_FETCH_TIMEOUT)
  *   - non-2xx status, DNS and connection errors                           (IMAGE_FETCH_FAILED)
+ *   - https: the certificate must chain to a trusted CA (Node's bundled roots, plus `ca` when given),
+ *     be within its validity and name the URL's host; verification cannot be switched off, not even by
+ *     NODE_TLS_REJECT_UNAUTHORIZED                                      (IMAGE_FETCH_FAILED, reason `tls`)
  *
  * The response's Content-Type is ignored: the decoder sniffs the bytes (decode.ts). No cookies, no
  * proxy, no compression (so the byte limit counts what the image is). URLs are never logged.
  */
+import { X509Certificate } from 'node:crypto';
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type { LookupFunction, Socket } from 'node:net';
+import tls, { type SecureContext } from 'node:tls';
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import { FetchAllowList, parseAddress, type AddressClass } from './address.ts';
 
@@ -39,6 +45,13 @@ export interface ImageFetcherOptions {
   resolve?: (host: string) => Promise<LookupAddress[]>;
   /** User-Agent sent with requests. */
   userAgent?: string;
+  /**
+   * Extra certificate authorities (PEM, one or more certificates) trusted for https image hosts, in
+   * addition to Node's bundled Mozilla roots (`POLYRAY_IMAGE_CA_FILE`). Default none: the bundled roots
+   * (and NODE_EXTRA_CA_CERTS) only. While set, NODE_EXTRA_CA_CERTS does not apply to image fetches: put
+   * those CAs in the bundle too.
+   */
+  ca?: string;
 }
 
 export const DEFAULT_FETCH_OPTIONS = { maxBytes: 10 * 1024 * 1024, timeoutMs: 5000, maxRedirects: 3, maxUrlLength: 8192 } as const;
@@ -69,12 +82,79 @@ class AddressRefused extends Error {
   }
 }
 
+/** How a certificate was not accepted, by the verification code Node reports (OpenSSL's X509_V_ERR names). */
+type TlsProblem = 'untrusted' | 'expired' | 'hostname' | 'certificate' | 'handshake';
+
+const TLS_CODES: Readonly<Record<string, TlsProblem>> = {
+  DEPTH_ZERO_SELF_SIGNED_CERT: 'untrusted',
+  SELF_SIGNED_CERT_IN_CHAIN: 'untrusted',
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: 'untrusted',
+  UNABLE_TO_GET_ISSUER_CERT: 'untrusted',
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: 'untrusted',
+  CERT_UNTRUSTED: 'untrusted',
+  CERT_HAS_EXPIRED: 'expired',
+  CERT_NOT_YET_VALID: 'expired',
+  ERR_TLS_CERT_ALTNAME_INVALID: 'hostname',
+  HOSTNAME_MISMATCH: 'hostname',
+  IP_ADDRESS_MISMATCH: 'hostname',
+};
+
+/** The TLS problem an error reports, or undefined when it is not a TLS error. */
+function tlsProblem(e: unknown): { problem: TlsProblem; code: string } | undefined {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (typeof code !== 'string') return undefined;
+  const known = TLS_CODES[code];
+  if (known) return { problem: known, code };
+  if (code === 'EPROTO' || /^ERR_(SSL|TLS)_/.test(code)) return { problem: 'handshake', code };
+  // The other X509_V_ERR names (INVALID_CA, CERT_REVOKED, CERT_SIGNATURE_FAILURE, …): no errno starts with these.
+  if (/^(CERT|INVALID|UNABLE_TO|ERROR_IN|PATH_|KEYUSAGE|SUBJECT_|AKID_|SKID_|DEPTH_|SELF_SIGNED)/.test(code)) return { problem: 'certificate', code };
+  return undefined;
+}
+
+const TLS_MESSAGES: Readonly<Record<TlsProblem, (code: string) => string>> = {
+  untrusted: (c) => `Image server's TLS certificate is not signed by a trusted certificate authority (${c}); an operator can trust a private CA with POLYRAY_IMAGE_CA_FILE`,
+  expired: (c) => `Image server's TLS certificate is expired or not yet valid (${c})`,
+  hostname: (c) => `Image server's TLS certificate is not valid for the URL's host (${c})`,
+  certificate: (c) => `Image server's TLS certificate was not accepted (${c})`,
+  handshake: (c) => `TLS handshake with the image server failed (${c}); is it serving https on that port?`,
+};
+
+/** Node's bundled roots plus `ca`, as one context built once (a context per fetch would re-parse ~140 roots). */
+function secureContextWith(ca: string): SecureContext {
+  const blocks = ca.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) {
+    throw new TypeError('ImageFetcher option ca (POLYRAY_IMAGE_CA_FILE) must hold PEM certificates (-----BEGIN CERTIFICATE-----), received none');
+  }
+  // Read each one here, so a broken bundle fails at start-up naming the setting, not at the first fetch.
+  // A self-signed server certificate (not CA:TRUE) is accepted too: trusting it pins that one host.
+  blocks.forEach((pem, i) => {
+    try {
+      new X509Certificate(pem);
+    } catch (e) {
+      throw new TypeError(`ImageFetcher option ca (POLYRAY_IMAGE_CA_FILE): certificate ${i + 1} of ${blocks.length} could not be read: ${(e as Error).message}`);
+    }
+  });
+  return tls.createSecureContext({ ca: [...tls.rootCertificates, ...blocks] });
+}
+
+/** Reads the PEM bundle POLYRAY_IMAGE_CA_FILE names; a TypeError naming the setting when it cannot. */
+export function readCaFile(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new TypeError(`Configuration POLYRAY_IMAGE_CA_FILE="${file}" could not be read: ${(e as Error).message}`);
+  }
+}
+
 export class ImageFetcher {
   readonly #allow: FetchAllowList;
-  readonly #o: Required<Omit<ImageFetcherOptions, 'allow'>>;
+  readonly #o: Required<Omit<ImageFetcherOptions, 'allow' | 'ca'>>;
+  /** TLS options of every https request: verification always on, the extra CAs when configured. */
+  readonly #tls: https.RequestOptions;
 
   constructor(options: ImageFetcherOptions = {}) {
     this.#allow = new FetchAllowList(options.allow ?? []);
+    this.#tls = { rejectUnauthorized: true, ...(options.ca !== undefined ? { secureContext: secureContextWith(options.ca) } : {}) };
     this.#o = {
       maxBytes: options.maxBytes ?? DEFAULT_FETCH_OPTIONS.maxBytes,
       timeoutMs: options.timeoutMs ?? DEFAULT_FETCH_OPTIONS.timeoutMs,
@@ -170,7 +250,7 @@ export class ImageFetcher {
       const cls = this.#allow.refusal(host, literal);
       if (cls) return Promise.reject(forbidden(refusalMessage(cls), { addressClass: cls }));
     }
-    const mod = url.protocol === 'https:' ? https : http;
+    const secure = url.protocol === 'https:';
     return new Promise((resolve, reject) => {
       let settled = false;
       const fail = (e: unknown): void => {
@@ -179,9 +259,10 @@ export class ImageFetcher {
         req.destroy();
         reject(this.#mapError(e));
       };
-      const req = mod.request(
+      const req = (secure ? https : http).request(
         url,
         {
+          ...(secure ? this.#tls : {}),
           method: 'GET',
           signal,
           agent: false, // a fresh connection per fetch: a pooled socket was checked for another host
@@ -242,6 +323,11 @@ export class ImageFetcher {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ABORT_ERR' || (e as Error).name === 'AbortError') {
       return new PolyrayError(ErrorCode.IMAGE_FETCH_TIMEOUT, `Image was not fetched within ${this.#o.timeoutMs} ms`, { timeoutMs: this.#o.timeoutMs });
+    }
+    // Node's own messages name the host and the certificate's names: the fixed message does not.
+    const tlsErr = tlsProblem(e);
+    if (tlsErr) {
+      return new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, TLS_MESSAGES[tlsErr.problem](tlsErr.code), { reason: 'tls', tls: tlsErr.problem, tlsCode: tlsErr.code });
     }
     const reason = code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? 'dns' : code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EHOSTUNREACH' ? 'connection' : 'network';
     return new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, `Image could not be fetched (${reason})`, { reason });

@@ -1,8 +1,9 @@
 /**
- * Test images, generated (no binary fixtures needed), and a local HTTP server that serves them the way
- * hostile or broken image hosts do: wrong content types, redirects, endless bodies, stalls.
+ * Test images, generated (no binary fixtures needed), and a local HTTP or HTTPS server that serves them the
+ * way hostile or broken image hosts do: wrong content types, redirects, endless bodies, stalls.
  */
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { deflateSync } from 'node:zlib';
 import sharp from 'sharp';
@@ -70,7 +71,7 @@ export function pngBomb(w: number, h: number): Buffer {
 export type Route = (req: http.IncomingMessage, res: http.ServerResponse) => void;
 
 export interface ImageServer {
-  /** `http://127.0.0.1:<port>` */
+  /** `http://127.0.0.1:<port>`, or `https://…` when started with `tls` */
   url: string;
   port: number;
   /** Requests per path. */
@@ -78,17 +79,23 @@ export interface ImageServer {
   stop(): Promise<void>;
 }
 
+export interface ImageServerOptions {
+  /** Serve HTTPS with this certificate and key (PEM; see helpers/tls.ts). Default: plain HTTP. */
+  tls?: { cert: string; key: string };
+}
+
 /** Serves `routes` on 127.0.0.1 (an ephemeral port); unknown paths are 404. */
-export async function startImageServer(routes: Record<string, Route>): Promise<ImageServer> {
+export async function startImageServer(routes: Record<string, Route>, options: ImageServerOptions = {}): Promise<ImageServer> {
   const hits = new Map<string, number>();
   const sockets = new Set<import('node:net').Socket>();
-  const server = http.createServer((req, res) => {
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0]!;
     hits.set(path, (hits.get(path) ?? 0) + 1);
     const route = routes[path];
     if (route) route(req, res);
     else res.writeHead(404).end();
-  });
+  };
+  const server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }, handler) : http.createServer(handler);
   server.on('connection', (s) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
@@ -96,7 +103,7 @@ export async function startImageServer(routes: Record<string, Route>): Promise<I
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as AddressInfo).port;
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `${options.tls ? 'https' : 'http'}://127.0.0.1:${port}`,
     port,
     hits,
     stop: async () => {
