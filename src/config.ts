@@ -141,9 +141,17 @@ export interface PolyrayConfig {
   accounting: {
     /** JSON file listing clients and their hashed keys. Unset: one local development client, no auth. */
     clientsFile: string | undefined;
-    /** Redis holding quota buckets and the usage ledger: POLYRAY_QUOTA_REDIS_URL if set, else REDIS_URL; unset = per-replica memory. */
-    redisUrl: string | undefined;
-    /** Prefix of every quota / ledger key. Default `polyray:acct:v1:`. */
+    /**
+     * Redis holding quota buckets and the usage ledger, standalone or Cluster. The first that is set wins:
+     * POLYRAY_QUOTA_REDIS_URL (standalone), POLYRAY_QUOTA_REDIS_CLUSTER_NODES (Cluster; setting both is an
+     * error), then the cache's REDIS_URL (standalone) or REDIS_CLUSTER_NODES (Cluster). Default `none`:
+     * buckets and books per replica.
+     */
+    redis: { kind: 'none' } | { kind: 'standalone'; url: string } | { kind: 'cluster'; nodes: { host: string; port: number }[] };
+    /**
+     * Prefix of every quota / ledger key (layout in src/accounting/keys.ts; must not contain `{}`).
+     * Default `polyray:acct:v2:` (v1 was the layout without Cluster hash tags).
+     */
     keyPrefix: string;
     /** When the quota Redis is unreachable: `open` = per-replica in-memory buckets, `closed` = refuse. Default open. */
     failureMode: 'open' | 'closed';
@@ -264,6 +272,33 @@ function parseHostPort(s: string, what: string): { host: string; port: number } 
   return { host: m[1]!, port };
 }
 
+/**
+ * Where quotas and the ledger live: the quota-specific settings first (standalone URL, then Cluster
+ * seeds; both is an error), else the cache's global tier, else nowhere (per replica).
+ */
+function accountingRedis(r: ConfigReader, cache: PolyrayConfig['cache']['redis']): PolyrayConfig['accounting']['redis'] {
+  const url = r.raw('POLYRAY_QUOTA_REDIS_URL', 'quotaRedisUrl');
+  const nodes = r.raw('POLYRAY_QUOTA_REDIS_CLUSTER_NODES', 'quotaRedisClusterNodes');
+  if (url && nodes) throw new TypeError('Configuration sets both POLYRAY_QUOTA_REDIS_URL and POLYRAY_QUOTA_REDIS_CLUSTER_NODES: choose standalone or Cluster for quotas');
+  if (url) {
+    if (!/^rediss?:\/\//.test(url)) throw new TypeError('Configuration POLYRAY_QUOTA_REDIS_URL must start with redis:// or rediss://');
+    return { kind: 'standalone', url };
+  }
+  if (nodes) return { kind: 'cluster', nodes: nodes.split(',').map((s) => parseHostPort(s, 'POLYRAY_QUOTA_REDIS_CLUSTER_NODES')) };
+  switch (cache.kind) {
+    case 'none':
+      return { kind: 'none' };
+    case 'standalone':
+      return { kind: 'standalone', url: cache.url };
+    case 'cluster':
+      return { kind: 'cluster', nodes: cache.nodes.map((n) => ({ ...n })) };
+    default: {
+      const never: never = cache;
+      throw new TypeError(`unknown cache redis config ${JSON.stringify(never)}`);
+    }
+  }
+}
+
 /** Reads and validates the configuration. `env` defaults to `process.env`; tests pass their own. */
 export function loadConfig(env: Env = process.env, overrides: DeepPartial<PolyrayConfig> = {}): PolyrayConfig {
   const filePath = env['POLYRAY_CONFIG'];
@@ -369,11 +404,11 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
     shutdownGraceMs: r.int('POLYRAY_SHUTDOWN_GRACE_MS', 'shutdownGraceMs', 10_000, 0),
     accounting: {
       clientsFile: ((f) => (f ? path.resolve(f) : undefined))(r.raw('POLYRAY_CLIENTS_FILE', 'clientsFile')),
-      redisUrl: ((u) => {
-        if (u && !/^rediss?:\/\//.test(u)) throw new TypeError('Configuration POLYRAY_QUOTA_REDIS_URL must start with redis:// or rediss://');
-        return u;
-      })(r.raw('POLYRAY_QUOTA_REDIS_URL', 'quotaRedisUrl') ?? redisUrl),
-      keyPrefix: r.str('POLYRAY_QUOTA_KEY_PREFIX', 'quotaKeyPrefix', 'polyray:acct:v1:'),
+      redis: accountingRedis(r, redis),
+      keyPrefix: ((p) => {
+        if (p.includes('{}')) throw new TypeError(`Configuration POLYRAY_QUOTA_KEY_PREFIX must not contain an empty hash tag "{}" (a client's keys would spread over Cluster slots), received "${p}"`);
+        return p;
+      })(r.str('POLYRAY_QUOTA_KEY_PREFIX', 'quotaKeyPrefix', 'polyray:acct:v2:')),
       failureMode: r.oneOf('POLYRAY_QUOTA_FAILURE_MODE', 'quotaFailureMode', 'open', ['open', 'closed'] as const),
       redisTimeoutMs: r.int('POLYRAY_QUOTA_REDIS_TIMEOUT_MS', 'quotaRedisTimeoutMs', 200, 1, 60_000),
       memoryHitCost: r.num('POLYRAY_COST_MEMORY_HIT', 'costMemoryHit', 0.01, 0),

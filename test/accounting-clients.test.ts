@@ -177,15 +177,35 @@ describe('accounting without Redis', () => {
 });
 
 describe('accounting configuration', () => {
-  test('defaults, POLYRAY_QUOTA_REDIS_URL before REDIS_URL, and validation', () => {
+  test('defaults, and POLYRAY_QUOTA_REDIS_URL before REDIS_URL', () => {
     const d = loadConfig({}).accounting;
     assert.deepEqual(
-      { redisUrl: d.redisUrl, failureMode: d.failureMode, memoryHitCost: d.memoryHitCost, globalHitCost: d.globalHitCost, ledgerFlushMs: d.ledgerFlushMs },
-      { redisUrl: undefined, failureMode: 'open', memoryHitCost: 0.01, globalHitCost: 0.05, ledgerFlushMs: 5000 },
+      { redis: d.redis, keyPrefix: d.keyPrefix, failureMode: d.failureMode, memoryHitCost: d.memoryHitCost, globalHitCost: d.globalHitCost, ledgerFlushMs: d.ledgerFlushMs },
+      { redis: { kind: 'none' }, keyPrefix: 'polyray:acct:v2:', failureMode: 'open', memoryHitCost: 0.01, globalHitCost: 0.05, ledgerFlushMs: 5000 },
     );
-    assert.equal(loadConfig({ POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379' }).accounting.redisUrl, 'redis://q:6379');
-    assert.equal(loadConfig({ REDIS_URL: 'redis://c:6379', POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379' }).accounting.redisUrl, 'redis://q:6379');
-    assert.equal(loadConfig({ REDIS_URL: 'redis://c:6379' }).accounting.redisUrl, 'redis://c:6379');
+    const store = (env: Record<string, string>) => loadConfig(env).accounting.redis;
+    assert.deepEqual(store({ POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379' }), { kind: 'standalone', url: 'redis://q:6379' });
+    assert.deepEqual(store({ REDIS_URL: 'redis://c:6379', POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379' }), { kind: 'standalone', url: 'redis://q:6379' });
+    assert.deepEqual(store({ REDIS_URL: 'redis://c:6379' }), { kind: 'standalone', url: 'redis://c:6379' });
+  });
+
+  test('quota store precedence: quota URL, quota Cluster nodes, then the cache’s REDIS_URL or REDIS_CLUSTER_NODES', () => {
+    const store = (env: Record<string, string>) => loadConfig(env).accounting.redis;
+    const cache = [{ host: 'c1', port: 7000 }, { host: 'c2', port: 7001 }];
+    assert.deepEqual(store({ REDIS_CLUSTER_NODES: 'c1:7000,c2:7001' }), { kind: 'cluster', nodes: cache }, 'follows the cache onto its Cluster');
+    assert.deepEqual(store({ REDIS_CLUSTER_NODES: 'c1:7000', POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379' }), { kind: 'standalone', url: 'redis://q:6379' });
+    assert.deepEqual(store({ REDIS_URL: 'redis://c:6379', POLYRAY_QUOTA_REDIS_CLUSTER_NODES: 'q1:7000, [::1]:7001' }), {
+      kind: 'cluster',
+      nodes: [{ host: 'q1', port: 7000 }, { host: '::1', port: 7001 }],
+    });
+    assert.deepEqual(store({ REDIS_CLUSTER_NODES: 'c1:7000', POLYRAY_QUOTA_REDIS_CLUSTER_NODES: 'q1:7000' }), { kind: 'cluster', nodes: [{ host: 'q1', port: 7000 }] });
+    assert.throws(() => store({ POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379', POLYRAY_QUOTA_REDIS_CLUSTER_NODES: 'q1:7000' }), /both POLYRAY_QUOTA_REDIS_URL and POLYRAY_QUOTA_REDIS_CLUSTER_NODES/);
+    assert.throws(() => store({ POLYRAY_QUOTA_REDIS_CLUSTER_NODES: 'q1' }), /POLYRAY_QUOTA_REDIS_CLUSTER_NODES entries must look like host:port, received "q1"/);
+    assert.throws(() => loadConfig({ POLYRAY_QUOTA_KEY_PREFIX: 'x{}:' }), /POLYRAY_QUOTA_KEY_PREFIX must not contain an empty hash tag/);
+    assert.equal(loadConfig({ POLYRAY_QUOTA_KEY_PREFIX: '{acct}:' }).accounting.keyPrefix, '{acct}:');
+  });
+
+  test('cost and failure-mode settings, validation', () => {
     assert.equal(loadConfig({ POLYRAY_COST_MEMORY_HIT: '0.5', POLYRAY_QUOTA_FAILURE_MODE: 'closed' }).accounting.memoryHitCost, 0.5);
     assert.throws(() => loadConfig({ POLYRAY_QUOTA_FAILURE_MODE: 'sometimes' }), /POLYRAY_QUOTA_FAILURE_MODE/);
     assert.throws(() => loadConfig({ POLYRAY_COST_GLOBAL_HIT: '-1' }), /POLYRAY_COST_GLOBAL_HIT/);

@@ -75,7 +75,7 @@ describe('clients, quotas and cost attribution across two replicas', () => {
       keys[spec.id] = (await addClient(file, spec)).key;
     }
     const overrides = {
-      accounting: { clientsFile: file, redisUrl: 'redis://127.0.0.1:6379', keyPrefix: prefix, ledgerFlushMs: 200 },
+      accounting: { clientsFile: file, redis: { kind: 'standalone' as const, url: 'redis://127.0.0.1:6379' }, keyPrefix: prefix, ledgerFlushMs: 200 },
       batching: { maxWaitUs: 3000 },
       // Small loader batches, so that one operation spans several embedMany calls.
       limits: { maxInputsPerRequest: 4 },
@@ -296,7 +296,7 @@ describe('clients, quotas and cost attribution across two replicas', () => {
       let hash: Record<string, string> = {};
       const local = a.server.accounting.ledger.local('dave').totals.items + b.server.accounting.ledger.local('dave').totals.items;
       while (Date.now() < deadline) {
-        hash = await redis.hgetall(`${prefix}usage:dave`);
+        hash = await redis.hgetall(`${prefix}{client:dave}:usage`);
         const items = Object.entries(hash)
           .filter(([k]) => k.endsWith('|items'))
           .reduce((s, [, v]) => s + Number(v), 0);

@@ -6,15 +6,15 @@
  *   - `apolloPlugin()` puts `extensions.cost` on every response and counts requests
  *   - `registerRoutes(app)` serves `/metrics`
  *
- * Redis (quota buckets + the usage ledger): `config.accounting.redisUrl`; without it everything is
- * per replica, which is what the embedded default wants.
+ * Redis (quota buckets + the usage ledger): `config.accounting.redis`, a standalone Redis or a Redis
+ * Cluster (redis-client.ts; key layout in keys.ts); `none` keeps everything per replica, which is what
+ * the embedded default wants.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { unwatchFile, watchFile } from 'node:fs';
 import type { ApolloServerPlugin } from '@apollo/server';
 import type { FastifyInstance } from 'fastify';
 import { GraphQLError } from 'graphql';
-import { Redis } from 'ioredis';
 import type { PolyrayConfig } from '../config.ts';
 import { httpStatusOf, isPolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -28,6 +28,7 @@ import { Ledger } from './ledger.ts';
 import { AccountingMetrics } from './metrics.ts';
 import { QuotaManager } from './quota.ts';
 import { RedisBuckets } from './redis-bucket.ts';
+import { createAccountingRedis, type AccountingRedis } from './redis-client.ts';
 import { RequestAccount, type AccountingCore } from './request.ts';
 
 export type { AccountContext, ClientUsage, CostSummary } from './request.ts';
@@ -51,7 +52,7 @@ export class Accounting implements AccountingCore {
   readonly costModel: CostModel;
   readonly quota: QuotaManager;
   readonly ledger: Ledger;
-  readonly redis: Redis | undefined;
+  readonly redis: AccountingRedis | undefined;
   readonly #o: AccountingOptions;
   #directory: ClientDirectory = new ClientDirectory('dev');
   #watcher: ((cur: { mtimeMs: number; size: number }, prev: { mtimeMs: number; size: number }) => void) | undefined;
@@ -64,19 +65,11 @@ export class Accounting implements AccountingCore {
     this.logger = options.logger;
     this.metrics = new AccountingMetrics(options.batchers);
     this.costModel = new CostModel({ memoryHitCost: c.memoryHitCost, globalHitCost: c.globalHitCost });
-    if (c.redisUrl) {
-      this.redis = new Redis(c.redisUrl, {
-        lazyConnect: true,
-        // Fail fast instead of queueing while disconnected: the quota manager falls back at once.
-        enableOfflineQueue: false,
-        maxRetriesPerRequest: 1,
-        commandTimeout: c.redisTimeoutMs,
-        connectTimeout: 2000,
-        retryStrategy: (n) => Math.min(100 * n, 2000),
-      });
+    if (c.redis.kind !== 'none') {
+      this.redis = createAccountingRedis(c.redis, { timeoutMs: c.redisTimeoutMs });
       let warned = false;
       this.redis.on('error', (e: Error) => {
-        if (!warned) this.logger.warn({ reason: e.message }, 'accounting Redis connection error');
+        if (!warned) this.logger.warn({ reason: e.message, store: c.redis.kind }, 'accounting Redis connection error');
         warned = true;
       });
       this.redis.on('ready', () => {
@@ -84,13 +77,13 @@ export class Accounting implements AccountingCore {
       });
     }
     this.quota = new QuotaManager({
-      redis: this.redis ? new RedisBuckets(this.redis, c.keyPrefix) : undefined,
+      redis: this.redis ? new RedisBuckets(this.redis, c.keyPrefix, { timeoutMs: c.redisTimeoutMs }) : undefined,
       failureMode: c.failureMode,
       logger: this.logger,
       onStoreChange: (s) => this.metrics.setQuotaStore(s),
     });
     this.metrics.setQuotaStore(this.quota.store);
-    this.ledger = new Ledger({ redis: this.redis, keyPrefix: c.keyPrefix, flushMs: c.ledgerFlushMs, logger: this.logger });
+    this.ledger = new Ledger({ redis: this.redis, keyPrefix: c.keyPrefix, flushMs: c.ledgerFlushMs, logger: this.logger, timeoutMs: c.redisTimeoutMs });
   }
 
   directory(): ClientDirectory {
@@ -124,13 +117,13 @@ export class Accounting implements AccountingCore {
     if (this.redis) {
       try {
         await this.redis.connect();
-        this.logger.info('quotas and usage ledger in Redis (fleet-wide)');
+        this.logger.info({ store: c.redis.kind }, c.redis.kind === 'cluster' ? 'quotas and usage ledger in Redis Cluster (fleet-wide)' : 'quotas and usage ledger in Redis (fleet-wide)');
       } catch (e) {
         this.logger.warn({ reason: (e as Error).message, failureMode: c.failureMode }, 'accounting Redis unreachable at start; retrying in the background');
       }
       this.ledger.start();
     } else {
-      this.logger.info('no quota Redis (REDIS_URL / POLYRAY_QUOTA_REDIS_URL): quotas and usage are per replica');
+      this.logger.info('no quota Redis (POLYRAY_QUOTA_REDIS_URL / POLYRAY_QUOTA_REDIS_CLUSTER_NODES / REDIS_URL / REDIS_CLUSTER_NODES): quotas and usage are per replica');
     }
   }
 

@@ -1,19 +1,27 @@
 /**
  * The usage ledger: client × model × source → items, tokens, inference milliseconds, cost units.
  *
- * Every replica records into local maps and flushes the deltas to Redis every `flushMs` (one MULTI of
- * HINCRBYFLOATs, so a flush lands whole or not at all; a failed flush is merged back and retried), so
- * the fleet keeps one set of books: hash `<prefix>usage:<clientId>`, fields `<model>|<SOURCE>|<figure>`,
- * and the set `<prefix>usage:clients`. A read combines Redis with the deltas not yet flushed: it waits
- * for a flush in flight, then snapshots the pending deltas and sends HGETALL in the same tick, on the
- * same connection as the flushes, so no delta is counted twice or missed.
+ * Every replica records into local maps and flushes the deltas to Redis every `flushMs`, so the fleet
+ * keeps one set of books: hash `<prefix>{client:<id>}:usage`, fields `<model>|<SOURCE>|<figure>`, and the
+ * set `<prefix>usage:clients` (keys.ts). A flush sends, at once, one MULTI of HINCRBYFLOATs per client —
+ * one key, so one hash slot: it runs unchanged on a Redis Cluster, which refuses transactions across
+ * slots — and one SADD of the flushed ids. Each client's deltas land whole or not at all; those whose
+ * MULTI failed are merged back and retried, the others are not resent (no double counting), and ids
+ * whose SADD failed are added again next time (SADD is idempotent).
+ *
+ * A read combines Redis with the deltas not yet flushed: it waits for a flush in flight, then snapshots
+ * the pending deltas and sends one HGETALL per client in the same tick. Each HGETALL goes down the same
+ * connection as any later flush of that key (one connection per node on Cluster), so Redis answers it
+ * before that flush lands and no delta is counted twice or missed. (A read that a Cluster redirects
+ * while slots move may be resent after a flush; the figures are then off until the next read.)
  *
  * Without Redis (or when it does not answer) reads return this replica's own totals since start
  * (`fleetWide: false`).
  */
-import type { Redis } from 'ioredis';
 import type { Logger } from '../log.ts';
 import type { Source } from '../service/embedding.ts';
+import { AccountingKeys } from './keys.ts';
+import { withDeadline, type AccountingRedis } from './redis-client.ts';
 
 export interface Figures {
   items: number;
@@ -42,10 +50,13 @@ type Rows = Map<string, Figures>;
 type Book = Map<string, Rows>;
 
 export interface LedgerOptions {
-  redis?: Redis | undefined;
+  /** Standalone Redis or Cluster; unset = this replica's books only. */
+  redis?: AccountingRedis | undefined;
   keyPrefix: string;
   flushMs: number;
   logger: Logger;
+  /** Longest wait for a flush or a read before it counts as failed. Default: the client's own timeouts. */
+  timeoutMs?: number | undefined;
 }
 
 function zero(): Figures {
@@ -78,12 +89,17 @@ export class Ledger {
   readonly #totals: Book = new Map();
   /** Deltas not yet in Redis. */
   #pending: Book = new Map();
+  /** Ids flushed whose SADD to the clients set failed: sent again with the next flush. */
+  #unlisted = new Set<string>();
   #flushing: Promise<void> | undefined;
   #timer: NodeJS.Timeout | undefined;
   #failing = false;
 
+  readonly #keys: AccountingKeys;
+
   constructor(options: LedgerOptions) {
     this.#o = options;
+    this.#keys = new AccountingKeys(options.keyPrefix);
   }
 
   get fleetWide(): boolean {
@@ -111,41 +127,56 @@ export class Ledger {
     return [...this.#totals.keys()];
   }
 
-  #usageKey(clientId: string): string {
-    return `${this.#o.keyPrefix}usage:${clientId}`;
-  }
-
-  get #clientsKey(): string {
-    return `${this.#o.keyPrefix}usage:clients`;
-  }
-
   /** Sends the pending deltas to Redis. Resolves when they are there (or merged back after a failure). */
   async flush(): Promise<void> {
     const redis = this.#o.redis;
     if (!redis) return;
     while (this.#flushing) await this.#flushing;
-    if (this.#pending.size === 0) return;
+    if (this.#pending.size === 0 && this.#unlisted.size === 0) return;
     const batch = this.#pending;
     this.#pending = new Map();
-    const multi = redis.multi();
-    for (const [clientId, rows] of batch) {
-      for (const [rk, f] of rows) {
-        for (const k of FIGURES) if (f[k] !== 0) multi.hincrbyfloat(this.#usageKey(clientId), `${rk}|${k}`, f[k]);
-      }
-      multi.sadd(this.#clientsKey, clientId);
-    }
-    this.#flushing = multi
-      .exec()
-      .then((res) => {
+    const ids = [...new Set([...this.#unlisted, ...batch.keys()])];
+    this.#unlisted = new Set();
+    const deadline = this.#o.timeoutMs;
+    const books = [...batch].map(async ([clientId, rows]): Promise<unknown> => {
+      const increments: [field: string, by: number][] = [];
+      for (const [rk, f] of rows) for (const k of FIGURES) if (f[k] !== 0) increments.push([`${rk}|${k}`, f[k]]);
+      if (increments.length === 0) return undefined;
+      const multi = redis.multi();
+      const key = this.#keys.usage(clientId);
+      for (const [field, by] of increments) multi.hincrbyfloat(key, field, by);
+      try {
+        const res = await withDeadline(multi.exec(), deadline);
         if (!res) throw new Error('transaction aborted');
         const failed = res.find(([err]) => err);
         if (failed) throw failed[0];
-        if (this.#failing) this.#o.logger.info('usage ledger flushed to Redis again');
-        this.#failing = false;
-      })
-      .catch((e: unknown) => {
-        for (const [clientId, rows] of batch) for (const [rk, f] of rows) add(this.#pending, clientId, rk, f);
-        if (!this.#failing) this.#o.logger.warn({ reason: (e as Error)?.message }, 'usage ledger could not be flushed to Redis; keeping the deltas and retrying');
+        return undefined;
+      } catch (e) {
+        for (const [rk, f] of rows) add(this.#pending, clientId, rk, f);
+        return e ?? new Error('flush failed');
+      }
+    });
+    const index = withDeadline(redis.sadd(this.#keys.clients, ...ids), deadline).then(
+      () => undefined,
+      (e: unknown) => {
+        for (const id of ids) this.#unlisted.add(id);
+        return e ?? new Error('SADD failed');
+      },
+    );
+    this.#flushing = Promise.all([index, ...books])
+      .then((outcomes) => {
+        const failed = outcomes.filter((e) => e !== undefined);
+        if (failed.length === 0) {
+          if (this.#failing) this.#o.logger.info('usage ledger flushed to Redis again');
+          this.#failing = false;
+          return;
+        }
+        if (!this.#failing) {
+          this.#o.logger.warn(
+            { reason: (failed[0] as Error)?.message, failedWrites: failed.length, writes: outcomes.length },
+            'usage ledger could not be flushed to Redis; keeping the deltas and retrying',
+          );
+        }
         this.#failing = true;
       })
       .finally(() => {
@@ -160,16 +191,13 @@ export class Ledger {
     if (!redis) return clientIds.map((id) => this.local(id));
     try {
       while (this.#flushing) await this.#flushing;
-      // From here to the pipeline's send, nothing else runs: the snapshot and the reads agree.
+      // From here to the reads' send, nothing else runs: the snapshot and the reads agree.
       const snapshot = new Map(clientIds.map((id) => [id, new Map([...(this.#pending.get(id) ?? new Map<string, Figures>())].map(([k, f]) => [k, { ...f }]))]));
-      const p = redis.pipeline();
-      for (const id of clientIds) p.hgetall(this.#usageKey(id));
-      const res = (await p.exec()) ?? [];
+      // One HGETALL per key, not one pipeline: a Cluster pipeline must stay on one node.
+      const hashes = await withDeadline(Promise.all(clientIds.map((id) => redis.hgetall(this.#keys.usage(id)))), this.#o.timeoutMs);
       return clientIds.map((id, i) => {
-        const [err, hash] = res[i] ?? [new Error('no reply'), null];
-        if (err) throw err;
         const rows: Rows = snapshot.get(id)!;
-        for (const [field, value] of Object.entries((hash ?? {}) as Record<string, string>)) {
+        for (const [field, value] of Object.entries(hashes[i] ?? {})) {
           const cut = field.lastIndexOf('|');
           const rk = field.slice(0, cut);
           const fig = field.slice(cut + 1) as (typeof FIGURES)[number];
@@ -191,7 +219,7 @@ export class Ledger {
     const ids = new Set(this.localClientIds());
     if (this.#o.redis) {
       try {
-        for (const id of await this.#o.redis.smembers(this.#clientsKey)) ids.add(id);
+        for (const id of await withDeadline(this.#o.redis.smembers(this.#keys.clients), this.#o.timeoutMs)) ids.add(id);
       } catch {
         // Local ids only.
       }

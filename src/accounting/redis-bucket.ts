@@ -13,10 +13,15 @@
  *
  * A bucket is a hash `{tokens, ts}` whose TTL is the time it takes to refill completely (+1 s): once
  * full it may vanish, because a missing bucket is a full one.
+ *
+ * The script touches exactly one key, declared in KEYS (`<prefix>{client:<id>}:bucket`, keys.ts), so it
+ * runs unchanged on a Redis Cluster: ioredis routes it to the master of that key's slot, and each master
+ * loads the script on its first NOSCRIPT.
  */
 import { createHash } from 'node:crypto';
-import type { Redis } from 'ioredis';
 import type { BucketLimits, BucketOp, BucketOutcome } from './bucket.ts';
+import { AccountingKeys } from './keys.ts';
+import { withDeadline, type AccountingRedis } from './redis-client.ts';
 
 export const BUCKET_SCRIPT = `
 local op = ARGV[1]
@@ -68,22 +73,36 @@ return {allowed, string.format('%.17g', tokens), retry, reset}
 
 export const BUCKET_SCRIPT_SHA = createHash('sha1').update(BUCKET_SCRIPT).digest('hex');
 
+export interface RedisBucketsOptions {
+  /**
+   * Longest wait for one `apply` (EVALSHA, and EVAL after a NOSCRIPT) before it rejects. Default: none
+   * beyond the client's own timeouts. Accounting passes `redisTimeoutMs` (see redis-client.ts).
+   */
+  timeoutMs?: number;
+}
+
 export class RedisBuckets {
-  readonly #redis: Redis;
-  readonly #prefix: string;
+  readonly #redis: AccountingRedis;
+  readonly #keys: AccountingKeys;
+  readonly #timeoutMs: number | undefined;
   /** EVAL fallbacks taken (NOSCRIPT answers), for tests and diagnostics. */
   evalFallbacks = 0;
 
-  constructor(redis: Redis, keyPrefix: string) {
+  constructor(redis: AccountingRedis, keyPrefix: string, options: RedisBucketsOptions = {}) {
     this.#redis = redis;
-    this.#prefix = keyPrefix;
+    this.#keys = new AccountingKeys(keyPrefix);
+    this.#timeoutMs = options.timeoutMs;
   }
 
   key(clientId: string): string {
-    return `${this.#prefix}bucket:${clientId}`;
+    return this.#keys.bucket(clientId);
   }
 
-  async apply(clientId: string, limits: BucketLimits, op: BucketOp, nowMs?: number): Promise<BucketOutcome> {
+  apply(clientId: string, limits: BucketLimits, op: BucketOp, nowMs?: number): Promise<BucketOutcome> {
+    return withDeadline(this.#apply(clientId, limits, op, nowMs), this.#timeoutMs);
+  }
+
+  async #apply(clientId: string, limits: BucketLimits, op: BucketOp, nowMs: number | undefined): Promise<BucketOutcome> {
     const args = [op.kind, String(op.amount), String(limits.rate), String(limits.burst), nowMs === undefined ? '' : String(nowMs)];
     const key = this.key(clientId);
     let reply: unknown;
