@@ -208,21 +208,30 @@ export async function startRedisCluster(masters = 3): Promise<RedisClusterHandle
   try {
     for (let i = 0; i < masters; i++) {
       // The cluster bus needs a second port; name it explicitly (Redis >= 7) instead of relying on
-      // port + 10000 being free.
-      const busPort = await freePort();
-      const port = await freePort();
-      servers.push(
-        await startRedisServer({
-          dir,
-          port,
-          extraArgs: [
-            '--cluster-enabled', 'yes',
-            '--cluster-config-file', join(dir, `nodes-${port}.conf`),
-            '--cluster-node-timeout', '2000',
-            '--cluster-port', String(busPort),
-          ],
-        }),
-      );
+      // port + 10000 being free. Two ports found free one after the other may coincide, or be taken by
+      // another process before redis binds them: retry with new ones.
+      for (let attempt = 1; ; attempt++) {
+        const port = await freePort();
+        let busPort = await freePort();
+        while (busPort === port) busPort = await freePort();
+        try {
+          servers.push(
+            await startRedisServer({
+              dir,
+              port,
+              extraArgs: [
+                '--cluster-enabled', 'yes',
+                '--cluster-config-file', join(dir, `nodes-${port}.conf`),
+                '--cluster-node-timeout', '2000',
+                '--cluster-port', String(busPort),
+              ],
+            }),
+          );
+          break;
+        } catch (e) {
+          if (attempt >= 5) throw e;
+        }
+      }
     }
     await execFileAsync(
       'redis-cli',
