@@ -275,6 +275,9 @@ describe('clients, quotas and cost attribution across two replicas', () => {
     // the sum of the two replicas' local ledgers.
     const expected = [a, b].reduce((s, t) => s + t.server.accounting.ledger.local('alice').totals.cost, 0);
     assert.ok(expected > 0);
+    // A reads Redis plus its own unflushed deltas; B's reach Redis on B's next flush (every 200 ms here).
+    // Flush B now rather than race its timer.
+    await b.server.accounting.ledger.flush();
     const viaAdmin = await a.gql<UsageData>(USAGE, { id: 'alice' }, auth('admin'));
     assert.equal(viaAdmin.errors, undefined);
     assert.ok(Math.abs(viaAdmin.data!.usage.totals.cost - expected) < 1e-4, `${viaAdmin.data!.usage.totals.cost} vs ${expected}`);
