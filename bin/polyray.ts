@@ -1,12 +1,13 @@
 #!/usr/bin/env -S npx tsx
 /**
- * The `polyray` CLI: `serve`, `models build`, `clients add|list`.
+ * The `polyray` CLI: `serve`, `models build`, `clients add|list`, `simulate`, `accounting migrate-books`.
  */
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../src/config.ts';
 import { buildModels } from '../src/models/build.ts';
 import { createProgressWriter } from '../src/models/progress.ts';
 import { CLIENTS_USAGE, clientsCommand } from '../src/accounting/cli.ts';
+import { ACCOUNTING_USAGE, accountingCommand } from '../src/accounting/migrate.ts';
 
 const USAGE = `usage: polyray <command>
 
@@ -16,7 +17,7 @@ commands:
                                 build the bundled models into the models directory
   simulate (--trace LOCATION | --synthetic zipf:...) [--grid ...] [--prices ...] [--json]
                                 replay a trace for a grid of cache settings; recommend the cheapest
-${CLIENTS_USAGE}`;
+${CLIENTS_USAGE}${ACCOUNTING_USAGE}`;
 
 async function run(argv: string[]): Promise<number> {
   const [cmd, sub, ...rest] = argv;
@@ -26,6 +27,9 @@ async function run(argv: string[]): Promise<number> {
   }
   if (cmd === 'clients') {
     return clientsCommand(sub, rest, loadConfig().accounting.clientsFile, { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) });
+  }
+  if (cmd === 'accounting') {
+    return accountingCommand(sub, rest, loadConfig().accounting, { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) });
   }
   if (cmd === 'simulate') {
     const { runSimulate } = await import('../src/policy/cli.ts');
