@@ -13,7 +13,7 @@ import path from 'node:path';
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import { BERT_FP16_MODEL, BERT_MODELS, buildBertSynthetic } from './bert.ts';
 import { buildGlove } from './glove.ts';
-import { HEAD_MODEL, IMAGE_MODEL, buildMobilenet } from './mobilenet.ts';
+import { HEAD_MODEL, IMAGE_FP16_MODEL, IMAGE_MODEL, buildMobilenet } from './mobilenet.ts';
 import type { ModelBuildProgress, ProgressListener } from './progress.ts';
 
 /** What one builder returns. */
@@ -50,6 +50,8 @@ export const MODEL_BUILDERS: readonly ModelBuilder[] = [
   // MobileNetV2 image encoder and its NSFW head, converted from the TF.js model shipped in npm `nsfwjs`.
   { name: IMAGE_MODEL, build: (o) => buildMobilenet({ ...o, only: IMAGE_MODEL }) },
   { name: HEAD_MODEL, build: (o) => buildMobilenet({ ...o, only: HEAD_MODEL }) },
+  // The same encoder in float16, for GPU providers (CUDA, WebGPU); heads and postray stay on the fp32 one.
+  { name: IMAGE_FP16_MODEL, build: (o) => buildMobilenet({ ...o, only: IMAGE_FP16_MODEL }) },
 ];
 
 export interface BuildModelsOptions {

@@ -1,8 +1,9 @@
 /**
  * `image-mobilenet` and `head-nsfw`: a real pretrained image encoder and its 5-class head, converted
- * by us from the TF.js graph model that the npm package `nsfwjs` ships (`mobilenet_v2_mid`).
+ * by us from the TF.js graph model that the npm package `nsfwjs` ships (`mobilenet_v2_mid`); plus
+ * `image-mobilenet-fp16`, the same encoder in float16 for GPU execution providers.
  *
- * Owns: locating the package, cutting its graph at the pooled feature, the two ONNX models, their
+ * Owns: locating the package, cutting its graph at the pooled feature, the three ONNX models, their
  * manifests and `build-info.json`.
  *
  * Source: nsfwjs (MIT, Infinite Red) — a MobileNetV2 with depth multiplier 1.4 (TF-Hub feature-vector
@@ -26,6 +27,14 @@
  * Convolutions run in NCHW with filters transposed at conversion (see `tfjs-onnx.ts`), which is what
  * ONNX Runtime's CPU kernels are fastest at. `test/image-model.test.ts` checks both models against
  * `@tensorflow/tfjs` running the original graph.
+ *
+ * `image-mobilenet-fp16` has image-mobilenet's interface (float32 pixels in, float32 embedding and
+ * feature out, same preprocessing) and computes the network in float16: weights rounded to float16, a
+ * Cast after `pixels`, a Cast back to float32 on the pooled feature, the L2 normalisation in float32.
+ * Its vectors are close to image-mobilenet's but not identical, so it is its own model (own name and
+ * version, own cache keys). `head-nsfw` and `postray` stay on the fp32 encoder: a head is served only
+ * next to the encoder version it was built for, and postray's version names image-mobilenet's.
+ * `test/image-fp16.test.ts` measures the agreement.
  */
 
 import { createHash } from 'node:crypto';
@@ -38,12 +47,22 @@ import type { ModelBuildResult } from './build.ts';
 import { MANIFEST_FILE, currentBuild, publishModel, withLock, type BuildExpectation } from './model-dir.ts';
 import { OnnxModelBuilder, attr } from './onnx-writer.ts';
 import type { ProgressListener } from './progress.ts';
-import { convertTfjsGraph } from './tfjs-onnx.ts';
+import { convertTfjsGraph, type ConvertPrecision } from './tfjs-onnx.ts';
 import { loadTfjsGraph, type TfNode, type TfjsGraph } from './tfjs.ts';
 
 /** Bump whenever the conversion, graph, weights or manifests written here change. */
 export const BUILDER_VERSION = 'mobilenet-1';
+/**
+ * The fp16 encoder's builder version: BUILDER_VERSION plus its own counter, so a change to the shared
+ * conversion rebuilds it too. Bump the counter when only the fp16 graph or manifest changes (bumping
+ * BUILDER_VERSION instead would change image-mobilenet's version and so every cached image vector).
+ */
+export const FP16_BUILDER_VERSION = `${BUILDER_VERSION}/fp16-1`;
 export const IMAGE_MODEL = 'image-mobilenet';
+/** image-mobilenet computed in float16, for GPU providers; float32 in and out. */
+export const IMAGE_FP16_MODEL = 'image-mobilenet-fp16';
+/** Providers the fp16 encoder is meant for; written to its manifest as `intendedProviders`. */
+export const IMAGE_FP16_PROVIDERS: readonly string[] = ['cuda', 'webgpu'];
 export const HEAD_MODEL = 'head-nsfw';
 export const SOURCE_PACKAGE = 'nsfwjs';
 /** The graph model inside the package. */
@@ -114,18 +133,32 @@ export function graphEndpoints(graph: TfjsGraph): { input: string; feature: stri
   return { input: placeholders[0]!.name, feature, output: identity?.name ?? softmax[0]!.name };
 }
 
-/** The image encoder as an ONNX model (see the file header). */
-export function buildImageGraph(graph: TfjsGraph): { model: OnnxModelBuilder; ops: Record<string, number> } {
+/**
+ * The image encoder as an ONNX model (see the file header). 'fp16' computes the network in float16
+ * between float32 `pixels` and a float32 feature; the L2 normalisation is float32 either way.
+ */
+export function buildImageGraph(graph: TfjsGraph, precision: ConvertPrecision = 'fp32'): { model: OnnxModelBuilder; ops: Record<string, number> } {
   const ends = graphEndpoints(graph);
+  const fp16 = precision === 'fp16';
+  // The fp32 model's options are exactly what they were before fp16 existed: its bytes are its version.
   const model = new OnnxModelBuilder({
-    graphName: 'image_mobilenet',
+    graphName: fp16 ? 'image_mobilenet_fp16' : 'image_mobilenet',
     producerName: 'polyray',
-    producerVersion: BUILDER_VERSION,
+    producerVersion: fp16 ? FP16_BUILDER_VERSION : BUILDER_VERSION,
     domain: 'dev.polyray',
-    docString: `MobileNetV2-1.4 pooled feature converted from ${SOURCE_PACKAGE}/${SOURCE_MODEL} (TF.js). See src/models/mobilenet.ts.`,
+    docString: fp16
+      ? `MobileNetV2-1.4 pooled feature converted from ${SOURCE_PACKAGE}/${SOURCE_MODEL} (TF.js), float16 weights and compute, float32 input and outputs. See src/models/mobilenet.ts.`
+      : `MobileNetV2-1.4 pooled feature converted from ${SOURCE_PACKAGE}/${SOURCE_MODEL} (TF.js). See src/models/mobilenet.ts.`,
+    ...(fp16 ? { metadata: { precision: 'fp16' } } : {}),
   });
   const g = model.graph;
-  const { outputs, ops } = convertTfjsGraph(g, graph, [{ tfName: ends.input, onnxName: 'pixels', shape: ['batch', 3, INPUT_SIZE, INPUT_SIZE], layout: 'nchw' }], [ends.feature]);
+  const { outputs, ops } = convertTfjsGraph(
+    g,
+    graph,
+    [{ tfName: ends.input, onnxName: 'pixels', shape: ['batch', 3, INPUT_SIZE, INPUT_SIZE], layout: 'nchw' }],
+    [ends.feature],
+    { precision },
+  );
   const feature = outputs[0]!;
   const axis1 = g.int64('l2_axis_1', [1], [1]);
   const eps = g.float32('l2_epsilon', [EPSILON], []);
@@ -184,6 +217,25 @@ function imageManifest(version: string, sourceVersion: string): ModelManifest {
   };
 }
 
+/**
+ * image-mobilenet's manifest with the fp16 name and version, a description that says what it is for,
+ * and two keys the manifest parser ignores (`precision`, `intendedProviders`), as text-bert-synthetic-fp16 has.
+ */
+function imageFp16Manifest(version: string, sourceVersion: string): ModelManifest & { precision: 'fp16'; intendedProviders: readonly string[] } {
+  return {
+    ...imageManifest(version, sourceVersion),
+    name: IMAGE_FP16_MODEL,
+    description:
+      `${IMAGE_MODEL} computed in float16, for GPU execution providers (${IMAGE_FP16_PROVIDERS.join(', ')}): the same ` +
+      `${FEATURE_DIMENSIONS}-d pooled MobileNetV2-1.4 feature, L2-normalised, with weights and convolutions in float16; float32 ` +
+      `pixels in, float32 embedding and feature out, the same preprocessing. Vectors agree with ${IMAGE_MODEL}'s to a cosine of ` +
+      `about 0.9999 but are not identical, so they are cached apart; ${HEAD_MODEL} and postray use ${IMAGE_MODEL}. The CPU ` +
+      `provider runs it, slower than ${IMAGE_MODEL}.`,
+    precision: 'fp16',
+    intendedProviders: IMAGE_FP16_PROVIDERS,
+  };
+}
+
 function headManifest(version: string, sourceVersion: string, imageVersion: string): ModelManifest {
   return {
     name: HEAD_MODEL,
@@ -208,20 +260,27 @@ async function publish(outDir: string, name: string, modelBytes: Uint8Array, man
   await publishModel(outDir, name, { [MODEL_FILE]: modelBytes, [MANIFEST_FILE]: `${JSON.stringify(manifest, null, 2)}\n` }, { expect, version: manifest.version, started });
 }
 
-function versionOf(modelBytes: Uint8Array): string {
-  return createHash('sha256').update(BUILDER_VERSION).update('\0').update(modelBytes).digest('hex').slice(0, 16);
+function versionOf(modelBytes: Uint8Array, builderVersion: string = BUILDER_VERSION): string {
+  return createHash('sha256').update(builderVersion).update('\0').update(modelBytes).digest('hex').slice(0, 16);
 }
 
+/** The models this builder writes. */
+export type MobilenetModel = typeof IMAGE_MODEL | typeof IMAGE_FP16_MODEL | typeof HEAD_MODEL;
+
 /**
- * Builds `<outDir>/image-mobilenet/` and `<outDir>/head-nsfw/` (both from one conversion) unless they
- * are up to date. `only` restricts which of the two is (re)written.
+ * Builds `<outDir>/<only>/` unless it is up to date: `image-mobilenet`, `head-nsfw` (whose manifest
+ * names the fp32 encoder's version, so both are converted for it) or `image-mobilenet-fp16`.
  */
-export async function buildMobilenet(options: MobilenetBuildOptions & { only: typeof IMAGE_MODEL | typeof HEAD_MODEL }): Promise<ModelBuildResult> {
+export async function buildMobilenet(options: MobilenetBuildOptions & { only: MobilenetModel }): Promise<ModelBuildResult> {
   const { outDir, force = false, only } = options;
   const report = options.onProgress ?? (() => {});
   const dir = path.join(outDir, only);
   const source = await locateSource();
-  const expect: BuildExpectation = { builder: 'mobilenet', builderVersion: BUILDER_VERSION, source: { package: SOURCE_PACKAGE, version: source.version } };
+  const fp16 = only === IMAGE_FP16_MODEL;
+  // The fp32 models keep their build-info identity, so existing builds stay up to date.
+  const expect: BuildExpectation = fp16
+    ? { builder: 'mobilenet-fp16', builderVersion: FP16_BUILDER_VERSION, source: { package: SOURCE_PACKAGE, version: source.version } }
+    : { builder: 'mobilenet', builderVersion: BUILDER_VERSION, source: { package: SOURCE_PACKAGE, version: source.version } };
   if (!force) {
     const existing = await currentBuild(dir, expect);
     if (existing) return { name: only, status: 'up-to-date', version: existing.version, dir };
@@ -238,14 +297,21 @@ export async function buildMobilenet(options: MobilenetBuildOptions & { only: ty
       const { graph } = await loadSourceGraph();
       report({ step: 'reading TF.js graph', done: 1, total: 1 });
       report({ step: 'converting', done: 0, total: 1 });
-      // The head's manifest names the encoder version it reads, so both are converted either way.
-      const imageBytes = buildImageGraph(graph).model.serialize();
-      const imageVersion = versionOf(imageBytes);
-      let bytes = imageBytes;
-      let manifest = imageManifest(imageVersion, source.version);
-      if (only === HEAD_MODEL) {
-        bytes = buildHeadGraph(graph).model.serialize();
-        manifest = headManifest(versionOf(bytes), source.version, imageVersion);
+      let bytes: Uint8Array;
+      let manifest: ModelManifest;
+      if (fp16) {
+        bytes = buildImageGraph(graph, 'fp16').model.serialize();
+        manifest = imageFp16Manifest(versionOf(bytes, FP16_BUILDER_VERSION), source.version);
+      } else {
+        // The head's manifest names the encoder version it reads, so both are converted for it.
+        const imageBytes = buildImageGraph(graph).model.serialize();
+        const imageVersion = versionOf(imageBytes);
+        bytes = imageBytes;
+        manifest = imageManifest(imageVersion, source.version);
+        if (only === HEAD_MODEL) {
+          bytes = buildHeadGraph(graph).model.serialize();
+          manifest = headManifest(versionOf(bytes), source.version, imageVersion);
+        }
       }
       report({ step: 'converting', done: 1, total: 1 });
       report({ step: 'writing files', done: 0, total: 1 });

@@ -28,9 +28,16 @@
  *   AvgPool, MaxPool                     → AveragePool / MaxPool (count_include_pad = 0, as TF)
  *   Mean, Max, Sum                       → ReduceMean / ReduceMax / ReduceSum (axes as inputs, opset 18)
  *   Squeeze, Reshape, Pad, PadV2, ConcatV2 → the ONNX op
+ *
+ * Precision: by default every float constant is float32 and so is the compute. With `precision: 'fp16'`
+ * (for GPU providers) every float constant — weights, biases, Clip bounds, scalars — is written as float16
+ * (rounded to nearest even), a Cast to float16 follows each graph input and a Cast to float32 precedes each
+ * returned output, so the converted part computes in float16 while its interface stays float32. Integer
+ * constants (axes, shapes, pads) are unchanged. The fp32 conversion is byte-for-byte what it was before
+ * this option existed (the image model's version, and so its cache keys, depend on it).
  */
 
-import { attr, float32Tensor, int64Tensor, type Dim, type OnnxGraphBuilder } from './onnx-writer.ts';
+import { DataType, attr, float16Tensor, float32Tensor, int64Tensor, type Dim, type OnnxGraphBuilder } from './onnx-writer.ts';
 import { attrs, dataInputs, type TfNode, type TfWeight, type TfjsGraph } from './tfjs.ts';
 
 /** NHWC axis → NCHW axis. */
@@ -53,8 +60,16 @@ export interface ConvertInput {
   layout: Layout;
 }
 
+/** Float type of the converted part's constants and compute; inputs and outputs are float32 either way. */
+export type ConvertPrecision = 'fp32' | 'fp16';
+
+export interface ConvertOptions {
+  /** Default 'fp32'. 'fp16': float16 weights and compute between float32 inputs and outputs. */
+  precision?: ConvertPrecision;
+}
+
 export interface ConvertResult {
-  /** ONNX value names of the requested TF outputs, in TF (NHWC) layout. */
+  /** ONNX value names of the requested TF outputs (float32), in TF (NHWC) layout. */
   outputs: string[];
   /** TF ops converted, by op type (for build logs and tests). */
   ops: Record<string, number>;
@@ -66,8 +81,16 @@ const ACTIVATIONS = new Set(['Relu', 'Relu6', 'Elu', 'LeakyRelu', 'Sigmoid', 'Ta
  * Converts the subgraph of `tf` between `inputs` and `outputs` into `g`. Only the nodes the outputs
  * depend on are converted; a node named in `inputs` is replaced by that graph input.
  */
-export function convertTfjsGraph(g: OnnxGraphBuilder, tf: TfjsGraph, inputs: readonly ConvertInput[], outputs: readonly string[]): ConvertResult {
-  return new Converter(g, tf).run(inputs, outputs);
+export function convertTfjsGraph(
+  g: OnnxGraphBuilder,
+  tf: TfjsGraph,
+  inputs: readonly ConvertInput[],
+  outputs: readonly string[],
+  options: ConvertOptions = {},
+): ConvertResult {
+  const precision = options.precision ?? 'fp32';
+  if (precision !== 'fp32' && precision !== 'fp16') throw new TypeError(`convertTfjsGraph: option "precision" must be "fp32" or "fp16", received ${JSON.stringify(precision)}`);
+  return new Converter(g, tf, precision === 'fp16').run(inputs, outputs);
 }
 
 class Converter {
@@ -76,16 +99,20 @@ class Converter {
   readonly #values = new Map<string, Value>();
   readonly #constNames = new Map<string, string>();
   readonly #ops: Record<string, number> = {};
+  /** Float constants and compute in float16 (see the file header). */
+  readonly #fp16: boolean;
 
-  constructor(g: OnnxGraphBuilder, tf: TfjsGraph) {
+  constructor(g: OnnxGraphBuilder, tf: TfjsGraph, fp16: boolean) {
     this.#g = g;
     this.#tf = tf;
+    this.#fp16 = fp16;
   }
 
   run(inputs: readonly ConvertInput[], outputs: readonly string[]): ConvertResult {
     for (const i of inputs) {
       if (!this.#tf.nodes.has(i.tfName)) throw new Error(`TF graph has no node ${i.tfName}`);
-      const name = this.#g.input(i.onnxName, 'float32', i.shape);
+      let name = this.#g.input(i.onnxName, 'float32', i.shape);
+      if (this.#fp16) name = this.#g.op('Cast', [name], { to: attr.int(DataType.float16) }, { name: `${i.onnxName}_float16`, outputs: [`${i.onnxName}_float16`] });
       this.#values.set(i.tfName, { name, layout: i.layout, rank: i.shape.length });
     }
     // Topological order of what the outputs need (iterative DFS: graphs can be deep).
@@ -119,7 +146,9 @@ class Converter {
       this.#ops[node.op] = (this.#ops[node.op] ?? 0) + 1;
       this.#values.set(node.name, this.#convert(node));
     }
-    return { outputs: outputs.map((o) => this.#toNhwc(this.#value(o)).name), ops: { ...this.#ops } };
+    let names = outputs.map((o) => this.#toNhwc(this.#value(o)).name);
+    if (this.#fp16) names = names.map((n) => this.#g.op('Cast', [n], { to: attr.int(DataType.float32) }, { name: this.#g.uniqueName('output_float32') }));
+    return { outputs: names, ops: { ...this.#ops } };
   }
 
   // ---- values and constants ------------------------------------------------------------------
@@ -150,8 +179,10 @@ class Converter {
     const existing = this.#constNames.get(key);
     if (existing) return existing;
     const name = this.#g.uniqueName(sanitise(key));
-    if (dtype === 'float32') this.#g.initializer(float32Tensor(name, values instanceof Float32Array ? values : Float32Array.from(values as Int32Array), dims));
-    else this.#g.initializer(int64Tensor(name, values instanceof BigInt64Array ? values : BigInt64Array.from(Array.from(values as ArrayLike<number>, (x) => BigInt(x))), dims));
+    if (dtype === 'float32') {
+      const floats = values instanceof Float32Array ? values : Float32Array.from(values as Int32Array);
+      this.#g.initializer(this.#fp16 ? float16Tensor(name, floats, dims) : float32Tensor(name, floats, dims));
+    } else this.#g.initializer(int64Tensor(name, values instanceof BigInt64Array ? values : BigInt64Array.from(Array.from(values as ArrayLike<number>, (x) => BigInt(x))), dims));
     this.#constNames.set(key, name);
     return name;
   }
