@@ -1,6 +1,7 @@
 /**
  * Token bucket: property tests of the arithmetic (fast-check), equivalence of the Redis Lua script with
- * the reference `step`, EVALSHA → EVAL fallback, and the quota manager's Redis-down fallback.
+ * the reference `step`, EVALSHA → EVAL fallback, the quota manager's Redis-down fallback, and the
+ * per-node store health (fake clock): one probe at a time, backoff, stale outcomes ignored.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,6 +12,7 @@ import { pino } from 'pino';
 import { step, type BucketLimits, type BucketOp, type BucketState } from '../src/accounting/bucket.ts';
 import { BUCKET_SCRIPT_SHA, RedisBuckets } from '../src/accounting/redis-bucket.ts';
 import { QuotaManager } from '../src/accounting/quota.ts';
+import { StoreHealth, type Attempt } from '../src/accounting/store-health.ts';
 import { isPolyrayError } from '../src/errors.ts';
 import { startRedisServer, type RedisServerHandle } from './helpers/redis-server.ts';
 
@@ -218,5 +220,73 @@ describe('EVALSHA fallback and Redis outages (private redis-server)', () => {
     assert.equal(back.store, 'redis');
     assert.ok(lines.some((l) => l.level === 30 && /reachable again/.test(l.msg)));
     await assert.rejects(open.reserve('c', limits, 8), (e: unknown) => isPolyrayError(e) && e.code === 'QUOTA_EXCEEDED' && (e.extensions['retryAfterMs'] as number) > 0);
+  });
+});
+
+describe('store health per node (fake clock)', () => {
+  test('a failure takes one node down; probes come one at a time, backing off retryMs → maxRetryMs', () => {
+    let now = 1_000;
+    const events: string[] = [];
+    const h = new StoreHealth({ retryMs: 100, maxRetryMs: 350, now: () => now, onTransition: (n, to, d) => events.push(`${n}:${to}:${d.nodesDown}`) });
+    const a = h.admit('A')!;
+    const b = h.admit('B')!;
+    assert.deepEqual([a.probe, b.probe], [false, false]);
+    h.failed(a, new Error('boom'));
+    assert.deepEqual(events, ['A:down:1']);
+    assert.equal(h.isDown('A'), true);
+    assert.equal(h.isDown('B'), false, 'the other node is untouched');
+    h.succeeded(b);
+    assert.ok(h.admit('B'), 'B is still used');
+    assert.equal(h.admit('A'), undefined, 'A is left alone until retryMs has passed');
+    assert.equal(h.retryInMs('A'), 100);
+    // The probe schedule: 100 ms after the failure, then 200, 350 (capped), 350 ms after each failed probe.
+    const waits: number[] = [];
+    let last = now;
+    for (let i = 0; i < 4; i++) {
+      let p: Attempt | undefined;
+      while (!(p = h.admit('A'))) now += 1;
+      waits.push(now - last);
+      assert.equal(p.probe, true);
+      assert.equal(h.admit('A'), undefined, 'one probe at a time: the others fall back while it is out');
+      now += 5;
+      h.failed(p, new Error('still down'));
+      last = now;
+    }
+    assert.deepEqual(waits, [100, 200, 350, 350], "measured from each failure");
+    assert.deepEqual(h.down(), ['A']);
+    while (!h.admit('A')) now += 1;
+    const probe = h.admit('A', { probe: false });
+    assert.equal(probe, undefined, 'probe: false never calls a down node');
+  });
+
+  test('a probe answering brings the node back; outcomes of calls sent in an earlier state change nothing', () => {
+    let now = 0;
+    const h = new StoreHealth({ retryMs: 10, maxRetryMs: 10, now: () => now });
+    const early1 = h.admit('A')!;
+    const early2 = h.admit('A')!;
+    h.failed(early1, new Error('x'));
+    h.failed(early2, new Error('x')); // a second failure of the same outage: no extra backoff
+    now = 10;
+    const probe = h.admit('A')!;
+    assert.equal(probe.probe, true);
+    h.succeeded(early2); // a stale success is not a probe's
+    assert.equal(h.isDown('A'), true);
+    h.succeeded(probe);
+    assert.equal(h.isDown('A'), false);
+    h.failed(early1, new Error('late')); // sent before the outage, answered after the recovery
+    assert.equal(h.isDown('A'), false, 'a late failure from before the recovery does not take it down again');
+    const fresh = h.admit('A')!;
+    h.failed(fresh, new Error('down again'));
+    assert.equal(h.isDown('A'), true);
+  });
+
+  test('down nodes that serve no slot any more are forgotten; an unknown topology forgets nothing', () => {
+    const h = new StoreHealth({ retryMs: 10 });
+    h.failed(h.admit('old-master')!, new Error('x'));
+    h.failed(h.admit('other')!, new Error('x'));
+    assert.deepEqual(h.down(() => undefined).sort(), ['old-master', 'other']);
+    assert.deepEqual(h.down(() => new Set(['other', 'promoted'])), ['other']);
+    assert.equal(h.isDown('old-master'), false);
+    assert.throws(() => new StoreHealth({ retryMs: 100, maxRetryMs: 50 }), /maxRetryMs must be >= retryMs \(100\), received 50/);
   });
 });

@@ -80,9 +80,8 @@ export class Accounting implements AccountingCore {
       redis: this.redis ? new RedisBuckets(this.redis, c.keyPrefix, { timeoutMs: c.redisTimeoutMs }) : undefined,
       failureMode: c.failureMode,
       logger: this.logger,
-      onStoreChange: (s) => this.metrics.setQuotaStore(s),
     });
-    this.metrics.setQuotaStore(this.quota.store);
+    this.metrics.instrumentQuota(this.quota);
     this.ledger = new Ledger({ redis: this.redis, keyPrefix: c.keyPrefix, flushMs: c.ledgerFlushMs, logger: this.logger, timeoutMs: c.redisTimeoutMs });
   }
 

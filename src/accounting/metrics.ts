@@ -12,6 +12,7 @@ import { ErrorCode } from '../errors.ts';
 import type { Batcher } from '../runtime/batcher.ts';
 import type { InferencePool, Lease } from '../runtime/pool.ts';
 import type { Source } from '../service/embedding.ts';
+import type { QuotaStore } from './quota.ts';
 
 export const MAX_CLIENT_LABELS = 100;
 const KNOWN_CODES = new Set<string>([...Object.values(ErrorCode), 'OK', 'GRAPHQL_PARSE_FAILED', 'GRAPHQL_VALIDATION_FAILED', 'BAD_REQUEST']);
@@ -30,7 +31,6 @@ export class AccountingMetrics {
   readonly batchSize: Histogram<'model'>;
   readonly batchSeconds: Histogram<'model'>;
   readonly queueDepth: Gauge<'model'>;
-  readonly quotaStore: Gauge<'store'>;
 
   constructor(batchers: ReadonlyMap<string, Batcher>) {
     const registers = [this.registry];
@@ -73,7 +73,33 @@ export class AccountingMetrics {
         }
       },
     });
-    this.quotaStore = new Gauge({ name: 'polyray_quota_store', help: 'Where quota buckets live now (1 on the current one): redis, local, unavailable', labelNames: ['store'], registers });
+  }
+
+  /**
+   * Quota store series, read at scrape time: `polyray_quota_store{store}` is 1 on the whole store's state
+   * (redis while every node holding buckets answers; local or unavailable, the failure mode, while one or
+   * more do not — then for their clients only), `polyray_quota_store_nodes_down` counts those nodes.
+   */
+  instrumentQuota(quota: { readonly store: QuotaStore; readonly nodesDown: number }): void {
+    const registers = [this.registry];
+    new Gauge({
+      name: 'polyray_quota_store',
+      help: 'Where quota buckets live (1 on the current state): redis while every Redis node holding buckets answers; local (failing open) or unavailable (failing closed) while one or more do not, for the clients on those nodes only (see polyray_quota_store_nodes_down); local without Redis',
+      labelNames: ['store'],
+      registers,
+      collect() {
+        const store = quota.store;
+        for (const s of ['redis', 'local', 'unavailable'] as const) this.set({ store: s }, s === store ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'polyray_quota_store_nodes_down',
+      help: "Redis nodes holding quota buckets (standalone: the server; Cluster: masters) that did not answer and are not yet back: their clients' buckets are per replica (open) or refused (closed) until a probe answers",
+      registers,
+      collect() {
+        this.set(quota.nodesDown);
+      },
+    });
   }
 
   /**
@@ -116,10 +142,6 @@ export class AccountingMetrics {
 
   codeLabel(code: unknown): string {
     return typeof code === 'string' && KNOWN_CODES.has(code) ? code : 'OTHER';
-  }
-
-  setQuotaStore(store: 'redis' | 'local' | 'unavailable'): void {
-    for (const s of ['redis', 'local', 'unavailable']) this.quotaStore.set({ store: s }, s === store ? 1 : 0);
   }
 
   item(clientId: string, model: string, source: Source, tokens: number, inferenceMs: number, cost: number): void {

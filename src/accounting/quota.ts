@@ -7,18 +7,23 @@
  * refunds the difference (cache hits are cheap), so a client pays the actual cost, and only holds the
  * worst case while its operation runs.
  *
- * Buckets live in Redis when one is configured (shared by every replica), else in this process. When
- * Redis does not answer (error or `redisTimeoutMs`), `failureMode` decides: `open` falls back to a
- * per-replica in-memory bucket (each replica then enforces the full quota on its own, so the fleet may
- * admit up to replicas × quota until Redis is back); `closed` refuses with QUOTA_EXCEEDED
- * (`reason: QUOTA_STORE_UNAVAILABLE`). Either way it is logged once per outage, and Redis is retried
- * after `retryMs`. A settle goes to the store its reservation came from; a settle that fails is dropped
- * (the client keeps the reservation's worst case spent, which only errs against the client).
+ * Buckets live in Redis when one is configured (shared by every replica), else in this process. Redis'
+ * health is kept per node (store-health.ts): a standalone server is one node; on a Cluster, the master
+ * that serves the client's bucket slot. When that node does not answer (error or `redisTimeoutMs`),
+ * `failureMode` decides for the clients it serves, and for them only: `open` falls back to a per-replica
+ * in-memory bucket (each replica then enforces the full quota on its own, so the fleet may admit up to
+ * replicas × quota for those clients until the node is back); `closed` refuses with QUOTA_EXCEEDED
+ * (`reason: QUOTA_STORE_UNAVAILABLE`). Clients on the other masters keep the shared bucket. Each node's
+ * outage is logged once, and one call at a time probes it, `retryMs` after the failure, then backing off
+ * to `maxRetryMs`. A settle goes to the store its reservation came from; a settle that fails, or whose
+ * node has been marked down since, is dropped (the client keeps the reservation's worst case spent,
+ * which only errs against the client).
  */
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { LocalBuckets, type BucketLimits, type BucketOutcome } from './bucket.ts';
 import type { RedisBuckets } from './redis-bucket.ts';
+import { DEFAULT_STORE_HEALTH, StoreHealth } from './store-health.ts';
 
 export interface QuotaSnapshot {
   /** Units left in the bucket. */
@@ -26,6 +31,9 @@ export interface QuotaSnapshot {
   /** Milliseconds until the bucket is full again. */
   resetMs: number;
 }
+
+/** Where a bucket lives: Redis, this replica (no Redis, or failing open), or nowhere (failing closed). */
+export type QuotaStore = 'redis' | 'local' | 'unavailable';
 
 export interface Reservation {
   clientId: string;
@@ -39,31 +47,68 @@ export interface QuotaManagerOptions {
   redis?: RedisBuckets | undefined;
   failureMode: 'open' | 'closed';
   logger: Logger;
-  /** How long Redis is left alone after a failure before it is tried again. Default 1000 ms. */
+  /** How long a node is left alone after its first failure before one call probes it. Default 1000 ms. */
   retryMs?: number;
-  /** Called when the store in use changes (metrics). */
-  onStoreChange?: (store: 'redis' | 'local' | 'unavailable') => void;
+  /** Longest wait between probes of a node that keeps failing (doubling from `retryMs`). Default 5000 ms. */
+  maxRetryMs?: number;
+  /** Clock for the probe schedule, ms. Default `Date.now`. */
+  now?: () => number;
+  /** Called when `store` (the whole store's state) changes. */
+  onStoreChange?: (store: QuotaStore) => void;
 }
 
 export class QuotaManager {
   readonly #redis: RedisBuckets | undefined;
   readonly #local = new LocalBuckets();
   readonly #o: QuotaManagerOptions;
-  readonly #retryMs: number;
-  #downUntil = 0;
-  #down = false;
+  readonly #health: StoreHealth;
+  #store: QuotaStore;
 
   constructor(options: QuotaManagerOptions) {
     this.#o = options;
     this.#redis = options.redis;
-    this.#retryMs = options.retryMs ?? 1000;
+    this.#store = this.#redis ? 'redis' : 'local';
+    const retryMs = options.retryMs ?? DEFAULT_STORE_HEALTH.retryMs;
+    this.#health = new StoreHealth({
+      retryMs,
+      maxRetryMs: options.maxRetryMs ?? Math.max(retryMs, DEFAULT_STORE_HEALTH.maxRetryMs),
+      ...(options.now ? { now: options.now } : {}),
+      onTransition: (node, to, d) => {
+        const mode = this.#o.failureMode;
+        if (to === 'down') {
+          this.#o.logger.warn(
+            { node, reason: (d.error as Error | undefined)?.message, failureMode: mode, nodesDown: d.nodesDown },
+            mode === 'open'
+              ? "quota store (Redis) node unreachable: its clients are falling back to per-replica in-memory buckets (POLYRAY_QUOTA_FAILURE_MODE=open); other nodes' clients are unaffected"
+              : "quota store (Redis) node unreachable: refusing its clients' metered work until it answers (POLYRAY_QUOTA_FAILURE_MODE=closed); other nodes' clients are unaffected",
+          );
+        } else {
+          this.#o.logger.info({ node, downMs: d.downMs, nodesDown: d.nodesDown }, "quota store (Redis) node reachable again: its clients' quotas are fleet-wide again");
+        }
+        this.#refresh();
+      },
+    });
   }
 
-  /** Where buckets live right now. */
-  get store(): 'redis' | 'local' | 'unavailable' {
+  /**
+   * The whole store's state: `redis` while every node that holds buckets answers (or, without Redis,
+   * `local`); while one or more do not, the failure mode's store (`local` or `unavailable`), which then
+   * applies to their clients only (`storeFor`, `nodesDown`).
+   */
+  get store(): QuotaStore {
+    this.#refresh();
+    return this.#store;
+  }
+
+  /** Redis nodes (standalone: the one server; Cluster: masters) whose clients are on the failure mode. */
+  get nodesDown(): number {
+    return this.#downNodes().length;
+  }
+
+  /** Where this client's bucket lives right now. */
+  storeFor(clientId: string): QuotaStore {
     if (!this.#redis) return 'local';
-    if (!this.#down) return 'redis';
-    return this.#o.failureMode === 'open' ? 'local' : 'unavailable';
+    return this.#health.isDown(this.#redis.node(clientId)) ? this.#failureStore() : 'redis';
   }
 
   /** Takes `amount` units or throws QUOTA_EXCEEDED (nothing taken). */
@@ -94,10 +139,15 @@ export class QuotaManager {
     if (delta === 0) return r.snapshot;
     const op = { kind: 'adjust', amount: delta } as const;
     if (r.store === 'local') return snap(this.#local.apply(r.clientId, r.limits, op));
+    // Not a probe: a node marked down since the reservation would most likely make it wait out the timeout.
+    const attempt = this.#health.admit(this.#redis!.node(r.clientId), { probe: false });
+    if (!attempt) return r.snapshot;
     try {
-      return snap(await this.#redis!.apply(r.clientId, r.limits, op));
+      const outcome = await this.#redis!.apply(r.clientId, r.limits, op);
+      this.#health.succeeded(attempt);
+      return snap(outcome);
     } catch (e) {
-      this.#failed(e);
+      this.#health.failed(attempt, e);
       return r.snapshot;
     }
   }
@@ -112,40 +162,44 @@ export class QuotaManager {
   }
 
   async #apply(clientId: string, limits: BucketLimits, op: { kind: 'take' | 'adjust'; amount: number }): Promise<{ outcome: BucketOutcome; store: 'redis' | 'local' }> {
-    if (this.#redis && (!this.#down || Date.now() >= this.#downUntil)) {
-      try {
-        const outcome = await this.#redis.apply(clientId, limits, op);
-        if (this.#down) {
-          this.#down = false;
-          this.#o.logger.info('quota store (Redis) reachable again: quotas are fleet-wide again');
-          this.#o.onStoreChange?.('redis');
+    if (this.#redis) {
+      const node = this.#redis.node(clientId);
+      const attempt = this.#health.admit(node);
+      if (attempt) {
+        try {
+          const outcome = await this.#redis.apply(clientId, limits, op);
+          this.#health.succeeded(attempt);
+          return { outcome, store: 'redis' };
+        } catch (e) {
+          this.#health.failed(attempt, e);
         }
-        return { outcome, store: 'redis' };
-      } catch (e) {
-        this.#failed(e);
       }
-    }
-    if (this.#redis && this.#o.failureMode === 'closed') {
-      throw new PolyrayError(ErrorCode.QUOTA_EXCEEDED, 'Quotas cannot be checked right now; retry shortly', {
-        reason: 'QUOTA_STORE_UNAVAILABLE',
-        retryAfterMs: Math.max(1, this.#downUntil - Date.now()),
-      });
+      if (this.#o.failureMode === 'closed') {
+        throw new PolyrayError(ErrorCode.QUOTA_EXCEEDED, 'Quotas cannot be checked right now; retry shortly', {
+          reason: 'QUOTA_STORE_UNAVAILABLE',
+          retryAfterMs: this.#health.retryInMs(node),
+        });
+      }
     }
     return { outcome: this.#local.apply(clientId, limits, op), store: 'local' };
   }
 
-  #failed(e: unknown): void {
-    this.#downUntil = Date.now() + this.#retryMs;
-    if (this.#down) return;
-    this.#down = true;
-    const mode = this.#o.failureMode;
-    this.#o.logger.warn(
-      { reason: (e as Error)?.message, failureMode: mode },
-      mode === 'open'
-        ? 'quota store (Redis) unreachable: falling back to per-replica in-memory buckets (POLYRAY_QUOTA_FAILURE_MODE=open)'
-        : 'quota store (Redis) unreachable: refusing metered work until it answers (POLYRAY_QUOTA_FAILURE_MODE=closed)',
-    );
-    this.#o.onStoreChange?.(mode === 'open' ? 'local' : 'unavailable');
+  #failureStore(): QuotaStore {
+    return this.#o.failureMode === 'open' ? 'local' : 'unavailable';
+  }
+
+  #downNodes(): string[] {
+    const redis = this.#redis;
+    return redis ? this.#health.down(() => redis.servingNodes()) : [];
+  }
+
+  /** Recomputes the whole store's state; tells `onStoreChange` when it changed. */
+  #refresh(): void {
+    if (!this.#redis) return;
+    const store = this.#downNodes().length > 0 ? this.#failureStore() : 'redis';
+    if (store === this.#store) return;
+    this.#store = store;
+    this.#o.onStoreChange?.(store);
   }
 }
 

@@ -16,12 +16,13 @@
  *
  * The script touches exactly one key, declared in KEYS (`<prefix>{client:<id>}:bucket`, keys.ts), so it
  * runs unchanged on a Redis Cluster: ioredis routes it to the master of that key's slot, and each master
- * loads the script on its first NOSCRIPT.
+ * loads the script on its first NOSCRIPT. `node(clientId)` names that master (one name for a standalone
+ * server): the quota manager keeps the store's health per node.
  */
 import { createHash } from 'node:crypto';
 import type { BucketLimits, BucketOp, BucketOutcome } from './bucket.ts';
 import { AccountingKeys } from './keys.ts';
-import { withDeadline, type AccountingRedis } from './redis-client.ts';
+import { nodeOf, servingNodes, withDeadline, type AccountingRedis } from './redis-client.ts';
 
 export const BUCKET_SCRIPT = `
 local op = ARGV[1]
@@ -96,6 +97,16 @@ export class RedisBuckets {
 
   key(clientId: string): string {
     return this.#keys.bucket(clientId);
+  }
+
+  /** The node that serves this client's bucket (see `nodeOf`). */
+  node(clientId: string): string {
+    return nodeOf(this.#redis, this.key(clientId));
+  }
+
+  /** The nodes that serve slots now; undefined while a Cluster's slot map is not loaded. */
+  servingNodes(): ReadonlySet<string> | undefined {
+    return servingNodes(this.#redis);
   }
 
   apply(clientId: string, limits: BucketLimits, op: BucketOp, nowMs?: number): Promise<BucketOutcome> {

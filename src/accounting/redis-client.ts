@@ -9,8 +9,12 @@
  * so a call that has not answered after `redisTimeoutMs` counts as Redis being down either way. (As with
  * a standalone timeout, a command already sent may still be applied later: that only ever errs against
  * the client, by charging a reservation it was not served.)
+ *
+ * `nodeOf` names the node a key's commands go to (the quota store keeps its health per node,
+ * store-health.ts); `servingNodes` names the nodes that serve slots now.
  */
 import { Cluster, Redis } from 'ioredis';
+import { keySlot } from '../cache/redis.ts';
 import type { PolyrayConfig } from '../config.ts';
 
 /** What the accounting stores talk to. The commands they use exist on both with the same signatures. */
@@ -64,4 +68,24 @@ export function withDeadline<T>(p: Promise<T>, ms: number | undefined): Promise<
     timer = setTimeout(() => reject(new Error(`accounting Redis did not answer within ${ms} ms (POLYRAY_QUOTA_REDIS_TIMEOUT_MS)`)), ms);
   });
   return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+/** Node name while a Cluster has not loaded its slot map yet: every key maps to it until it has. */
+export const UNKNOWN_CLUSTER_NODE = 'cluster';
+
+/**
+ * The node that serves `key`: on a Cluster the master of its hash slot, as the client's slot map names it
+ * (`host:port`, the same map ioredis routes by); a standalone server is one node (`host:port`).
+ */
+export function nodeOf(redis: AccountingRedis, key: string): string {
+  if (redis instanceof Cluster) return redis.slots[keySlot(key)]?.[0] ?? UNKNOWN_CLUSTER_NODE;
+  return `${redis.options.host}:${redis.options.port}`;
+}
+
+/** The nodes that serve a slot now (Cluster masters); undefined while that is not known. */
+export function servingNodes(redis: AccountingRedis): ReadonlySet<string> | undefined {
+  if (!(redis instanceof Cluster)) return new Set([nodeOf(redis, '')]);
+  const masters = new Set<string>();
+  for (const owners of redis.slots) if (owners?.[0]) masters.add(owners[0]);
+  return masters.size > 0 ? masters : undefined;
 }

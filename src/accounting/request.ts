@@ -245,7 +245,7 @@ export class RequestAccount implements AccountContext {
     let quota: QuotaView | null = null;
     if (c) {
       const s = await this.#core.quota.peek(c.id, c.quota);
-      quota = { rate: c.quota.rate, burst: c.quota.burst, remaining: round(s.remaining), resetMs: s.resetMs, store: this.#core.quota.store.toUpperCase() as QuotaView['store'] };
+      quota = { rate: c.quota.rate, burst: c.quota.burst, remaining: round(s.remaining), resetMs: s.resetMs, store: this.#core.quota.storeFor(c.id).toUpperCase() as QuotaView['store'] };
     }
     const roundF = (f: Figures): Figures => ({ items: f.items, tokens: f.tokens, inferenceMs: round(f.inferenceMs), cost: round(f.cost) });
     return {

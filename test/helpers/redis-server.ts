@@ -194,11 +194,19 @@ export interface RedisClusterHandle {
   stop(): Promise<void>;
 }
 
+export interface StartRedisClusterOptions {
+  /**
+   * Extra `redis-server` arguments for every node, e.g. `['--cluster-require-full-coverage', 'no']` so
+   * that the live masters keep serving their slots once the Cluster has marked a killed one failed.
+   */
+  extraArgs?: string[];
+}
+
 /**
  * Starts `masters` redis-servers in cluster mode, joins them with `redis-cli --cluster create` (no
  * replicas) and waits until every node reports `cluster_state:ok` with all 16384 slots assigned.
  */
-export async function startRedisCluster(masters = 3): Promise<RedisClusterHandle> {
+export async function startRedisCluster(masters = 3, opts: StartRedisClusterOptions = {}): Promise<RedisClusterHandle> {
   const dir = await mkdtemp(join(tmpdir(), 'polyray-redis-cluster-'));
   const servers: RedisServerHandle[] = [];
   const stop = async () => {
@@ -224,6 +232,7 @@ export async function startRedisCluster(masters = 3): Promise<RedisClusterHandle
                 '--cluster-config-file', join(dir, `nodes-${port}.conf`),
                 '--cluster-node-timeout', '2000',
                 '--cluster-port', String(busPort),
+                ...(opts.extraArgs ?? []),
               ],
             }),
           );
