@@ -3,6 +3,7 @@
  *
  *   <prefix>{client:<id>}:bucket   hash {tokens, ts}: the client's token bucket (redis-bucket.ts)
  *   <prefix>{client:<id>}:usage    hash `<model>|<SOURCE>|<figure>` → total: the client's books (ledger.ts)
+ *   <prefix>{client:<id>}:flushseq:<replica>   last usage batch a replica process added (ledger.ts; TTL 7 days)
  *   <prefix>usage:clients          set of the client ids that have books
  *
  * The `{client:<id>}` hash tag puts every key of one client in one Cluster hash slot, so a script or a
@@ -33,6 +34,11 @@ export class AccountingKeys {
 
   usage(clientId: string): string {
     return `${this.prefix}{client:${clientId}}:usage`;
+  }
+
+  /** The last usage batch number a replica process flushed for the client (ledger.ts): same slot as the books. */
+  flushSeq(clientId: string, replica: string): string {
+    return `${this.prefix}{client:${clientId}}:flushseq:${replica}`;
   }
 
   /** The set of client ids with books. One key (one slot) of its own, written with one SADD per flush. */

@@ -3,11 +3,17 @@
  *
  * Every replica records into local maps and flushes the deltas to Redis every `flushMs`, so the fleet
  * keeps one set of books: hash `<prefix>{client:<id>}:usage`, fields `<model>|<SOURCE>|<figure>`, and the
- * set `<prefix>usage:clients` (keys.ts). A flush sends, at once, one MULTI of HINCRBYFLOATs per client —
- * one key, so one hash slot: it runs unchanged on a Redis Cluster, which refuses transactions across
- * slots — and one SADD of the flushed ids. Each client's deltas land whole or not at all; those whose
- * MULTI failed are merged back and retried, the others are not resent (no double counting), and ids
- * whose SADD failed are added again next time (SADD is idempotent).
+ * set `<prefix>usage:clients` (keys.ts). A flush sends, at once, one script per client and one SADD of
+ * the flushed ids (SADD is idempotent; ids whose SADD failed are added again next time).
+ *
+ * Each client's deltas leave as a numbered batch, applied **exactly once** even when a call times out
+ * but lands later — which happens: ioredis queues commands for a Cluster node that is reconnecting and
+ * sends them when it is back, and a standalone command may time out after Redis ran it. The script adds
+ * the batch's figures and records its number in `<prefix>{client:<id>}:flushseq:<replica>` (one key
+ * per client and replica process, in the client's slot, so it also runs on a Cluster), unless that number
+ * is already recorded. A batch that failed or timed out is resent, with the same number, by later flushes
+ * until Redis confirms it (applied now, or found applied); the client's newer deltas wait behind it, so
+ * numbers only grow and "already recorded" means "at most this number".
  *
  * A read combines Redis with the deltas not yet flushed: it waits for a flush in flight, then snapshots
  * the pending deltas and sends one HGETALL per client in the same tick. Each HGETALL goes down the same
@@ -18,6 +24,7 @@
  * Without Redis (or when it does not answer) reads return this replica's own totals since start
  * (`fleetWide: false`).
  */
+import { randomBytes } from 'node:crypto';
 import type { Logger } from '../log.ts';
 import type { Source } from '../service/embedding.ts';
 import { AccountingKeys } from './keys.ts';
@@ -59,6 +66,22 @@ export interface LedgerOptions {
   timeoutMs?: number | undefined;
 }
 
+/** How long a replica's last flushed batch number is kept per client (refreshed by every flush). */
+const FLUSH_SEQ_TTL_MS = 7 * 24 * 3600 * 1000;
+
+/**
+ * KEYS: the client's books, the client's flush sequence key of this replica.
+ * ARGV: batch number, sequence TTL ms, then field, increment, field, increment, …
+ * Returns 1 when the batch was added now, 0 when it had been added before.
+ */
+const FLUSH_ONCE = `
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local seq = tonumber(ARGV[1])
+if seq <= last then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1`;
+
 function zero(): Figures {
   return { items: 0, tokens: 0, inferenceMs: 0, cost: 0 };
 }
@@ -89,6 +112,11 @@ export class Ledger {
   readonly #totals: Book = new Map();
   /** Deltas not yet in Redis. */
   #pending: Book = new Map();
+  /** Batches sent but not confirmed (failed or timed out), per client: resent as they are. */
+  readonly #unconfirmed = new Map<string, { seq: number; rows: Rows }>();
+  /** This process's name in the flush sequence keys, and its last batch number. */
+  readonly #replica = randomBytes(6).toString('hex');
+  #seq = 0;
   /** Ids flushed whose SADD to the clients set failed: sent again with the next flush. */
   #unlisted = new Set<string>();
   #flushing: Promise<void> | undefined;
@@ -127,32 +155,39 @@ export class Ledger {
     return [...this.#totals.keys()];
   }
 
-  /** Sends the pending deltas to Redis. Resolves when they are there (or merged back after a failure). */
+  /** Sends the pending deltas to Redis. Resolves when they are there (or kept for the next flush after a failure). */
   async flush(): Promise<void> {
     const redis = this.#o.redis;
     if (!redis) return;
     while (this.#flushing) await this.#flushing;
-    if (this.#pending.size === 0 && this.#unlisted.size === 0) return;
-    const batch = this.#pending;
+    if (this.#pending.size === 0 && this.#unlisted.size === 0 && this.#unconfirmed.size === 0) return;
+    // An unconfirmed batch goes again as it was; a client's newer deltas wait until it is confirmed.
+    const batches = new Map(this.#unconfirmed);
+    const pending = this.#pending;
     this.#pending = new Map();
-    const ids = [...new Set([...this.#unlisted, ...batch.keys()])];
+    for (const [clientId, rows] of pending) {
+      if (batches.has(clientId)) {
+        for (const [rk, f] of rows) add(this.#pending, clientId, rk, f);
+      } else {
+        const b = { seq: ++this.#seq, rows };
+        batches.set(clientId, b);
+        this.#unconfirmed.set(clientId, b);
+      }
+    }
+    const ids = [...new Set([...this.#unlisted, ...pending.keys()])];
     this.#unlisted = new Set();
     const deadline = this.#o.timeoutMs;
-    const books = [...batch].map(async ([clientId, rows]): Promise<unknown> => {
-      const increments: [field: string, by: number][] = [];
-      for (const [rk, f] of rows) for (const k of FIGURES) if (f[k] !== 0) increments.push([`${rk}|${k}`, f[k]]);
-      if (increments.length === 0) return undefined;
-      const multi = redis.multi();
-      const key = this.#keys.usage(clientId);
-      for (const [field, by] of increments) multi.hincrbyfloat(key, field, by);
+    const books = [...batches].map(async ([clientId, { seq, rows }]): Promise<unknown> => {
+      const args: (string | number)[] = [seq, FLUSH_SEQ_TTL_MS];
+      for (const [rk, f] of rows) for (const k of FIGURES) if (f[k] !== 0) args.push(`${rk}|${k}`, f[k]);
       try {
-        const res = await withDeadline(multi.exec(), deadline);
-        if (!res) throw new Error('transaction aborted');
-        const failed = res.find(([err]) => err);
-        if (failed) throw failed[0];
+        if (args.length > 2) {
+          await withDeadline(redis.eval(FLUSH_ONCE, 2, this.#keys.usage(clientId), this.#keys.flushSeq(clientId, this.#replica), ...args), deadline);
+        }
+        // Applied now or found applied earlier: either way it is in Redis exactly once.
+        if (this.#unconfirmed.get(clientId)?.seq === seq) this.#unconfirmed.delete(clientId);
         return undefined;
       } catch (e) {
-        for (const [rk, f] of rows) add(this.#pending, clientId, rk, f);
         return e ?? new Error('flush failed');
       }
     });
@@ -192,7 +227,14 @@ export class Ledger {
     try {
       while (this.#flushing) await this.#flushing;
       // From here to the reads' send, nothing else runs: the snapshot and the reads agree.
-      const snapshot = new Map(clientIds.map((id) => [id, new Map([...(this.#pending.get(id) ?? new Map<string, Figures>())].map(([k, f]) => [k, { ...f }]))]));
+      // Unconfirmed batches count as not in Redis yet (if one did land late, the figures are high until it is confirmed).
+      const snapshot = new Map<string, Rows>();
+      for (const id of clientIds) {
+        const rows: Book = new Map();
+        for (const [rk, f] of this.#pending.get(id) ?? []) add(rows, id, rk, f);
+        for (const [rk, f] of this.#unconfirmed.get(id)?.rows ?? []) add(rows, id, rk, f);
+        snapshot.set(id, rows.get(id) ?? new Map());
+      }
       // One HGETALL per key, not one pipeline: a Cluster pipeline must stay on one node.
       const hashes = await withDeadline(Promise.all(clientIds.map((id) => redis.hgetall(this.#keys.usage(id)))), this.#o.timeoutMs);
       return clientIds.map((id, i) => {
