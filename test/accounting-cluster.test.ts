@@ -11,7 +11,6 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -25,7 +24,8 @@ import { RedisBuckets } from '../src/accounting/redis-bucket.ts';
 import { createAccountingRedis } from '../src/accounting/redis-client.ts';
 import { keySlot as localKeySlot } from '../src/cache/redis.ts';
 import { isPolyrayError } from '../src/errors.ts';
-import { startPolyray, type GqlResponse, type TestServer } from './helpers/polyray.ts';
+import { code, costOf, words } from './helpers/accounting.ts';
+import { startPolyray, type TestServer } from './helpers/polyray.ts';
 import { startRedisCluster, waitFor, type RedisClusterHandle } from './helpers/redis-server.ts';
 
 const TEST_TIMEOUT_MS = 20_000;
@@ -35,24 +35,8 @@ const TIMEOUT_MS = 200; // POLYRAY_QUOTA_REDIS_TIMEOUT_MS default
 
 const EMBED = `query($model: String!, $inputs: [EmbedInput!]!) { embed(model: $model, inputs: $inputs) { source } }`;
 type EmbedData = { embed: { source: string }[] };
-type Cost = { estimated: number; charged: number; remaining: number; resetMs: number };
 const USAGE = `query($id: ID) { usage(clientId: $id) { clientId fleetWide rows { model source items tokens cost } totals { items tokens cost } quota { remaining store } } }`;
 type UsageData = { usage: { clientId: string; fleetWide: boolean; rows: ({ model: string; source: string } & Figures)[]; totals: Figures; quota: { remaining: number; store: string } } };
-
-/** n random one-letter words: n tokens, 2n - 1 characters (estimate 2n + 1), practically never cached. */
-function words(n: number): string {
-  return Array.from(randomBytes(n), (x) => String.fromCharCode(97 + (x % 26))).join(' ');
-}
-
-function costOf<T>(r: GqlResponse<T>): Cost {
-  const c = r.extensions?.['cost'] as Cost | undefined;
-  assert.ok(c, `response has extensions.cost: ${JSON.stringify(r)}`);
-  return c;
-}
-
-function code<T>(r: GqlResponse<T>): unknown {
-  return r.errors?.[0]?.extensions?.['code'];
-}
 
 describe('quotas and the usage ledger on a Redis Cluster, two replicas', () => {
   const keys = new AccountingKeys(PREFIX);

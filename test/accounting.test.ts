@@ -12,12 +12,12 @@ import { Redis } from 'ioredis';
 import { addClient } from '../src/accounting/clients.ts';
 import type { Figures } from '../src/accounting/ledger.ts';
 import { normaliseText } from '../src/cache/keys.ts';
-import { startPolyray, type GqlResponse, type TestServer } from './helpers/polyray.ts';
+import { code, costOf, words } from './helpers/accounting.ts';
+import { startPolyray, type TestServer } from './helpers/polyray.ts';
 import { loadConfig } from '../src/config.ts';
 
 const EMBED = `query($model: String!, $inputs: [EmbedInput!]!) { embed(model: $model, inputs: $inputs) { source } }`;
 type EmbedData = { embed: { source: string }[] };
-type Cost = { estimated: number; charged: number; remaining: number; resetMs: number };
 
 const USAGE = `query($id: ID) { usage(clientId: $id) {
   clientId name role fleetWide
@@ -36,22 +36,6 @@ type UsageData = {
     quota: { rate: number; burst: number; remaining: number; resetMs: number; store: string };
   };
 };
-
-/** n random one-letter words: n tokens, 2n - 1 characters, practically never cached before. */
-function words(n: number): string {
-  const b = randomBytes(n);
-  return Array.from(b, (x) => String.fromCharCode(97 + (x % 26))).join(' ');
-}
-
-function costOf<T>(r: GqlResponse<T>): Cost {
-  const c = r.extensions?.['cost'] as Cost | undefined;
-  assert.ok(c, `response has extensions.cost: ${JSON.stringify(r)}`);
-  return c;
-}
-
-function code<T>(r: GqlResponse<T>): unknown {
-  return r.errors?.[0]?.extensions?.['code'];
-}
 
 describe('clients, quotas and cost attribution across two replicas', () => {
   const prefix = `polyray:test:acct:${randomBytes(6).toString('hex')}:`;

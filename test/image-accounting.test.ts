@@ -3,11 +3,11 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import type { Cost } from './helpers/accounting.ts';
 import { patternImage } from './helpers/images.ts';
 import { startPolyray, type TestServer } from './helpers/polyray.ts';
 
 const EMBED = `query($model: String!, $inputs: [EmbedInput!]!) { embed(model: $model, inputs: $inputs) { source } }`;
-type Cost = { estimated: number; charged: number; remaining: number; resetMs: number };
 
 describe('image accounting', () => {
   let t: TestServer;
