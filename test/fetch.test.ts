@@ -33,6 +33,36 @@ async function rejectsWith(p: Promise<unknown>, code: string, extra?: (e: Polyra
   });
 }
 
+/**
+ * Routes that test the fetcher's limits, shared by the http and https suites: a declared body over the
+ * byte limit (then a hang), an endless chunked body, and a body that stalls past the timeout.
+ */
+function limitRoutes(png: Buffer, timers: NodeJS.Timeout[]): Record<string, Route> {
+  return {
+    '/declared-big': (_q, r) => {
+      r.writeHead(200, { 'content-type': 'image/png', 'content-length': String(50 * 1024 * 1024) });
+      r.write(png.subarray(0, 16)); // then hang: the client must not wait for the rest
+    },
+    '/stream-big': (_q, r) => {
+      r.writeHead(200, { 'content-type': 'image/png' }); // chunked, no Content-Length
+      const block = Buffer.alloc(64 * 1024, 7);
+      let sent = 0;
+      const push = (): void => {
+        if (r.destroyed || sent > 64) return void r.end();
+        sent++;
+        if (r.write(block)) setImmediate(push);
+        else r.once('drain', push);
+      };
+      push();
+    },
+    '/slow-body': (_q, r) => {
+      r.writeHead(200, { 'content-type': 'image/png' });
+      r.write(png.subarray(0, 10));
+      timers.push(setTimeout(() => r.end(png.subarray(10)), 3000));
+    },
+  };
+}
+
 describe('image fetching', () => {
   let srv: ImageServer;
   let png: Buffer;
@@ -59,27 +89,7 @@ describe('image fetching', () => {
       '/hop2': (_q, r) => r.writeHead(302, { location: '/hop3' }).end(),
       '/hop3': (_q, r) => r.writeHead(302, { location: '/img.png' }).end(),
       '/loop': (_q, r) => r.writeHead(302, { location: '/loop' }).end(),
-      '/declared-big': (_q, r) => {
-        r.writeHead(200, { 'content-type': 'image/png', 'content-length': String(50 * 1024 * 1024) });
-        r.write(png.subarray(0, 16)); // then hang: the client must not wait for the rest
-      },
-      '/stream-big': (_q, r) => {
-        r.writeHead(200, { 'content-type': 'image/png' }); // chunked, no Content-Length
-        const block = Buffer.alloc(64 * 1024, 7);
-        let sent = 0;
-        const push = (): void => {
-          if (r.destroyed || sent > 64) return void r.end();
-          sent++;
-          if (r.write(block)) setImmediate(push);
-          else r.once('drain', push);
-        };
-        push();
-      },
-      '/slow-body': (_q, r) => {
-        r.writeHead(200, { 'content-type': 'image/png' });
-        r.write(png.subarray(0, 10));
-        timers.push(setTimeout(() => r.end(png.subarray(10)), 3000));
-      },
+      ...limitRoutes(png, timers),
       '/no-answer': () => undefined,
       '/missing': (_q, r) => r.writeHead(404).end(),
     });
@@ -219,27 +229,7 @@ describe('image fetching over https', () => {
     '/to-private-name': (_q, r) => r.writeHead(301, { location: `https://internal.test:${tlsSrv.port}/img.png` }).end(),
     '/to-private-http': (_q, r) => r.writeHead(307, { location: `http://10.0.0.7:${httpSrv.port}/img.png` }).end(),
     '/to-file': (_q, r) => r.writeHead(302, { location: 'file:///etc/passwd' }).end(),
-    '/declared-big': (_q, r) => {
-      r.writeHead(200, { 'content-type': 'image/png', 'content-length': String(50 * 1024 * 1024) });
-      r.write(png.subarray(0, 16));
-    },
-    '/stream-big': (_q, r) => {
-      r.writeHead(200, { 'content-type': 'image/png' });
-      const block = Buffer.alloc(64 * 1024, 7);
-      let sent = 0;
-      const push = (): void => {
-        if (r.destroyed || sent > 64) return void r.end();
-        sent++;
-        if (r.write(block)) setImmediate(push);
-        else r.once('drain', push);
-      };
-      push();
-    },
-    '/slow-body': (_q, r) => {
-      r.writeHead(200, { 'content-type': 'image/png' });
-      r.write(png.subarray(0, 10));
-      timers.push(setTimeout(() => r.end(png.subarray(10)), 3000));
-    },
+    ...limitRoutes(png, timers),
     '/no-answer': () => undefined,
   });
 
