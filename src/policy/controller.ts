@@ -11,27 +11,23 @@
  * - Every `seriesIntervalMs` it records the items answered by each tier since the last point (a ring of
  *   360 points: an hour at the default 10 s), for the dashboard's hit-rate chart.
  */
+import type { PolyrayConfig } from '../config.ts';
 import type { Logger } from '../log.ts';
 import type { ServiceStats, Source } from '../service/embedding.ts';
-import { price, type CostPrices } from './cost.ts';
+import { price } from './cost.ts';
 import { describeSetting, gridSettings, recommend, sameSetting, type Grid } from './grid.ts';
 import { simulateStream, type SimResult, type SimSetting } from './simulator.ts';
 import { Ring, type TraceRecord } from './trace.ts';
 import type { TtlOverrideCache } from './ttl-override.ts';
 
-export interface PolicyControllerOptions {
+/** Schedule, auto-apply bounds and prices come straight from the configuration's `policy` section. */
+export interface PolicyControllerOptions extends Pick<PolyrayConfig['policy'], 'intervalMs' | 'seriesIntervalMs' | 'autoApply' | 'minTtlMs' | 'maxTtlMs' | 'prices'> {
   /** Recent trace samples (the tracer's window); undefined when tracing is off. */
   window: Ring<TraceRecord> | undefined;
   sampleRate: number;
   memory: { maxBytes: number; ttlMs: number; tier: TtlOverrideCache | undefined };
   /** The global tier; null without one. */
   global: { ttlMs: number; encoding: 'float32' | 'float16'; keyPrefixLength: number; tier: TtlOverrideCache | undefined } | null;
-  intervalMs: number;
-  seriesIntervalMs: number;
-  autoApply: boolean;
-  minTtlMs: number;
-  maxTtlMs: number;
-  prices: CostPrices;
   /** The service's counters (per-source item totals). */
   stats: () => ServiceStats;
   logger: Logger;
