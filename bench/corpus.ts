@@ -41,6 +41,7 @@ export class SentenceSource {
   readonly #rand: () => number;
   #counter = 0;
 
+  // biome-ignore lint/style/useConsistentMemberAccessibility: a constructor has no #private form; instances come from the static factory
   private constructor(words: string[], seed: number) {
     this.#words = words.slice(0, ZIPF_WORDS);
     this.#content = words.slice(CONTENT_FROM, CONTENT_FROM + CONTENT_K);
@@ -117,7 +118,7 @@ export class SentenceSource {
       parts.push(w);
       wordIndex++;
     }
-    return parts.join(' ') + '.';
+    return `${parts.join(' ')}.`;
   }
 
   /** `n` new sentences. */

@@ -81,7 +81,11 @@ export async function measureGlobalHits(o: GlobalHitOptions): Promise<GlobalHitR
       }
       // Global writes are asynchronous: wait until the keys are there (or 5 s).
       const until = performance.now() + 5000;
-      while (performance.now() < until && (r.keysWritten = await countKeys(redis, `${keyPrefix}`)) < o.warmTexts.length) await new Promise((res) => setTimeout(res, 200));
+      while (performance.now() < until) {
+        r.keysWritten = await countKeys(redis, `${keyPrefix}`);
+        if (r.keysWritten >= o.warmTexts.length) break;
+        await new Promise((res) => setTimeout(res, 200));
+      }
       o.log(`  redis: ${r.keysWritten} keys under the bench prefix after warming ${o.warmTexts.length} texts`);
       let next = 0;
       const hot = o.warmTexts.slice(0, 1024);

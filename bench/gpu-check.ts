@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
 import { hostInfo, packageVersion } from './conditions.ts';
 import { childEnv, freePort, modelsFolder, peakRss, removeScratch, ServiceProcess } from './service.ts';
-import { BERT, BertCorpus, polyrayTarget, runLoad, type LoadResult } from './transformer.ts';
+import { BERT, BertCorpus, feedsOf, polyrayTarget, runLoad, type LoadResult } from './transformer.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const argv = process.argv.slice(2);
@@ -62,15 +62,6 @@ interface ServiceResult {
   loads: LoadResult[];
   error?: string;
   logTail?: string;
-}
-
-function feeds(encs: { ids: number[]; mask: number[] }[]): Record<string, ort.Tensor> {
-  const n = encs.length;
-  const t = Math.max(...encs.map((e) => e.ids.length));
-  const ids = new BigInt64Array(n * t);
-  const mask = new BigInt64Array(n * t);
-  encs.forEach((e, r) => e.ids.forEach((id, j) => ((ids[r * t + j] = BigInt(id)), (mask[r * t + j] = BigInt(e.mask[j]!)))));
-  return { input_ids: new ort.Tensor('int64', ids, [n, t]), attention_mask: new ort.Tensor('int64', mask, [n, t]), token_type_ids: new ort.Tensor('int64', new BigInt64Array(n * t), [n, t]) };
 }
 
 function placement(profileFile: string): Record<string, number> {
@@ -179,7 +170,7 @@ async function main(): Promise<number> {
     if (session) {
       try {
         const vecs: Float32Array[] = [];
-        for (const e of sample) vecs.push(new Float32Array((await session.run(feeds([e]), ['embedding'])).embedding!.data as Float32Array));
+        for (const e of sample) vecs.push(new Float32Array((await session.run(feedsOf([e]), ['embedding'])).embedding!.data as Float32Array));
         session.endProfiling();
         const prof = readdirSync(profDir).find((f) => f.endsWith('.json'));
         if (prof) r.nodePlacement = placement(path.join(profDir, prof));
@@ -209,7 +200,7 @@ async function main(): Promise<number> {
         for (const seq of seqs)
           for (const b of batches) {
             const encs = pool.get(seq)!;
-            const f = [feeds(encs.slice(0, b)), feeds(encs.slice(b % 64 === 0 ? 0 : b, (b % 64 === 0 ? 0 : b) + b))];
+            const f = [feedsOf(encs.slice(0, b)), feedsOf(encs.slice(b % 64 === 0 ? 0 : b, (b % 64 === 0 ? 0 : b) + b))];
             for (let i = 0; i < 2; i++) await s2.run(f[i % 2]!, ['embedding']);
             const times: number[] = [];
             const c = performance.now();

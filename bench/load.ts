@@ -36,20 +36,24 @@ export interface Latency {
   max: number;
 }
 
-export interface PhaseResult extends PhaseSpec {
+/** What every timed load counts: this file's phases and the transformer bench's loads. */
+export interface LoadCounts {
   requests: number;
   items: number;
-  seconds: number;
-  reqPerS: number;
   itemsPerS: number;
   latencyMs: Latency;
   errors: number;
   firstError?: string;
   /** Items by `source` over the timed window. */
   sources: Record<string, number>;
-  /** Items whose source was not the one this phase expects. */
+  /** Items whose source was not the one the load expects. */
   unexpectedSource: number;
   cpu: CpuUse;
+}
+
+export interface PhaseResult extends PhaseSpec, LoadCounts {
+  seconds: number;
+  reqPerS: number;
   /** Items/s of each interleaved round, when the result merges several rounds. */
   roundsItemsPerS?: number[];
   /** The service's own batch metrics over the phase (warm-up included), when it exposes /metrics. */
@@ -127,11 +131,12 @@ export interface EmbedOutcome {
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
 
-function postHttp(url: string, body: string): Promise<{ status: number; text: string }> {
+/** POSTs a JSON body with node:http on a keep-alive agent (the transformer bench passes its own agents and timeout). */
+export function postHttp(url: string, body: string, via: http.Agent = agent, timeoutMs = 20_000): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
     const req = http.request(
       url,
-      { method: 'POST', agent, timeout: 20_000, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+      { method: 'POST', agent: via, timeout: timeoutMs, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
       (res) => {
         let text = '';
         res.setEncoding('utf8');
@@ -155,7 +160,7 @@ async function postFetch(url: string, body: string): Promise<{ status: number; t
 export async function embed(url: string, texts: readonly string[], base64Length: number, client: ClientKind = 'fetch'): Promise<EmbedOutcome> {
   try {
     const payload = JSON.stringify({ query: EMBED_QUERY, variables: { inputs: texts.map((text) => ({ text })) } });
-    const res = await (client === 'http' ? postHttp : postFetch)(`${url}/graphql`, payload);
+    const res = await (client === 'http' ? postHttp(`${url}/graphql`, payload) : postFetch(`${url}/graphql`, payload));
     const body = JSON.parse(res.text) as EmbedReply;
     const embeds = body.data?.embed;
     if (res.status !== 200 || body.errors?.length || !embeds || embeds.length !== texts.length) {

@@ -61,7 +61,12 @@ async function loadOrt(): Promise<EmbedFn> {
     const t = Math.max(...encs.map((e) => e.ids.length));
     const ids = new BigInt64Array(n * t);
     const mask = new BigInt64Array(n * t);
-    encs.forEach((e, r) => e.ids.forEach((id, j) => ((ids[r * t + j] = BigInt(id)), (mask[r * t + j] = BigInt(e.mask[j]!)))));
+    encs.forEach((e, r) => {
+      e.ids.forEach((id, j) => {
+        ids[r * t + j] = BigInt(id);
+        mask[r * t + j] = BigInt(e.mask[j]!);
+      });
+    });
     const feeds: Record<string, InstanceType<typeof ort.Tensor>> = { input_ids: new ort.Tensor('int64', ids, [n, t]), attention_mask: new ort.Tensor('int64', mask, [n, t]) };
     if (session.inputNames.includes('token_type_ids')) feeds.token_type_ids = new ort.Tensor('int64', new BigInt64Array(n * t), [n, t]);
     const out = await session.run(feeds);
@@ -93,9 +98,14 @@ function pump(): void {
   embed(take.flatMap((p) => p.texts)).then(
     (vs) => {
       let k = 0;
-      for (const p of take) p.resolve(vs.slice(k, (k += p.texts.length)));
+      for (const p of take) {
+        p.resolve(vs.slice(k, k + p.texts.length));
+        k += p.texts.length;
+      }
     },
-    (e: unknown) => take.forEach((p) => p.reject(e)),
+    (e: unknown) => {
+      for (const p of take) p.reject(e);
+    },
   ).finally(() => {
     busy = false;
     pump();

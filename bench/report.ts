@@ -7,6 +7,7 @@ import type { Conditions } from './conditions.ts';
 import type { ClientKind, PhaseResult } from './load.ts';
 import type { GlobalHitResult } from './global-hit.ts';
 import type { TransformerResults } from './transformer-run.ts';
+import { type Table, mdTable, phaseLabel, ratio, textTable } from './tables.ts';
 import { globalHitMarkdown, globalHitText, transformerMarkdown, transformerText } from './transformer-report.ts';
 
 export interface ServiceSettings {
@@ -49,35 +50,9 @@ const int = (x: number): string => (Number.isFinite(x) ? Math.round(x).toLocaleS
 const ms = (x: number): string => (!Number.isFinite(x) ? '–' : x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : x.toFixed(0));
 const pct = (x: number): string => (!Number.isFinite(x) ? '–' : x < 0.1 ? `${(x * 100).toFixed(2)}%` : `${(x * 100).toFixed(1)}%`);
 const cores = (x: number): string => (Number.isFinite(x) ? x.toFixed(2) : '–');
-const ratio = (x: number): string => (Number.isFinite(x) ? `×${x.toFixed(2)}` : '–');
-
-export function phaseLabel(p: { kind: string; concurrency: number; inputsPerRequest: number }): string {
-  return `${p.kind === 'miss' ? 'miss' : p.kind === 'global' ? 'global hit' : 'memory hit'} N=${p.concurrency}${p.inputsPerRequest > 1 ? ` ×${p.inputsPerRequest}/req` : ''}`;
-}
 
 export function settingsLabel(s: ServiceSettings): string {
   return `workers=${s.workers} intra=${s.intraOpThreads} maxItems=${s.batchMaxItems} maxWaitUs=${s.batchMaxWaitUs}`;
-}
-
-type Table = { head: string[]; rows: string[][]; right?: boolean[] };
-
-export function textTable(t: Table): string {
-  const w = t.head.map((h, i) => Math.max(h.length, ...t.rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string =>
-    cells
-      .map((c, i) => ((t.right?.[i] ?? i > 0) ? c.padStart(w[i]!) : c.padEnd(w[i]!)))
-      .join('  ')
-      .trimEnd();
-  return [line(t.head), w.map((n) => '-'.repeat(n)).join('  '), ...t.rows.map(line)].join('\n');
-}
-
-export function mdTable(t: Table): string {
-  const esc = (s: string): string => s.replaceAll('|', '\\|');
-  return [
-    `| ${t.head.map(esc).join(' | ')} |`,
-    `| ${t.head.map((_, i) => ((t.right?.[i] ?? i > 0) ? '---:' : ':---')).join(' | ')} |`,
-    ...t.rows.map((r) => `| ${r.map(esc).join(' | ')} |`),
-  ].join('\n');
 }
 
 // ---------- tables ----------
@@ -256,7 +231,6 @@ export function notes(r: BenchResults): string[] {
   const bestMem = bestBy(mem, (p) => p.reqPerS);
   if (bestSingle) {
     const p = bestSingle;
-    const svc = p.cpu.serviceMainThread + p.cpu.serviceOtherThreads;
     out.push(
       `**Service, one input per request (misses).** Best: ${int(p.itemsPerS)} items/s at N=${p.concurrency} = ${pct(p.itemsPerS / best.itemsPerS)} of the ceiling. ` +
         `The machine was ${cores(p.cpu.machine)} of ${ncores} cores busy: load generator ${cores(p.cpu.bench)}, service main thread ${cores(p.cpu.serviceMainThread)}, ` +
@@ -507,7 +481,7 @@ ${mdTable(conditionsTable(r))}
 
 ## Ceiling (raw \`InferenceSession.run()\`)
 
-The ceiling: **${int(ceil.itemsPerS)} items/s** (batch ${ceil.batchSize}, intra-op threads ${ceil.intraOpThreads}; marked \*).
+The ceiling: **${int(ceil.itemsPerS)} items/s** (batch ${ceil.batchSize}, intra-op threads ${ceil.intraOpThreads}; marked *).
 Mean sentence length ${r.ceiling.meanTokens.toFixed(1)} tokens. Session creation: ${Object.entries(r.ceiling.sessionCreateMs)
     .map(([k, v]) => `${k} ${v} ms`)
     .join(', ')}.

@@ -23,11 +23,12 @@ import { WordTokenizer } from '../src/runtime/tokenizer.ts';
 import { measureCeiling, type CeilingSession } from './ceiling.ts';
 import { gitState, hostInfo, loadAvg, packageVersion, type Conditions } from './conditions.ts';
 import { SentenceSource } from './corpus.ts';
-import { embed, mergeRounds, runPhase, type ClientKind, type PhaseRun, type PhaseSpec } from './load.ts';
-import { markdownReport, phaseLabel, stdoutReport, type BenchResults, type ServiceRun, type ServiceSettings } from './report.ts';
+import { embed, mergeRounds, runPhase, type ClientKind, type PhaseRun } from './load.ts';
+import { markdownReport, stdoutReport, type BenchResults, type ServiceRun, type ServiceSettings } from './report.ts';
+import { phaseLabel } from './tables.ts';
 import { childEnv, cpuSnapshot, peakRss, cpuUse, effectiveSettings, freePort, removeScratch, removeStaleScratch, ServiceProcess, useSingleModel } from './service.ts';
 import { measureGlobalHits } from './global-hit.ts';
-import { runTransformerSection, type TransformerPlan } from './transformer-run.ts';
+import { runTransformerSection, type TransformerPlan, type TransformerResults } from './transformer-run.ts';
 
 const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(BENCH_DIR, '..');
@@ -425,7 +426,9 @@ async function main(): Promise<void> {
     const envKeys = [...new Set(VARIANTS.map((v) => JSON.stringify(v.env)))];
     const started = await Promise.allSettled(envKeys.map((k) => startService(VARIANTS.find((v) => JSON.stringify(v.env) === k)!.label, JSON.parse(k) as Record<string, string>)));
     const services = new Map<string, ServiceProcess>();
-    started.forEach((s, i) => s.status === 'fulfilled' && services.set(envKeys[i]!, s.value));
+    started.forEach((s, i) => {
+      if (s.status === 'fulfilled') services.set(envKeys[i]!, s.value);
+    });
     try {
       checkAbort();
       const live = VARIANTS.map((v) => ({ v, svc: services.get(JSON.stringify(v.env)), runs: new Map<string, PhaseRun[]>() }));
@@ -482,7 +485,7 @@ async function main(): Promise<void> {
       : undefined;
 
   // 6. Issue 7: the transformer encoder, the naive baseline, the peer.
-  let transformer;
+  let transformer: TransformerResults | undefined;
   if (P.transformer && !args.noTransformer) {
     try {
       transformer = await runTransformerSection({ root: ROOT, plan: P.transformer, start: startService, log, checkAbort });

@@ -13,7 +13,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync 
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { loadConfig, type PolyrayConfig } from '../src/config.ts';
+import { loadConfig, type PolyrayConfig } from '../src/config/index.ts';
 
 /** Asks the kernel for a free loopback port (bind port 0, read it, close). */
 export function freePort(): Promise<number> {
@@ -231,6 +231,7 @@ export class ServiceProcess {
   #exited: Promise<number | null>;
   #alive = true;
 
+  // biome-ignore lint/style/useConsistentMemberAccessibility: a constructor has no #private form; instances come from the static factory
   private constructor(child: ChildProcess, port: number, tail: string[], exited: Promise<number | null>) {
     this.child = child;
     this.port = port;

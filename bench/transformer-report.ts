@@ -2,15 +2,12 @@
  * RESULTS.md / stdout sections for the issue-7 (transformer) and issue-3 (GLOBAL hits) parts of the bench.
  */
 import type { GlobalHitResult } from './global-hit.ts';
-import { mdTable, phaseLabel, textTable } from './report.ts';
+import { type Table, mdTable, phaseLabel, ratio, textTable } from './tables.ts';
 import type { TransformerResults } from './transformer-run.ts';
 import type { LoadResult } from './transformer.ts';
 
-type Table = { head: string[]; rows: string[][]; right?: boolean[] };
-
 const f1 = (x: number): string => (Number.isFinite(x) ? (x >= 1000 ? Math.round(x).toLocaleString('en-US') : x.toFixed(1)) : '–');
 const ms = (x: number): string => (!Number.isFinite(x) ? '–' : x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : Math.round(x).toLocaleString('en-US'));
-const ratio = (x: number): string => (Number.isFinite(x) ? `×${x.toFixed(2)}` : '–');
 
 export interface Verdict {
   target: string;
@@ -166,7 +163,7 @@ export function verdictsT(t: TransformerResults): Verdict[] {
     v.push({
       target: `seq${seqMax} N=${nTop}: Polyray cache misses ≥ 0.9× the raw ceiling`,
       met: pTop.itemsPerS >= 0.9 * cTop.itemsPerS,
-      detail: `Polyray ${f1(pTop.itemsPerS)} items/s vs ceiling ${f1(cTop.itemsPerS)} (batch ${cTop.batchSize}, intra ${cTop.intraOpThreads}${cTop.spinning ? ' spin' : ''}) = ${ratio(pTop.itemsPerS / cTop.itemsPerS)}` + (pTop.batches ? ` (Polyray's batches: mean ${pTop.batches.meanSize.toFixed(1)} items, ${ms(pTop.batches.meanRunMs)} ms per run)` : ''),
+      detail: `Polyray ${f1(pTop.itemsPerS)} items/s vs ceiling ${f1(cTop.itemsPerS)} (batch ${cTop.batchSize}, intra ${cTop.intraOpThreads}${cTop.spinning ? ' spin' : ''}) = ${ratio(pTop.itemsPerS / cTop.itemsPerS)}${pTop.batches ? ` (Polyray's batches: mean ${pTop.batches.meanSize.toFixed(1)} items, ${ms(pTop.batches.meanRunMs)} ms per run)` : ''}`,
     });
   const nMix = Math.max(...t.loads.filter((l) => l.workload === 'mixed').map((l) => l.concurrency), -1);
   const pm = find(t, 'polyray', 'mixed', nMix);

@@ -18,8 +18,8 @@ import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { WordPieceTokenizer } from '../src/runtime/wordpiece.ts';
 import { SentenceSource, prng } from './corpus.ts';
-import { summarise, type Latency } from './load.ts';
-import { cpuSnapshot, cpuUse, peakRss, SCRATCH_DIR, type CpuUse } from './service.ts';
+import { type LoadCounts, postHttp, summarise, type Latency } from './load.ts';
+import { cpuSnapshot, cpuUse, peakRss, SCRATCH_DIR } from './service.ts';
 
 export const BERT = 'text-bert-synthetic';
 
@@ -31,6 +31,7 @@ export class BertCorpus {
   readonly #src: SentenceSource;
   readonly #rand: () => number;
 
+  // biome-ignore lint/style/useConsistentMemberAccessibility: a constructor has no #private form; instances come from the static factory
   private constructor(tokenizer: WordPieceTokenizer, src: SentenceSource, seed: number) {
     this.tokenizer = tokenizer;
     this.#src = src;
@@ -92,7 +93,8 @@ export interface BertVariantRow {
   samples: number;
 }
 
-function feedsOf(encs: { ids: number[]; mask: number[] }[]): Record<string, ort.Tensor> {
+/** Padded int64 feeds (ids, mask, zero token types) for a batch of encodings; the GPU check uses it too. */
+export function feedsOf(encs: { ids: number[]; mask: number[] }[]): Record<string, ort.Tensor> {
   const n = encs.length;
   const t = Math.max(...encs.map((e) => e.ids.length));
   const ids = new BigInt64Array(n * t);
@@ -352,19 +354,9 @@ async function mixedStrategies(
 const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
 const probeAgent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
 
+/** A transformer batch can take far longer than a cache hit: 60 s before a request counts as failed. */
 function post(url: string, body: string, a: http.Agent = agent): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: 'POST', agent: a, timeout: 60_000, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (text += d));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error('request timed out')));
-    req.on('error', reject);
-    req.end(body);
-  });
+  return postHttp(url, body, a, 60_000);
 }
 
 export interface Outcome {
@@ -434,16 +426,7 @@ export interface LoadSpec {
   durationMs: number;
 }
 
-export interface LoadResult extends LoadSpec {
-  requests: number;
-  items: number;
-  itemsPerS: number;
-  latencyMs: Latency;
-  errors: number;
-  firstError?: string;
-  sources: Record<string, number>;
-  unexpectedSource: number;
-  cpu: CpuUse;
+export interface LoadResult extends LoadSpec, LoadCounts {
   probe?: ProbeResult;
   /** Polyray only: its inference batches over the phase (warm-up included), from /metrics. */
   batches?: { count: number; meanSize: number; meanRunMs: number };

@@ -2,8 +2,8 @@
 /**
  * The `polyray` CLI: `serve`, `models build`, `clients add|list`, `simulate`, `accounting migrate-books`.
  */
-import { parseArgs } from 'node:util';
-import { loadConfig } from '../src/config.ts';
+import { parseFlags } from '../src/cli-args.ts';
+import { loadConfig } from '../src/config/index.ts';
 import { buildModels } from '../src/models/build.ts';
 import { createProgressWriter } from '../src/models/progress.ts';
 import { CLIENTS_USAGE, clientsCommand } from '../src/accounting/cli.ts';
@@ -37,7 +37,7 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   if (cmd === 'models' && sub === 'build') {
-    const { values } = parseArgs({ args: rest, options: { force: { type: 'boolean' }, only: { type: 'string', multiple: true }, dir: { type: 'string' } } });
+    const values = parseFlags(rest, { strings: ['dir'], lists: ['only'], booleans: ['force'] });
     const config = loadConfig();
     const modelsDir = values.dir ?? config.models.dir;
     const bar = createProgressWriter({ stream: process.stderr });

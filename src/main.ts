@@ -1,7 +1,7 @@
 /**
  * Process entry for `npm start`: read config, start the server, stop it gracefully on SIGTERM/SIGINT.
  */
-import { loadConfig } from './config.ts';
+import { loadConfig } from './config/index.ts';
 import { createLogger } from './log.ts';
 import { PolyrayServer } from './server.ts';
 

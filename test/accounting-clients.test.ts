@@ -13,9 +13,8 @@ import { clientsCommand } from '../src/accounting/cli.ts';
 import { ClientDirectory, DEV_CLIENT, addClient, hashKey, parseClientsFile, readClientsFileSync } from '../src/accounting/clients.ts';
 import { AccountingMetrics, MAX_CLIENT_LABELS } from '../src/accounting/metrics.ts';
 import { CostModel } from '../src/accounting/cost.ts';
-import { loadConfig } from '../src/config.ts';
+import { loadConfig } from '../src/config/index.ts';
 import { isPolyrayError } from '../src/errors.ts';
-import type { EmbeddingService } from '../src/service/embedding.ts';
 
 const unauthenticated = (e: unknown): boolean => isPolyrayError(e) && e.code === 'UNAUTHENTICATED';
 
@@ -100,12 +99,11 @@ describe('clients and keys', () => {
 describe('accounting without Redis', () => {
   const lines: { level: number; msg: string }[] = [];
   const logger = pino({ level: 'info' }, { write: (s: string) => void lines.push(JSON.parse(s) as { level: number; msg: string }) });
-  const service = {} as EmbeddingService;
 
   test('no clients file: one local development client, announced at start-up; no key needed', async () => {
     const config = loadConfig({}).accounting;
     assert.equal(config.clientsFile, undefined);
-    const acct = new Accounting({ config, logger, service, batchers: new Map() });
+    const acct = new Accounting({ config, logger });
     await acct.start();
     try {
       assert.ok(lines.some((l) => l.level === 40 && /local development client/.test(l.msg)));
@@ -128,13 +126,13 @@ describe('accounting without Redis', () => {
     try {
       const bad = path.join(dir, 'bad.json');
       await writeFile(bad, '{ "clients": [ { "id": "" } ] }');
-      const broken = new Accounting({ config: loadConfig({ POLYRAY_CLIENTS_FILE: bad }).accounting, logger, service, batchers: new Map() });
+      const broken = new Accounting({ config: loadConfig({ POLYRAY_CLIENTS_FILE: bad }).accounting, logger });
       await assert.rejects(broken.start(), /bad\.json.*clients\[0\]\.id/);
       await broken.close();
 
       const file = path.join(dir, 'clients.json');
       const { key: k1 } = await addClient(file, { id: 'one' });
-      const acct = new Accounting({ config: loadConfig({ POLYRAY_CLIENTS_FILE: file }).accounting, logger, service, batchers: new Map(), clientsPollMs: 20 });
+      const acct = new Accounting({ config: loadConfig({ POLYRAY_CLIENTS_FILE: file }).accounting, logger, clientsPollMs: 20 });
       await acct.start();
       try {
         assert.equal(acct.authenticate({ authorization: `Bearer ${k1}` }).client.id, 'one');

@@ -22,7 +22,7 @@ import type { Figures } from '../src/accounting/ledger.ts';
 import { QuotaManager } from '../src/accounting/quota.ts';
 import { RedisBuckets } from '../src/accounting/redis-bucket.ts';
 import { createAccountingRedis } from '../src/accounting/redis-client.ts';
-import { keySlot as localKeySlot } from '../src/cache/redis.ts';
+import { keySlot as localKeySlot } from '../src/redis/slots.ts';
 import { isPolyrayError } from '../src/errors.ts';
 import { code, costOf, words } from './helpers/accounting.ts';
 import { startPolyray, type TestServer } from './helpers/polyray.ts';

@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { AccountingKeys } from '../src/accounting/keys.ts';
 import { migratedMarker } from '../src/accounting/migrate.ts';
-import { keySlot } from '../src/cache/redis.ts';
+import { keySlot } from '../src/redis/slots.ts';
 
 const execFileAsync = promisify(execFile);
 const URL = 'redis://127.0.0.1:6379';

@@ -14,7 +14,7 @@ import type { Figures } from '../src/accounting/ledger.ts';
 import { normaliseText } from '../src/cache/keys.ts';
 import { code, costOf, words } from './helpers/accounting.ts';
 import { startPolyray, type TestServer } from './helpers/polyray.ts';
-import { loadConfig } from '../src/config.ts';
+import { loadConfig } from '../src/config/index.ts';
 
 const EMBED = `query($model: String!, $inputs: [EmbedInput!]!) { embed(model: $model, inputs: $inputs) { source } }`;
 type EmbedData = { embed: { source: string }[] };
@@ -77,10 +77,10 @@ describe('clients, quotas and cost attribution across two replicas', () => {
   });
 
   const work = (t: TestServer) => {
-    const batcher = t.server.batchers.get('text-glove')!.stats();
-    return { calls: t.server.service.stats().calls, lookups: t.server.service.stats().cacheLookups, batched: batcher.items, queued: batcher.queued, runs: t.server.pool.stats().runs };
+    const batcher = t.server.host.tokenQueue('text-glove')!.stats();
+    return { calls: t.server.text.stats().calls, lookups: t.server.text.stats().cacheLookups, batched: batcher.items, queued: batcher.queued, runs: t.server.pool.stats().runs };
   };
-  const tokensOf = (t: TestServer, text: string): number => t.server.registry.get('text-glove')!.tokenizer.encode(normaliseText(text)).ids.length;
+  const tokensOf = (t: TestServer, text: string): number => t.server.host.registry.get('text-glove')!.tokenizer.encode(normaliseText(text)).ids.length;
 
   test('a missing, malformed or wrong key is UNAUTHENTICATED (HTTP 401); Bearer and x-api-key both work', async () => {
     const none = await a.gql('{ models { name } }');
@@ -179,7 +179,7 @@ describe('clients, quotas and cost attribution across two replicas', () => {
   });
 
   test('cost units follow the formula: computed tokens × costFactor, memory hits 0.01 each', async () => {
-    const costFactor = a.server.registry.get('text-glove')!.manifest.costFactor;
+    const costFactor = a.server.host.registry.get('text-glove')!.manifest.costFactor;
     const texts = ['The cat sat on the mat.', words(7), `${words(3)}, ${words(4)}!`];
     const tokens = texts.map((t) => tokensOf(a, t));
     const r1 = await a.gql<EmbedData>(EMBED, { model: 'text-glove', inputs: texts.map((text) => ({ text })) }, auth('carol'));
@@ -200,8 +200,8 @@ describe('clients, quotas and cost attribution across two replicas', () => {
     const clients = ['admin', 'carol', 'dave'] as const;
     const snapshot = () => ({
       runMs: a.server.pool.stats().runMsTotal + b.server.pool.stats().runMsTotal,
-      batches: [a, b].reduce((s, t) => s + t.server.batchers.get('text-glove')!.stats().batches, 0),
-      batched: [a, b].reduce((s, t) => s + t.server.batchers.get('text-glove')!.stats().items, 0),
+      batches: [a, b].reduce((s, t) => s + t.server.host.tokenQueue('text-glove')!.stats().batches, 0),
+      batched: [a, b].reduce((s, t) => s + t.server.host.tokenQueue('text-glove')!.stats().items, 0),
       books: Object.fromEntries(clients.map((c) => [c, [a.server.accounting.ledger.local(c), b.server.accounting.ledger.local(c)]])),
     });
     const s0 = snapshot();

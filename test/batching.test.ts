@@ -21,25 +21,25 @@ describe('batching', () => {
       // A few posts repeat the text of another: they share the computation.
       reps[499]!.text = reps[0]!.text;
       reps[498]!.text = reps[1]!.text;
-      const before = t.server.service.stats();
+      const before = t.server.text.stats();
       const runsBefore = t.server.pool.stats().runs;
       const r = await t.gql<EntitiesData>(ENTITIES, { reps });
       assert.equal(r.errors, undefined);
       assert.equal(r.data!._entities.length, 500);
       assert.ok(r.data!._entities.every((p) => p.embedding?.source === 'COMPUTED' && p.embedding.dimensions === 100));
-      const after = t.server.service.stats();
+      const after = t.server.text.stats();
       assert.equal(after.calls - before.calls, 1, 'one embedMany call for the whole _entities batch');
       assert.equal(after.cacheLookups - before.cacheLookups, 1, 'one tiered cache read');
       const misses = 498;
       assert.equal(t.server.pool.stats().runs - runsBefore, Math.ceil(misses / 64));
-      assert.equal(t.server.batchers.get('text-glove')!.stats().items, misses);
+      assert.equal(t.server.host.tokenQueue('text-glove')!.stats().items, misses);
 
       // The same query again is all memory hits: one read, no inference.
       const runs2 = t.server.pool.stats().runs;
       const again = await t.gql<EntitiesData>(ENTITIES, { reps });
       assert.ok(again.data!._entities.every((p) => p.embedding?.source === 'MEMORY'));
       assert.equal(t.server.pool.stats().runs, runs2);
-      assert.equal(t.server.service.stats().cacheLookups - after.cacheLookups, 1);
+      assert.equal(t.server.text.stats().cacheLookups - after.cacheLookups, 1);
     } finally {
       await t.stop();
     }
@@ -56,15 +56,15 @@ describe('batching', () => {
       assert.ok(runs >= 1 && runs <= 2, `10 concurrent single-item requests ran in ${runs} batches`);
 
       const same = `${salt} identical text`;
-      const itemsBefore = t.server.batchers.get('text-glove')!.stats().items;
-      const joinedBefore = t.server.service.stats().joined;
+      const itemsBefore = t.server.host.tokenQueue('text-glove')!.stats().items;
+      const joinedBefore = t.server.text.stats().joined;
       const pair = await Promise.all([t.gql<{ embed: { source: string }[] }>(EMBED, { inputs: [{ text: same }] }), t.gql<{ embed: { source: string }[] }>(EMBED, { inputs: [{ text: same }] })]);
       assert.deepEqual(
         pair.map((r) => r.data?.embed[0]?.source),
         ['COMPUTED', 'COMPUTED'],
       );
-      assert.equal(t.server.batchers.get('text-glove')!.stats().items - itemsBefore, 1, 'one computation for two identical concurrent misses');
-      assert.equal(t.server.service.stats().joined - joinedBefore, 1);
+      assert.equal(t.server.host.tokenQueue('text-glove')!.stats().items - itemsBefore, 1, 'one computation for two identical concurrent misses');
+      assert.equal(t.server.text.stats().joined - joinedBefore, 1);
     } finally {
       await t.stop();
     }
@@ -78,7 +78,7 @@ describe('batching', () => {
       const shorts = Array.from({ length: 7 }, (_, i) => ({ text: `${salt} short ${i}` }));
       const r = await t.gql<{ embed: { source: string }[] }>(EMBED, { inputs: [{ text: long }, ...shorts, ...Array.from({ length: 7 }, (_, i) => ({ text: `${salt} other ${i}` }))] });
       assert.equal(r.errors, undefined);
-      const s = t.server.batchers.get('text-glove')!.stats();
+      const s = t.server.host.tokenQueue('text-glove')!.stats();
       // 15 items, max 8 per batch: the long one rides with the fewest short ones possible.
       assert.equal(s.batches, 2);
       // Padding everything to the long input would cost 15 × ~301 tokens; grouping keeps it near half.

@@ -14,7 +14,8 @@ import * as ort from 'onnxruntime-node';
 
 import { BERT_FP16_MODEL, BERT_MODELS } from '../src/models/bert.ts';
 import { buildModels } from '../src/models/build.ts';
-import { decodeModel, float16Bits } from '../src/models/onnx-writer.ts';
+import { float32ToFloat16Bits as float16Bits } from '../src/cache/codec.ts';
+import { decodeModel } from '../src/models/onnx-writer.ts';
 import { parseManifest } from '../src/runtime/manifest.ts';
 import { WordPieceTokenizer } from '../src/runtime/wordpiece.ts';
 

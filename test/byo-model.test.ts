@@ -69,7 +69,7 @@ describe('bring-your-own model folder', () => {
     assert.deepEqual(r.data!.models, [
       { name: NAME, version: 'byo-2024-01', modality: 'TEXT', dimensions: 384, maxTokens: 512, synthetic: true, state: 'READY', executionProvider: 'cpu' },
     ]);
-    const failed = server.server.registry!.failedFolders();
+    const failed = server.server.host.registry.failedFolders();
     assert.deepEqual(failed.map((f) => f.folder).sort(), ['bad-hint', 'broken']);
     assert.match(JSON.stringify(failed.find((f) => f.folder === 'bad-hint')), /runtime/);
   });

@@ -10,7 +10,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { addClient } from '../src/accounting/clients.ts';
-import type { DeepPartial, PolyrayConfig } from '../src/config.ts';
+import type { DeepPartial, PolyrayConfig } from '../src/config/index.ts';
 import type { DashboardData } from '../src/http/dashboard.ts';
 import { zipfIds } from '../src/policy/synthetic.ts';
 import { startPolyray, type TestServer } from './helpers/polyray.ts';

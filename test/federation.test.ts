@@ -47,14 +47,14 @@ describe('federation through a real gateway', () => {
   }
 
   test('the supergraph composes and Post.embedding resolves through _entities in one loader batch', async () => {
-    const before = polyray.server.service.stats();
+    const before = polyray.server.text.stats();
     const r = await query<{ posts: { id: string; text: string | null; embedding: { dimensions: number; vector: number[]; source: string } | null }[] }>(
       '{ posts { id text embedding(model: "text-glove") { dimensions vector source } } }',
     );
     assert.equal(r.errors, undefined, JSON.stringify(r.errors));
     const ps = r.data!.posts;
     assert.equal(ps.length, data.length);
-    const after = polyray.server.service.stats();
+    const after = polyray.server.text.stats();
     assert.equal(after.calls - before.calls, 1, 'the _entities call for every post is one embedMany');
     assert.equal(after.cacheLookups - before.cacheLookups, 1);
     const byId = new Map(ps.map((p) => [p.id, p]));

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
 
-import { loadConfig } from '../src/config.ts';
+import { loadConfig } from '../src/config/index.ts';
 
 import { ErrorCode, PolyrayError } from '../src/errors.ts';
 import { FetchAllowList, classifyAddress, embeddedIPv4, formatAddress, parseAddress } from '../src/images/address.ts';

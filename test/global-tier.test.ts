@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { cp, mkdtemp, readFile, rm, symlink, writeFile, mkdir, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { PolyrayConfig } from '../src/config.ts';
+import type { PolyrayConfig } from '../src/config/index.ts';
 import { MODELS_DIR, startPolyray, type TestServer } from './helpers/polyray.ts';
 import { startRedisServer, waitFor, type RedisServerHandle } from './helpers/redis-server.ts';
 
@@ -68,13 +68,13 @@ describe('replicas sharing the global tier', () => {
 
   test('concurrent identical misses on two replicas compute at most once per replica', async () => {
     const text = `race ${randomUUID()} music school`;
-    const itemsA = a.server.batchers.get('text-glove')!.stats().items;
-    const itemsB = b.server.batchers.get('text-glove')!.stats().items;
+    const itemsA = a.server.host.tokenQueue('text-glove')!.stats().items;
+    const itemsB = b.server.host.tokenQueue('text-glove')!.stats().items;
     await Promise.all([
       ...Array.from({ length: 5 }, () => a.gql(EMBED, { inputs: [{ text }] })),
       ...Array.from({ length: 5 }, () => b.gql(EMBED, { inputs: [{ text }] })),
     ]);
-    const computed = a.server.batchers.get('text-glove')!.stats().items - itemsA + (b.server.batchers.get('text-glove')!.stats().items - itemsB);
+    const computed = a.server.host.tokenQueue('text-glove')!.stats().items - itemsA + (b.server.host.tokenQueue('text-glove')!.stats().items - itemsB);
     assert.ok(computed >= 1 && computed <= 2, `computed ${computed} times across 2 replicas`);
   });
 });

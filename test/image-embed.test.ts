@@ -95,7 +95,7 @@ describe('image inputs in Query.embed', () => {
   });
 
   test('one batch per run, bounded by pixels: 5 new images at 3 images per batch run in 2 batches', async () => {
-    const batcher = t.server.tensorBatchers.get('image-mobilenet')!;
+    const batcher = t.server.host.tensorQueue('image-mobilenet')!;
     const before = batcher.stats();
     const r = await t.gql<EmbedData>(EMBED, { model: 'image-mobilenet', inputs: [1, 2, 3, 4, 5].map((i) => ({ imageUrl: `${srv.url}/batch/${i}` })) });
     assert.equal(r.errors, undefined, JSON.stringify(r.errors));

@@ -23,7 +23,8 @@ import { buildModels } from '../src/models/build.ts';
 import { FEATURE_DIMENSIONS, NSFW_LABELS, buildHeadGraph, buildImageGraph, graphEndpoints, loadSourceGraph } from '../src/models/mobilenet.ts';
 import { OnnxModelBuilder } from '../src/models/onnx-writer.ts';
 import { convertTfjsGraph } from '../src/models/tfjs-onnx.ts';
-import { decodeWeights, float16ToFloat32, type TfjsGraph, type TfNode, type TfWeightSpec } from '../src/models/tfjs.ts';
+import { float16BitsToFloat32 as float16ToFloat32 } from '../src/cache/codec.ts';
+import { decodeWeights, type TfjsGraph, type TfNode, type TfWeightSpec } from '../src/models/tfjs.ts';
 import { parseManifest, type PreprocessSpec } from '../src/runtime/manifest.ts';
 import { MODELS_DIR } from './helpers/polyray.ts';
 

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { MemoryCache } from '../src/cache/memory.ts';
-import type { DeepPartial, PolyrayConfig } from '../src/config.ts';
+import type { DeepPartial, PolyrayConfig } from '../src/config/index.ts';
 import { createLogger } from '../src/log.ts';
 import { PolicyController } from '../src/policy/controller.ts';
 import { DEFAULT_PRICES } from '../src/policy/cost.ts';
@@ -20,7 +20,7 @@ import { memoryEntryBytes } from '../src/policy/sizes.ts';
 import { zipfIds, zipfTrace } from '../src/policy/synthetic.ts';
 import { Ring, type TraceRecord } from '../src/policy/trace.ts';
 import { TtlOverrideCache } from '../src/policy/ttl-override.ts';
-import type { ServiceStats } from '../src/service/embedding.ts';
+import type { ServiceStats } from '../src/service/types.ts';
 import { startPolyray, type TestServer } from './helpers/polyray.ts';
 
 const EMBED = `query($inputs: [EmbedInput!]!) { embed(model: "text-glove", inputs: $inputs) { source } }`;
@@ -44,7 +44,7 @@ describe('simulated vs measured hit rate on the real service', () => {
       trace: { sampleRate: 1, dir, flushMs: 100 },
       policy: { intervalMs: 3_600_000 },
     } as DeepPartial<PolyrayConfig>);
-    const before = s.server.service.stats();
+    const before = s.server.text.stats();
     // Zipf(1.0) over 1500 posts with a little churn; 8 distinct posts per request, one request at a time.
     const ids = [...zipfIds({ n: 1500, s: 1.0, churn: 0.002, requests: 4000, seed: 11 })];
     for (let i = 0; i < ids.length; i += 8) {
@@ -52,7 +52,7 @@ describe('simulated vs measured hit rate on the real service', () => {
       const r = await s.gql(EMBED, { inputs: batch.map((id) => ({ text: `post ${id} about the river and the mountain` })) });
       assert.equal(r.errors, undefined, JSON.stringify(r.errors));
     }
-    const now = s.server.service.stats();
+    const now = s.server.text.stats();
     measured = {
       items: now.items - before.items,
       memory: now.bySource.MEMORY - before.bySource.MEMORY,

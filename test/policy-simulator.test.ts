@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import fc from 'fast-check';
 import { LRUCache } from 'lru-cache';
 import { MemoryCache } from '../src/cache/memory.ts';
-import { loadConfig } from '../src/config.ts';
+import { loadConfig } from '../src/config/index.ts';
 import { runSimulate } from '../src/policy/cli.ts';
 import { DEFAULT_PRICES, parsePrices, price } from '../src/policy/cost.ts';
 import { defaultGrid, gridSettings, parseDuration, parseGrid, parseSize, recommend } from '../src/policy/grid.ts';

@@ -139,7 +139,7 @@ describe('Post.embedding and Post.classify with images through a real gateway', 
   }
 
   test('postray is the default post model; text, images and both fuse; one bad image fails only its post', async () => {
-    const s0 = polyray.server.service.stats();
+    const s0 = polyray.server.text.stats();
     const i0 = polyray.server.images.stats();
     const r = await query<{ posts: GPost[] }>('{ posts { id embedding { model dimensions vector source } } }');
     const byId = new Map(r.data!.posts.map((p) => [p.id, p]));
@@ -159,7 +159,7 @@ describe('Post.embedding and Post.classify with images through a real gateway', 
       assert.ok(Math.abs(norm(e.vector) - 1) < 1e-4);
     }
     // All posts of the _entities call: one text embedMany (one cache read) and one image call.
-    assert.equal(polyray.server.service.stats().calls - s0.calls, 1);
+    assert.equal(polyray.server.text.stats().calls - s0.calls, 1);
     assert.equal(polyray.server.images.stats().calls - i0.calls, 1);
 
     // The fused vectors are the formula applied to the parts, which Query.embed returns separately.
@@ -217,12 +217,12 @@ describe('Post.embedding and Post.classify with images through a real gateway', 
 
     // The features were cached by the first call (and by Post.embedding before it): run again and
     // count runs per model in the inference pool and items in the encoder's batcher.
-    const encoder = polyray.server.tensorBatchers.get('image-mobilenet')!.stats().items;
+    const encoder = polyray.server.host.tensorQueue('image-mobilenet')!.stats().items;
     const pool = polyray.server.pool.stats().runsByModel;
     const again = await query<{ posts: { id: string; classify: { label: string; score: number }[] | null }[] }>(q);
     const after = polyray.server.pool.stats().runsByModel;
     assert.equal(after['image-mobilenet'] ?? 0, pool['image-mobilenet'] ?? 0, 'no encoder run on a cache hit');
-    assert.equal(polyray.server.tensorBatchers.get('image-mobilenet')!.stats().items, encoder);
+    assert.equal(polyray.server.host.tensorQueue('image-mobilenet')!.stats().items, encoder);
     assert.ok((after['head-nsfw'] ?? 0) > (pool['head-nsfw'] ?? 0), 'the head ran');
     assert.deepEqual(
       again.data!.posts.find((p) => p.id === 'both')!.classify!.map((s) => s.score.toFixed(6)),

@@ -39,7 +39,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 
-import { loadConfig } from '../src/config.ts';
+import { loadConfig } from '../src/config/index.ts';
 import { createLogger } from '../src/log.ts';
 import { BERT_FP16_MODEL, BERT_MODELS } from '../src/models/bert.ts';
 import { IMAGE_FP16_MODEL, IMAGE_MODEL } from '../src/models/mobilenet.ts';

@@ -12,7 +12,7 @@ import { pino } from 'pino';
 import { step, type BucketLimits, type BucketOp, type BucketState } from '../src/accounting/bucket.ts';
 import { BUCKET_SCRIPT_SHA, RedisBuckets } from '../src/accounting/redis-bucket.ts';
 import { QuotaManager } from '../src/accounting/quota.ts';
-import { StoreHealth, type Attempt } from '../src/accounting/store-health.ts';
+import { HealthGate, type Attempt } from '../src/redis/health.ts';
 import { isPolyrayError } from '../src/errors.ts';
 import { startRedisServer, type RedisServerHandle } from './helpers/redis-server.ts';
 
@@ -227,7 +227,7 @@ describe('store health per node (fake clock)', () => {
   test('a failure takes one node down; probes come one at a time, backing off retryMs → maxRetryMs', () => {
     let now = 1_000;
     const events: string[] = [];
-    const h = new StoreHealth({ retryMs: 100, maxRetryMs: 350, now: () => now, onTransition: (n, to, d) => events.push(`${n}:${to}:${d.nodesDown}`) });
+    const h = new HealthGate({ retryMs: 100, maxRetryMs: 350, now: () => now, onTransition: (n, to, d) => events.push(`${n}:${to}:${d.nodesDown}`) });
     const a = h.admit('A')!;
     const b = h.admit('B')!;
     assert.deepEqual([a.probe, b.probe], [false, false]);
@@ -261,7 +261,7 @@ describe('store health per node (fake clock)', () => {
 
   test('a probe answering brings the node back; outcomes of calls sent in an earlier state change nothing', () => {
     let now = 0;
-    const h = new StoreHealth({ retryMs: 10, maxRetryMs: 10, now: () => now });
+    const h = new HealthGate({ retryMs: 10, maxRetryMs: 10, now: () => now });
     const early1 = h.admit('A')!;
     const early2 = h.admit('A')!;
     h.failed(early1, new Error('x'));
@@ -281,12 +281,12 @@ describe('store health per node (fake clock)', () => {
   });
 
   test('down nodes that serve no slot any more are forgotten; an unknown topology forgets nothing', () => {
-    const h = new StoreHealth({ retryMs: 10 });
+    const h = new HealthGate({ retryMs: 10 });
     h.failed(h.admit('old-master')!, new Error('x'));
     h.failed(h.admit('other')!, new Error('x'));
     assert.deepEqual(h.down(() => undefined).sort(), ['old-master', 'other']);
     assert.deepEqual(h.down(() => new Set(['other', 'promoted'])), ['other']);
     assert.equal(h.isDown('old-master'), false);
-    assert.throws(() => new StoreHealth({ retryMs: 100, maxRetryMs: 50 }), /maxRetryMs must be >= retryMs \(100\), received 50/);
+    assert.throws(() => new HealthGate({ retryMs: 100, maxRetryMs: 50 }), /maxRetryMs must be >= retryMs \(100\), received 50/);
   });
 });

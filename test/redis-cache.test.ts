@@ -6,7 +6,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { Redis } from 'ioredis';
-import { RedisCache, DEFAULT_REDIS_CACHE_OPTIONS, createRedisClient, type RedisCacheOptions } from '../src/cache/redis.ts';
+import { RedisCache, DEFAULT_REDIS_CACHE_OPTIONS, type RedisCacheOptions } from '../src/cache/redis.ts';
+import { createRedisClient } from '../src/redis/client.ts';
 import { encodeVector, decodeVector } from '../src/cache/codec.ts';
 import { startRedisServer, parseInfo, commandCalls, waitFor, type RedisServerHandle } from './helpers/redis-server.ts';
 

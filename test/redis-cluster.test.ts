@@ -7,7 +7,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { Redis } from 'ioredis';
-import { RedisCache, keySlot } from '../src/cache/redis.ts';
+import { RedisCache } from '../src/cache/redis.ts';
+import { keySlot } from '../src/redis/slots.ts';
 import { decodeVector } from '../src/cache/codec.ts';
 import { startRedisCluster, parseInfo, commandCalls, waitFor, type RedisClusterHandle } from './helpers/redis-server.ts';
 

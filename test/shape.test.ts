@@ -1,8 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { encodeVector, toFloat16Bits, truncate } from '../src/resolvers/shape.ts';
-import { loadConfig } from '../src/config.ts';
+import { encodeWire as encodeVector, float32ToFloat16Bits as toFloat16Bits } from '../src/cache/codec.ts';
+import { truncate } from '../src/resolvers/shape.ts';
+import { loadConfig } from '../src/config/index.ts';
 
 function fromFloat16Bits(h: number): number {
   const s = h & 0x8000 ? -1 : 1;

@@ -15,7 +15,7 @@ import { hash53, inSample } from '../src/policy/hash.ts';
 import { openTrace } from '../src/policy/read.ts';
 import { Tracer, type TraceRecord, type TraceWriter } from '../src/policy/trace.ts';
 import { JsonlTraceWriter, RedisStreamTraceWriter } from '../src/policy/writers.ts';
-import type { EmbedResult, Source } from '../src/service/embedding.ts';
+import type { EmbedResult, Source } from '../src/service/types.ts';
 
 const logger = createLogger('silent');
 

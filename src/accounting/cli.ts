@@ -2,7 +2,7 @@
  * `polyray clients add|list`: manage the clients file. `add` prints the new key once, on stdout; it is
  * stored only as a hash.
  */
-import { parseArgs } from 'node:util';
+import { parseFlags, positiveNumber } from '../cli-args.ts';
 import { addClient, readClientsFileSync, type Role } from './clients.ts';
 
 export const CLIENTS_USAGE = `  clients add --id ID --name NAME [--role admin|client] [--models a,b | --models '*']
@@ -16,28 +16,9 @@ export interface CliIO {
   err: (s: string) => void;
 }
 
-function num(v: string | undefined, flag: string): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new TypeError(`--${flag} must be a number > 0, received "${v}"`);
-  return n;
-}
-
 /** Runs `clients <sub> ...`; returns the exit code. `defaultFile` is POLYRAY_CLIENTS_FILE. */
 export async function clientsCommand(sub: string | undefined, args: string[], defaultFile: string | undefined, io: CliIO): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      id: { type: 'string' },
-      name: { type: 'string' },
-      role: { type: 'string' },
-      models: { type: 'string' },
-      rate: { type: 'string' },
-      burst: { type: 'string' },
-      'replace-keys': { type: 'boolean' },
-      file: { type: 'string' },
-    },
-  });
+  const values = parseFlags(args, { strings: ['id', 'name', 'role', 'models', 'rate', 'burst', 'file'], booleans: ['replace-keys'] });
   const file = values.file ?? defaultFile;
   if (!file) {
     io.err('no clients file: set POLYRAY_CLIENTS_FILE or pass --file PATH\n');
@@ -58,8 +39,8 @@ export async function clientsCommand(sub: string | undefined, args: string[], de
               .split(',')
               .map((m) => m.trim())
               .filter(Boolean);
-    const rate = num(values.rate, 'rate');
-    const burst = num(values.burst, 'burst');
+    const rate = positiveNumber(values.rate, 'rate');
+    const burst = positiveNumber(values.burst, 'burst');
     const { key, client, created } = await addClient(file, {
       id: values.id,
       ...(values.name !== undefined ? { name: values.name } : {}),

@@ -23,7 +23,7 @@
  *   cost(image) = pixels / 1000 × costFactor(model)   when COMPUTED; hit costs as above
  *   estimate(image) = size² / 1000 × costFactor(model) (the model's fixed input size)
  */
-import type { Source } from '../service/embedding.ts';
+import type { Source } from '../service/types.ts';
 
 export interface CostRates {
   memoryHitCost: number;

@@ -2,7 +2,7 @@
  * Accounting: clients, quotas, cost attribution and metrics, as one component the server composes.
  *
  *   - `authenticate(headers)` (the GraphQL context function) → a `RequestAccount`, or UNAUTHENTICATED
- *   - the request's Loaders call `account.embedMany` (permission → reserve → service → settle + ledger)
+ *   - the request scope admits every pipeline call through the account (reserve → run → settle + ledger)
  *   - `apolloPlugin()` puts `extensions.cost` on every response and counts requests
  *   - `registerRoutes(app)` serves `/metrics`
  *
@@ -15,13 +15,11 @@ import { unwatchFile, watchFile } from 'node:fs';
 import type { ApolloServerPlugin } from '@apollo/server';
 import type { FastifyInstance } from 'fastify';
 import { GraphQLError } from 'graphql';
-import type { PolyrayConfig } from '../config.ts';
+import type { PolyrayConfig } from '../config/index.ts';
 import { httpStatusOf, isPolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { PolyrayContext } from '../resolvers/context.ts';
-import type { Batcher } from '../runtime/batcher.ts';
-import type { EmbeddingService } from '../service/embedding.ts';
-import type { ImageService } from '../images/service.ts';
+import type { InferenceQueue } from '../runtime/host.ts';
 import { ClientDirectory, DEV_CLIENT, readClientsFileSync } from './clients.ts';
 import { CostModel } from './cost.ts';
 import { Ledger } from './ledger.ts';
@@ -36,17 +34,13 @@ export type { AccountContext, ClientUsage, CostSummary } from './request.ts';
 export interface AccountingOptions {
   config: PolyrayConfig['accounting'];
   logger: Logger;
-  service: EmbeddingService;
-  /** Image embeddings, charged through the same request accounts as text. */
-  images?: Pick<ImageService, 'embedImages'>;
-  batchers: ReadonlyMap<string, Batcher>;
+  /** The models' inference queues, read at scrape time for the queue metrics. Default: none. */
+  queues?: ReadonlyMap<string, InferenceQueue>;
   /** How often the clients file is checked for changes. Default 2000 ms. */
   clientsPollMs?: number;
 }
 
 export class Accounting implements AccountingCore {
-  readonly service: EmbeddingService;
-  readonly images?: Pick<ImageService, 'embedImages'>;
   readonly logger: Logger;
   readonly metrics: AccountingMetrics;
   readonly costModel: CostModel;
@@ -60,10 +54,8 @@ export class Accounting implements AccountingCore {
   constructor(options: AccountingOptions) {
     this.#o = options;
     const c = options.config;
-    this.service = options.service;
-    if (options.images) this.images = options.images;
     this.logger = options.logger;
-    this.metrics = new AccountingMetrics(options.batchers);
+    this.metrics = new AccountingMetrics(options.queues ?? new Map());
     this.costModel = new CostModel({ memoryHitCost: c.memoryHitCost, globalHitCost: c.globalHitCost });
     if (c.redis.kind !== 'none') {
       this.redis = createAccountingRedis(c.redis, { timeoutMs: c.redisTimeoutMs });

@@ -26,9 +26,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../log.ts';
-import type { Source } from '../service/embedding.ts';
+import type { Source } from '../service/types.ts';
+import { withDeadline } from '../redis/deadline.ts';
 import { AccountingKeys } from './keys.ts';
-import { withDeadline, type AccountingRedis } from './redis-client.ts';
+import { ACCOUNTING_DEADLINE, type AccountingRedis } from './redis-client.ts';
 
 export interface Figures {
   items: number;
@@ -182,7 +183,7 @@ export class Ledger {
       for (const [rk, f] of rows) for (const k of FIGURES) if (f[k] !== 0) args.push(`${rk}|${k}`, f[k]);
       try {
         if (args.length > 2) {
-          await withDeadline(redis.eval(FLUSH_ONCE, 2, this.#keys.usage(clientId), this.#keys.flushSeq(clientId, this.#replica), ...args), deadline);
+          await withDeadline(redis.eval(FLUSH_ONCE, 2, this.#keys.usage(clientId), this.#keys.flushSeq(clientId, this.#replica), ...args), deadline, ACCOUNTING_DEADLINE);
         }
         // Applied now or found applied earlier: either way it is in Redis exactly once.
         if (this.#unconfirmed.get(clientId)?.seq === seq) this.#unconfirmed.delete(clientId);
@@ -191,7 +192,7 @@ export class Ledger {
         return e ?? new Error('flush failed');
       }
     });
-    const index = withDeadline(redis.sadd(this.#keys.clients, ...ids), deadline).then(
+    const index = withDeadline(redis.sadd(this.#keys.clients, ...ids), deadline, ACCOUNTING_DEADLINE).then(
       () => undefined,
       (e: unknown) => {
         for (const id of ids) this.#unlisted.add(id);
@@ -236,7 +237,7 @@ export class Ledger {
         snapshot.set(id, rows.get(id) ?? new Map());
       }
       // One HGETALL per key, not one pipeline: a Cluster pipeline must stay on one node.
-      const hashes = await withDeadline(Promise.all(clientIds.map((id) => redis.hgetall(this.#keys.usage(id)))), this.#o.timeoutMs);
+      const hashes = await withDeadline(Promise.all(clientIds.map((id) => redis.hgetall(this.#keys.usage(id)))), this.#o.timeoutMs, ACCOUNTING_DEADLINE);
       return clientIds.map((id, i) => {
         const rows: Rows = snapshot.get(id)!;
         for (const [field, value] of Object.entries(hashes[i] ?? {})) {
@@ -261,7 +262,7 @@ export class Ledger {
     const ids = new Set(this.localClientIds());
     if (this.#o.redis) {
       try {
-        for (const id of await withDeadline(this.#o.redis.smembers(this.#keys.clients), this.#o.timeoutMs)) ids.add(id);
+        for (const id of await withDeadline(this.#o.redis.smembers(this.#keys.clients), this.#o.timeoutMs, ACCOUNTING_DEADLINE)) ids.add(id);
       } catch {
         // Local ids only.
       }

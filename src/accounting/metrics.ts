@@ -9,9 +9,9 @@
 import type { TierStats } from '../cache/cache.ts';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { ErrorCode } from '../errors.ts';
-import type { Batcher } from '../runtime/batcher.ts';
+import type { InferenceQueue } from '../runtime/host.ts';
 import type { InferencePool, Lease } from '../runtime/pool.ts';
-import type { Source } from '../service/embedding.ts';
+import type { Source } from '../service/types.ts';
 import type { QuotaStore } from './quota.ts';
 
 export const MAX_CLIENT_LABELS = 100;
@@ -32,7 +32,7 @@ export class AccountingMetrics {
   readonly batchSeconds: Histogram<'model'>;
   readonly queueDepth: Gauge<'model'>;
 
-  constructor(batchers: ReadonlyMap<string, Batcher>) {
+  constructor(queues: ReadonlyMap<string, InferenceQueue>) {
     const registers = [this.registry];
     this.requests = new Counter({ name: 'polyray_requests_total', help: 'GraphQL requests by client and outcome (OK or the first error code)', labelNames: ['client', 'code'], registers });
     this.items = new Counter({ name: 'polyray_items_total', help: 'Embeddings served, by client, model and source (MEMORY, GLOBAL, COMPUTED)', labelNames: ['client', 'model', 'source'], registers });
@@ -56,7 +56,7 @@ export class AccountingMetrics {
       labelNames: ['model'],
       registers,
       collect() {
-        for (const [model, b] of batchers) this.set({ model }, b.stats().queued);
+        for (const [model, q] of queues) this.set({ model }, q.stats().queued);
       },
     });
     // Real vs padded tokens of the text batches: real ÷ padded is the share of inference spent on real input.
@@ -66,8 +66,9 @@ export class AccountingMetrics {
       labelNames: ['model', 'kind'],
       registers,
       collect() {
-        for (const [model, b] of batchers) {
-          const st = b.stats();
+        for (const [model, q] of queues) {
+          const st = q.stats();
+          if (!('realTokens' in st)) continue;
           this.set({ model, kind: 'real' }, st.realTokens);
           this.set({ model, kind: 'padded' }, st.paddedTokens);
         }

@@ -12,8 +12,7 @@
  * by themselves. Replicas may keep running meanwhile: new usage goes to the new keys either way.
  */
 import { parseArgs } from 'node:util';
-import { Redis } from 'ioredis';
-import type { PolyrayConfig } from '../config.ts';
+import type { PolyrayConfig } from '../config/index.ts';
 import { createAccountingRedis, type AccountingRedis } from './redis-client.ts';
 import { AccountingKeys } from './keys.ts';
 
@@ -106,7 +105,8 @@ export async function accountingCommand(sub: string | undefined, args: string[],
     return 2;
   }
   const target = createAccountingRedis(config.redis, { timeoutMs: 10_000 });
-  const source = new Redis(fromUrl, { lazyConnect: true, maxRetriesPerRequest: 1, commandTimeout: 10_000 });
+  // The v1 books' server: the same client settings, but ioredis' default 10 s to connect (a one-off CLI may wait).
+  const source = createAccountingRedis({ kind: 'standalone', url: fromUrl }, { timeoutMs: 10_000, connectTimeoutMs: 10_000 });
   try {
     await Promise.all([target.connect(), source.connect()]);
     const summary = await migrateV1Books({

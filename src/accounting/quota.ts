@@ -8,7 +8,7 @@
  * worst case while its operation runs.
  *
  * Buckets live in Redis when one is configured (shared by every replica), else in this process. Redis'
- * health is kept per node (store-health.ts): a standalone server is one node; on a Cluster, the master
+ * health is kept per node (src/redis/health.ts): a standalone server is one node; on a Cluster, the master
  * that serves the client's bucket slot. When that node does not answer (error or `redisTimeoutMs`),
  * `failureMode` decides for the clients it serves, and for them only: `open` falls back to a per-replica
  * in-memory bucket (each replica then enforces the full quota on its own, so the fleet may admit up to
@@ -23,7 +23,7 @@ import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { LocalBuckets, type BucketLimits, type BucketOutcome } from './bucket.ts';
 import type { RedisBuckets } from './redis-bucket.ts';
-import { DEFAULT_STORE_HEALTH, StoreHealth } from './store-health.ts';
+import { HealthGate } from '../redis/health.ts';
 
 export interface QuotaSnapshot {
   /** Units left in the bucket. */
@@ -61,18 +61,18 @@ export class QuotaManager {
   readonly #redis: RedisBuckets | undefined;
   readonly #local = new LocalBuckets();
   readonly #o: QuotaManagerOptions;
-  readonly #health: StoreHealth;
+  readonly #health: HealthGate;
   #store: QuotaStore;
 
   constructor(options: QuotaManagerOptions) {
     this.#o = options;
     this.#redis = options.redis;
     this.#store = this.#redis ? 'redis' : 'local';
-    const retryMs = options.retryMs ?? DEFAULT_STORE_HEALTH.retryMs;
-    this.#health = new StoreHealth({
-      retryMs,
-      maxRetryMs: options.maxRetryMs ?? Math.max(retryMs, DEFAULT_STORE_HEALTH.maxRetryMs),
-      ...(options.now ? { now: options.now } : {}),
+    // The gate's defaults are this manager's: retryMs 1000, maxRetryMs the larger of 5000 and retryMs.
+    this.#health = new HealthGate({
+      retryMs: options.retryMs,
+      maxRetryMs: options.maxRetryMs,
+      now: options.now,
       onTransition: (node, to, d) => {
         const mode = this.#o.failureMode;
         if (to === 'down') {

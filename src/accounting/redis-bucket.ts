@@ -21,8 +21,10 @@
  */
 import { createHash } from 'node:crypto';
 import type { BucketLimits, BucketOp, BucketOutcome } from './bucket.ts';
+import { withDeadline } from '../redis/deadline.ts';
+import { nodeOf, servingNodes } from '../redis/slots.ts';
 import { AccountingKeys } from './keys.ts';
-import { nodeOf, servingNodes, withDeadline, type AccountingRedis } from './redis-client.ts';
+import { ACCOUNTING_DEADLINE, type AccountingRedis } from './redis-client.ts';
 
 export const BUCKET_SCRIPT = `
 local op = ARGV[1]
@@ -99,7 +101,7 @@ export class RedisBuckets {
     return this.#keys.bucket(clientId);
   }
 
-  /** The node that serves this client's bucket (see `nodeOf`). */
+  /** The node that serves this client's bucket (see `nodeOf`, src/redis/slots.ts). */
   node(clientId: string): string {
     return nodeOf(this.#redis, this.key(clientId));
   }
@@ -110,7 +112,7 @@ export class RedisBuckets {
   }
 
   apply(clientId: string, limits: BucketLimits, op: BucketOp, nowMs?: number): Promise<BucketOutcome> {
-    return withDeadline(this.#apply(clientId, limits, op, nowMs), this.#timeoutMs);
+    return withDeadline(this.#apply(clientId, limits, op, nowMs), this.#timeoutMs, ACCOUNTING_DEADLINE);
   }
 
   async #apply(clientId: string, limits: BucketLimits, op: BucketOp, nowMs: number | undefined): Promise<BucketOutcome> {

@@ -1,25 +1,24 @@
 /**
- * The accounting wrapper of one GraphQL request: the per-request Loaders call `embedMany` here instead
- * of on the service, so permission, quota and attribution happen in one place for every resolver.
+ * The account of one request: the client, its quota (reserve → settle) and the attribution of the work
+ * the request scope (src/service/scope.ts) reports. It implements the scope's `Account`:
  *
- *   embedMany(model, texts)
- *     1. FORBIDDEN unless the client may use the model
- *     2. joins the request's current *wave*: every embedMany of the request that starts before the next
- *        turn of the event loop (all DataLoader batches of one execution tick, across models and
- *        maxBatchSize chunks) is priced and reserved together, so an operation is admitted or refused
- *        as a whole and a refused one does no work at all (no cache read, no batch)
- *     3. reserve the wave's worst case (QUOTA_EXCEEDED + retryAfterMs if the bucket cannot pay)
- *     4. EmbeddingService.embedMany
- *     5. settle the actual cost (refund the difference), record the ledger and the metrics
+ *   admit(handle, demand, run)
+ *     1. joins the request's current *wave*: every admit of the request that starts before the next turn
+ *        of the event loop (all DataLoader batches of one execution tick, across models and maxBatchSize
+ *        chunks) is priced and reserved together, so an operation is admitted or refused as a whole and a
+ *        refused one does no work at all (no cache read, no batch)
+ *     2. reserves the wave's worst case (QUOTA_EXCEEDED + retryAfterMs if the bucket cannot pay)
+ *     3. runs the pipeline call
+ *     4. settles the actual cost (refunds the difference), records the ledger and the metrics
  *
  * `finish()` (called by the Apollo plugin before the response leaves) waits for the settles and gives
- * `extensions.cost`.
+ * `extensions.cost`. Accounting knows nothing of the pipeline: results report their own work.
  */
 import { ErrorCode, PolyrayError, isPolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { EmbeddingService, EmbedResult, Source } from '../service/embedding.ts';
-import type { ImageEmbedOptions, ImageInput, ImageResult, ImageService } from '../images/service.ts';
-import type { ModelManifest } from '../runtime/manifest.ts';
+import type { ImageHandle, TextHandle } from '../runtime/handle.ts';
+import type { Account, Demand } from '../service/scope.ts';
+import type { EmbedResult, Source } from '../service/types.ts';
 import { mayUseModel, type Client, type ClientDirectory, type Role } from './clients.ts';
 import type { CostModel } from './cost.ts';
 import type { Figures, Ledger, UsageRow } from './ledger.ts';
@@ -57,9 +56,6 @@ export interface ClientUsage {
 
 /** What a request account needs from the server-wide accounting. */
 export interface AccountingCore {
-  readonly service: EmbeddingService;
-  /** Image embeddings (image inputs, post images, head features); absent when images are not served. */
-  readonly images?: Pick<ImageService, 'embedImages'>;
   readonly quota: QuotaManager;
   readonly ledger: Ledger;
   readonly metrics: AccountingMetrics;
@@ -69,20 +65,17 @@ export interface AccountingCore {
 }
 
 /** What resolvers see of the account (`ctx.account`). */
-export interface AccountContext {
+export interface AccountContext extends Account {
   readonly client: Client;
-  embedMany(model: string, texts: readonly string[]): Promise<(EmbedResult | PolyrayError)[]>;
-  embedImages(model: string, inputs: readonly ImageInput[], options?: ImageEmbedOptions): Promise<(ImageResult | PolyrayError)[]>;
   usage(clientId?: string | null): Promise<ClientUsage>;
   usageAll(): Promise<ClientUsage[]>;
   finish(): Promise<CostSummary>;
 }
 
-/** One service call waiting in a wave: how to price it before, run it, and what it returned. */
+/** One pipeline call waiting in a wave: how to price it, run it, and what it returned. */
 interface Call {
-  model: string;
-  /** Worst-case cost, from the model's manifest. */
-  estimate: (m: ModelManifest) => number;
+  handle: TextHandle | ImageHandle;
+  demand: Demand;
   run: () => Promise<(EmbedResult | PolyrayError)[]>;
   resolve: (r: (EmbedResult | PolyrayError)[]) => void;
   reject: (e: unknown) => void;
@@ -104,37 +97,21 @@ export class RequestAccount implements AccountContext {
     this.client = client;
   }
 
-  embedMany(model: string, texts: readonly string[]): Promise<(EmbedResult | PolyrayError)[]> {
-    const { service, costModel } = this.#core;
-    return this.#enqueue(
-      model,
-      (m) => costModel.estimate(m, texts),
-      () => service.embedMany(model, texts, { clientId: this.client.id }),
-    );
+  get clientId(): string {
+    return this.client.id;
   }
 
-  /** Image embeddings through the same permission → reserve → run → settle path as texts. */
-  embedImages(model: string, inputs: readonly ImageInput[], options: ImageEmbedOptions = {}): Promise<(ImageResult | PolyrayError)[]> {
-    const images = this.#core.images;
-    if (!images) return Promise.reject(new PolyrayError(ErrorCode.MODEL_NOT_READY, 'Images are not served by this replica'));
-    const { costModel } = this.#core;
-    return this.#enqueue(
-      model,
-      (m) => costModel.imageEstimate(m, inputs.length),
-      () => images.embedImages(model, inputs, { ...options, clientId: this.client.id }),
-    ) as Promise<(ImageResult | PolyrayError)[]>;
+  mayUse(model: string): boolean {
+    return mayUseModel(this.client, model);
   }
 
-  #enqueue(model: string, estimate: Call['estimate'], run: Call['run']): Promise<(EmbedResult | PolyrayError)[]> {
-    if (!mayUseModel(this.client, model)) {
-      return Promise.reject(new PolyrayError(ErrorCode.FORBIDDEN, `This client may not use model "${model.slice(0, 64)}"`, { model: model.slice(0, 64) }));
-    }
+  admit<R extends EmbedResult>(handle: TextHandle | ImageHandle, demand: Demand, run: () => Promise<(R | PolyrayError)[]>): Promise<(R | PolyrayError)[]> {
     return new Promise((resolve, reject) => {
       if (!this.#wave) {
         this.#wave = [];
         this.#track(new Promise<void>((r) => setImmediate(r)).then(() => this.#runWave()));
       }
-      this.#wave.push({ model, estimate, run, resolve, reject });
+      this.#wave.push({ handle, demand, run, resolve: resolve as Call['resolve'], reject });
     });
   }
 
@@ -146,33 +123,23 @@ export class RequestAccount implements AccountContext {
   async #runWave(): Promise<void> {
     const calls = this.#wave ?? [];
     this.#wave = undefined;
-    const { service, quota } = this.#core;
-    const priced: { call: Call; costFactor: number; maxTokens: number }[] = [];
-    let estimate = 0;
-    for (const call of calls) {
-      try {
-        const m = service.resolveModel(call.model).manifest;
-        estimate += call.estimate(m);
-        priced.push({ call, costFactor: m.costFactor, maxTokens: m.maxTokens });
-      } catch (e) {
-        call.reject(e);
-      }
-    }
-    if (priced.length === 0) return;
+    if (calls.length === 0) return;
+    const { quota, costModel } = this.#core;
+    const estimate = calls.reduce((sum, c) => sum + (c.demand.kind === 'texts' ? costModel.estimate(c.handle, c.demand.texts) : costModel.imageEstimate(c.handle, c.demand.count)), 0);
     this.#estimated += estimate;
     let reservation: Reservation;
     try {
       reservation = await quota.reserve(this.client.id, this.client.quota, estimate);
     } catch (e) {
       if (isPolyrayError(e) && e.code === ErrorCode.QUOTA_EXCEEDED) this.#core.metrics.quotaRejections.inc({ client: this.#core.metrics.clientLabel(this.client.id) });
-      for (const { call } of priced) call.reject(e);
+      for (const call of calls) call.reject(e);
       return;
     }
     this.#snapshot = reservation.snapshot;
     let actual = 0;
     try {
       await Promise.all(
-        priced.map(async ({ call, costFactor, maxTokens }) => {
+        calls.map(async (call) => {
           let results: (EmbedResult | PolyrayError)[];
           try {
             results = await call.run();
@@ -180,7 +147,7 @@ export class RequestAccount implements AccountContext {
             call.reject(e);
             return;
           }
-          actual += this.#record(call.model, { costFactor, maxTokens }, results);
+          actual += this.#record(call.handle, results);
           call.resolve(results);
         }),
       );
@@ -190,15 +157,16 @@ export class RequestAccount implements AccountContext {
     }
   }
 
-  /** Ledger + metrics for one embedMany's results; returns their cost. */
-  #record(model: string, m: { costFactor: number; maxTokens: number }, results: readonly (EmbedResult | PolyrayError)[]): number {
+  /** Ledger + metrics for one pipeline call's results; returns their cost. */
+  #record(m: TextHandle | ImageHandle, results: readonly (EmbedResult | PolyrayError)[]): number {
+    const model = m.name;
     const { costModel, ledger, metrics } = this.#core;
     const bySource = new Map<Source, Figures>();
     let total = 0;
     for (const r of results) {
       if (r instanceof PolyrayError) continue;
       // Image results count model input pixels where text results count tokens.
-      const pixels = 'pixels' in r ? (r as ImageResult).pixels : undefined;
+      const pixels = 'pixels' in r ? (r as EmbedResult & { pixels: number }).pixels : undefined;
       const units = pixels ?? r.tokens;
       const cost = pixels === undefined ? costModel.itemCost(m, r.source, r.tokens) : costModel.imageItemCost(m, r.source, pixels);
       total += cost;

@@ -1,9 +1,11 @@
 /**
- * Binary codec for embedding vectors stored in the global (Redis) tier.
+ * Vector codecs: every byte form of an embedding vector, and the one float32 <-> float16 conversion.
  *
- * Owns the byte layout of a stored value and the float32 <-> float16 conversion; nothing else.
+ * Owns: the byte layout of a value stored in the global (Redis) tier (`encodeVector`/`decodeVector`),
+ * the wire encodings of `Embedding.base64` (`encodeWire`), and IEEE 754 binary16 rounding, which the
+ * ONNX writer (float16 weights) and the TF.js reader (float16 weights) use as well.
  *
- * Layout (all little-endian, 8-byte header so the payload stays 4-byte aligned within the value):
+ * Stored layout (all little-endian, 8-byte header so the payload stays 4-byte aligned within the value):
  *
  *   offset 0  u8   magic 0x50 ('P')
  *   offset 1  u8   magic 0x59 ('Y')
@@ -28,6 +30,13 @@ import { endianness } from 'node:os';
 
 /** Element type of a stored vector. */
 export type VectorEncoding = 'float32' | 'float16';
+
+/**
+ * Wire encodings of `Embedding.base64` (the GraphQL enum `VectorEncoding`): little-endian float32 or
+ * float16 elements without a header; INT8, each component × 127 rounded and clamped to ±127; BINARY, one
+ * bit per component (set when > 0), most significant bit first.
+ */
+export type WireEncoding = 'FLOAT32' | 'FLOAT16' | 'INT8' | 'BINARY';
 
 export const VECTOR_CODEC_VERSION = 1;
 /** Size of the header that precedes the payload, in bytes. */
@@ -56,14 +65,46 @@ export function encodeVector(v: Float32Array, type: VectorEncoding = 'float32'):
   buf[2] = VECTOR_CODEC_VERSION;
   buf[3] = type === 'float16' ? TYPE_FLOAT16 : TYPE_FLOAT32;
   buf.writeUInt32LE(dims, 4);
-  if (type === 'float16') {
-    for (let i = 0; i < dims; i++) buf.writeUInt16LE(float32ToFloat16Bits(v[i]!), VECTOR_HEADER_BYTES + 2 * i);
-  } else if (HOST_LE) {
-    buf.set(new Uint8Array(v.buffer, v.byteOffset, v.byteLength), VECTOR_HEADER_BYTES);
-  } else {
-    for (let i = 0; i < dims; i++) buf.writeFloatLE(v[i]!, VECTOR_HEADER_BYTES + 4 * i);
-  }
+  writeElements(v, type, buf, VECTOR_HEADER_BYTES);
   return buf;
+}
+
+/** Writes `v`'s elements little-endian from `offset` (the caller sized `buf`). */
+function writeElements(v: Float32Array, type: VectorEncoding, buf: Buffer, offset: number): void {
+  if (type === 'float16') {
+    for (let i = 0; i < v.length; i++) buf.writeUInt16LE(float32ToFloat16Bits(v[i]!), offset + 2 * i);
+  } else if (HOST_LE) {
+    buf.set(new Uint8Array(v.buffer, v.byteOffset, v.byteLength), offset);
+  } else {
+    for (let i = 0; i < v.length; i++) buf.writeFloatLE(v[i]!, offset + 4 * i);
+  }
+}
+
+/** `v` in a wire encoding, as base64 (see `WireEncoding`). Never mutates `v`. */
+export function encodeWire(v: Float32Array, encoding: WireEncoding): string {
+  switch (encoding) {
+    case 'FLOAT32':
+    case 'FLOAT16': {
+      const type = encoding === 'FLOAT16' ? 'float16' : 'float32';
+      const b = Buffer.alloc(v.length * (type === 'float16' ? 2 : 4));
+      writeElements(v, type, b, 0);
+      return b.toString('base64');
+    }
+    case 'INT8': {
+      const b = Buffer.alloc(v.length);
+      for (let i = 0; i < v.length; i++) b.writeInt8(Math.max(-127, Math.min(127, Math.round(v[i]! * 127))), i);
+      return b.toString('base64');
+    }
+    case 'BINARY': {
+      const b = Buffer.alloc(Math.ceil(v.length / 8));
+      for (let i = 0; i < v.length; i++) if (v[i]! > 0) b[i >> 3]! |= 0x80 >> (i & 7);
+      return b.toString('base64');
+    }
+    default: {
+      const never: never = encoding;
+      throw new TypeError(`unknown encoding ${String(never)}`);
+    }
+  }
 }
 
 /**
@@ -102,7 +143,7 @@ const scratchU32 = new Uint32Array(scratchF32.buffer);
 
 /**
  * IEEE 754 binary16 bit pattern nearest to `x` (first rounded to float32, as a Float32Array element would
- * be), ties to even. Exported for tests and for callers that pack halves themselves.
+ * be), ties to even. The one float16 encoder: the codecs here, float16 ONNX weights and tests use it.
  */
 export function float32ToFloat16Bits(x: number): number {
   scratchF32[0] = x;

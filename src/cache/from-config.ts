@@ -2,7 +2,7 @@
  * Builds the cache tiers below memory from the configuration: the global Redis tier (standalone or
  * Cluster) when one is configured, nothing in the embedded default.
  */
-import type { PolyrayConfig } from '../config.ts';
+import type { PolyrayConfig } from '../config/index.ts';
 import type { Logger } from '../log.ts';
 import type { Cache } from './cache.ts';
 import { RedisCache } from './redis.ts';

@@ -58,17 +58,6 @@ export class MemoryCache implements Cache {
     return out;
   }
 
-  /** Synchronous variant used on the hot path: memory hits must not wait for a microtask per tier. */
-  getManySync(keys: readonly string[]): (Float32Array | undefined)[] {
-    const out = keys.map((k) => this.#lru.get(k));
-    let hits = 0;
-    for (const v of out) if (v) hits++;
-    this.#stats.hits += hits;
-    this.#stats.misses += keys.length - hits;
-    this.#stats.reads++;
-    return out;
-  }
-
   async setMany(entries: readonly CacheEntry[]): Promise<void> {
     for (const e of entries) {
       this.#lru.set(e.key, e.value, e.ttlMs !== undefined ? { ttl: e.ttlMs } : undefined);

@@ -16,7 +16,7 @@ import { isPolyrayError } from '../errors.ts';
 import type { PolicyController } from '../policy/controller.ts';
 import type { SimResult, SimSetting } from '../policy/simulator.ts';
 import type { Tracer, TracerStats } from '../policy/trace.ts';
-import type { ServiceStats } from '../service/embedding.ts';
+import type { ServiceStats } from '../service/types.ts';
 
 export const DASHBOARD_DIR = fileURLToPath(new URL('../../dashboard/', import.meta.url));
 

@@ -256,7 +256,7 @@ export function quantizePerColumn(w: Float32Array, rows: number, cols: number): 
   for (let r = 0; r < rows; r++) {
     for (let c = 0; c < cols; c++) {
       const q = Math.round(w[r * cols + c]! / scales[c]!);
-      values[r * cols + c] = q > 127 ? 127 : q < -127 ? -127 : q;
+      values[r * cols + c] = Math.min(127, Math.max(-127, q));
     }
   }
   return { values, scales };
@@ -276,14 +276,9 @@ function concatColumns(rows: number, parts: { data: Float32Array; cols: number }
   return out;
 }
 
+/** Vectors one after another (a single row of `concatColumns`). */
 function concat(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((s, p) => s + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
+  return concatColumns(1, parts.map((data) => ({ data, cols: data.length })));
 }
 
 // ---------------------------------------------------------------------------------------------

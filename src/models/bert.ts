@@ -23,17 +23,14 @@
  * check); they regenerate the same weights from the same seed (~1 s each).
  */
 
-import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import path from 'node:path';
 
 import type { ModelManifest } from '../runtime/manifest.ts';
 import { wordPieceTokenizerJson } from '../runtime/wordpiece.ts';
 import { MINILM_L6_CONFIG, buildBertGraph, generateBertWeights, type BertConfig, type BertPrecision, type BertVariant } from './bert-graph.ts';
-import type { ModelBuildResult } from './build.ts';
-import { MANIFEST_FILE, currentBuild, publishModel, withLock } from './model-dir.ts';
-import type { ProgressListener } from './progress.ts';
+import { type BuilderOptions, type ModelBuildResult, buildModelFolder, contentVersion, jsonFile, locatePackage } from './builder.ts';
+import { MANIFEST_FILE } from './model-dir.ts';
 
 /**
  * Bump whenever the graphs, weights, tokenizer.json or manifests written here change.
@@ -67,14 +64,10 @@ const MODEL_FILE = 'model.onnx';
 const TOKENIZER_FILE = 'tokenizer.json';
 const CONFIG_FILE = 'config.json';
 
-export interface BertBuildOptions {
+export interface BertBuildOptions extends BuilderOptions {
   variant: BertVariant;
   /** 'fp16' (plain only) builds `text-bert-synthetic-fp16`. Default 'fp32'. */
   precision?: BertPrecision;
-  /** The models directory; the model goes to `<outDir>/<name>/`. */
-  outDir: string;
-  force?: boolean;
-  onProgress?: ProgressListener;
 }
 
 interface SourcePackage {
@@ -83,11 +76,8 @@ interface SourcePackage {
 }
 
 async function locateSource(): Promise<SourcePackage> {
-  const require = createRequire(import.meta.url);
-  const pkgJsonPath = require.resolve(`${SOURCE_PACKAGE}/package.json`);
-  const pkg = JSON.parse(await readFile(pkgJsonPath, 'utf8')) as { version?: unknown };
-  if (typeof pkg.version !== 'string') throw new Error(`${SOURCE_PACKAGE}: package.json has no version`);
-  return { version: pkg.version, vocabFile: path.join(path.dirname(pkgJsonPath), 'assets', 'vocab.json') };
+  const pkg = await locatePackage(SOURCE_PACKAGE);
+  return { version: pkg.version, vocabFile: path.join(pkg.root, 'assets', 'vocab.json') };
 }
 
 const WORD_START = '\u2581';
@@ -148,7 +138,7 @@ function hfConfig(variant: BertVariant, precision: BertPrecision): string {
       pooling: 'mean over attention_mask, then L2 normalisation (inside the graph)',
     },
   };
-  return `${JSON.stringify(cfg, null, 2)}\n`;
+  return jsonFile(cfg);
 }
 
 const VARIANT_TEXT: Readonly<Record<BertVariant, string>> = {
@@ -197,78 +187,48 @@ function manifestFor(variant: BertVariant, precision: BertPrecision, version: st
 
 /** Builds one variant's folder unless it is up to date. Safe to call from several processes at once. */
 export async function buildBertSynthetic(options: BertBuildOptions): Promise<ModelBuildResult> {
-  const { variant, outDir, force = false, precision = 'fp32' } = options;
+  const { variant, precision = 'fp32' } = options;
   if (precision === 'fp16' && variant !== 'plain') throw new Error(`fp16 is built from the plain variant only, not ${variant}`);
   const name = precision === 'fp16' ? BERT_FP16_MODEL : BERT_MODELS[variant];
   /** The variant's id in build-info, docString, metadata and the version hash ('plain' stays 'plain'). */
   const variantId = precision === 'fp16' ? `${variant}-fp16` : variant;
   const report = options.onProgress ?? (() => {});
-  const dir = path.join(outDir, name);
   const source = await locateSource();
   const expect = { builder: `bert-synthetic-${variantId}`, builderVersion: BUILDER_VERSION, source: { package: SOURCE_PACKAGE, version: source.version } };
+  const job = { outDir: options.outDir, name, expect, force: options.force ?? false, report };
+  return buildModelFolder(job, async () => {
+    report({ step: 'tokenizer', done: 0, total: 1 });
+    const raw = JSON.parse(await readFile(source.vocabFile, 'utf8')) as unknown;
+    if (!Array.isArray(raw) || raw.length !== CONFIG.vocabSize) {
+      throw new Error(`${SOURCE_PACKAGE}: assets/vocab.json must be an array of ${CONFIG.vocabSize} tokens`);
+    }
+    const tokenizerText = wordPieceTokenizerJson({ vocab: convertBertTokenizerVocab(raw), lowercase: true });
+    report({ step: 'tokenizer', done: 1, total: 1 });
 
-  if (!force) {
-    const existing = await currentBuild(dir, expect);
-    if (existing) return { name, status: 'up-to-date', version: existing.version, dir };
-  }
+    report({ step: 'generating weights', done: 0, total: 1 });
+    const weights = generateBertWeights(CONFIG, WEIGHT_SEED);
+    report({ step: 'generating weights', done: 1, total: 1 });
 
-  return withLock(
-    path.join(outDir, `.${name}.lock`),
-    async () => {
-      if (!force) {
-        const existing = await currentBuild(dir, expect);
-        if (existing) return { name, status: 'up-to-date' as const, version: existing.version, dir };
-      }
-      const started = Date.now();
+    report({ step: 'serialising', done: 0, total: 1 });
+    const modelBytes = buildBertGraph(weights, variant, {
+      graphName: name.replaceAll('-', '_'),
+      producerVersion: BUILDER_VERSION,
+      docString: `SYNTHETIC BERT encoder (${variantId}); random weights, the output carries no meaning. See src/models/bert.ts.`,
+      metadata: { synthetic: 'true', variant: variantId, seed: String(WEIGHT_SEED) },
+      precision,
+    }).serialize();
+    report({ step: 'serialising', done: 1, total: 1 });
 
-      report({ step: 'tokenizer', done: 0, total: 1 });
-      const raw = JSON.parse(await readFile(source.vocabFile, 'utf8')) as unknown;
-      if (!Array.isArray(raw) || raw.length !== CONFIG.vocabSize) {
-        throw new Error(`${SOURCE_PACKAGE}: assets/vocab.json must be an array of ${CONFIG.vocabSize} tokens`);
-      }
-      const tokenizerText = wordPieceTokenizerJson({ vocab: convertBertTokenizerVocab(raw), lowercase: true });
-      report({ step: 'tokenizer', done: 1, total: 1 });
+    const version = contentVersion(BUILDER_VERSION, variantId, tokenizerText, modelBytes);
+    const manifest = manifestFor(variant, precision, version, source.version);
+    // Extra keys (ignored by the manifest parser) say what the fp16 graph is for.
+    const manifestJson = precision === 'fp16' ? { ...manifest, precision, intendedProviders: BERT_FP16_PROVIDERS } : manifest;
+    const manifestText = jsonFile(manifestJson);
+    const configText = hfConfig(variant, precision);
 
-      report({ step: 'generating weights', done: 0, total: 1 });
-      const weights = generateBertWeights(CONFIG, WEIGHT_SEED);
-      report({ step: 'generating weights', done: 1, total: 1 });
-
-      report({ step: 'serialising', done: 0, total: 1 });
-      const modelBytes = buildBertGraph(weights, variant, {
-        graphName: name.replaceAll('-', '_'),
-        producerVersion: BUILDER_VERSION,
-        docString: `SYNTHETIC BERT encoder (${variantId}); random weights, the output carries no meaning. See src/models/bert.ts.`,
-        metadata: { synthetic: 'true', variant: variantId, seed: String(WEIGHT_SEED) },
-        precision,
-      }).serialize();
-      report({ step: 'serialising', done: 1, total: 1 });
-
-      const version = createHash('sha256')
-        .update(BUILDER_VERSION)
-        .update('\0')
-        .update(variantId)
-        .update('\0')
-        .update(tokenizerText)
-        .update('\0')
-        .update(modelBytes)
-        .digest('hex')
-        .slice(0, 16);
-      const manifest = manifestFor(variant, precision, version, source.version);
-      // Extra keys (ignored by the manifest parser) say what the fp16 graph is for.
-      const manifestJson = precision === 'fp16' ? { ...manifest, precision, intendedProviders: BERT_FP16_PROVIDERS } : manifest;
-      const manifestText = `${JSON.stringify(manifestJson, null, 2)}\n`;
-      const configText = hfConfig(variant, precision);
-
-      report({ step: 'writing files', done: 0, total: 1 });
-      await publishModel(
-        outDir,
-        name,
-        { [MODEL_FILE]: modelBytes, [TOKENIZER_FILE]: tokenizerText, [CONFIG_FILE]: configText, [MANIFEST_FILE]: manifestText },
-        { expect, version, started },
-      );
-      report({ step: 'writing files', done: 1, total: 1 });
-      return { name, status: 'built' as const, version, dir };
-    },
-    { onWait: () => report({ step: 'waiting for another build', done: 0, total: 1 }) },
-  );
+    return {
+      version,
+      files: { [MODEL_FILE]: modelBytes, [TOKENIZER_FILE]: tokenizerText, [CONFIG_FILE]: configText, [MANIFEST_FILE]: manifestText },
+    };
+  });
 }

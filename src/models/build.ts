@@ -4,7 +4,8 @@
  *
  * Owns: the list of builders and the per-model summary `polyray models build` prints. Each builder
  * owns its own idempotence (it decides "up to date" from its `build-info.json`), so calling
- * `buildModels` repeatedly is cheap.
+ * `buildModels` repeatedly is cheap. What builders share lives in `builder.ts`, which this registry
+ * and every builder import (never this file), so the imports have no cycle.
  */
 
 import { mkdir } from 'node:fs/promises';
@@ -12,19 +13,10 @@ import path from 'node:path';
 
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import { BERT_FP16_MODEL, BERT_MODELS, buildBertSynthetic } from './bert.ts';
+import type { ModelBuildResult } from './builder.ts';
 import { buildGlove } from './glove.ts';
 import { HEAD_MODEL, IMAGE_FP16_MODEL, IMAGE_MODEL, buildMobilenet } from './mobilenet.ts';
 import type { ModelBuildProgress, ProgressListener } from './progress.ts';
-
-/** What one builder returns. */
-export interface ModelBuildResult {
-  name: string;
-  status: 'built' | 'up-to-date';
-  /** The manifest's content version. */
-  version: string;
-  /** The model folder. */
-  dir: string;
-}
 
 /** One line of the summary `buildModels` returns. */
 export interface ModelBuildSummary extends ModelBuildResult {

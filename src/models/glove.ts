@@ -42,16 +42,13 @@
  * builder version and source package version, and a matching complete folder is left alone.
  */
 
-import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import path from 'node:path';
 
 import type { ModelManifest } from '../runtime/manifest.ts';
-import type { ModelBuildResult } from './build.ts';
-import { MANIFEST_FILE, currentBuild, publishModel, withLock } from './model-dir.ts';
+import { type BuilderOptions, type ModelBuildResult, buildModelFolder, contentVersion, jsonFile, locatePackage } from './builder.ts';
+import { MANIFEST_FILE } from './model-dir.ts';
 import { OnnxModelBuilder, attr, float32Tensor } from './onnx-writer.ts';
-import type { ProgressListener } from './progress.ts';
 
 /** Bump whenever the graph, vocabulary layout, weights or manifest written here change. */
 export const BUILDER_VERSION = 'glove-1';
@@ -68,13 +65,8 @@ const MODEL_FILE = 'model.onnx';
 const VOCAB_FILE = 'vocab.txt';
 const EPSILON = 1e-12;
 
-export interface GloveBuildOptions {
-  /** The models directory; the model goes to `<outDir>/text-glove/`. */
-  outDir: string;
-  /** Rebuild even when an up-to-date build exists. */
-  force?: boolean;
-  onProgress?: ProgressListener;
-}
+/** The model goes to `<outDir>/text-glove/`. */
+export type GloveBuildOptions = BuilderOptions;
 
 /** The wink package JSON, as far as we use it. */
 interface WinkEmbeddings {
@@ -88,14 +80,11 @@ interface SourcePackage {
   dataFile: string;
 }
 
-/** Locates the package's JSON file and version through Node resolution (works with hoisting). */
+/** Locates the package's JSON file and version. */
 async function locateSource(): Promise<SourcePackage> {
-  const require = createRequire(import.meta.url);
-  const pkgJsonPath = require.resolve(`${SOURCE_PACKAGE}/package.json`);
-  const pkg = JSON.parse(await readFile(pkgJsonPath, 'utf8')) as { version?: unknown; main?: unknown };
-  if (typeof pkg.version !== 'string') throw new Error(`${SOURCE_PACKAGE}: package.json has no version`);
-  const main = typeof pkg.main === 'string' ? pkg.main : `${SOURCE_PACKAGE}.json`;
-  return { version: pkg.version, dataFile: path.resolve(path.dirname(pkgJsonPath), main) };
+  const pkg = await locatePackage(SOURCE_PACKAGE);
+  const main = typeof pkg.json['main'] === 'string' ? pkg.json['main'] : `${SOURCE_PACKAGE}.json`;
+  return { version: pkg.version, dataFile: path.resolve(pkg.root, main) };
 }
 
 /**
@@ -205,108 +194,75 @@ function manifestFor(version: string, sourceVersion: string, words: number): Mod
  * several processes: one builds, the others wait and then find it up to date.
  */
 export async function buildGlove(options: GloveBuildOptions): Promise<ModelBuildResult> {
-  const { outDir, force = false } = options;
   const report = options.onProgress ?? (() => {});
-  const dir = path.join(outDir, MODEL_NAME);
   const source = await locateSource();
   const expect = {
     builder: 'glove',
     builderVersion: BUILDER_VERSION,
     source: { package: SOURCE_PACKAGE, version: source.version },
   };
+  const job = { outDir: options.outDir, name: MODEL_NAME, expect, force: options.force ?? false, report };
+  return buildModelFolder(job, async () => {
+    report({ step: 'reading', done: 0, total: 1 });
+    let text: string | undefined = await readFile(source.dataFile, 'utf8');
+    report({ step: 'reading', done: 1, total: 1 });
+    report({ step: 'parsing', done: 0, total: 1 });
+    let data: WinkEmbeddings | undefined = parseSource(text);
+    text = undefined; // let the ~600 MB string go before we allocate the matrix
+    report({ step: 'parsing', done: 1, total: 1 });
 
-  if (!force) {
-    const existing = await currentBuild(dir, expect);
-    if (existing) return { name: MODEL_NAME, status: 'up-to-date', version: existing.version, dir };
-  }
-
-  return withLock(
-    path.join(outDir, `.${MODEL_NAME}.lock`),
-    async () => {
-      // Another process may have finished the build while we waited for the lock.
-      if (!force) {
-        const existing = await currentBuild(dir, expect);
-        if (existing) return { name: MODEL_NAME, status: 'up-to-date' as const, version: existing.version, dir };
+    const words = data.words;
+    const count = words.length;
+    const vocabSize = count + 1;
+    const embeddings = new Float32Array(vocabSize * DIMENSIONS); // row 0 (unknown) stays zero
+    const sif = new Float32Array(vocabSize); // sif[0] = 0: unknown ids carry no weight
+    const byRank = sifWeightsByRank(count);
+    const vocabLines: string[] = [UNKNOWN_TOKEN];
+    const seen = new Set<string>();
+    const every = 1 << 13;
+    for (let r = 0; r < count; r++) {
+      if (r % every === 0) report({ step: 'writing rows', done: r, total: count });
+      const word = words[r];
+      if (typeof word !== 'string' || word === '' || /[\r\n]/.test(word)) {
+        throw new Error(`${SOURCE_PACKAGE}: word #${r} cannot be a vocabulary line: ${JSON.stringify(word)}`);
       }
-      const started = Date.now();
-
-      report({ step: 'reading', done: 0, total: 1 });
-      let text: string | undefined = await readFile(source.dataFile, 'utf8');
-      report({ step: 'reading', done: 1, total: 1 });
-      report({ step: 'parsing', done: 0, total: 1 });
-      let data: WinkEmbeddings | undefined = parseSource(text);
-      text = undefined; // let the ~600 MB string go before we allocate the matrix
-      report({ step: 'parsing', done: 1, total: 1 });
-
-      const words = data.words;
-      const count = words.length;
-      const vocabSize = count + 1;
-      const embeddings = new Float32Array(vocabSize * DIMENSIONS); // row 0 (unknown) stays zero
-      const sif = new Float32Array(vocabSize); // sif[0] = 0: unknown ids carry no weight
-      const byRank = sifWeightsByRank(count);
-      const vocabLines: string[] = [UNKNOWN_TOKEN];
-      const seen = new Set<string>();
-      const every = 1 << 13;
-      for (let r = 0; r < count; r++) {
-        if (r % every === 0) report({ step: 'writing rows', done: r, total: count });
-        const word = words[r];
-        if (typeof word !== 'string' || word === '' || /[\r\n]/.test(word)) {
-          throw new Error(`${SOURCE_PACKAGE}: word #${r} cannot be a vocabulary line: ${JSON.stringify(word)}`);
-        }
-        // A repeated word would make vocab.txt ambiguous; the tokenizer keeps the first (more frequent) id.
-        if (seen.has(word)) throw new Error(`${SOURCE_PACKAGE}: word ${JSON.stringify(word)} appears twice`);
-        seen.add(word);
-        const vec = data.vectors[word];
-        if (!Array.isArray(vec) || vec.length < DIMENSIONS) {
-          throw new Error(`${SOURCE_PACKAGE}: no ${DIMENSIONS}-d vector for word #${r} ${JSON.stringify(word)}`);
-        }
-        const row = (r + 1) * DIMENSIONS;
-        for (let d = 0; d < DIMENSIONS; d++) {
-          const v = vec[d];
-          if (typeof v !== 'number' || !Number.isFinite(v)) {
-            throw new Error(`${SOURCE_PACKAGE}: non-numeric component ${d} for ${JSON.stringify(word)}`);
-          }
-          embeddings[row + d] = v;
-        }
-        sif[r + 1] = byRank[r]!;
-        vocabLines.push(word);
+      // A repeated word would make vocab.txt ambiguous; the tokenizer keeps the first (more frequent) id.
+      if (seen.has(word)) throw new Error(`${SOURCE_PACKAGE}: word ${JSON.stringify(word)} appears twice`);
+      seen.add(word);
+      const vec = data.vectors[word];
+      if (!Array.isArray(vec) || vec.length < DIMENSIONS) {
+        throw new Error(`${SOURCE_PACKAGE}: no ${DIMENSIONS}-d vector for word #${r} ${JSON.stringify(word)}`);
       }
-      report({ step: 'writing rows', done: count, total: count });
-      data = undefined; // the parsed JSON (~400 MB of objects) is no longer needed
-      seen.clear();
+      const row = (r + 1) * DIMENSIONS;
+      for (let d = 0; d < DIMENSIONS; d++) {
+        const v = vec[d];
+        if (typeof v !== 'number' || !Number.isFinite(v)) {
+          throw new Error(`${SOURCE_PACKAGE}: non-numeric component ${d} for ${JSON.stringify(word)}`);
+        }
+        embeddings[row + d] = v;
+      }
+      sif[r + 1] = byRank[r]!;
+      vocabLines.push(word);
+    }
+    report({ step: 'writing rows', done: count, total: count });
+    data = undefined; // the parsed JSON (~400 MB of objects) is no longer needed
+    seen.clear();
 
-      report({ step: 'serialising', done: 0, total: 1 });
-      const model = buildGloveGraph(
-        embeddings,
-        sif,
-        DIMENSIONS,
-        'SIF-weighted mean of GloVe 6B 100d word vectors, L2-normalised. See src/models/glove.ts.',
-      );
-      const modelBytes = model.serialize();
-      report({ step: 'serialising', done: 1, total: 1 });
+    report({ step: 'serialising', done: 0, total: 1 });
+    const model = buildGloveGraph(
+      embeddings,
+      sif,
+      DIMENSIONS,
+      'SIF-weighted mean of GloVe 6B 100d word vectors, L2-normalised. See src/models/glove.ts.',
+    );
+    const modelBytes = model.serialize();
+    report({ step: 'serialising', done: 1, total: 1 });
 
-      const vocabText = `${vocabLines.join('\n')}\n`;
-      // The model bytes contain the weights, the SIF weights and the graph; vocab fixes id → row.
-      const version = createHash('sha256')
-        .update(BUILDER_VERSION)
-        .update('\0')
-        .update(vocabText)
-        .update('\0')
-        .update(modelBytes)
-        .digest('hex')
-        .slice(0, 16);
-      const manifest = manifestFor(version, source.version, count);
+    const vocabText = `${vocabLines.join('\n')}\n`;
+    // The model bytes contain the weights, the SIF weights and the graph; vocab fixes id → row.
+    const version = contentVersion(BUILDER_VERSION, vocabText, modelBytes);
+    const manifest = manifestFor(version, source.version, count);
 
-      report({ step: 'writing files', done: 0, total: 1 });
-      await publishModel(
-        outDir,
-        MODEL_NAME,
-        { [MODEL_FILE]: modelBytes, [VOCAB_FILE]: vocabText, [MANIFEST_FILE]: `${JSON.stringify(manifest, null, 2)}\n` },
-        { expect, version, started },
-      );
-      report({ step: 'writing files', done: 1, total: 1 });
-      return { name: MODEL_NAME, status: 'built' as const, version, dir };
-    },
-    { onWait: () => report({ step: 'waiting for another build', done: 0, total: 1 }) },
-  );
+    return { version, files: { [MODEL_FILE]: modelBytes, [VOCAB_FILE]: vocabText, [MANIFEST_FILE]: jsonFile(manifest) } };
+  });
 }

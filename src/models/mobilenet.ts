@@ -37,16 +37,12 @@
  * `test/image-fp16.test.ts` measures the agreement.
  */
 
-import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import path from 'node:path';
 
 import type { ModelManifest } from '../runtime/manifest.ts';
-import type { ModelBuildResult } from './build.ts';
-import { MANIFEST_FILE, currentBuild, publishModel, withLock, type BuildExpectation } from './model-dir.ts';
+import { type BuilderOptions, type ModelBuildResult, buildModelFolder, contentVersion, jsonFile, locatePackage } from './builder.ts';
+import { type BuildExpectation, MANIFEST_FILE } from './model-dir.ts';
 import { OnnxModelBuilder, attr } from './onnx-writer.ts';
-import type { ProgressListener } from './progress.ts';
 import { convertTfjsGraph, type ConvertPrecision } from './tfjs-onnx.ts';
 import { loadTfjsGraph, type TfNode, type TfjsGraph } from './tfjs.ts';
 
@@ -77,35 +73,17 @@ export const IMAGE_COST_PER_KILOPIXEL = 1;
 const MODEL_FILE = 'model.onnx';
 const EPSILON = 1e-12;
 
-export interface MobilenetBuildOptions {
-  outDir: string;
-  force?: boolean;
-  onProgress?: ProgressListener;
-}
+export type MobilenetBuildOptions = BuilderOptions;
 
 interface SourcePackage {
   version: string;
   modelModule: string;
 }
 
-/** Finds the package through Node resolution; its model files are CommonJS modules embedding base64. */
+/** Finds the package; its model files are CommonJS modules embedding base64. */
 export async function locateSource(): Promise<SourcePackage> {
-  const require = createRequire(import.meta.url);
-  // The package's `exports` hides package.json, so resolve the entry point and walk up to the root.
-  let dir = path.dirname(require.resolve(SOURCE_PACKAGE));
-  for (;;) {
-    try {
-      const pkg = JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8')) as { name?: unknown; version?: unknown };
-      if (pkg.name === SOURCE_PACKAGE && typeof pkg.version === 'string') {
-        return { version: pkg.version, modelModule: path.join(dir, 'dist', 'models', SOURCE_MODEL, 'model.min.js') };
-      }
-    } catch {
-      // no package.json at this level
-    }
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error(`${SOURCE_PACKAGE}: package root not found; is it installed?`);
-    dir = up;
-  }
+  const pkg = await locatePackage(SOURCE_PACKAGE);
+  return { version: pkg.version, modelModule: path.join(pkg.root, 'dist', 'models', SOURCE_MODEL, 'model.min.js') };
 }
 
 /** Loads the TF.js graph of the source package (weights dequantised). */
@@ -256,14 +234,6 @@ function headManifest(version: string, sourceVersion: string, imageVersion: stri
   };
 }
 
-async function publish(outDir: string, name: string, modelBytes: Uint8Array, manifest: ModelManifest, expect: BuildExpectation, started: number): Promise<void> {
-  await publishModel(outDir, name, { [MODEL_FILE]: modelBytes, [MANIFEST_FILE]: `${JSON.stringify(manifest, null, 2)}\n` }, { expect, version: manifest.version, started });
-}
-
-function versionOf(modelBytes: Uint8Array, builderVersion: string = BUILDER_VERSION): string {
-  return createHash('sha256').update(builderVersion).update('\0').update(modelBytes).digest('hex').slice(0, 16);
-}
-
 /** The models this builder writes. */
 export type MobilenetModel = typeof IMAGE_MODEL | typeof IMAGE_FP16_MODEL | typeof HEAD_MODEL;
 
@@ -272,53 +242,37 @@ export type MobilenetModel = typeof IMAGE_MODEL | typeof IMAGE_FP16_MODEL | type
  * names the fp32 encoder's version, so both are converted for it) or `image-mobilenet-fp16`.
  */
 export async function buildMobilenet(options: MobilenetBuildOptions & { only: MobilenetModel }): Promise<ModelBuildResult> {
-  const { outDir, force = false, only } = options;
+  const { only } = options;
   const report = options.onProgress ?? (() => {});
-  const dir = path.join(outDir, only);
   const source = await locateSource();
   const fp16 = only === IMAGE_FP16_MODEL;
   // The fp32 models keep their build-info identity, so existing builds stay up to date.
   const expect: BuildExpectation = fp16
     ? { builder: 'mobilenet-fp16', builderVersion: FP16_BUILDER_VERSION, source: { package: SOURCE_PACKAGE, version: source.version } }
     : { builder: 'mobilenet', builderVersion: BUILDER_VERSION, source: { package: SOURCE_PACKAGE, version: source.version } };
-  if (!force) {
-    const existing = await currentBuild(dir, expect);
-    if (existing) return { name: only, status: 'up-to-date', version: existing.version, dir };
-  }
-  return withLock(
-    path.join(outDir, `.${only}.lock`),
-    async () => {
-      if (!force) {
-        const existing = await currentBuild(dir, expect);
-        if (existing) return { name: only, status: 'up-to-date' as const, version: existing.version, dir };
+  const job = { outDir: options.outDir, name: only, expect, force: options.force ?? false, report };
+  return buildModelFolder(job, async () => {
+    report({ step: 'reading TF.js graph', done: 0, total: 1 });
+    const { graph } = await loadSourceGraph();
+    report({ step: 'reading TF.js graph', done: 1, total: 1 });
+    report({ step: 'converting', done: 0, total: 1 });
+    let bytes: Uint8Array;
+    let manifest: ModelManifest;
+    if (fp16) {
+      bytes = buildImageGraph(graph, 'fp16').model.serialize();
+      manifest = imageFp16Manifest(contentVersion(FP16_BUILDER_VERSION, bytes), source.version);
+    } else {
+      // The head's manifest names the encoder version it reads, so both are converted for it.
+      const imageBytes = buildImageGraph(graph).model.serialize();
+      const imageVersion = contentVersion(BUILDER_VERSION, imageBytes);
+      bytes = imageBytes;
+      manifest = imageManifest(imageVersion, source.version);
+      if (only === HEAD_MODEL) {
+        bytes = buildHeadGraph(graph).model.serialize();
+        manifest = headManifest(contentVersion(BUILDER_VERSION, bytes), source.version, imageVersion);
       }
-      const started = Date.now();
-      report({ step: 'reading TF.js graph', done: 0, total: 1 });
-      const { graph } = await loadSourceGraph();
-      report({ step: 'reading TF.js graph', done: 1, total: 1 });
-      report({ step: 'converting', done: 0, total: 1 });
-      let bytes: Uint8Array;
-      let manifest: ModelManifest;
-      if (fp16) {
-        bytes = buildImageGraph(graph, 'fp16').model.serialize();
-        manifest = imageFp16Manifest(versionOf(bytes, FP16_BUILDER_VERSION), source.version);
-      } else {
-        // The head's manifest names the encoder version it reads, so both are converted for it.
-        const imageBytes = buildImageGraph(graph).model.serialize();
-        const imageVersion = versionOf(imageBytes);
-        bytes = imageBytes;
-        manifest = imageManifest(imageVersion, source.version);
-        if (only === HEAD_MODEL) {
-          bytes = buildHeadGraph(graph).model.serialize();
-          manifest = headManifest(versionOf(bytes), source.version, imageVersion);
-        }
-      }
-      report({ step: 'converting', done: 1, total: 1 });
-      report({ step: 'writing files', done: 0, total: 1 });
-      await publish(outDir, only, bytes, manifest, expect, started);
-      report({ step: 'writing files', done: 1, total: 1 });
-      return { name: only, status: 'built' as const, version: manifest.version, dir };
-    },
-    { onWait: () => report({ step: 'waiting for another build', done: 0, total: 1 }) },
-  );
+    }
+    report({ step: 'converting', done: 1, total: 1 });
+    return { version: manifest.version, files: { [MODEL_FILE]: bytes, [MANIFEST_FILE]: jsonFile(manifest) } };
+  });
 }

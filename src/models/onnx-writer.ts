@@ -3,8 +3,8 @@
  *
  * Owns: the protobuf schema for the subset of onnx.proto our builders need, tensor/attribute
  * encoding (raw_data, little-endian), and a builder that assembles a graph node by node and
- * serialises it. It knows nothing about any particular model; `glove.ts` (and later the BERT
- * builder) describe their graphs with it.
+ * serialises it. It knows nothing about any particular model; `glove.ts`, `bert-graph.ts` and
+ * `tfjs-onnx.ts` describe their graphs with it.
  *
  * Usage:
  *
@@ -17,155 +17,34 @@
  *   g.output(z, 'float32', ['batch', 4], 'probs');                     // renames via Identity
  *   await model.writeFile('demo.onnx');
  *
- * Field numbers follow onnx/onnx.proto (proto2). Only fields we write are declared; a reader that
- * sees our output sees a normal ONNX file. Unknown-to-us fields (sparse tensors, functions,
- * training info) are simply absent.
+ * The schema is `onnx-subset.proto`: onnx/onnx.proto (proto2) cut down to the fields we write, with
+ * onnx.proto's names and numbers, so a reader that sees our output sees a normal ONNX file.
+ * Unknown-to-us fields (sparse tensors, functions, training info) are simply absent.
  *
  * IR version: defaults to 8 (ONNX 1.13, the release that introduced opset 18); callers that need a
  * newer IR (e.g. for opset 19+ or float8 types) pass `irVersion`.
  */
 
+import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { endianness } from 'node:os';
 import protobuf from 'protobufjs';
 
-// ---------------------------------------------------------------------------------------------
-// Schema: the onnx.proto subset, as a protobufjs JSON descriptor.
-// ---------------------------------------------------------------------------------------------
+import { float32ToFloat16Bits } from '../cache/codec.ts';
 
-/** Packed encoding for the numeric `*_data` lists, as onnx.proto declares (`[packed = true]`). */
-const PACKED = { packed: true };
-
-const ONNX_SCHEMA: protobuf.INamespace = {
-  nested: {
-    onnx: {
-      nested: {
-        AttributeProto: {
-          fields: {
-            name: { type: 'string', id: 1 },
-            ref_attr_name: { type: 'string', id: 21 },
-            doc_string: { type: 'string', id: 13 },
-            type: { type: 'int32', id: 20 }, // AttributeType enum, written as its number
-            f: { type: 'float', id: 2 },
-            i: { type: 'int64', id: 3 },
-            s: { type: 'bytes', id: 4 },
-            t: { type: 'TensorProto', id: 5 },
-            g: { type: 'GraphProto', id: 6 },
-            floats: { rule: 'repeated', type: 'float', id: 7 },
-            ints: { rule: 'repeated', type: 'int64', id: 8 },
-            strings: { rule: 'repeated', type: 'bytes', id: 9 },
-            tensors: { rule: 'repeated', type: 'TensorProto', id: 10 },
-            graphs: { rule: 'repeated', type: 'GraphProto', id: 11 },
-          },
-        },
-        ValueInfoProto: {
-          fields: {
-            name: { type: 'string', id: 1 },
-            type: { type: 'TypeProto', id: 2 },
-            doc_string: { type: 'string', id: 3 },
-          },
-        },
-        NodeProto: {
-          fields: {
-            input: { rule: 'repeated', type: 'string', id: 1 },
-            output: { rule: 'repeated', type: 'string', id: 2 },
-            name: { type: 'string', id: 3 },
-            op_type: { type: 'string', id: 4 },
-            domain: { type: 'string', id: 7 },
-            attribute: { rule: 'repeated', type: 'AttributeProto', id: 5 },
-            doc_string: { type: 'string', id: 6 },
-          },
-        },
-        ModelProto: {
-          fields: {
-            ir_version: { type: 'int64', id: 1 },
-            opset_import: { rule: 'repeated', type: 'OperatorSetIdProto', id: 8 },
-            producer_name: { type: 'string', id: 2 },
-            producer_version: { type: 'string', id: 3 },
-            domain: { type: 'string', id: 4 },
-            model_version: { type: 'int64', id: 5 },
-            doc_string: { type: 'string', id: 6 },
-            graph: { type: 'GraphProto', id: 7 },
-            metadata_props: { rule: 'repeated', type: 'StringStringEntryProto', id: 14 },
-          },
-        },
-        StringStringEntryProto: {
-          fields: {
-            key: { type: 'string', id: 1 },
-            value: { type: 'string', id: 2 },
-          },
-        },
-        GraphProto: {
-          fields: {
-            node: { rule: 'repeated', type: 'NodeProto', id: 1 },
-            name: { type: 'string', id: 2 },
-            initializer: { rule: 'repeated', type: 'TensorProto', id: 5 },
-            doc_string: { type: 'string', id: 10 },
-            input: { rule: 'repeated', type: 'ValueInfoProto', id: 11 },
-            output: { rule: 'repeated', type: 'ValueInfoProto', id: 12 },
-            value_info: { rule: 'repeated', type: 'ValueInfoProto', id: 13 },
-          },
-        },
-        TensorProto: {
-          fields: {
-            dims: { rule: 'repeated', type: 'int64', id: 1 },
-            data_type: { type: 'int32', id: 2 },
-            float_data: { rule: 'repeated', type: 'float', id: 4, options: PACKED },
-            int32_data: { rule: 'repeated', type: 'int32', id: 5, options: PACKED },
-            string_data: { rule: 'repeated', type: 'bytes', id: 6 },
-            int64_data: { rule: 'repeated', type: 'int64', id: 7, options: PACKED },
-            name: { type: 'string', id: 8 },
-            raw_data: { type: 'bytes', id: 9 },
-            doc_string: { type: 'string', id: 12 },
-            double_data: { rule: 'repeated', type: 'double', id: 10, options: PACKED },
-            uint64_data: { rule: 'repeated', type: 'uint64', id: 11, options: PACKED },
-          },
-        },
-        TensorShapeProto: {
-          fields: {
-            dim: { rule: 'repeated', type: 'Dimension', id: 1 },
-          },
-          nested: {
-            Dimension: {
-              oneofs: { value: { oneof: ['dim_value', 'dim_param'] } },
-              fields: {
-                dim_value: { type: 'int64', id: 1 },
-                dim_param: { type: 'string', id: 2 },
-                denotation: { type: 'string', id: 3 },
-              },
-            },
-          },
-        },
-        TypeProto: {
-          oneofs: { value: { oneof: ['tensor_type'] } },
-          fields: {
-            tensor_type: { type: 'Tensor', id: 1 },
-            denotation: { type: 'string', id: 6 },
-          },
-          nested: {
-            Tensor: {
-              fields: {
-                elem_type: { type: 'int32', id: 1 },
-                shape: { type: 'TensorShapeProto', id: 2 },
-              },
-            },
-          },
-        },
-        OperatorSetIdProto: {
-          fields: {
-            domain: { type: 'string', id: 1 },
-            version: { type: 'int64', id: 2 },
-          },
-        },
-      },
-    },
-  },
-};
+// ---------------------------------------------------------------------------------------------
+// Schema: the onnx.proto subset (onnx-subset.proto beside this file), parsed on first use.
+// ---------------------------------------------------------------------------------------------
 
 let modelType: protobuf.Type | undefined;
-/** The reflected `onnx.ModelProto` type, built once on first use. */
+/** The reflected `onnx.ModelProto` type, built once on first use. keepCase: messages use onnx.proto's snake_case names. */
 function modelProtoType(): protobuf.Type {
-  modelType ??= protobuf.Root.fromJSON(ONNX_SCHEMA).lookupType('onnx.ModelProto');
+  modelType ??= protobuf
+    .parse(readFileSync(new URL('./onnx-subset.proto', import.meta.url), 'utf8'), { keepCase: true })
+    // Resolve every type before the first encode: protobufjs resolves field options (packed) lazily,
+    // and a type encoded before its options are resolved would be written unpacked.
+    .root.resolveAll()
+    .lookupType('onnx.ModelProto');
   return modelType;
 }
 
@@ -287,42 +166,10 @@ export function float32Tensor(name: string, data: Float32Array | readonly number
   return rawTensor(name, 'float32', dims, littleEndianBytes(arr, 4));
 }
 
-const F32_SCRATCH = new Float32Array(1);
-const U32_SCRATCH = new Uint32Array(F32_SCRATCH.buffer);
-
-/**
- * IEEE 754 binary16 bits of a number (via its float32 value), round to nearest even; overflow → ±Inf,
- * NaN stays NaN, tiny values become subnormals or ±0.
- */
-export function float16Bits(value: number): number {
-  F32_SCRATCH[0] = value;
-  const x = U32_SCRATCH[0]!;
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  const mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 : 0);
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign; // below half the smallest subnormal
-    const m = mant | 0x800000; // implicit leading 1
-    const shift = 14 - e; // 14..24
-    const half = 1 << (shift - 1);
-    const rest = m & ((1 << shift) - 1);
-    let h = m >>> shift;
-    if (rest > half || (rest === half && (h & 1) === 1)) h += 1;
-    return sign | h; // a carry into the exponent field is still the right encoding
-  }
-  let h = (e << 10) | (mant >>> 13);
-  const rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && (h & 1) === 1)) h += 1; // carry may round up to Inf: correct
-  return sign | h;
-}
-
-/** A float16 tensor from float32 values (rounded to nearest even; see `float16Bits`). */
+/** A float16 tensor from float32 values (rounded to nearest even; see `float32ToFloat16Bits`). */
 export function float16Tensor(name: string, data: Float32Array | readonly number[], dims: readonly number[]): TensorValue {
   const bits = new Uint16Array(data.length);
-  for (let i = 0; i < data.length; i++) bits[i] = float16Bits(data[i]!);
+  for (let i = 0; i < data.length; i++) bits[i] = float32ToFloat16Bits(data[i]!);
   return rawTensor(name, 'float16', dims, littleEndianBytes(bits, 2));
 }
 
@@ -517,14 +364,14 @@ export interface NodeOptions {
 export class OnnxGraphBuilder {
   readonly name: string;
   docString: string | undefined;
-  private readonly nodes: NodeMsg[] = [];
-  private readonly initializers: TensorMsg[] = [];
-  private readonly inputs: ValueInfoMsg[] = [];
-  private readonly outputs: ValueInfoMsg[] = [];
-  private readonly valueInfos: ValueInfoMsg[] = [];
-  private readonly defined = new Set<string>();
-  private readonly usedDomains = new Set<string>();
-  private readonly counters = new Map<string, number>();
+  readonly #nodes: NodeMsg[] = [];
+  readonly #initializers: TensorMsg[] = [];
+  readonly #inputs: ValueInfoMsg[] = [];
+  readonly #outputs: ValueInfoMsg[] = [];
+  readonly #valueInfos: ValueInfoMsg[] = [];
+  readonly #defined = new Set<string>();
+  readonly #usedDomains = new Set<string>();
+  readonly #counters = new Map<string, number>();
 
   constructor(name: string) {
     this.name = name;
@@ -533,17 +380,17 @@ export class OnnxGraphBuilder {
   /** A fresh value/node name with the given prefix ("matmul_3"), distinct from all defined names. */
   uniqueName(prefix: string): string {
     for (;;) {
-      const n = this.counters.get(prefix) ?? 0;
-      this.counters.set(prefix, n + 1);
+      const n = this.#counters.get(prefix) ?? 0;
+      this.#counters.set(prefix, n + 1);
       const candidate = `${prefix}_${n}`;
-      if (!this.defined.has(candidate)) return candidate;
+      if (!this.#defined.has(candidate)) return candidate;
     }
   }
 
   /** Declares a graph input. */
   input(name: string, type: ElementType, shape: readonly Dim[], docString?: string): string {
-    this.define(name);
-    this.inputs.push(valueInfoMsg(name, type, shape, docString));
+    this.#define(name);
+    this.#inputs.push(valueInfoMsg(name, type, shape, docString));
     return name;
   }
 
@@ -552,17 +399,17 @@ export class OnnxGraphBuilder {
    * value its public name, so internal naming never leaks into the model's interface.
    */
   output(value: string, type: ElementType, shape: readonly Dim[], publicName: string = value, docString?: string): string {
-    this.requireDefined(value, 'graph output');
+    this.#requireDefined(value, 'graph output');
     let name = value;
     if (publicName !== value) name = this.op('Identity', [value], {}, { outputs: [publicName] });
-    this.outputs.push(valueInfoMsg(name, type, shape, docString));
+    this.#outputs.push(valueInfoMsg(name, type, shape, docString));
     return name;
   }
 
   /** Adds a constant tensor (weights, shape constants). Returns its name. */
   initializer(tensor: TensorValue): string {
-    this.define(tensor.name);
-    this.initializers.push(tensorMsg(tensor));
+    this.#define(tensor.name);
+    this.#initializers.push(tensorMsg(tensor));
     return tensor.name;
   }
 
@@ -578,8 +425,8 @@ export class OnnxGraphBuilder {
 
   /** Optional shape annotation for an intermediate value (helps debugging in Netron). */
   annotate(value: string, type: ElementType, shape: readonly Dim[]): void {
-    this.requireDefined(value, 'value_info');
-    this.valueInfos.push(valueInfoMsg(value, type, shape));
+    this.#requireDefined(value, 'value_info');
+    this.#valueInfos.push(valueInfoMsg(value, type, shape));
   }
 
   /**
@@ -587,14 +434,14 @@ export class OnnxGraphBuilder {
    * An empty string in `inputs` marks an omitted optional input, as in ONNX.
    */
   node(opType: string, inputs: readonly string[], options: NodeOptions = {}): string[] {
-    for (const i of inputs) if (i !== '') this.requireDefined(i, `input of ${opType}`);
+    for (const i of inputs) if (i !== '') this.#requireDefined(i, `input of ${opType}`);
     const base = opType.toLowerCase();
     const outs = options.outputs;
     const outputNames =
       typeof outs === 'number' || outs === undefined
         ? Array.from({ length: outs ?? 1 }, () => this.uniqueName(base))
         : [...outs];
-    for (const o of outputNames) this.define(o);
+    for (const o of outputNames) this.#define(o);
     const node: NodeMsg = {
       input: [...inputs],
       output: outputNames,
@@ -604,9 +451,9 @@ export class OnnxGraphBuilder {
     };
     const domain = options.domain ?? '';
     if (domain !== '') node.domain = domain;
-    this.usedDomains.add(domain);
+    this.#usedDomains.add(domain);
     if (options.docString !== undefined) node.doc_string = options.docString;
-    this.nodes.push(node);
+    this.#nodes.push(node);
     return outputNames;
   }
 
@@ -623,32 +470,32 @@ export class OnnxGraphBuilder {
 
   /** Domains used by nodes so far ('' = ai.onnx). */
   domains(): ReadonlySet<string> {
-    return this.usedDomains;
+    return this.#usedDomains;
   }
 
   /** The GraphProto as a plain object for protobufjs. */
   toMessage(): GraphMsg {
-    if (this.outputs.length === 0) throw new Error(`graph "${this.name}" has no outputs`);
+    if (this.#outputs.length === 0) throw new Error(`graph "${this.name}" has no outputs`);
     const msg: GraphMsg = {
       name: this.name,
-      node: this.nodes,
-      initializer: this.initializers,
-      input: this.inputs,
-      output: this.outputs,
-      value_info: this.valueInfos,
+      node: this.#nodes,
+      initializer: this.#initializers,
+      input: this.#inputs,
+      output: this.#outputs,
+      value_info: this.#valueInfos,
     };
     if (this.docString !== undefined) msg.doc_string = this.docString;
     return msg;
   }
 
-  private define(name: string): void {
+  #define(name: string): void {
     if (name === '') throw new Error('value names must not be empty');
-    if (this.defined.has(name)) throw new Error(`value "${name}" is defined twice in graph "${this.name}"`);
-    this.defined.add(name);
+    if (this.#defined.has(name)) throw new Error(`value "${name}" is defined twice in graph "${this.name}"`);
+    this.#defined.add(name);
   }
 
-  private requireDefined(name: string, where: string): void {
-    if (!this.defined.has(name)) throw new Error(`${where}: value "${name}" is not defined (yet) in graph "${this.name}"`);
+  #requireDefined(name: string, where: string): void {
+    if (!this.#defined.has(name)) throw new Error(`${where}: value "${name}" is not defined (yet) in graph "${this.name}"`);
   }
 }
 
@@ -678,42 +525,42 @@ export const DEFAULT_OPSET = 18;
 /** Builds a ModelProto around one graph and serialises it. */
 export class OnnxModelBuilder {
   readonly graph: OnnxGraphBuilder;
-  private readonly options: ModelOptions;
-  private readonly opsets = new Map<string, number>();
-  private readonly metadata = new Map<string, string>();
+  readonly #options: ModelOptions;
+  readonly #opsets = new Map<string, number>();
+  readonly #metadata = new Map<string, string>();
 
   constructor(options: ModelOptions) {
-    this.options = options;
+    this.#options = options;
     this.graph = new OnnxGraphBuilder(options.graphName);
     for (const [domain, version] of Object.entries(options.opsets ?? { '': DEFAULT_OPSET })) this.importOpset(domain, version);
-    for (const [k, v] of Object.entries(options.metadata ?? {})) this.metadata.set(k, v);
+    for (const [k, v] of Object.entries(options.metadata ?? {})) this.#metadata.set(k, v);
   }
 
   /** Imports an operator set, e.g. `importOpset('com.microsoft', 1)` for ORT contrib ops. */
   importOpset(domain: string, version: number): this {
     if (!Number.isSafeInteger(version) || version < 1) throw new Error(`opset version for "${domain}" must be a positive integer`);
-    this.opsets.set(domain, version);
+    this.#opsets.set(domain, version);
     return this;
   }
 
   setMetadata(key: string, value: string): this {
-    this.metadata.set(key, value);
+    this.#metadata.set(key, value);
     return this;
   }
 
   /** The ModelProto as a plain object (what `serialize` encodes). */
   toMessage(): ModelMsg {
     for (const d of this.graph.domains()) {
-      if (!this.opsets.has(d)) throw new Error(`graph uses domain "${d || 'ai.onnx'}" but no opset is imported for it`);
+      if (!this.#opsets.has(d)) throw new Error(`graph uses domain "${d || 'ai.onnx'}" but no opset is imported for it`);
     }
-    const o = this.options;
+    const o = this.#options;
     const msg: ModelMsg = {
       ir_version: o.irVersion ?? DEFAULT_IR_VERSION,
-      opset_import: [...this.opsets].map(([domain, version]) => ({ domain, version })),
+      opset_import: [...this.#opsets].map(([domain, version]) => ({ domain, version })),
       producer_name: o.producerName ?? 'polyray',
       producer_version: o.producerVersion ?? '',
       graph: this.graph.toMessage(),
-      metadata_props: [...this.metadata].map(([key, value]) => ({ key, value })),
+      metadata_props: [...this.#metadata].map(([key, value]) => ({ key, value })),
     };
     if (o.domain !== undefined) msg.domain = o.domain;
     if (o.modelVersion !== undefined) msg.model_version = o.modelVersion;

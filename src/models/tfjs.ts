@@ -12,12 +12,14 @@
  * Weights: the manifest lists weight groups; a group's shards are concatenated and the weights follow
  * one another in manifest order. A quantised weight is stored as `quantization.dtype` and restored
  * exactly as tfjs-core's `decodeWeights` restores it: uint8/uint16 `value = q · scale + min`
- * (computed in float64, stored as float32), float16 by IEEE half → single conversion.
+ * (computed in float64, stored as float32), float16 by IEEE half → single conversion (exact; `cache/codec.ts`).
  */
 
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+
+import { float16BitsToFloat32 } from '../cache/codec.ts';
 
 /** A node attribute as TF.js JSON writes it (a protobuf AttrValue in JSON form). */
 export interface TfAttrValue {
@@ -137,16 +139,6 @@ export function dataInputs(node: TfNode): string[] {
 // Weights
 // ---------------------------------------------------------------------------------------------
 
-/** IEEE 754 half → single, as tfjs-core's float16 decoder does (subnormals, infinities, NaN). */
-export function float16ToFloat32(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const mant = h & 0x3ff;
-  if (exp === 0) return sign * mant * 2 ** -24;
-  if (exp === 0x1f) return mant ? NaN : sign * Infinity;
-  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
-}
-
 const STORED_SIZE: Record<string, number> = { float32: 4, int32: 4, bool: 1, uint8: 1, uint16: 2, float16: 2 };
 
 function count(shape: readonly number[]): number {
@@ -184,7 +176,7 @@ export function decodeWeights(manifest: readonly TfWeightGroup[], groupBytes: re
           values[i] = spec.dtype === 'int32' ? Math.round(v * scale + min) : v * scale + min;
         }
       } else if (q && q.dtype === 'float16') {
-        for (let i = 0; i < n; i++) values[i] = float16ToFloat32(view.getUint16(offset + 2 * i, true));
+        for (let i = 0; i < n; i++) values[i] = float16BitsToFloat32(view.getUint16(offset + 2 * i, true));
       } else if (q) {
         throw new Error(`weight ${spec.name}: unknown quantisation dtype ${String((q as { dtype: unknown }).dtype)}`);
       } else if (spec.dtype === 'float32') {

@@ -3,8 +3,8 @@
  * each with the cost model and recommends one. See docs/CACHE-POLICY.md.
  */
 import { createWriteStream } from 'node:fs';
-import { parseArgs } from 'node:util';
-import type { PolyrayConfig } from '../config.ts';
+import { parseFlags } from '../cli-args.ts';
+import type { PolyrayConfig } from '../config/index.ts';
 import { createProgressWriter, type ProgressStream } from '../models/progress.ts';
 import { DEFAULT_PRICES, parsePrices, type CostPrices } from './cost.ts';
 import { defaultGrid, describeSetting, formatBytes, formatDuration, gridSettings, parseDuration, parseGrid, parseSize, recommend, type Recommendation } from './grid.ts';
@@ -55,20 +55,7 @@ function parseCurrent(spec: string, base: SimSetting): SimSetting {
 }
 
 export async function runSimulate(argv: string[], config: PolyrayConfig, io: SimulateIo): Promise<SimulateOutcome> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      trace: { type: 'string' },
-      synthetic: { type: 'string' },
-      grid: { type: 'string' },
-      current: { type: 'string' },
-      prices: { type: 'string' },
-      top: { type: 'string' },
-      json: { type: 'boolean' },
-      'save-trace': { type: 'string' },
-    },
-    strict: true,
-  });
+  const values = parseFlags(argv, { strings: ['trace', 'synthetic', 'grid', 'current', 'prices', 'top', 'save-trace'], booleans: ['json'] });
   if ((values.trace === undefined) === (values.synthetic === undefined)) throw new TypeError(`name exactly one of --trace and --synthetic\n\n${SIMULATE_USAGE}`);
   const prices: CostPrices = values.prices ? parsePrices(values.prices, config.policy?.prices ?? DEFAULT_PRICES) : (config.policy?.prices ?? DEFAULT_PRICES);
   const current = values.current ? parseCurrent(values.current, currentSetting(config)) : currentSetting(config);
@@ -89,7 +76,7 @@ export async function runSimulate(argv: string[], config: PolyrayConfig, io: Sim
   let skipped = 0;
   const feed = async (rec: TraceRecord) => {
     sim.add(rec);
-    if (save && !save.write(JSON.stringify(rec) + '\n')) await new Promise<void>((res) => save.once('drain', () => res()));
+    if (save && !save.write(`${JSON.stringify(rec)}\n`)) await new Promise<void>((res) => save.once('drain', () => res()));
   };
   if (values.synthetic) {
     const spec = parseSynthetic(values.synthetic);
@@ -117,7 +104,7 @@ export async function runSimulate(argv: string[], config: PolyrayConfig, io: Sim
   const recommendation = recommend(report.results, current);
   const seconds = (performance.now() - t0) / 1000;
   if (values.json) {
-    io.out(JSON.stringify({ source: describe, skipped, prices, ...report, recommendation: summarise(recommendation), seconds }, null, 2) + '\n');
+    io.out(`${JSON.stringify({ source: describe, skipped, prices, ...report, recommendation: summarise(recommendation), seconds }, null, 2)}\n`);
   } else {
     io.out(formatReport(report, recommendation, { describe, skipped, seconds, top: values.top ? Number(values.top) : 12, synthetic: values.synthetic !== undefined }));
   }
@@ -188,5 +175,5 @@ function formatReport(report: SimReport, rec: Recommendation, o: { describe: str
   );
   const longest = Math.max(...report.results.map((x) => Math.max(x.setting.memoryTtlMs, x.setting.globalTtlMs ?? 0)));
   if (longest > t.spanMs) lines.push(`note: TTLs longer than the trace (${span(t.spanMs)}) are judged on this trace only; a longer trace judges them better.`);
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }

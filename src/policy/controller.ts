@@ -11,9 +11,9 @@
  * - Every `seriesIntervalMs` it records the items answered by each tier since the last point (a ring of
  *   360 points: an hour at the default 10 s), for the dashboard's hit-rate chart.
  */
-import type { PolyrayConfig } from '../config.ts';
+import type { PolyrayConfig } from '../config/index.ts';
 import type { Logger } from '../log.ts';
-import type { ServiceStats, Source } from '../service/embedding.ts';
+import type { ServiceStats, Source } from '../service/types.ts';
 import { price } from './cost.ts';
 import { describeSetting, gridSettings, recommend, sameSetting, type Grid } from './grid.ts';
 import { simulateStream, type SimResult, type SimSetting } from './simulator.ts';

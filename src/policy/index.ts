@@ -2,9 +2,9 @@
  * Builds the trace and the live policy from the configuration (used by the server's composition root).
  */
 import type { Cache } from '../cache/cache.ts';
-import type { PolyrayConfig } from '../config.ts';
+import type { PolyrayConfig } from '../config/index.ts';
 import type { Logger } from '../log.ts';
-import type { ServiceStats } from '../service/embedding.ts';
+import type { ServiceStats } from '../service/types.ts';
 import { PolicyController } from './controller.ts';
 import { Tracer, type TraceWriter } from './trace.ts';
 import { TtlOverrideCache } from './ttl-override.ts';

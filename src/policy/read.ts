@@ -6,7 +6,7 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
-import { Redis } from 'ioredis';
+import { createRedisClient } from '../redis/client.ts';
 import { toTraceRecord, type TraceRecord } from './trace.ts';
 import { traceFiles } from './writers.ts';
 
@@ -92,7 +92,7 @@ async function redisSource(location: string, options: ReadOptions): Promise<Trac
     describe: `stream ${key}`,
     skipped: 0,
     async *records() {
-      const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 2 });
+      const redis = createRedisClient({ url }, { lazyConnect: true });
       redis.on('error', () => undefined);
       try {
         await redis.connect();

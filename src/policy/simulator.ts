@@ -26,7 +26,7 @@
 import { price, type CostBreakdown, type CostPrices } from './cost.ts';
 import { globalEntryBytes, memoryEntryBytes } from './sizes.ts';
 import type { TraceRecord } from './trace.ts';
-import type { Source } from '../service/embedding.ts';
+import type { Source } from '../service/types.ts';
 
 export interface SimSetting {
   /** Memory tier size in bytes, as configured for the full (unsampled) stream. */

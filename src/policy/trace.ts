@@ -1,7 +1,7 @@
 /**
  * Trace sampling of the request stream (MultiRay's feedback loop, step one).
  *
- * `EmbeddingService.embedMany` hands every assembled result to a `TraceSink` in one synchronous call.
+ * The pipeline (src/service/pipeline.ts) hands every assembled call's results to a `TraceSink` in one synchronous call.
  * The `Tracer` (the sink the server installs) keeps the keys whose hash falls in the sample (see
  * `hash.ts`: by key, not by request, so a sampled key is always sampled), turns them into `TraceRecord`s
  * and
@@ -13,10 +13,10 @@
  * The record never holds input text or the cache key in clear: only a hash of the cache key.
  */
 import type { Logger } from '../log.ts';
-import type { EmbedResult, Source } from '../service/embedding.ts';
+import type { Source, TracedResult, TraceSink } from '../service/types.ts';
 import { hash53, hashHex, inSample } from './hash.ts';
 
-/** One sampled lookup: one distinct key of one `embedMany` call. */
+/** One sampled lookup: one distinct key of one pipeline call. */
 export interface TraceRecord {
   /** Time, ms since the epoch. */
   t: number;
@@ -40,11 +40,6 @@ export interface TraceRecord {
   r: number;
   /** Inputs of the call that had this key, when more than one. */
   n?: number;
-}
-
-/** What the service calls once per `embedMany`, with the results in input order. Must never throw. */
-export interface TraceSink {
-  observe(model: string, clientId: string | undefined, keys: readonly (string | undefined)[], results: readonly (EmbedResult | Error)[]): void;
 }
 
 /** A durable destination of trace records (Redis Stream, JSONL files). */
@@ -181,7 +176,7 @@ export class Tracer implements TraceSink {
     return this.#o.sampleRate;
   }
 
-  observe(model: string, clientId: string | undefined, keys: readonly (string | undefined)[], results: readonly (EmbedResult | Error)[]): void {
+  observe(model: string, clientId: string | undefined, keys: readonly (string | undefined)[], results: readonly (TracedResult | Error)[]): void {
     const rate = this.#o.sampleRate;
     if (rate <= 0 || this.#closed) return;
     try {

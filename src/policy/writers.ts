@@ -8,9 +8,9 @@
  * Redis: `XADD <key> MAXLEN ~ <maxLen> * t … k … …`, one pipeline per batch; Redis trims the stream to
  * about `maxLen` entries itself. Field names are those of `TraceRecord`.
  */
+import { createRedisClient, type RedisClient, type RedisTarget } from '../redis/client.ts';
 import { mkdir, open, readdir, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { Cluster, Redis } from 'ioredis';
 import type { TraceRecord, TraceWriter } from './trace.ts';
 
 export const TRACE_FILE_RE = /^trace-(\d+)-(\d+)(?:-(\d+))?\.jsonl$/;
@@ -76,8 +76,6 @@ export async function traceFiles(dir: string): Promise<string[]> {
   return names.map((f) => path.join(dir, f));
 }
 
-export type RedisTarget = { url: string } | { cluster: { host: string; port: number }[] };
-
 export interface RedisStreamWriterOptions {
   target: RedisTarget;
   key: string;
@@ -87,20 +85,15 @@ export interface RedisStreamWriterOptions {
   timeoutMs?: number;
 }
 
-export function redisClient(target: RedisTarget, timeoutMs: number): Redis | Cluster {
-  const common = { maxRetriesPerRequest: 1, commandTimeout: timeoutMs, connectTimeout: timeoutMs, lazyConnect: true };
-  if ('url' in target) return new Redis(target.url, common);
-  return new Cluster(target.cluster, { redisOptions: common, clusterRetryStrategy: (n: number) => Math.min(10_000, 100 * 2 ** n) });
-}
-
 export class RedisStreamTraceWriter implements TraceWriter {
   readonly name = 'redis-stream';
   readonly #o: RedisStreamWriterOptions;
-  readonly #redis: Redis | Cluster;
+  readonly #redis: RedisClient;
 
   constructor(options: RedisStreamWriterOptions) {
     this.#o = options;
-    this.#redis = redisClient(options.target, options.timeoutMs ?? 2000);
+    const timeoutMs = options.timeoutMs ?? 2000;
+    this.#redis = createRedisClient(options.target, { connectTimeoutMs: timeoutMs, commandTimeoutMs: timeoutMs, lazyConnect: true });
     // Connection errors surface as failed writes (counted by the tracer); keep ioredis from logging them.
     this.#redis.on('error', () => undefined);
   }

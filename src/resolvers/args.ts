@@ -3,7 +3,7 @@
  * that names the argument, what was expected and what arrived.
  */
 import { ErrorCode, PolyrayError } from '../errors.ts';
-import type { Catalog } from './context.ts';
+import type { ModelHandle } from '../runtime/handle.ts';
 
 const MODEL_NAME_MAX = 64;
 
@@ -15,11 +15,11 @@ export function checkModelName(model: unknown): string {
 }
 
 /** Validates `dimensions` against the model; returns undefined for "full size". */
-export function checkDimensions(catalog: Catalog, model: string, dimensions: number | null | undefined): number | undefined {
-  const full = catalog.dimensionsOf(model);
+export function checkDimensions(handle: ModelHandle, dimensions: number | null | undefined): number | undefined {
+  const full = handle.dimensions;
   if (dimensions === null || dimensions === undefined) return undefined;
   if (!Number.isInteger(dimensions) || dimensions < 1 || dimensions > full) {
-    throw new PolyrayError(ErrorCode.BAD_USER_INPUT, `Argument "dimensions" must be between 1 and ${full} for model ${model}, received ${dimensions}`, {
+    throw new PolyrayError(ErrorCode.BAD_USER_INPUT, `Argument "dimensions" must be between 1 and ${full} for model ${handle.name}, received ${dimensions}`, {
       argument: 'dimensions',
       max: full,
     });

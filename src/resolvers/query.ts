@@ -5,11 +5,11 @@ import { ErrorCode, PolyrayError } from '../errors.ts';
 import { checkDimensions, checkModelName } from './args.ts';
 import type { ModelInfo, PolyrayContext } from './context.ts';
 import { toEmbedding, type EmbeddingParent } from './embedding.ts';
-import type { EmbedResult } from '../service/embedding.ts';
+import type { ModelHandle } from '../runtime/handle.ts';
+import type { EmbedResult } from '../service/types.ts';
 
-function zeroResult(model: string, ctx: PolyrayContext): EmbedResult {
-  const info = ctx.catalog.models().find((m) => m.name === model);
-  return { vector: new Float32Array(ctx.catalog.dimensionsOf(model)), source: 'MEMORY', model, version: info?.version ?? '', tokens: 0, inferenceMs: 0 };
+function zeroResult(handle: ModelHandle): EmbedResult {
+  return { vector: new Float32Array(handle.dimensions), source: 'MEMORY', model: handle.name, version: handle.version, tokens: 0, inferenceMs: 0 };
 }
 
 interface EmbedInput {
@@ -36,8 +36,9 @@ export const queryResolvers = {
           limit: max,
         });
       }
-      const dims = checkDimensions(ctx.catalog, model, args.dimensions);
-      const kind = ctx.media.kindOf(model);
+      const handle = ctx.scope.model(model);
+      const dims = checkDimensions(handle, args.dimensions);
+      const kind = handle.kind;
       const inputs: OneInput[] = args.inputs.map((input, index) => {
         const set = Object.entries(input).filter(([, v]) => v !== null && v !== undefined);
         if (set.length !== 1 || typeof set[0]![1] !== 'string') {
@@ -50,22 +51,23 @@ export const queryResolvers = {
         }
         return input as OneInput;
       });
-      // Text models: the text loader (with accounting); image models: the image loader; postray: one-part posts.
+      // Text models: the text loader; image models: the image loader; postray: one-part posts.
       const results = await Promise.all(
-        inputs.map((input): Promise<unknown> => {
-          if (kind === 'text') return ctx.loaders.embeddings(model).load((input as { text: string }).text).catch((e: unknown) => e as Error);
-          if (kind === 'image') return ctx.media.images(model).load(input as { imageUrl: string } | { imageBase64: string }).catch((e: unknown) => e as Error);
+        inputs.map((input): Promise<EmbedResult | null | Error> => {
+          const caught = (e: unknown): Error => e as Error;
+          if (handle.kind === 'text') return ctx.scope.texts(handle).load((input as { text: string }).text).catch(caught);
+          if (handle.kind === 'image') return ctx.scope.images(handle).load(input as { imageUrl: string } | { imageBase64: string }).catch(caught);
           const post = 'text' in input ? { text: input.text } : 'imageUrl' in input ? { imageUrls: [input.imageUrl] } : { imageBase64: input.imageBase64 };
-          return ctx.media.posts(model).load(post).catch((e: unknown) => e as Error);
+          return ctx.scope.posts(handle).load(post).catch(caught);
         }),
-      ).then((rs) => rs as (EmbedResult | null | Error)[]);
+      );
       return results.map((r, index) => {
         if (r instanceof Error) {
           if (r instanceof PolyrayError) throw new PolyrayError(r.code, r.message, { ...r.extensions, index });
           throw r;
         }
         // A postray input with nothing to embed (an empty text) is the zero vector, as for text models.
-        if (r === null) return toEmbedding(zeroResult(model, ctx), dims);
+        if (r === null) return toEmbedding(zeroResult(handle), dims);
         return toEmbedding(r, dims);
       });
     },

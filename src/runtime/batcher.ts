@@ -9,8 +9,7 @@
  * long ones and no item starves. The queue is bounded: a submit that does not fit fails with OVERLOADED.
  * A failed batch rejects every item in it and nothing of it reaches a cache.
  */
-import { ErrorCode, PolyrayError } from '../errors.ts';
-import { DispatchQueue, type Pending } from './dispatch-queue.ts';
+import { batchFailed, type ClockOption, checkQueueOptions, DispatchQueue, systemClock, type Waiting } from './dispatch-queue.ts';
 import type { InferencePool, Lease } from './pool.ts';
 import type { FeedSpec } from './worker-protocol.ts';
 
@@ -40,7 +39,7 @@ export interface ModelIO {
 export interface BatchItem {
   ids: readonly number[];
   mask: readonly number[];
-  /** Opaque tag carried to the result, e.g. the client, for cost attribution. */
+  /** Opaque label from the caller (e.g. the client). The batcher does not read it; callers attribute cost themselves. */
   tag?: string;
 }
 
@@ -62,9 +61,7 @@ export interface BatcherStats {
   failedBatches: number;
 }
 
-type Queued = Pending<BatchItem, ItemResult>;
-
-const lengthOf = (q: Queued): number => Math.max(1, q.item.ids.length);
+const lengthOf = (item: BatchItem): number => Math.max(1, item.ids.length);
 
 export class Batcher {
   readonly #o: BatcherOptions;
@@ -72,26 +69,15 @@ export class Batcher {
   readonly #queue: DispatchQueue<BatchItem, ItemResult>;
   readonly #stats: BatcherStats = { queued: 0, batches: 0, items: 0, paddedTokens: 0, realTokens: 0, rejected: 0, failedBatches: 0 };
 
-  constructor(io: ModelIO, pool: Pick<InferencePool, 'acquire'>, options: Partial<BatcherOptions> = {}, now: () => number = () => performance.now()) {
-    const o = { ...DEFAULT_BATCHER_OPTIONS, ...options };
-    for (const k of ['maxItems', 'maxTokens', 'maxQueueItems'] as const) {
-      if (!Number.isSafeInteger(o[k]) || o[k] < 1) throw new TypeError(`Batcher option ${k} must be an integer >= 1, received ${String(o[k])}`);
-    }
-    if (!Number.isFinite(o.maxWaitUs) || o.maxWaitUs < 0) throw new TypeError(`Batcher option maxWaitUs must be >= 0, received ${String(o.maxWaitUs)}`);
-    this.#o = o;
+  /**
+   * `clock` drives `maxWaitUs`: a `Clock` (tests pass a fake one), or only a `now` function in
+   * milliseconds, which keeps Node's timers. Default: `performance.now()` and Node's timers.
+   */
+  constructor(io: ModelIO, pool: Pick<InferencePool, 'acquire'>, options: Partial<BatcherOptions> = {}, clock: ClockOption = systemClock) {
+    this.#o = checkQueueOptions('Batcher', { ...DEFAULT_BATCHER_OPTIONS, ...options }, ['maxItems', 'maxTokens', 'maxQueueItems']);
     this.#io = io;
-    this.#queue = new DispatchQueue<BatchItem, ItemResult>(
-      {
-        name: io.name,
-        maxWaitUs: o.maxWaitUs,
-        maxQueueItems: o.maxQueueItems,
-        full: (queue) => this.#full(queue),
-        take: (queue) => this.#take(queue),
-        run: (batch, run) => this.#run(batch, run),
-      },
-      pool,
-      now,
-    );
+    const policy = { name: io.name, full: this.#full.bind(this), take: this.#take.bind(this), run: this.#run.bind(this) };
+    this.#queue = new DispatchQueue(policy, pool, this.#o, clock);
   }
 
   /** Queues items; each promise settles with its own vector or the error of its batch. */
@@ -99,17 +85,17 @@ export class Batcher {
     return this.#queue.submit(items);
   }
 
-  #full(queue: readonly Queued[]): boolean {
+  #full(queue: readonly Waiting<BatchItem>[]): boolean {
     if (queue.length >= this.#o.maxItems) return true;
     let maxLen = 0;
-    for (const q of queue) maxLen = Math.max(maxLen, lengthOf(q));
+    for (const q of queue) maxLen = Math.max(maxLen, lengthOf(q.item));
     return maxLen * queue.length >= this.#o.maxTokens;
   }
 
   /** The next batch: the oldest item plus the items nearest to it in length. */
-  #take(queue: readonly Queued[]): { batch: Queued[]; rest: Queued[] } {
-    const anchor = lengthOf(queue[0]!);
-    const order = queue.map((q, i) => ({ len: lengthOf(q), i, d: Math.abs(lengthOf(q) - anchor) }));
+  #take(queue: readonly Waiting<BatchItem>[]): Set<number> {
+    const anchor = lengthOf(queue[0]!.item);
+    const order = queue.map((q, i) => ({ len: lengthOf(q.item), i, d: Math.abs(lengthOf(q.item) - anchor) }));
     order.sort((a, b) => a.d - b.d || a.i - b.i);
     const picked = new Set<number>();
     let maxLen = 0;
@@ -120,25 +106,21 @@ export class Batcher {
       picked.add(i);
       maxLen = nextMax;
     }
-    const batch: Queued[] = [];
-    const rest: Queued[] = [];
-    queue.forEach((q, i) => (picked.has(i) ? batch : rest).push(q));
-    return { batch, rest };
+    return picked;
   }
 
-  async #run(batch: Queued[], run: Lease['run']): Promise<void> {
+  async #run(batch: BatchItem[], run: Lease['run']): Promise<ItemResult[]> {
     const n = batch.length;
     const t = Math.max(...batch.map(lengthOf));
     const ids = new BigInt64Array(n * t);
     const mask = new BigInt64Array(n * t);
     let realTokens = 0;
-    batch.forEach((q, r) => {
-      const { ids: qi, mask: qm } = q.item;
-      for (let j = 0; j < qi.length; j++) {
-        ids[r * t + j] = BigInt(qi[j]!);
-        mask[r * t + j] = BigInt(qm[j]!);
+    batch.forEach((item, r) => {
+      for (let j = 0; j < item.ids.length; j++) {
+        ids[r * t + j] = BigInt(item.ids[j]!);
+        mask[r * t + j] = BigInt(item.mask[j]!);
       }
-      realTokens += qi.length;
+      realTokens += item.ids.length;
     });
     const feeds: FeedSpec[] = [
       { name: this.#io.inputIds, type: 'int64', data: ids, dims: [n, t] },
@@ -149,28 +131,17 @@ export class Batcher {
     this.#stats.items += n;
     this.#stats.paddedTokens += n * t;
     this.#stats.realTokens += realTokens;
-    try {
-      const res = await run(this.#io.name, feeds, this.#io.output);
-      const d = this.#io.dimensions;
-      if (res.dims.length !== 2 || res.dims[0] !== n || res.dims[1] !== d) {
-        throw new PolyrayError(ErrorCode.INFERENCE_FAILED, 'Inference failed for this batch; the request can be retried', {
-          reason: 'output-shape',
-        });
-      }
-      const tokenTotal = batch.reduce((s, q) => s + lengthOf(q), 0);
-      batch.forEach((q, r) => {
-        q.resolve({
-          vector: res.data.slice(r * d, (r + 1) * d),
-          inferenceMs: (res.runMs * lengthOf(q)) / tokenTotal,
-          batchSize: n,
-          tokens: q.item.ids.length,
-        });
-      });
-    } catch (e) {
-      this.#stats.failedBatches++;
-      const err = e instanceof PolyrayError ? e : new PolyrayError(ErrorCode.INFERENCE_FAILED, 'Inference failed for this batch; the request can be retried');
-      for (const q of batch) q.reject(err);
-    }
+    const res = await run(this.#io.name, feeds, this.#io.output);
+    const d = this.#io.dimensions;
+    // The data length is checked as well as the dims: a short buffer would slice into short vectors.
+    if (res.dims.length !== 2 || res.dims[0] !== n || res.dims[1] !== d || res.data.length !== n * d) throw batchFailed('output-shape');
+    const tokenTotal = batch.reduce((s, item) => s + lengthOf(item), 0);
+    return batch.map((item, r) => ({
+      vector: res.data.slice(r * d, (r + 1) * d),
+      inferenceMs: (res.runMs * lengthOf(item)) / tokenTotal,
+      batchSize: n,
+      tokens: item.ids.length,
+    }));
   }
 
   /** Stops accepting items and resolves once everything queued has run. */
@@ -179,6 +150,6 @@ export class Batcher {
   }
 
   stats(): BatcherStats {
-    return { ...this.#stats, queued: this.#queue.length, rejected: this.#queue.rejected };
+    return { ...this.#stats, queued: this.#queue.length, rejected: this.#queue.rejected, failedBatches: this.#queue.failedBatches };
   }
 }

@@ -10,7 +10,7 @@
 import { Worker } from 'node:worker_threads';
 import { PolyrayError, ErrorCode } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { ExecutionProviderName } from '../config.ts';
+import type { ExecutionProviderName } from '../config/index.ts';
 import type { ExtraOutput, FeedSpec, FromWorker, LoadResult, ModelLoadSpec, ToWorker } from './worker-protocol.ts';
 
 export interface InferencePoolOptions {

@@ -7,7 +7,7 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { ExecutionProviderName } from '../config.ts';
+import type { ExecutionProviderName } from '../config/index.ts';
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { parseManifest, type ModelManifest } from './manifest.ts';

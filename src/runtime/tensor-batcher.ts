@@ -12,8 +12,7 @@
  * A run may read several outputs (image-mobilenet: the unit `embedding` and the raw `feature`); each
  * item's result holds its row of every output. Inference time is apportioned by cost share.
  */
-import { ErrorCode, PolyrayError } from '../errors.ts';
-import { DispatchQueue, type Pending } from './dispatch-queue.ts';
+import { batchFailed, type ClockOption, checkQueueOptions, DispatchQueue, systemClock, type Waiting } from './dispatch-queue.ts';
 import type { InferencePool, Lease } from './pool.ts';
 import type { FeedSpec } from './worker-protocol.ts';
 
@@ -45,7 +44,7 @@ export interface TensorItem {
   data: Float32Array;
   /** Cost units of this item (input pixels for an image; 1 for a head input). */
   cost: number;
-  /** Opaque tag carried for attribution, e.g. the client. */
+  /** Opaque label from the caller (e.g. the client). The batcher does not read it; callers attribute cost themselves. */
   tag?: string;
 }
 
@@ -67,8 +66,6 @@ export interface TensorBatcherStats {
   failedBatches: number;
 }
 
-type Queued = Pending<TensorItem, TensorItemResult>;
-
 export class TensorBatcher {
   readonly #o: TensorBatcherOptions;
   readonly #io: TensorModelIO;
@@ -76,28 +73,14 @@ export class TensorBatcher {
   readonly #queue: DispatchQueue<TensorItem, TensorItemResult>;
   readonly #stats: TensorBatcherStats = { queued: 0, batches: 0, items: 0, cost: 0, rejected: 0, failedBatches: 0 };
 
-  constructor(io: TensorModelIO, pool: Pick<InferencePool, 'acquire'>, options: Partial<TensorBatcherOptions> = {}, now: () => number = () => performance.now()) {
-    const o = { ...DEFAULT_TENSOR_BATCHER_OPTIONS, ...options };
-    for (const k of ['maxItems', 'maxCost', 'maxQueueItems'] as const) {
-      if (!Number.isSafeInteger(o[k]) || o[k] < 1) throw new TypeError(`TensorBatcher option ${k} must be an integer >= 1, received ${String(o[k])}`);
-    }
-    if (!Number.isFinite(o.maxWaitUs) || o.maxWaitUs < 0) throw new TypeError(`TensorBatcher option maxWaitUs must be >= 0, received ${String(o.maxWaitUs)}`);
+  /** `clock` drives `maxWaitUs`, as for `Batcher`. Default: `performance.now()` and Node's timers. */
+  constructor(io: TensorModelIO, pool: Pick<InferencePool, 'acquire'>, options: Partial<TensorBatcherOptions> = {}, clock: ClockOption = systemClock) {
+    this.#o = checkQueueOptions('TensorBatcher', { ...DEFAULT_TENSOR_BATCHER_OPTIONS, ...options }, ['maxItems', 'maxCost', 'maxQueueItems']);
     if (io.outputs.length === 0) throw new TypeError(`TensorBatcher for ${io.name} needs at least one output`);
-    this.#o = o;
     this.#io = io;
     this.#itemSize = io.itemShape.reduce((a, b) => a * b, 1);
-    this.#queue = new DispatchQueue<TensorItem, TensorItemResult>(
-      {
-        name: io.name,
-        maxWaitUs: o.maxWaitUs,
-        maxQueueItems: o.maxQueueItems,
-        full: (queue) => this.#full(queue),
-        take: (queue) => this.#take(queue),
-        run: (batch, run) => this.#run(batch, run),
-      },
-      pool,
-      now,
-    );
+    const policy = { name: io.name, full: this.#full.bind(this), take: this.#take.bind(this), run: this.#run.bind(this) };
+    this.#queue = new DispatchQueue(policy, pool, this.#o, clock);
   }
 
   get io(): TensorModelIO {
@@ -107,12 +90,13 @@ export class TensorBatcher {
   /** Queues items; each promise settles with the item's outputs or its batch's error. */
   submit(items: readonly TensorItem[]): Promise<TensorItemResult>[] {
     for (const it of items) {
-      if (it.data.length !== this.#itemSize) throw new TypeError(`TensorBatcher ${this.#io.name}: item has ${it.data.length} values, expected ${this.#itemSize}`);
+      if (it.data.length !== this.#itemSize)
+        throw new TypeError(`TensorBatcher ${this.#io.name}: item has ${it.data.length} values, expected ${this.#itemSize}`);
     }
     return this.#queue.submit(items);
   }
 
-  #full(queue: readonly Queued[]): boolean {
+  #full(queue: readonly Waiting<TensorItem>[]): boolean {
     if (queue.length >= this.#o.maxItems) return true;
     let cost = 0;
     for (const q of queue) cost += q.item.cost;
@@ -120,55 +104,44 @@ export class TensorBatcher {
   }
 
   /** The oldest items that fit the item and cost bounds (at least one). */
-  #take(queue: readonly Queued[]): { batch: Queued[]; rest: Queued[] } {
+  #take(queue: readonly Waiting<TensorItem>[]): number[] {
+    const picked: number[] = [];
     let cost = 0;
-    let n = 0;
-    while (n < queue.length && n < this.#o.maxItems) {
+    for (let n = 0; n < queue.length && n < this.#o.maxItems; n++) {
       const c = queue[n]!.item.cost;
       if (n > 0 && cost + c > this.#o.maxCost) break;
       cost += c;
-      n++;
+      picked.push(n);
     }
-    return { batch: queue.slice(0, n), rest: queue.slice(n) };
+    return picked;
   }
 
-  async #run(batch: Queued[], run: Lease['run']): Promise<void> {
+  async #run(batch: TensorItem[], run: Lease['run']): Promise<TensorItemResult[]> {
     const n = batch.length;
     const size = this.#itemSize;
     const data = new Float32Array(n * size);
-    batch.forEach((q, r) => data.set(q.item.data, r * size));
-    const costTotal = batch.reduce((s, q) => s + q.item.cost, 0);
+    for (const [r, item] of batch.entries()) data.set(item.data, r * size);
+    const costTotal = batch.reduce((s, item) => s + item.cost, 0);
     this.#stats.batches++;
     this.#stats.items += n;
     this.#stats.cost += costTotal;
     const feeds: FeedSpec[] = [{ name: this.#io.input, type: 'float32', data, dims: [n, ...this.#io.itemShape] }];
     const names = this.#io.outputs.map((o) => o.name);
-    try {
-      const res = await run(this.#io.name, feeds, names.length === 1 ? names[0]! : names);
-      const all = [{ data: res.data, dims: res.dims }, ...(res.extra ?? [])];
-      if (all.length !== names.length) throw new PolyrayError(ErrorCode.INFERENCE_FAILED, 'Inference failed for this batch; the request can be retried', { reason: 'output-count' });
-      all.forEach((o, k) => {
-        const w = this.#io.outputs[k]!.width;
-        if (o.dims.length !== 2 || o.dims[0] !== n || o.dims[1] !== w) {
-          throw new PolyrayError(ErrorCode.INFERENCE_FAILED, 'Inference failed for this batch; the request can be retried', { reason: 'output-shape' });
-        }
-      });
-      batch.forEach((q, r) => {
-        q.resolve({
-          outputs: all.map((o, k) => {
-            const w = this.#io.outputs[k]!.width;
-            return o.data.slice(r * w, (r + 1) * w);
-          }),
-          inferenceMs: costTotal > 0 ? (res.runMs * q.item.cost) / costTotal : res.runMs / n,
-          batchSize: n,
-          cost: q.item.cost,
-        });
-      });
-    } catch (e) {
-      this.#stats.failedBatches++;
-      const err = e instanceof PolyrayError ? e : new PolyrayError(ErrorCode.INFERENCE_FAILED, 'Inference failed for this batch; the request can be retried');
-      for (const q of batch) q.reject(err);
-    }
+    const res = await run(this.#io.name, feeds, names.length === 1 ? names[0]! : names);
+    const all = [{ data: res.data, dims: res.dims }, ...(res.extra ?? [])];
+    if (all.length !== names.length) throw batchFailed('output-count');
+    const widths = this.#io.outputs.map((o) => o.width);
+    all.forEach((o, k) => {
+      const w = widths[k]!;
+      // The data length is checked as well as the dims: a short buffer would slice into short rows.
+      if (o.dims.length !== 2 || o.dims[0] !== n || o.dims[1] !== w || o.data.length !== n * w) throw batchFailed('output-shape');
+    });
+    return batch.map((item, r) => ({
+      outputs: all.map((o, k) => o.data.slice(r * widths[k]!, (r + 1) * widths[k]!)),
+      inferenceMs: costTotal > 0 ? (res.runMs * item.cost) / costTotal : res.runMs / n,
+      batchSize: n,
+      cost: item.cost,
+    }));
   }
 
   /** Stops accepting items and resolves once everything queued has run. */
@@ -177,6 +150,6 @@ export class TensorBatcher {
   }
 
   stats(): TensorBatcherStats {
-    return { ...this.#stats, queued: this.#queue.length, rejected: this.#queue.rejected };
+    return { ...this.#stats, queued: this.#queue.length, rejected: this.#queue.rejected, failedBatches: this.#queue.failedBatches };
   }
 }

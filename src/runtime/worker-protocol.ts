@@ -2,7 +2,7 @@
  * Messages between the inference pool (main thread) and its workers. Tensors travel as typed arrays
  * whose buffers are transferred, not copied.
  */
-import type { ExecutionProviderName } from '../config.ts';
+import type { ExecutionProviderName } from '../config/index.ts';
 
 export interface ModelLoadSpec {
   name: string;

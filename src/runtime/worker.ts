@@ -7,7 +7,7 @@
 import { getPriority, setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
-import type { ExecutionProviderName } from '../config.ts';
+import type { ExecutionProviderName } from '../config/index.ts';
 import type { FromWorker, LoadResult, ModelLoadSpec, ToWorker } from './worker-protocol.ts';
 
 const port = parentPort;

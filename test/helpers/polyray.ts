@@ -3,7 +3,7 @@
  * Models come from the project's `models/` folder, built once (the build is idempotent).
  */
 import path from 'node:path';
-import { loadConfig, type DeepPartial, type PolyrayConfig } from '../../src/config.ts';
+import { loadConfig, type DeepPartial, type PolyrayConfig } from '../../src/config/index.ts';
 import { createLogger } from '../../src/log.ts';
 import { PolyrayServer, type PolyrayDeps } from '../../src/server.ts';
 

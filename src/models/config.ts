@@ -1,0 +1,48 @@
+/**
+ * Options of the model folders: where they live, which of them a replica serves, whether the bundled ones
+ * are built at start, and which model `Post.embedding` uses by default. Declared with
+ * src/config/define.ts; src/config assembles and validates them.
+ */
+import path from 'node:path';
+import { z } from 'zod';
+import { list, setting } from '../config/define.ts';
+
+export const modelsSchema = z
+  .object({
+    /** Folder holding one sub-folder per model, resolved against the working directory. `POLYRAY_MODELS_DIR`; default `./models`. */
+    dir: setting(z.string(), {
+      env: 'POLYRAY_MODELS_DIR',
+      file: 'modelsDir',
+      read: (raw) => path.resolve(raw),
+      default: () => path.resolve('models'),
+      defaultDoc: './models',
+      doc: 'one folder per model (`manifest.json`, `model.onnx`, tokenizer)',
+    }),
+    /** Build the bundled models that are missing before serving. `POLYRAY_BUILD_MISSING`; default true. */
+    buildMissing: setting(z.boolean(), {
+      env: 'POLYRAY_BUILD_MISSING',
+      file: 'buildMissing',
+      default: true,
+      doc: 'build bundled models that are missing at start',
+    }),
+    /**
+     * Names of the models this replica loads and serves; `["*"]` loads every model folder. A replica per
+     * model family keeps memory down (each worker holds a session per model). `POLYRAY_SERVE_MODELS`
+     * (comma-separated); default `["*"]`.
+     */
+    serve: setting(z.array(z.string()), {
+      env: 'POLYRAY_SERVE_MODELS',
+      file: 'serveModels',
+      read: list,
+      default: ['*'],
+      doc: 'comma-separated models this replica loads (`*` = every folder)',
+    }),
+    /** Model `Post.embedding` uses when the query names none. `POLYRAY_DEFAULT_POST_MODEL`; default `postray` (text + images). */
+    defaultPostModel: setting(z.string(), {
+      env: 'POLYRAY_DEFAULT_POST_MODEL',
+      file: 'defaultPostModel',
+      default: 'postray',
+      doc: 'model of `Post.embedding` when the query names none',
+    }),
+  })
+  .strict();

@@ -1,0 +1,65 @@
+/**
+ * ModelHandle: a served model as the request path sees it, resolved once per field by the request scope
+ * (src/service/scope.ts) from the ModelHost. A handle says what the model reads (its `kind`), carries what
+ * pricing and validation need (version, dimensions, cost factor, token limit), and holds the model's
+ * inference queue, so nothing downstream looks the model up again.
+ *
+ * `post` is a virtual model (postray): two part handles and a fusion formula (src/models/postray.ts).
+ */
+import type { HeadSpec, PreprocessSpec } from './manifest.ts';
+import type { Batcher } from './batcher.ts';
+import type { TensorBatcher } from './tensor-batcher.ts';
+import type { Tokenizer } from './tokenizer.ts';
+
+interface HandleBase {
+  name: string;
+  version: string;
+  dimensions: number;
+  /** Cost units per computed token (per 1000 input pixels for image models). */
+  costFactor: number;
+  maxTokens: number;
+}
+
+export interface TextHandle extends HandleBase {
+  kind: 'text';
+  tokenizer: Tokenizer;
+  queue: Batcher;
+}
+
+export interface ImageHandle extends HandleBase {
+  kind: 'image';
+  preprocess: PreprocessSpec;
+  queue: TensorBatcher;
+}
+
+export interface HeadHandle extends HandleBase {
+  kind: 'head';
+  head: HeadSpec;
+  queue: TensorBatcher;
+  /** The model whose output the head reads. */
+  input: TextHandle | ImageHandle;
+}
+
+export interface PostHandle extends HandleBase {
+  kind: 'post';
+  text: TextHandle;
+  image: ImageHandle;
+}
+
+export type ModelHandle = TextHandle | ImageHandle | HeadHandle | PostHandle;
+export type ModelKind = ModelHandle['kind'];
+
+/** The model list as `Query.models` and `/readyz` show it. */
+export interface ModelInfo {
+  name: string;
+  version: string;
+  modality: 'TEXT' | 'IMAGE' | 'MULTIMODAL';
+  dimensions: number;
+  maxTokens: number;
+  costFactor: number;
+  synthetic: boolean;
+  state: 'LOADING' | 'READY' | 'FAILED' | 'DISPOSED';
+  executionProvider: string | null;
+  error: string | null;
+  description: string;
+}

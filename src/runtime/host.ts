@@ -1,0 +1,262 @@
+/**
+ * ModelHost: everything about the models this replica serves — the registry (folders, manifests,
+ * tokenizers, lifecycle states), the inference pool, one inference queue per model, and the per-model
+ * batching decision. It resolves model names to ModelHandles (src/runtime/handle.ts) with one set of
+ * errors for every caller: MODEL_NOT_FOUND for a name it does not serve, MODEL_NOT_READY while loading
+ * or after a failure.
+ *
+ * `load()` builds missing bundled models (when asked), scans the models directory, starts the workers,
+ * opens a queue per loaded model and marks each model ready or failed. A task head is served only next
+ * to the encoder version it was built for; that check lives here, once.
+ */
+import path from 'node:path';
+import type { PolyrayConfig } from '../config/index.ts';
+import { ErrorCode, PolyrayError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { buildModels } from '../models/build.ts';
+import { POSTRAY_IMAGE_MODEL, POSTRAY_MODEL, POSTRAY_TEXT_MODEL, postrayVersion } from '../models/postray.ts';
+import { Batcher } from './batcher.ts';
+import type { ImageHandle, ModelHandle, ModelInfo, PostHandle, TextHandle } from './handle.ts';
+import type { ModelManifest } from './manifest.ts';
+import type { InferencePool } from './pool.ts';
+import { ModelRegistry, type RegisteredModel } from './registry.ts';
+import { TensorBatcher } from './tensor-batcher.ts';
+
+/** A model's inference queue: token sequences (text) or fixed-size tensors (images, heads). */
+export type InferenceQueue = Batcher | TensorBatcher;
+
+export interface ModelHostOptions {
+  models: PolyrayConfig['models'];
+  inference: PolyrayConfig['inference'];
+  batching: PolyrayConfig['batching'];
+  pool: InferencePool;
+  logger: Logger;
+  /** The view of the pool the queues run batches through (metrics wrap it). Default: the pool itself. */
+  instrument?: (pool: InferencePool) => InferencePool;
+}
+
+const MODEL_NAME_SHOWN = 64;
+
+export class ModelHost {
+  readonly #o: ModelHostOptions;
+  #registry = new ModelRegistry();
+  /** One queue per loaded model; the map is live (metrics read it at scrape time). */
+  readonly queues = new Map<string, InferenceQueue>();
+
+  constructor(options: ModelHostOptions) {
+    this.#o = options;
+  }
+
+  get registry(): ModelRegistry {
+    return this.#registry;
+  }
+
+  /** True once every registered model has left the loading state and at least one is ready. */
+  ready(): boolean {
+    return this.#registry.ready();
+  }
+
+  /** The model behind `name`, ready to serve; MODEL_NOT_FOUND or MODEL_NOT_READY otherwise. */
+  resolve(name: string): ModelHandle {
+    if (name === POSTRAY_MODEL) return this.#postray();
+    const m = this.#registered(name);
+    if (m.manifest.head) {
+      const h = m.manifest.head;
+      const input = this.resolve(h.input);
+      if (input.kind !== 'text' && input.kind !== 'image') {
+        throw new PolyrayError(ErrorCode.MODEL_NOT_READY, `Head "${name}" reads ${h.input}, which is not an encoder`, { model: name });
+      }
+      return { kind: 'head', ...this.#base(m), head: h, queue: this.#queue(m, TensorBatcher), input };
+    }
+    if (m.manifest.preprocess) return { kind: 'image', ...this.#base(m), preprocess: m.manifest.preprocess, queue: this.#queue(m, TensorBatcher) };
+    return { kind: 'text', ...this.#base(m), tokenizer: m.tokenizer, queue: this.#queue(m, Batcher) };
+  }
+
+  /** Every served model, `postray` included when its parts are registered. */
+  models(): ModelInfo[] {
+    const real = this.#registry.list().map(
+      (m): ModelInfo => ({
+        name: m.manifest.name,
+        version: m.manifest.version,
+        modality: m.manifest.modality.toUpperCase() as ModelInfo['modality'],
+        dimensions: m.manifest.dimensions,
+        maxTokens: m.manifest.maxTokens,
+        costFactor: m.manifest.costFactor,
+        synthetic: m.manifest.synthetic,
+        state: m.state.kind.toUpperCase() as ModelInfo['state'],
+        executionProvider: m.state.kind === 'ready' ? m.state.provider : null,
+        error: m.state.kind === 'failed' ? m.state.reason : null,
+        description: m.manifest.description,
+      }),
+    );
+    const text = this.#registry.get(POSTRAY_TEXT_MODEL);
+    const image = this.#registry.get(POSTRAY_IMAGE_MODEL);
+    if (!text || !image) return real;
+    const ready = text.state.kind === 'ready' && image.state.kind === 'ready';
+    const loading = this.#registry.list().some((m) => m.state.kind === 'loading');
+    return [
+      ...real,
+      {
+        name: POSTRAY_MODEL,
+        version: postrayVersion(text.manifest.version, image.manifest.version),
+        modality: 'MULTIMODAL',
+        dimensions: text.manifest.dimensions + image.manifest.dimensions,
+        maxTokens: text.manifest.maxTokens,
+        costFactor: 0,
+        synthetic: false,
+        state: ready ? 'READY' : loading ? 'LOADING' : 'FAILED',
+        executionProvider: null,
+        error: ready || loading ? null : `${POSTRAY_TEXT_MODEL} or ${POSTRAY_IMAGE_MODEL} is not available`,
+        description:
+          `Post embedding: the ${POSTRAY_TEXT_MODEL} embedding of the text and the mean ${POSTRAY_IMAGE_MODEL} embedding of the images, ` +
+          `fused as [t/√2, i/√2] (or one part alone), L2-normalised; ${text.manifest.dimensions} text + ${image.manifest.dimensions} image components. Computed from ` +
+          'cached part embeddings; costs what its parts cost. See docs/POSTRAY.md.',
+      },
+    ];
+  }
+
+  /** Builds what is missing (if configured), scans the models directory, loads every model into the workers. */
+  async load(): Promise<void> {
+    const { dir, buildMissing, serve } = this.#o.models;
+    const logger = this.#o.logger;
+    if (buildMissing) {
+      const summary = await buildModels({ modelsDir: dir });
+      for (const s of summary) logger.info(s, 'model build');
+    }
+    this.#registry = await ModelRegistry.scan(dir, logger, serve.includes('*') ? undefined : serve);
+    const models = this.#registry.list();
+    if (models.length === 0) throw new Error(`no models found in ${dir}; run \`npm run models:build\``);
+    const { pool, inference } = this.#o;
+    const spinOf = (m: ModelManifest): boolean => (inference.allowSpinning === 'auto' ? m.runtime?.allowSpinning === true : inference.allowSpinning);
+    const loaded = await pool.start(
+      models.map((m) => ({ name: m.manifest.name, path: path.join(m.dir, m.manifest.file), providers: inference.providers, allowSpinning: spinOf(m.manifest) })),
+    );
+    const actualNiceness = pool.stats().niceness;
+    logger.info({ workers: inference.workers, intraOpThreads: inference.intraOpThreads, niceness: actualNiceness }, 'inference pool started');
+    if (inference.niceness > 0 && actualNiceness < inference.niceness) {
+      logger.warn({ requested: inference.niceness, actual: actualNiceness }, 'inference threads could not be given the configured nice value; the event loop competes with them as equals');
+    }
+    const view = this.#o.instrument ? this.#o.instrument(pool) : pool;
+    for (const l of loaded) {
+      const m = this.#registry.get(l.name)!;
+      for (const f of l.fallbacks) logger.warn({ model: l.name, provider: f.provider, reason: f.reason }, 'execution provider unavailable, falling back');
+      if (!l.ok || !l.provider) {
+        this.#registry.setState(l.name, { kind: 'failed', reason: 'the model could not be loaded by ONNX Runtime' });
+        logger.error({ model: l.name, reason: l.error }, 'model failed to load');
+        continue;
+      }
+      const { queue, detail } = this.#openQueue(m.manifest, l.provider, view);
+      this.queues.set(l.name, queue);
+      this.#registry.setState(l.name, { kind: 'ready', provider: l.provider });
+      logger.info({ model: l.name, version: m.manifest.version, provider: l.provider, allowSpinning: spinOf(m.manifest), ...detail }, 'model ready');
+    }
+    for (const m of this.#registry.list()) {
+      const h = m.manifest.head;
+      if (h && m.state.kind === 'ready' && this.#registry.get(h.input)?.manifest.version !== h.inputVersion) {
+        this.#registry.setState(m.manifest.name, { kind: 'failed', reason: `built for ${h.input}@${h.inputVersion}, which this replica does not serve` });
+      }
+    }
+    if (!this.#registry.ready()) throw new Error('no model could be loaded');
+  }
+
+  /** The batching decision: token batches for text (larger on accelerators), tensor batches for images and heads. */
+  #openQueue(manifest: ModelManifest, provider: string, pool: InferencePool): { queue: InferenceQueue; detail: Record<string, number> } {
+    const b = this.#o.batching;
+    if (manifest.preprocess || manifest.head) {
+      const pre = manifest.preprocess;
+      const input = manifest.inputs[0]!;
+      const outputs = manifest.outputs.filter((o) => o.shape.length === 2 && typeof o.shape[1] === 'number').map((o) => ({ name: o.name, width: o.shape[1] as number }));
+      const itemShape = pre ? (pre.layout === 'nchw' ? [3, pre.size, pre.size] : [pre.size, pre.size, 3]) : input.shape.slice(1).map(Number);
+      // Image batches are bounded by pixels; head inputs cost 1 each, so only maxItems bounds them.
+      const options = { maxItems: b.maxItems, maxWaitUs: b.maxWaitUs, maxQueueItems: b.maxQueueItems, maxCost: pre ? b.maxPixels : b.maxItems };
+      return { queue: new TensorBatcher({ name: manifest.name, input: input.name, itemShape, outputs }, pool, options), detail: {} };
+    }
+    const names = manifest.inputs.map((i) => i.name);
+    // An accelerator wants large batches; the CPU bound would cap it at a few items.
+    const batching = provider === 'cpu' ? b : { ...b, maxTokens: b.acceleratorMaxTokens };
+    const io = {
+      name: manifest.name,
+      inputIds: names.find((n) => n === 'input_ids') ?? names[0]!,
+      attentionMask: names.find((n) => n === 'attention_mask') ?? names[1]!,
+      ...(names.includes('token_type_ids') ? { tokenTypeIds: 'token_type_ids' } : {}),
+      output: manifest.outputs[0]!.name,
+      dimensions: manifest.dimensions,
+    };
+    return { queue: new Batcher(io, pool, batching), detail: { maxTokensPerBatch: batching.maxTokens } };
+  }
+
+  /** The token queue of a loaded text model. */
+  tokenQueue(name: string): Batcher | undefined {
+    const q = this.queues.get(name);
+    return q instanceof Batcher ? q : undefined;
+  }
+
+  /** The tensor queue of a loaded image model or head. */
+  tensorQueue(name: string): TensorBatcher | undefined {
+    const q = this.queues.get(name);
+    return q instanceof TensorBatcher ? q : undefined;
+  }
+
+  /** Lets every queued batch finish. */
+  async drain(): Promise<void> {
+    await Promise.all([...this.queues.values()].map((q) => q.drain()));
+  }
+
+  #registered(name: string): RegisteredModel {
+    const m = this.#registry.get(name);
+    if (!m) {
+      const known = this.models().map((x) => x.name);
+      const shown = name.slice(0, MODEL_NAME_SHOWN);
+      throw new PolyrayError(ErrorCode.MODEL_NOT_FOUND, `Unknown model "${shown}"; available models: ${known.join(', ') || 'none'}`, { model: shown });
+    }
+    switch (m.state.kind) {
+      case 'ready':
+        return m;
+      case 'loading':
+        throw new PolyrayError(ErrorCode.MODEL_NOT_READY, `Model "${name}" is still loading; retry shortly`, { model: name, retryAfterMs: 1000 });
+      case 'failed':
+      case 'disposed':
+        throw new PolyrayError(ErrorCode.MODEL_NOT_READY, `Model "${name}" is not available on this replica`, { model: name });
+      default: {
+        const never: never = m.state;
+        throw new Error(`unknown state ${JSON.stringify(never)}`);
+      }
+    }
+  }
+
+  #base(m: RegisteredModel): { name: string; version: string; dimensions: number; costFactor: number; maxTokens: number } {
+    const { name, version, dimensions, costFactor, maxTokens } = m.manifest;
+    return { name, version, dimensions, costFactor, maxTokens };
+  }
+
+  #queue<Q extends InferenceQueue>(m: RegisteredModel, kind: new (...args: never[]) => Q): Q {
+    const q = this.queues.get(m.manifest.name);
+    if (!(q instanceof kind)) throw new PolyrayError(ErrorCode.MODEL_NOT_READY, `Model "${m.manifest.name}" has no inference queue on this replica`, { model: m.manifest.name });
+    return q;
+  }
+
+  #postray(): PostHandle {
+    let text: ModelHandle;
+    let image: ModelHandle;
+    try {
+      text = this.resolve(POSTRAY_TEXT_MODEL);
+      image = this.resolve(POSTRAY_IMAGE_MODEL);
+    } catch {
+      throw new PolyrayError(ErrorCode.MODEL_NOT_READY, `Model "${POSTRAY_MODEL}" needs ${POSTRAY_TEXT_MODEL} and ${POSTRAY_IMAGE_MODEL}, which are not both ready on this replica`, {
+        model: POSTRAY_MODEL,
+        retryAfterMs: 1000,
+      });
+    }
+    if (text.kind !== 'text' || image.kind !== 'image') throw new Error(`postray parts have kinds ${text.kind} and ${image.kind}`);
+    return {
+      kind: 'post',
+      name: POSTRAY_MODEL,
+      version: postrayVersion(text.version, image.version),
+      dimensions: text.dimensions + image.dimensions,
+      costFactor: 0,
+      maxTokens: text.maxTokens,
+      text: text as TextHandle,
+      image: image as ImageHandle,
+    };
+  }
+}

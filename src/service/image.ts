@@ -1,0 +1,213 @@
+/**
+ * Image embeddings: the image adapter of CachedInference (src/service/pipeline.ts).
+ *
+ *   resolve  every image gets its content hash: bytes are hashed; a URL's hash is remembered for a
+ *            while (bounded LRU, `urlCacheTtlMs`), so a repeated URL is answered from the cache without
+ *            a fetch; an unknown URL is fetched first (each URL once per call and across concurrent calls)
+ *   key      `model@version:sha256(bytes)` — or, for a task head's input, `model@version:feature:<hash>`
+ *   compute  fetch if still needed, decode and preprocess (sharp, off the event loop), submit to the
+ *            model's tensor queue (src/runtime/tensor-batcher.ts)
+ *   fill     both outputs: the unit `embedding` under the content key and the raw `feature` (what task
+ *            heads read) under the feature key
+ *
+ * Results are per input: an image that cannot be fetched or decoded fails only itself, with an IMAGE_*
+ * code and its `index`.
+ */
+import { LRUCache } from 'lru-cache';
+import type { CacheEntry } from '../cache/cache.ts';
+import { cacheKey, contentHash } from '../cache/keys.ts';
+import { SingleFlight } from '../cache/single-flight.ts';
+import type { TieredCache } from '../cache/tiered.ts';
+import { ErrorCode, PolyrayError } from '../errors.ts';
+import type { ImageFetcher } from '../images/fetch.ts';
+import { preprocessImage } from '../images/preprocess.ts';
+import type { Logger } from '../log.ts';
+import type { ImageHandle } from '../runtime/handle.ts';
+import { CachedInference, type Computed, type InferenceAdapter, type Keyed } from './pipeline.ts';
+import type { EmbedResult, PipelineStats, TraceSink } from './types.ts';
+
+export type ImageInput = { kind: 'url'; url: string } | { kind: 'bytes'; bytes: Uint8Array };
+
+/** What a caller needs: the unit embedding, or the raw feature a task head reads. */
+export type ImageWant = 'embedding' | 'feature';
+
+export interface ImageResult extends EmbedResult {
+  /** sha256 of the image bytes (base64url): the content part of the cache key. */
+  hash: string;
+  /** The raw feature (when asked for with `want: "feature"`). */
+  feature?: Float32Array;
+  /** Model input pixels computed for this input (0 for cache hits and joined computations). */
+  pixels: number;
+}
+
+export interface ImageEmbedderOptions {
+  cache: TieredCache;
+  logger: Logger;
+  fetcher: ImageFetcher;
+  /** Largest decoded image (width × height). */
+  maxPixels: number;
+  /** URL → content hash memory: time to live and size. */
+  urlCacheTtlMs: number;
+  urlCacheMaxEntries: number;
+  /** Most URL fetches one call runs at once. Default 16. */
+  fetchConcurrency?: number;
+  /** Request-stream sampling (pixels stand in for tokens). */
+  trace?: TraceSink;
+}
+
+export interface ImageStats extends PipelineStats {
+  /** Network fetches started (data: URLs included). */
+  fetches: number;
+  /** URLs answered without fetching, thanks to the URL → hash memory and the cache. */
+  urlMemoHits: number;
+  /** Images decoded and preprocessed. */
+  decodes: number;
+  /** Images sent to the encoder. */
+  encoded: number;
+}
+
+/** An image whose content hash is known; `bytes` absent when the hash came from the URL memory. */
+interface Resolved {
+  hash: string;
+  bytes?: Uint8Array;
+  url?: string;
+}
+
+type ImageCall = ImageHandle & { want: ImageWant };
+
+export function featureKey(model: string, version: string, hash: string): string {
+  return cacheKey(model, version, `feature:${hash}`);
+}
+
+export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, Resolved, ImageCall> {
+  readonly #o: ImageEmbedderOptions;
+  readonly #pipeline: CachedInference<Resolved | PolyrayError, Resolved, ImageCall>;
+  readonly #urls: LRUCache<string, string>;
+  readonly #fetching = new SingleFlight<Uint8Array>();
+  readonly #counts = { fetches: 0, urlMemoHits: 0, decodes: 0, encoded: 0 };
+
+  constructor(options: ImageEmbedderOptions) {
+    this.#o = options;
+    this.#urls = new LRUCache<string, string>({ max: options.urlCacheMaxEntries, ...(options.urlCacheTtlMs > 0 ? { ttl: options.urlCacheTtlMs } : {}) });
+    this.#pipeline = new CachedInference(this, options);
+  }
+
+  /** Largest image accepted, in bytes (inline and fetched). */
+  get maxBytes(): number {
+    return this.#o.fetcher.maxBytes;
+  }
+
+  async embed(handle: ImageHandle, inputs: readonly ImageInput[], want: ImageWant = 'embedding', clientId?: string): Promise<(ImageResult | PolyrayError)[]> {
+    const resolved = await this.#resolve(inputs);
+    const answers = await this.#pipeline.run({ ...handle, want }, resolved, clientId === undefined ? {} : { clientId });
+    const results = answers.map((a, index): ImageResult | PolyrayError => {
+      if (a instanceof PolyrayError) return new PolyrayError(a.code, a.message, { ...a.extensions, index });
+      const r = resolved[index] as Resolved;
+      const base = { model: handle.name, version: handle.version, hash: r.hash, tokens: 0, source: a.source, pixels: a.units, inferenceMs: a.inferenceMs };
+      if (a.hit) {
+        if (!r.bytes) this.#counts.urlMemoHits++;
+        return want === 'embedding' ? { ...base, vector: a.hit } : { ...base, vector: unit(a.hit), feature: a.hit };
+      }
+      const [embedding, feature] = a.computed!.outputs;
+      return { ...base, vector: embedding!, ...(want === 'feature' ? { feature: feature ?? embedding! } : {}) };
+    });
+    if (want === 'embedding') {
+      this.#pipeline.trace(
+        handle.name,
+        clientId,
+        answers,
+        results.map((r) => (r instanceof PolyrayError ? r : { ...r, tokens: r.pixels })),
+      );
+    }
+    return results;
+  }
+
+  async key(call: ImageCall, inputs: readonly (Resolved | PolyrayError)[]): Promise<(Keyed<Resolved> | PolyrayError)[]> {
+    return inputs.map((r) => {
+      if (r instanceof PolyrayError) return r;
+      const content = cacheKey(call.name, call.version, r.hash);
+      return { read: call.want === 'feature' ? featureKey(call.name, call.version, r.hash) : content, flight: content, payload: r };
+    });
+  }
+
+  compute(call: ImageCall, items: readonly Resolved[], clientId: string | undefined): Promise<Computed>[] {
+    return items.map((r) => this.#encode(call, r, clientId));
+  }
+
+  fill(call: ImageCall, item: Keyed<Resolved>, computed: Computed): CacheEntry[] {
+    const [embedding, feature] = computed.outputs;
+    return [
+      { key: item.flight, value: embedding! },
+      { key: featureKey(call.name, call.version, item.payload.hash), value: feature ?? embedding! },
+    ];
+  }
+
+  async #encode(call: ImageCall, r: Resolved, clientId: string | undefined): Promise<Computed> {
+    const bytes = r.bytes ?? (await this.#fetch(r.url!));
+    this.#counts.decodes++;
+    const img = await preprocessImage(bytes, call.preprocess, { maxPixels: this.#o.maxPixels });
+    const size = call.preprocess.size;
+    this.#counts.encoded++;
+    const [p] = call.queue.submit([{ data: img.tensor, cost: size * size, ...(clientId ? { tag: clientId } : {}) }]);
+    const out = await p!;
+    return { outputs: [out.outputs[0]!, out.outputs[1] ?? out.outputs[0]!], units: out.cost, inferenceMs: out.inferenceMs };
+  }
+
+  /** Content hashes for every input: bytes hashed, URLs from memory or fetched (bounded concurrency). */
+  async #resolve(inputs: readonly ImageInput[]): Promise<(Resolved | PolyrayError)[]> {
+    const out: (Resolved | PolyrayError | undefined)[] = inputs.map((input) => {
+      if (input.kind === 'bytes') return { hash: contentHash(input.bytes), bytes: input.bytes };
+      const hash = this.#urls.get(input.url);
+      return hash ? { hash, url: input.url } : undefined;
+    });
+    const byUrl = new Map<string, number[]>();
+    inputs.forEach((input, i) => {
+      if (out[i] === undefined && input.kind === 'url') byUrl.set(input.url, [...(byUrl.get(input.url) ?? []), i]);
+    });
+    const urls = [...byUrl.keys()];
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < urls.length) {
+        const url = urls[next++]!;
+        let r: Resolved | PolyrayError;
+        try {
+          const bytes = await this.#fetch(url);
+          r = { hash: contentHash(bytes), bytes, url };
+          this.#urls.set(url, r.hash);
+        } catch (e) {
+          r = e instanceof PolyrayError ? e : new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, 'Image could not be fetched');
+        }
+        for (const i of byUrl.get(url)!) out[i] = r;
+      }
+    };
+    const limit = Math.max(1, this.#o.fetchConcurrency ?? 16);
+    await Promise.all(Array.from({ length: Math.min(limit, urls.length) }, worker));
+    return out as (Resolved | PolyrayError)[];
+  }
+
+  #fetch(url: string): Promise<Uint8Array> {
+    let p = this.#fetching.get(url);
+    if (!p) {
+      this.#counts.fetches++;
+      p = this.#fetching.set(
+        url,
+        this.#o.fetcher.fetch(url).then((r) => r.bytes),
+      );
+    }
+    return p;
+  }
+
+  stats(): ImageStats {
+    return { ...this.#pipeline.stats(), ...this.#counts };
+  }
+}
+
+/** v / ‖v‖ (a zero vector stays zero). */
+export function unit(v: Float32Array): Float32Array {
+  let s = 0;
+  for (let i = 0; i < v.length; i++) s += v[i]! * v[i]!;
+  const n = Math.sqrt(s);
+  const out = new Float32Array(v.length);
+  if (n > 0) for (let i = 0; i < v.length; i++) out[i] = v[i]! / n;
+  return out;
+}

@@ -1,0 +1,232 @@
+/**
+ * CachedInference: the one path from "these inputs, this model" to vectors, for every modality.
+ *
+ *   1. key        the adapter keys every input (model@version + content hash); a bad input fails only itself
+ *   2. lookup     one tiered read (memory → global) for every distinct key of the call
+ *   3. join       a miss whose computation is already in flight waits for it (single-flight), and one
+ *                 whose computation finished while this call was reading the tiers takes its result
+ *                 (a short-lived table of just-computed results closes that window)
+ *   4. compute    the adapter computes the rest in one submit (tokenise/preprocess → the model's queue)
+ *   5. fill       successful computations fill the cache; a failed fill is logged, never a failed answer,
+ *                 and a failed computation stores nothing
+ *   6. answer     results in input order; an input repeated within the call is charged once
+ *
+ * Adapters (text.ts, image.ts) say how to key, how to compute and what to store; they never touch the cache
+ * or the single-flight table. Charging is not done here: answers carry the work done (`units`,
+ * `inferenceMs`) and the request scope charges it.
+ */
+import { LRUCache } from 'lru-cache';
+import { SingleFlight } from '../cache/single-flight.ts';
+import type { CacheEntry } from '../cache/cache.ts';
+import type { TieredCache } from '../cache/tiered.ts';
+import { ErrorCode, PolyrayError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { emptyBySource, type PipelineStats, type Source, type TracedResult, type TraceSink } from './types.ts';
+
+/** One keyed input. */
+export interface Keyed<P> {
+  /** The cache key read for this input. */
+  read: string;
+  /** Identity of the computation that produces it (single-flight key); usually equal to `read`. */
+  flight: string;
+  /** What the adapter needs to compute it. */
+  payload: P;
+}
+
+/** What one computation produced. */
+export interface Computed {
+  /** The model's outputs for the item, in the adapter's order. */
+  outputs: readonly Float32Array[];
+  /** Work done: tokens or model input pixels. */
+  units: number;
+  /** This item's share of the batch's inference time. */
+  inferenceMs: number;
+}
+
+/** One answer of the pipeline, before the adapter shapes it. */
+export interface Answer {
+  key: string;
+  source: Source;
+  /** The cached value read (hits). */
+  hit?: Float32Array;
+  /** The computation's outputs (COMPUTED). */
+  computed?: Computed;
+  /** Work charged to this answer: 0 for hits, joined computations and repeats within the call. */
+  units: number;
+  inferenceMs: number;
+}
+
+export interface InferenceAdapter<I, P, H extends { name: string }> {
+  /** Keys the inputs; may do I/O (an image URL's bytes). Returns one entry per input. */
+  key(handle: H, inputs: readonly I[]): Promise<(Keyed<P> | PolyrayError)[]>;
+  /** Starts one computation per item; returns exactly one promise per item. */
+  compute(handle: H, items: readonly P[], clientId: string | undefined): Promise<Computed>[];
+  /** What a computation stores: at least the entry under its flight key. */
+  fill(handle: H, item: Keyed<P>, computed: Computed): CacheEntry[];
+}
+
+export interface CachedInferenceOptions {
+  cache: TieredCache;
+  logger: Logger;
+  /**
+   * How long a computed result stays joinable after it settles, in ms: a call whose tier read started
+   * before the cache fill and ended after the computation settled would otherwise compute it again.
+   * Default 2000; bounded by `recentMaxBytes` (default 8 MiB).
+   */
+  recentMs?: number;
+  recentMaxBytes?: number;
+  /** Request-stream sampling for the cache policy; sees every call it is asked to trace. */
+  trace?: TraceSink;
+}
+
+export interface RunOptions {
+  /** Who asked: carried to the queue with each item. */
+  clientId?: string;
+}
+
+const SOURCE_OF_TIER: Record<string, Source> = { memory: 'MEMORY' };
+
+export class CachedInference<I, P, H extends { name: string }> {
+  readonly #o: CachedInferenceOptions;
+  readonly #adapter: InferenceAdapter<I, P, H>;
+  readonly #flight = new SingleFlight<Computed>();
+  /** Just-computed results, each with the number of calls that had started their tier read by then. */
+  readonly #recent: LRUCache<string, { computed: Computed; reads: number }>;
+  /** Calls that have started their tier read. */
+  #reads = 0;
+  readonly #stats: PipelineStats = { calls: 0, cacheLookups: 0, items: 0, bySource: emptyBySource(), joined: 0, byModel: {}, errors: {} };
+
+  constructor(adapter: InferenceAdapter<I, P, H>, options: CachedInferenceOptions) {
+    this.#adapter = adapter;
+    this.#o = options;
+    this.#recent = new LRUCache<string, { computed: Computed; reads: number }>({
+      maxSize: options.recentMaxBytes ?? 8 << 20,
+      sizeCalculation: (r) => r.computed.outputs.reduce((n, v) => n + v.byteLength, 64),
+      ttl: options.recentMs ?? 2000,
+    });
+  }
+
+  async run(handle: H, inputs: readonly I[], options: RunOptions = {}): Promise<(Answer | PolyrayError)[]> {
+    this.#stats.calls++;
+    this.#stats.items += inputs.length;
+    const keyed = await this.#adapter.key(handle, inputs);
+    if (keyed.length !== inputs.length) throw new Error(`adapter keyed ${keyed.length} of ${inputs.length} inputs`);
+
+    // 2. One read through the tiers for every distinct key.
+    const read = ++this.#reads;
+    const reads = [...new Set(keyed.flatMap((k) => (k instanceof PolyrayError ? [] : [k.read])))];
+    const found = new Map<string, { value: Float32Array; source: Source }>();
+    if (reads.length > 0) {
+      this.#stats.cacheLookups++;
+      const hits = await this.#o.cache.lookup(reads);
+      hits.forEach((h, j) => {
+        if (h) found.set(reads[j]!, { value: h.value, source: SOURCE_OF_TIER[h.tier] ?? 'GLOBAL' });
+      });
+    }
+
+    // 3./4. Misses: join what is in flight, compute the rest in one submit.
+    const computing = new Map<string, { promise: Promise<Computed>; owner: boolean }>();
+    const fresh = new Map<string, Keyed<P>>();
+    for (const k of keyed) {
+      if (k instanceof PolyrayError || found.has(k.read) || computing.has(k.flight) || fresh.has(k.flight)) continue;
+      const inflight = this.#flight.get(k.flight);
+      // A result that settled after this call's read began was not in the tiers it read: join it. One
+      // that settled before was there to be read; its miss now is an eviction, and computing refills.
+      const recent = inflight ? undefined : this.#recent.get(k.flight);
+      if (inflight) computing.set(k.flight, { promise: inflight, owner: false });
+      else if (recent && read <= recent.reads) computing.set(k.flight, { promise: Promise.resolve(recent.computed), owner: false });
+      else fresh.set(k.flight, k);
+    }
+    if (fresh.size > 0) this.#start(handle, [...fresh.values()], options.clientId, computing);
+    const computed = await this.#settle(computing);
+
+    // 6. Assemble in input order.
+    const charged = new Set<string>();
+    const answers = keyed.map((k): Answer | PolyrayError => {
+      if (k instanceof PolyrayError) return this.#fail(k);
+      const hit = found.get(k.read);
+      if (hit) {
+        this.#count(handle.name, hit.source);
+        return { key: k.flight, source: hit.source, hit: hit.value, units: 0, inferenceMs: 0 };
+      }
+      const c = computed.get(k.flight);
+      if (!c) return this.#fail(new PolyrayError(ErrorCode.INTERNAL_SERVER_ERROR, 'Internal error'));
+      if (c instanceof PolyrayError) return this.#fail(c);
+      this.#count(handle.name, 'COMPUTED');
+      const first = c.owner && !charged.has(k.flight);
+      charged.add(k.flight);
+      return { key: k.flight, source: 'COMPUTED', computed: c.value, units: first ? c.value.units : 0, inferenceMs: first ? c.value.inferenceMs : 0 };
+    });
+    return answers;
+  }
+
+  /** Reports a call's shaped results to the trace sink (the adapter decides what a result carries). */
+  trace(model: string, clientId: string | undefined, answers: readonly (Answer | PolyrayError)[], results: readonly (TracedResult | Error)[]): void {
+    this.#o.trace?.observe(
+      model,
+      clientId,
+      answers.map((a) => (a instanceof PolyrayError ? undefined : a.key)),
+      results,
+    );
+  }
+
+  #start(handle: H, fresh: readonly Keyed<P>[], clientId: string | undefined, computing: Map<string, { promise: Promise<Computed>; owner: boolean }>): void {
+    let promises: Promise<Computed>[];
+    try {
+      promises = this.#adapter.compute(
+        handle,
+        fresh.map((k) => k.payload),
+        clientId,
+      );
+      if (promises.length !== fresh.length) throw new Error(`adapter started ${promises.length} computations for ${fresh.length} items`);
+    } catch (e) {
+      const err = Promise.reject(e instanceof PolyrayError ? e : new PolyrayError(ErrorCode.INFERENCE_FAILED, 'Inference failed; the request can be retried'));
+      err.catch(() => undefined);
+      promises = fresh.map(() => err);
+    }
+    fresh.forEach((k, j) => {
+      const p = this.#flight.set(k.flight, promises[j]!);
+      computing.set(k.flight, { promise: p, owner: true });
+      // 5. Fill the cache from a computation that succeeds; a failed fill is logged, never an error.
+      p.then(
+        (c) => {
+          this.#recent.set(k.flight, { computed: c, reads: this.#reads });
+          return this.#o.cache.store(this.#adapter.fill(handle, k, c));
+        },
+        () => undefined,
+      ).catch((e: unknown) => this.#o.logger.warn({ err: (e as Error).message, model: handle.name }, 'cache fill failed'));
+    });
+  }
+
+  async #settle(computing: Map<string, { promise: Promise<Computed>; owner: boolean }>): Promise<Map<string, { value: Computed; owner: boolean } | PolyrayError>> {
+    const out = new Map<string, { value: Computed; owner: boolean } | PolyrayError>();
+    await Promise.all(
+      [...computing].map(async ([flight, c]) => {
+        try {
+          out.set(flight, { value: await c.promise, owner: c.owner });
+          if (!c.owner) this.#stats.joined++;
+        } catch (e) {
+          out.set(flight, e instanceof PolyrayError ? e : new PolyrayError(ErrorCode.INFERENCE_FAILED, 'Inference failed; the request can be retried'));
+        }
+      }),
+    );
+    return out;
+  }
+
+  #fail(e: PolyrayError): PolyrayError {
+    this.#stats.errors[e.code] = (this.#stats.errors[e.code] ?? 0) + 1;
+    return e;
+  }
+
+  #count(model: string, source: Source): void {
+    this.#stats.bySource[source]++;
+    const m = (this.#stats.byModel[model] ??= emptyBySource());
+    m[source]++;
+  }
+
+  stats(): PipelineStats {
+    const byModel: PipelineStats['byModel'] = {};
+    for (const [k, v] of Object.entries(this.#stats.byModel)) byModel[k] = { ...v };
+    return { ...this.#stats, bySource: { ...this.#stats.bySource }, byModel, errors: { ...this.#stats.errors } };
+  }
+}

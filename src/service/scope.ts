@@ -1,0 +1,180 @@
+/**
+ * RequestScope: everything one operation (a GraphQL request; later a REST call) owns on its way through
+ * the service — the client, its account (reserve → settle), the resolved model handles and the
+ * per-request DataLoaders. Resolvers and routes call only this.
+ *
+ *   model(name)        resolves a ModelHandle once per name and checks the client may use it
+ *   texts / images / posts / classify(handle)
+ *                      DataLoaders: every load of one tick becomes one pipeline call (one cache read,
+ *                      one submit); loaders are per request, so nothing one client loads is memoised
+ *                      for another
+ *   every pipeline call goes through `account.admit`, which prices it, reserves, runs it and charges the
+ *   work the results report; services never see the account.
+ */
+import DataLoader from 'dataloader';
+import { ErrorCode, PolyrayError } from '../errors.ts';
+import { decodeBase64Image } from '../images/fetch.ts';
+import type { LabelScore } from '../models/heads.ts';
+import type { HeadHandle, ImageHandle, ModelHandle, TextHandle } from '../runtime/handle.ts';
+import type { ImageEmbedder, ImageInput, ImageResult, ImageWant } from './image.ts';
+import { classifyPosts, embedPosts, type PartEmbedders, type PostInput, type PostLimits } from './posts.ts';
+import type { TextEmbedder } from './text.ts';
+import type { EmbedResult } from './types.ts';
+
+/** What a pipeline call asks for, so the account can price its worst case before any work. */
+export type Demand = { kind: 'texts'; texts: readonly string[] } | { kind: 'images'; count: number };
+
+/** The request's account, as the scope needs it (src/accounting/request.ts implements it). */
+export interface Account {
+  readonly clientId: string;
+  mayUse(model: string): boolean;
+  /** Prices `demand` on `handle`, reserves it (with the rest of the tick), runs `run`, charges what its results report. */
+  admit<R extends EmbedResult>(handle: TextHandle | ImageHandle, demand: Demand, run: () => Promise<(R | PolyrayError)[]>): Promise<(R | PolyrayError)[]>;
+}
+
+/** What a scope is built from: shared, server-wide pieces. */
+export interface ScopeServices {
+  resolve(name: string): ModelHandle;
+  text: TextEmbedder;
+  images: ImageEmbedder;
+  limits: PostLimits & {
+    /** Largest DataLoader batch (POLYRAY_MAX_INPUTS). */
+    maxBatch: number;
+  };
+}
+
+/** A post as the loaders see it; equal posts within the request share one load. */
+export interface PostKey {
+  text?: string | null;
+  imageUrls?: readonly string[] | null;
+  /** A one-image post given inline (`Query.embed` with `postray`). */
+  imageBase64?: string;
+}
+
+/** An image input of `Query.embed`. */
+export type ImageKey = { imageUrl: string } | { imageBase64: string };
+
+const postCacheKey = (p: PostKey): string => JSON.stringify([p.text ?? null, p.imageUrls ?? [], p.imageBase64 ?? null]);
+const imageCacheKey = (k: ImageKey): string => ('imageUrl' in k ? `u:${k.imageUrl}` : `b:${k.imageBase64}`);
+const urls = (p: PostKey): ImageInput[] => (p.imageUrls ?? []).map((url) => ({ kind: 'url' as const, url }));
+
+export class RequestScope {
+  readonly account: Account;
+  readonly #s: ScopeServices;
+  readonly #handles = new Map<string, ModelHandle>();
+  readonly #loaders = new Map<string, unknown>();
+  readonly #parts: PartEmbedders;
+
+  constructor(services: ScopeServices, account: Account) {
+    this.#s = services;
+    this.account = account;
+    this.#parts = { texts: (h, t) => this.#texts(h, t), images: (h, i, w) => this.#images(h, i, w) };
+  }
+
+  /** The model behind `name`: MODEL_NOT_FOUND / MODEL_NOT_READY from the host, FORBIDDEN for this client. */
+  model(name: string): ModelHandle {
+    let h = this.#handles.get(name);
+    if (!h) {
+      h = this.#s.resolve(name);
+      if (!this.account.mayUse(name)) {
+        throw new PolyrayError(ErrorCode.FORBIDDEN, `This client may not use model "${name.slice(0, 64)}"`, { model: name.slice(0, 64) });
+      }
+      this.#handles.set(name, h);
+    }
+    return h;
+  }
+
+  /** Text embeddings of one text model; keys are input texts. */
+  texts(handle: TextHandle): DataLoader<string, EmbedResult> {
+    return this.#loader(`t:${handle.name}`, () => new DataLoader<string, EmbedResult>((texts) => this.#texts(handle, texts), { maxBatchSize: this.#s.limits.maxBatch }));
+  }
+
+  /** Image embeddings of one image model; keys are URL or base64 inputs. */
+  images(handle: ImageHandle): DataLoader<ImageKey, ImageResult> {
+    return this.#loader(
+      `i:${handle.name}`,
+      () =>
+        new DataLoader<ImageKey, ImageResult, string>(
+          async (keys) => {
+            const inputs = keys.map((k): ImageInput | PolyrayError => ('imageUrl' in k ? { kind: 'url', url: k.imageUrl } : this.#inline(k.imageBase64)));
+            return this.#partial(inputs, (ok) => this.#images(handle, ok, 'embedding'));
+          },
+          { maxBatchSize: this.#s.limits.maxBatch, cacheKeyFn: imageCacheKey },
+        ),
+    );
+  }
+
+  /** Post embeddings of one model (postray, an image model or a text model). */
+  posts(handle: ModelHandle): DataLoader<PostKey, EmbedResult | null> {
+    if (handle.kind === 'head') throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${handle.name} is a task head; use Post.classify(head: "${handle.name}")`, { model: handle.name });
+    return this.#loader(
+      `p:${handle.name}`,
+      () =>
+        new DataLoader<PostKey, EmbedResult | null, string>(
+          async (keys) => {
+            const inputs = keys.map((k): PostInput | PolyrayError => {
+              if (k.imageBase64 === undefined) return { text: k.text ?? null, images: urls(k) };
+              const inline = this.#inline(k.imageBase64);
+              return inline instanceof PolyrayError ? inline : { text: k.text ?? null, images: [...urls(k), inline] };
+            });
+            return this.#partial(inputs, (ok) => embedPosts(handle, ok, this.#parts, this.#s.limits));
+          },
+          { maxBatchSize: this.#s.limits.maxBatch, cacheKeyFn: postCacheKey },
+        ),
+    );
+  }
+
+  /** Head scores of posts. */
+  classify(handle: HeadHandle): DataLoader<PostKey, LabelScore[] | null> {
+    return this.#loader(
+      `h:${handle.name}`,
+      () =>
+        new DataLoader<PostKey, LabelScore[] | null, string>(
+          (keys) =>
+            classifyPosts(
+              handle,
+              keys.map((k) => ({ text: k.text ?? null, images: urls(k) })),
+              this.#parts,
+              this.#s.limits,
+              this.account.clientId,
+            ),
+          { maxBatchSize: this.#s.limits.maxBatch, cacheKeyFn: postCacheKey },
+        ),
+    );
+  }
+
+  #texts(handle: TextHandle, texts: readonly string[]): Promise<(EmbedResult | PolyrayError)[]> {
+    return this.account.admit(handle, { kind: 'texts', texts }, () => this.#s.text.embed(handle, texts, this.account.clientId));
+  }
+
+  #images(handle: ImageHandle, inputs: readonly ImageInput[], want: ImageWant): Promise<(ImageResult | PolyrayError)[]> {
+    return this.account.admit(handle, { kind: 'images', count: inputs.length }, () => this.#s.images.embed(handle, inputs, want, this.account.clientId));
+  }
+
+  /** An inline image as an input; one that cannot be decoded is that input's error. */
+  #inline(b64: string): ImageInput | PolyrayError {
+    try {
+      return { kind: 'bytes', bytes: decodeBase64Image(b64, this.#s.images.maxBytes) };
+    } catch (e) {
+      return e as PolyrayError;
+    }
+  }
+
+  /** Runs `fn` on the inputs that are not already errors and puts the answers back in place. */
+  async #partial<I, R>(inputs: readonly (I | PolyrayError)[], fn: (ok: I[]) => Promise<readonly R[]>): Promise<(R | PolyrayError)[]> {
+    const ok = inputs.filter((i): i is I => !(i instanceof PolyrayError));
+    const results = ok.length > 0 ? await fn(ok) : [];
+    let j = 0;
+    return inputs.map((i) => (i instanceof PolyrayError ? i : results[j++]!));
+  }
+
+  /** The request's loader under `key`, made on first use (the key names its kind and model). */
+  #loader<L>(key: string, make: () => L): L {
+    let l = this.#loaders.get(key) as L | undefined;
+    if (!l) {
+      l = make();
+      this.#loaders.set(key, l);
+    }
+    return l;
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * The types the request path speaks in: where an answer came from, what one embedding result carries,
+ * and the trace sink the pipeline reports to. They live apart from the pipeline so that consumers
+ * (tracing, accounting, resolvers) depend on these shapes, not on the classes that produce them.
+ */
+
+/** Which tier answered, or COMPUTED when this request's inference (or a joined one) produced it. */
+export type Source = 'MEMORY' | 'GLOBAL' | 'COMPUTED';
+
+export const SOURCES: readonly Source[] = ['MEMORY', 'GLOBAL', 'COMPUTED'];
+
+export interface EmbedResult {
+  /** Full-precision, L2-normalised vector as the model produced it. Do not mutate. */
+  vector: Float32Array;
+  source: Source;
+  model: string;
+  version: string;
+  /** Tokens computed for this input (0 for cache hits and joined computations). */
+  tokens: number;
+  /** Share of inference time charged to this input (0 for cache hits and joined computations). */
+  inferenceMs: number;
+}
+
+/** What the pipeline hands the trace sink for each input of one call. */
+export type TracedResult = Pick<EmbedResult, 'vector' | 'source' | 'tokens' | 'inferenceMs'>;
+
+/** Receives every assembled call of the pipeline (src/policy/trace.ts samples it). Must never throw. */
+export interface TraceSink {
+  observe(model: string, clientId: string | undefined, keys: readonly (string | undefined)[], results: readonly (TracedResult | Error)[]): void;
+}
+
+/** Counters of one modality's pipeline (text, image). */
+export interface PipelineStats {
+  /** Calls of the pipeline. */
+  calls: number;
+  /** Tiered cache reads (one per call that had anything to look up). */
+  cacheLookups: number;
+  items: number;
+  bySource: Record<Source, number>;
+  /** Misses that joined a computation already in flight. */
+  joined: number;
+  /** Answers per model and source. */
+  byModel: Record<string, Record<Source, number>>;
+  /** Per-input failures by error code. */
+  errors: Record<string, number>;
+}
+
+/** The counters the cache policy reads of the text pipeline. */
+export type ServiceStats = Omit<PipelineStats, 'errors'>;
+
+export function emptyBySource(): Record<Source, number> {
+  return { MEMORY: 0, GLOBAL: 0, COMPUTED: 0 };
+}
