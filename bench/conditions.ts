@@ -35,9 +35,7 @@ export interface Conditions {
 export function gitState(root: string): string {
   try {
     const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { cwd: root, encoding: 'utf8' })
-      .split('\n')
-      .filter(Boolean).length;
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { cwd: root, encoding: 'utf8' }).split('\n').filter(Boolean).length;
     return `${head}${dirty ? ` + ${dirty} uncommitted change(s) under src/` : ' (src/ clean)'}`;
   } catch {
     return 'unknown (no git)';

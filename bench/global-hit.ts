@@ -91,13 +91,29 @@ export async function measureGlobalHits(o: GlobalHitOptions): Promise<GlobalHitR
       const hot = o.warmTexts.slice(0, 1024);
       const ctx = { url: a.url, servicePid: a.pid, base64Length: o.base64Length, checkAbort: o.checkAbort };
       const mem = await runPhase(
-        { id: `redis-mem-c${o.concurrency}`, kind: 'memory', concurrency: o.concurrency, inputsPerRequest: 1, warmupMs: o.warmupMs, durationMs: o.durationMs, client: 'http' },
+        {
+          id: `redis-mem-c${o.concurrency}`,
+          kind: 'memory',
+          concurrency: o.concurrency,
+          inputsPerRequest: 1,
+          warmupMs: o.warmupMs,
+          durationMs: o.durationMs,
+          client: 'http',
+        },
         { ...ctx, nextTexts: (n) => Array.from({ length: n }, () => hot[next++ % hot.length]!) },
       );
       r.phases.push(mem.result);
       o.logPhase('redis A', mem.result);
       const miss = await runPhase(
-        { id: `redis-miss-c${o.concurrency}`, kind: 'miss', concurrency: o.concurrency, inputsPerRequest: 1, warmupMs: o.warmupMs, durationMs: o.durationMs, client: 'http' },
+        {
+          id: `redis-miss-c${o.concurrency}`,
+          kind: 'miss',
+          concurrency: o.concurrency,
+          inputsPerRequest: 1,
+          warmupMs: o.warmupMs,
+          durationMs: o.durationMs,
+          client: 'http',
+        },
         { ...ctx, nextTexts: o.missTexts },
       );
       r.phases.push(miss.result);
@@ -111,12 +127,27 @@ export async function measureGlobalHits(o: GlobalHitOptions): Promise<GlobalHitR
       // Each warmed text once, in order: GLOBAL while the set lasts (then MEMORY, counted as unexpected).
       let next = 0;
       const g = await runPhase(
-        { id: `redis-global-c${o.concurrency}`, kind: 'global', concurrency: o.concurrency, inputsPerRequest: 1, warmupMs: o.warmupMs, durationMs: o.durationMs, client: 'http' },
-        { url: b.url, servicePid: b.pid, base64Length: o.base64Length, checkAbort: o.checkAbort, nextTexts: (n) => Array.from({ length: n }, () => o.warmTexts[next++ % o.warmTexts.length]!) },
+        {
+          id: `redis-global-c${o.concurrency}`,
+          kind: 'global',
+          concurrency: o.concurrency,
+          inputsPerRequest: 1,
+          warmupMs: o.warmupMs,
+          durationMs: o.durationMs,
+          client: 'http',
+        },
+        {
+          url: b.url,
+          servicePid: b.pid,
+          base64Length: o.base64Length,
+          checkAbort: o.checkAbort,
+          nextTexts: (n) => Array.from({ length: n }, () => o.warmTexts[next++ % o.warmTexts.length]!),
+        },
       );
       r.phases.push(g.result);
       o.logPhase('redis B', g.result);
-      if (next > o.warmTexts.length) o.log(`  note: the global phase used ${next} texts, more than the ${o.warmTexts.length} warmed (the rest were MEMORY hits)`);
+      if (next > o.warmTexts.length)
+        o.log(`  note: the global phase used ${next} texts, more than the ${o.warmTexts.length} warmed (the rest were MEMORY hits)`);
       r.peakRssMiB['redis B'] = peakRss(b.pid).hwmMiB;
     } finally {
       await b.stop();

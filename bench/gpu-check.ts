@@ -67,7 +67,8 @@ interface ServiceResult {
 function placement(profileFile: string): Record<string, number> {
   const events = JSON.parse(readFileSync(profileFile, 'utf8')) as { cat?: string; name?: string; args?: { provider?: string; op_name?: string } }[];
   const seen = new Map<string, string>();
-  for (const e of events) if (e.cat === 'Node' && e.args?.provider && e.name) seen.set(e.name.replace(/_kernel_time$|_fence_(before|after)$/, ''), e.args.provider);
+  for (const e of events)
+    if (e.cat === 'Node' && e.args?.provider && e.name) seen.set(e.name.replace(/_kernel_time$|_fence_(before|after)$/, ''), e.args.provider);
   const out: Record<string, number> = {};
   for (const p of seen.values()) out[p] = (out[p] ?? 0) + 1;
   return out;
@@ -76,19 +77,38 @@ function placement(profileFile: string): Record<string, number> {
 async function serviceRun(provider: string, label: string, extra: Record<string, string>, ns: number[], corpus: BertCorpus): Promise<ServiceResult> {
   const port = await freePort();
   const dir = modelsFolder(ROOT, `models-gpu-${provider}-${label}`, [BERT]);
-  const env = childEnv({ POLYRAY_MODELS_DIR: dir, POLYRAY_SERVE_MODELS: BERT, POLYRAY_PROVIDERS: provider === 'cpu' ? 'cpu' : `${provider},cpu`, LOG_LEVEL: 'info', ...extra }, port);
+  const env = childEnv(
+    { POLYRAY_MODELS_DIR: dir, POLYRAY_SERVE_MODELS: BERT, POLYRAY_PROVIDERS: provider === 'cpu' ? 'cpu' : `${provider},cpu`, LOG_LEVEL: 'info', ...extra },
+    port,
+  );
   let svc: ServiceProcess | undefined;
   try {
-    log(`[${provider}] ${label} POLYRAY_PROVIDERS=${env.POLYRAY_PROVIDERS}${Object.entries(extra).map(([k, v]) => ` ${k}=${v}`).join('')}`);
+    log(
+      `[${provider}] ${label} POLYRAY_PROVIDERS=${env.POLYRAY_PROVIDERS}${Object.entries(extra)
+        .map(([k, v]) => ` ${k}=${v}`)
+        .join('')}`,
+    );
     svc = await ServiceProcess.start(ROOT, env, port, 120_000, (c) => {
       children.add(c);
       c.once('exit', () => children.delete(c));
     });
-    const m = (await (await fetch(`${svc.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ query: '{ models { name state executionProvider } }' }) })).json()) as {
+    const m = (await (
+      await fetch(`${svc.url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ query: '{ models { name state executionProvider } }' }),
+      })
+    ).json()) as {
       data?: { models?: { name: string; state: string; executionProvider: string }[] };
     };
     const me = m.data?.models?.find((x) => x.name === BERT);
-    const res: ServiceResult = { executionProvider: me?.executionProvider ?? '?', state: me?.state ?? '?', startupMs: Math.round(svc.startupMs), peakRssMiB: NaN, loads: [] };
+    const res: ServiceResult = {
+      executionProvider: me?.executionProvider ?? '?',
+      state: me?.state ?? '?',
+      startupMs: Math.round(svc.startupMs),
+      peakRssMiB: NaN,
+      loads: [],
+    };
     log(`[${provider}] ${label} reports executionProvider=${res.executionProvider} state=${res.state}`);
     for (const n of ns) {
       const l = await runLoad(
@@ -96,10 +116,17 @@ async function serviceRun(provider: string, label: string, extra: Record<string,
         { target: polyrayTarget(svc.url), nextText: () => corpus.text(128), pid: svc.pid, expected: 'COMPUTED', checkAbort: () => {} },
       );
       res.loads.push(l);
-      log(`[${provider}] ${label} seq128 N=${n}: ${l.itemsPerS.toFixed(1)} items/s p50 ${l.latencyMs.p50.toFixed(1)} ms p99 ${l.latencyMs.p99.toFixed(1)} ms errors ${l.errors}${l.firstError ? ` (${l.firstError})` : ''}`);
+      log(
+        `[${provider}] ${label} seq128 N=${n}: ${l.itemsPerS.toFixed(1)} items/s p50 ${l.latencyMs.p50.toFixed(1)} ms p99 ${l.latencyMs.p99.toFixed(1)} ms errors ${l.errors}${l.firstError ? ` (${l.firstError})` : ''}`,
+      );
     }
     res.peakRssMiB = peakRss(svc.pid).hwmMiB;
-    res.logTail = svc.tail().split('\n').filter((x) => /provider|fallback|cuda|webgpu|maxTokensPerBatch/i.test(x)).slice(-10).join('\n');
+    res.logTail = svc
+      .tail()
+      .split('\n')
+      .filter((x) => /provider|fallback|cuda|webgpu|maxTokensPerBatch/i.test(x))
+      .slice(-10)
+      .join('\n');
     return res;
   } catch (e) {
     const error = (e as Error).message.slice(0, 1500);
@@ -115,7 +142,8 @@ async function serviceRun(provider: string, label: string, extra: Record<string,
  * same N, and ≥ 0.85× the best raw seq-128 ceiling of that provider. Shown for CPU too, for comparison.
  */
 function verdicts(r: ProviderResult): string[] {
-  const top = (x: ServiceResult | undefined): LoadResult | undefined => x?.loads.reduce<LoadResult | undefined>((a, l) => (!a || l.concurrency > a.concurrency ? l : a), undefined);
+  const top = (x: ServiceResult | undefined): LoadResult | undefined =>
+    x?.loads.reduce<LoadResult | undefined>((a, l) => (!a || l.concurrency > a.concurrency ? l : a), undefined);
   const s = top(r.service);
   const nv = r.naive?.loads.find((l) => l.concurrency === s?.concurrency);
   const c128 = r.ceiling.filter((c) => c.seq === 128).map((c) => c.itemsPerS);
@@ -195,7 +223,11 @@ async function main(): Promise<number> {
       }
       await session.release();
       // Timing session without profiling.
-      const s2 = await ort.InferenceSession.create(modelPath, { executionProviders: [provider as 'cpu'], intraOpNumThreads: intra, graphOptimizationLevel: 'all' });
+      const s2 = await ort.InferenceSession.create(modelPath, {
+        executionProviders: [provider as 'cpu'],
+        intraOpNumThreads: intra,
+        graphOptimizationLevel: 'all',
+      });
       try {
         for (const seq of seqs)
           for (const b of batches) {
@@ -255,7 +287,10 @@ async function main(): Promise<number> {
     ...results.flatMap((r) =>
       (['service', 'naive'] as const).flatMap((kind) => {
         const sv = r[kind];
-        return (sv?.loads ?? []).map((l) => `| ${r.provider === 'cpu' ? 'cpu' : `${r.provider},cpu`}${kind === 'naive' ? ' (naive: batching off)' : ''} | ${sv!.executionProvider} | ${l.workload} N=${l.concurrency} | ${l.itemsPerS.toFixed(1)} | ${l.latencyMs.p50.toFixed(1)} | ${l.latencyMs.p99.toFixed(1)} | ${l.errors} | ${sv!.peakRssMiB.toFixed(0)} |`);
+        return (sv?.loads ?? []).map(
+          (l) =>
+            `| ${r.provider === 'cpu' ? 'cpu' : `${r.provider},cpu`}${kind === 'naive' ? ' (naive: batching off)' : ''} | ${sv!.executionProvider} | ${l.workload} N=${l.concurrency} | ${l.itemsPerS.toFixed(1)} | ${l.latencyMs.p50.toFixed(1)} | ${l.latencyMs.p99.toFixed(1)} | ${l.errors} | ${sv!.peakRssMiB.toFixed(0)} |`,
+        );
       }),
     ),
     ...results.filter((r) => r.service?.error).map((r) => `\nService with ${r.provider} failed: ${r.service!.error}`),

@@ -84,7 +84,11 @@ export async function scrapeBatchMetrics(url: string, model = 'text-glove'): Pro
       const m = new RegExp(`^${name}\\{[^}]*model="${model}"[^}]*\\} ([0-9.eE+-]+)$`, 'm').exec(text);
       return m ? Number(m[1]) : NaN;
     };
-    const sample = { sizeSum: read('polyray_batch_size_sum'), sizeCount: read('polyray_batch_size_count'), secondsSum: read('polyray_inference_batch_seconds_sum') };
+    const sample = {
+      sizeSum: read('polyray_batch_size_sum'),
+      sizeCount: read('polyray_batch_size_count'),
+      secondsSum: read('polyray_inference_batch_seconds_sum'),
+    };
     // No batch yet: the series may not exist; count it as zero if the histogram is declared.
     if (Number.isNaN(sample.sizeCount) && /polyray_batch_size/.test(text)) return { sizeSum: 0, sizeCount: 0, secondsSum: 0 };
     return Number.isFinite(sample.sizeCount) ? sample : undefined;
@@ -168,7 +172,8 @@ export async function embed(url: string, texts: readonly string[], base64Length:
       return { ok: false, sources: [], error: `HTTP ${res.status} ${e?.extensions?.code ?? ''} ${e?.message ?? 'wrong number of embeddings'}`.slice(0, 300) };
     }
     for (const x of embeds) {
-      if (typeof x.base64 !== 'string' || x.base64.length !== base64Length) return { ok: false, sources: [], error: `bad base64 vector (length ${String(x.base64?.length)})` };
+      if (typeof x.base64 !== 'string' || x.base64.length !== base64Length)
+        return { ok: false, sources: [], error: `bad base64 vector (length ${String(x.base64?.length)})` };
     }
     return { ok: true, sources: embeds.map((x) => x.source ?? '?') };
   } catch (e) {

@@ -67,7 +67,10 @@ async function loadOrt(): Promise<EmbedFn> {
         mask[r * t + j] = BigInt(e.mask[j]!);
       });
     });
-    const feeds: Record<string, InstanceType<typeof ort.Tensor>> = { input_ids: new ort.Tensor('int64', ids, [n, t]), attention_mask: new ort.Tensor('int64', mask, [n, t]) };
+    const feeds: Record<string, InstanceType<typeof ort.Tensor>> = {
+      input_ids: new ort.Tensor('int64', ids, [n, t]),
+      attention_mask: new ort.Tensor('int64', mask, [n, t]),
+    };
     if (session.inputNames.includes('token_type_ids')) feeds.token_type_ids = new ort.Tensor('int64', new BigInt64Array(n * t), [n, t]);
     const out = await session.run(feeds);
     const e = out[session.outputNames[0]!]!;
@@ -95,21 +98,23 @@ function pump(): void {
     take.push(p);
     n += p.texts.length;
   }
-  embed(take.flatMap((p) => p.texts)).then(
-    (vs) => {
-      let k = 0;
-      for (const p of take) {
-        p.resolve(vs.slice(k, k + p.texts.length));
-        k += p.texts.length;
-      }
-    },
-    (e: unknown) => {
-      for (const p of take) p.reject(e);
-    },
-  ).finally(() => {
-    busy = false;
-    pump();
-  });
+  embed(take.flatMap((p) => p.texts))
+    .then(
+      (vs) => {
+        let k = 0;
+        for (const p of take) {
+          p.resolve(vs.slice(k, k + p.texts.length));
+          k += p.texts.length;
+        }
+      },
+      (e: unknown) => {
+        for (const p of take) p.reject(e);
+      },
+    )
+    .finally(() => {
+      busy = false;
+      pump();
+    });
 }
 const batched = (texts: string[]): Promise<Float32Array[]> =>
   new Promise((resolve, reject) => {
@@ -132,7 +137,8 @@ const server = http.createServer((req, res) => {
     void (async () => {
       try {
         const { texts } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { texts: string[] };
-        if (!Array.isArray(texts) || texts.length === 0 || texts.some((t) => typeof t !== 'string')) throw new Error('texts must be a non-empty array of strings');
+        if (!Array.isArray(texts) || texts.length === 0 || texts.some((t) => typeof t !== 'string'))
+          throw new Error('texts must be a non-empty array of strings');
         const vs = await (req.url === '/embed' ? embed(texts) : batched(texts));
         const body = JSON.stringify({ vectors: vs.map((v) => Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64')) });
         res.writeHead(200, { 'content-type': 'application/json' }).end(body);

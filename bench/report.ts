@@ -83,7 +83,23 @@ export function hostCostTable(c: CeilingResult): Table {
 
 export function phaseTable(run: ServiceRun, ceiling: number): Table {
   return {
-    head: ['phase', 'req/s', 'items/s', 'p50 ms', 'p99 ms', 'of ceiling', 'batch (mean)', 'run ms/batch', 'cpu bench', 'svc main', 'svc other', '(busiest)', 'others', 'errors', 'sources'],
+    head: [
+      'phase',
+      'req/s',
+      'items/s',
+      'p50 ms',
+      'p99 ms',
+      'of ceiling',
+      'batch (mean)',
+      'run ms/batch',
+      'cpu bench',
+      'svc main',
+      'svc other',
+      '(busiest)',
+      'others',
+      'errors',
+      'sources',
+    ],
     rows: run.phases.map((p) => [
       phaseLabel(p),
       int(p.reqPerS),
@@ -125,7 +141,8 @@ export function variantTable(r: BenchResults): Table {
     for (const v of r.variants) {
       const p = v.phases.find((x) => x.id === id);
       if (v.error || !p) {
-        if (v.error && id === ids[0]) rows.push([v.label, settingsLabel(v.settings), v.client, 'failed', '', '', '', '', '', '', '', '', v.error.split('\n')[0]!.slice(0, 80)]);
+        if (v.error && id === ids[0])
+          rows.push([v.label, settingsLabel(v.settings), v.client, 'failed', '', '', '', '', '', '', '', '', v.error.split('\n')[0]!.slice(0, 80)]);
         continue;
       }
       const b = base.phases.find((x) => x.id === p.id);
@@ -147,7 +164,21 @@ export function variantTable(r: BenchResults): Table {
     }
   }
   return {
-    head: ['variant', 'settings', 'client', 'phase', 'items/s', 'per round', 'p50 ms', 'p99 ms', 'vs default (repeat)', 'of ceiling', 'batch (mean)', 'run ms/batch', 'cpu bench / svc main / svc other (busiest) / others'],
+    head: [
+      'variant',
+      'settings',
+      'client',
+      'phase',
+      'items/s',
+      'per round',
+      'p50 ms',
+      'p99 ms',
+      'vs default (repeat)',
+      'of ceiling',
+      'batch (mean)',
+      'run ms/batch',
+      'cpu bench / svc main / svc other (busiest) / others',
+    ],
     rows,
     right: [false, false, false, false, true, true, true, true, true, true, true, true, false],
   };
@@ -180,7 +211,9 @@ export function notes(r: BenchResults): string[] {
             .sort((a, b) => b.others - a.others)
             .slice(0, 4)
             .map((x) => `${x.what} ${cores(x.others)}`)
-            .join(', ')}). Those figures are depressed by an unknown amount; trust comparisons between rows measured side by side (the ceiling cells and the variants are interleaved in rounds for that reason) more than absolute numbers.`,
+            .join(
+              ', ',
+            )}). Those figures are depressed by an unknown amount; trust comparisons between rows measured side by side (the ceiling cells and the variants are interleaved in rounds for that reason) more than absolute numbers.`,
   );
 
   out.push(
@@ -190,7 +223,13 @@ export function notes(r: BenchResults): string[] {
 
   const sessions = [...new Set(c.rows.map((x) => x.session))];
   if (sessions.length > 1) {
-    const tops = sessions.map((sl) => bestBy(c.rows.filter((x) => x.session === sl), (x) => x.itemsPerS)!);
+    const tops = sessions.map(
+      (sl) =>
+        bestBy(
+          c.rows.filter((x) => x.session === sl),
+          (x) => x.itemsPerS,
+        )!,
+    );
     const one = tops.find((x) => x.intraOpThreads === 1 && !x.noSpin);
     const parts = tops.map(
       (t) =>
@@ -236,14 +275,18 @@ export function notes(r: BenchResults): string[] {
         `The machine was ${cores(p.cpu.machine)} of ${ncores} cores busy: load generator ${cores(p.cpu.bench)}, service main thread ${cores(p.cpu.serviceMainThread)}, ` +
         `service other threads ${cores(p.cpu.serviceOtherThreads)} (the busiest single one ${cores(p.cpu.serviceBusiestOtherThread)}), other processes ${cores(p.cpu.others)}. ` +
         `Per request: ${int((p.cpu.serviceMainThread * 1e6) / p.reqPerS)} µs of service main-thread CPU, ${int((p.cpu.serviceOtherThreads * 1e6) / p.reqPerS)} µs on its other threads, ${int((p.cpu.bench * 1e6) / p.reqPerS)} µs in the client` +
-        (bestMem ? ` (a memory hit: ${int((bestMem.cpu.serviceMainThread * 1e6) / bestMem.reqPerS)} µs main thread, ${int((bestMem.cpu.serviceOtherThreads * 1e6) / bestMem.reqPerS)} µs other threads)` : '') +
+        (bestMem
+          ? ` (a memory hit: ${int((bestMem.cpu.serviceMainThread * 1e6) / bestMem.reqPerS)} µs main thread, ${int((bestMem.cpu.serviceOtherThreads * 1e6) / bestMem.reqPerS)} µs other threads)`
+          : '') +
         '. ' +
         (p.cpu.machine >= 0.85 * ncores
           ? `The box is saturated, so the bound is CPU: the HTTP + GraphQL path, the hand-offs to the inference thread and back, and the load generator, all on the same ${ncores} cores — inference proper would need ${pct(p.itemsPerS / best.itemsPerS)} of one core.`
           : `The box is not saturated, so waiting — batching windows, thread wake-ups, round trips — not CPU, bounds this closed loop.`),
     );
     const runCores = (x: PhaseResult): number => (x.batches ? (x.batches.count * x.batches.meanRunMs) / (x.warmupMs + x.durationMs) : NaN);
-    const intra1 = r.variants.find((v) => !v.error && v.settings.intraOpThreads === 1 && v.settings.workers === 1 && v.settings.batchMaxWaitUs === s.batchMaxWaitUs);
+    const intra1 = r.variants.find(
+      (v) => !v.error && v.settings.intraOpThreads === 1 && v.settings.workers === 1 && v.settings.batchMaxWaitUs === s.batchMaxWaitUs,
+    );
     const i1 = intra1?.phases.find((x) => x.id === p.id);
     if (s.intraOpThreads > 1) {
       out.push(
@@ -263,7 +306,9 @@ export function notes(r: BenchResults): string[] {
       );
     }
   }
-  const batchNotes = r.main.phases.filter((x) => x.batches).map((x) => `${phaseLabel(x)} ${x.batches!.meanSize.toFixed(1)} items (${x.batches!.meanRunMs.toFixed(3)} ms per run)`);
+  const batchNotes = r.main.phases
+    .filter((x) => x.batches)
+    .map((x) => `${phaseLabel(x)} ${x.batches!.meanSize.toFixed(1)} items (${x.batches!.meanRunMs.toFixed(3)} ms per run)`);
   if (batchNotes.length) {
     const raw = (b: number): CeilingRow | undefined => c.rows.find((x) => x.batchSize === b && x.intraOpThreads === s.intraOpThreads && !x.noSpin);
     const raw1 = raw(1);
@@ -280,7 +325,14 @@ export function notes(r: BenchResults): string[] {
   const n1 = singles.find((p) => p.concurrency === 1);
   if (n1) {
     const memN1 = mem.find((p) => p.concurrency === 1);
-    const noWait = r.variants.find((v) => !v.error && v.client === 'fetch' && v.settings.batchMaxWaitUs === 0 && v.settings.intraOpThreads === s.intraOpThreads && v.settings.workers === s.workers);
+    const noWait = r.variants.find(
+      (v) =>
+        !v.error &&
+        v.client === 'fetch' &&
+        v.settings.batchMaxWaitUs === 0 &&
+        v.settings.intraOpThreads === s.intraOpThreads &&
+        v.settings.workers === s.workers,
+    );
     const nw = noWait?.phases.find((p) => p.id === n1.id);
     const rep = baselineOf(r).phases.find((p) => p.id === n1.id);
     out.push(
@@ -329,7 +381,9 @@ export function notes(r: BenchResults): string[] {
       if (spread)
         out.push(
           `**Noise yardstick.** The default settings, round by round: ${spread}. A variant whose ratio to the default is within that spread is not distinguishable from it. ` +
-            (mainSame ? `The main run measured the same settings earlier, alone and in one longer window: ${mainSame}; compare variants with *default (repeat)*, not with the main run.` : ''),
+            (mainSame
+              ? `The main run measured the same settings earlier, alone and in one longer window: ${mainSame}; compare variants with *default (repeat)*, not with the main run.`
+              : ''),
         );
     }
     for (const id of ids) {
@@ -342,7 +396,12 @@ export function notes(r: BenchResults): string[] {
       const b = rows[0]!.b;
       out.push(
         `**Variants, ${phaseLabel(b)}** (default (repeat): ${int(b.itemsPerS)} items/s, p50 ${ms(b.latencyMs.p50)} ms): ` +
-          rows.map((x) => `${x.v.label} ${ratio(x.p.itemsPerS / x.b.itemsPerS)} (${int(x.p.itemsPerS)} items/s, p50 ${ms(x.p.latencyMs.p50)} ms, svc other threads ${cores(x.p.cpu.serviceOtherThreads)} cores)`).join('; ') +
+          rows
+            .map(
+              (x) =>
+                `${x.v.label} ${ratio(x.p.itemsPerS / x.b.itemsPerS)} (${int(x.p.itemsPerS)} items/s, p50 ${ms(x.p.latencyMs.p50)} ms, svc other threads ${cores(x.p.cpu.serviceOtherThreads)} cores)`,
+            )
+            .join('; ') +
           '.',
       );
     }
@@ -370,7 +429,10 @@ export function conditionsTable(r: BenchResults): Table {
       ['Node', c.nodeVersion],
       ['onnxruntime-node', c.onnxruntimeNodeVersion],
       ['model', `${c.model.name}@${c.model.version} (${c.model.dimensions} dims, ${(c.model.onnxBytes / 2 ** 20).toFixed(0)} MiB ONNX)`],
-      ['service settings (main run)', `${settingsLabel(s)} maxTokens=${s.batchMaxTokens} memoryCacheMb=${s.memoryCacheMb} NODE_ENV=${s.nodeEnv}${Object.keys(r.main.overrides).length ? ` overrides ${JSON.stringify(r.main.overrides)}` : ' (service defaults)'}`],
+      [
+        'service settings (main run)',
+        `${settingsLabel(s)} maxTokens=${s.batchMaxTokens} memoryCacheMb=${s.memoryCacheMb} NODE_ENV=${s.nodeEnv}${Object.keys(r.main.overrides).length ? ` overrides ${JSON.stringify(r.main.overrides)}` : ' (service defaults)'}`,
+      ],
       ['service start-up', `${ms(r.main.startupMs)} ms spawn → /readyz 200`],
       ['service source', c.git],
       ['service environment', c.serviceEnv],
@@ -417,8 +479,10 @@ export function stdoutReport(r: BenchResults): string {
 
 function extraMemory(r: BenchResults): { label: string; mib: number; startupMs: number; what: string }[] {
   const out: { label: string; mib: number; startupMs: number; what: string }[] = [];
-  if (r.main.peakRssMiB !== undefined) out.push({ label: 'text-glove main', mib: r.main.peakRssMiB, startupMs: r.main.startupMs, what: 'Polyray serving text-glove (the glove sections above)' });
-  for (const [k, v] of Object.entries(r.globalHit?.peakRssMiB ?? {})) out.push({ label: `text-glove ${k}`, mib: v, startupMs: NaN, what: 'Polyray serving text-glove with Redis' });
+  if (r.main.peakRssMiB !== undefined)
+    out.push({ label: 'text-glove main', mib: r.main.peakRssMiB, startupMs: r.main.startupMs, what: 'Polyray serving text-glove (the glove sections above)' });
+  for (const [k, v] of Object.entries(r.globalHit?.peakRssMiB ?? {}))
+    out.push({ label: `text-glove ${k}`, mib: v, startupMs: NaN, what: 'Polyray serving text-glove with Redis' });
   return out;
 }
 
@@ -495,7 +559,14 @@ ${mdTable(hostCostTable(r.ceiling))}
 Settings: ${settingsLabel(r.main.settings)} (${Object.keys(r.main.overrides).length ? `overrides ${JSON.stringify(r.main.overrides)}` : 'the service defaults on this machine'}).
 
 ${mdTable(phaseTable(r.main, ceil.itemsPerS))}
-${r.main.phases.some((p) => p.errors) ? `\nFirst errors: ${r.main.phases.filter((p) => p.firstError).map((p) => `${phaseLabel(p)}: ${p.firstError}`).join('; ')}\n` : ''}
+${
+  r.main.phases.some((p) => p.errors)
+    ? `\nFirst errors: ${r.main.phases
+        .filter((p) => p.firstError)
+        .map((p) => `${phaseLabel(p)}: ${p.firstError}`)
+        .join('; ')}\n`
+    : ''
+}
 ${
   r.variants.length
     ? `## Variants (not applied: measured only)

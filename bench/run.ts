@@ -26,7 +26,18 @@ import { SentenceSource } from './corpus.ts';
 import { embed, mergeRounds, runPhase, type ClientKind, type PhaseRun } from './load.ts';
 import { markdownReport, stdoutReport, type BenchResults, type ServiceRun, type ServiceSettings } from './report.ts';
 import { phaseLabel } from './tables.ts';
-import { childEnv, cpuSnapshot, peakRss, cpuUse, effectiveSettings, freePort, removeScratch, removeStaleScratch, ServiceProcess, useSingleModel } from './service.ts';
+import {
+  childEnv,
+  cpuSnapshot,
+  peakRss,
+  cpuUse,
+  effectiveSettings,
+  freePort,
+  removeScratch,
+  removeStaleScratch,
+  ServiceProcess,
+  useSingleModel,
+} from './service.ts';
 import { measureGlobalHits } from './global-hit.ts';
 import { runTransformerSection, type TransformerPlan, type TransformerResults } from './transformer-run.ts';
 
@@ -61,7 +72,16 @@ function usage(): string {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { quick: false, allModels: false, out: '', variants: true, set: {}, noTransformer: false, noRedis: false, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379' };
+  const a: Args = {
+    quick: false,
+    allModels: false,
+    out: '',
+    variants: true,
+    set: {},
+    noTransformer: false,
+    noRedis: false,
+    redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+  };
   for (let i = 0; i < argv.length; i++) {
     const x = argv[i]!;
     const value = (): string => {
@@ -138,7 +158,17 @@ function plan(quick: boolean): Plan {
         variantDurationMs: 0,
         watchdogMs: 150_000,
         transformer: {
-          ceiling: { seqs: [16, 128], batchSizes: [1, 4], threads: [{ intra: 2, spin: true }], cellMs: 120, minRuns: 1, variantRounds: 1, cosineSamples: 8, mixedTexts: 48, mixedRounds: 1 },
+          ceiling: {
+            seqs: [16, 128],
+            batchSizes: [1, 4],
+            threads: [{ intra: 2, spin: true }],
+            cellMs: 120,
+            minRuns: 1,
+            variantRounds: 1,
+            cosineSamples: 8,
+            mixedTexts: 48,
+            mixedRounds: 1,
+          },
           seqs: [16],
           concurrency: [16],
           peerBatchedConcurrency: [16],
@@ -279,16 +309,33 @@ function settingsOf(env: Record<string, string>): ServiceSettings {
 async function startService(label: string, overrides: Record<string, string>, script?: string): Promise<ServiceProcess> {
   checkAbort();
   const port = await freePort();
-  log(`service [${label}] starting on 127.0.0.1:${port} (${Object.entries(overrides).map(([k, v]) => `${k}=${v}`).join(' ') || 'defaults'})${script ? ` ${script}` : ''}`);
-  const svc = await ServiceProcess.start(ROOT, childEnv(overrides, port), port, 90_000, (c) => {
-    children.add(c);
-    c.once('exit', () => children.delete(c));
-  }, script);
+  log(
+    `service [${label}] starting on 127.0.0.1:${port} (${
+      Object.entries(overrides)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ') || 'defaults'
+    })${script ? ` ${script}` : ''}`,
+  );
+  const svc = await ServiceProcess.start(
+    ROOT,
+    childEnv(overrides, port),
+    port,
+    90_000,
+    (c) => {
+      children.add(c);
+      c.once('exit', () => children.delete(c));
+    },
+    script,
+  );
   log(`  [${label}] ready in ${Math.round(svc.startupMs)} ms (pid ${String(svc.pid)})`);
   return svc;
 }
 
-async function withService(label: string, overrides: Record<string, string>, body: (svc: ServiceProcess, run: ServiceRun) => Promise<void>): Promise<ServiceRun> {
+async function withService(
+  label: string,
+  overrides: Record<string, string>,
+  body: (svc: ServiceProcess, run: ServiceRun) => Promise<void>,
+): Promise<ServiceRun> {
   const run: ServiceRun = { label, overrides, settings: settingsOf(childEnv(overrides, 0)), client: 'fetch', startupMs: NaN, phases: [] };
   const svc = await startService(label, overrides);
   try {
@@ -354,7 +401,10 @@ async function main(): Promise<void> {
     corpus: `sentences of 8–40 tokens (uniform), Zipf-distributed words from the model vocabulary, unique by construction (bench/corpus.ts)`,
     git: gitState(ROOT),
     modelsLoaded: args.allModels
-      ? `every model of models/ (${readdirSync(path.join(ROOT, 'models'), { withFileTypes: true }).filter((d) => d.isDirectory() && !d.name.startsWith('.')).map((d) => d.name).join(', ')})`
+      ? `every model of models/ (${readdirSync(path.join(ROOT, 'models'), { withFileTypes: true })
+          .filter((d) => d.isDirectory() && !d.name.startsWith('.'))
+          .map((d) => d.name)
+          .join(', ')})`
       : `${MODEL} only (a temporary models folder of symlinks to models/${MODEL}; --all-models loads them all)`,
     serviceEnv: `NODE_ENV=production HOST=127.0.0.1 LOG_LEVEL=warn POLYRAY_BUILD_MISSING=false POLYRAY_TRACE_DIR=<temporary folder, removed after>${args.allModels ? '' : ' POLYRAY_MODELS_DIR=<temporary folder>'} (everything else: service defaults; inherited POLYRAY_*/REDIS_* variables are dropped)`,
   };
@@ -366,7 +416,9 @@ async function main(): Promise<void> {
     const u = cpuUse(a, cpuSnapshot(undefined));
     conditions.othersCoresBefore = Math.round(Math.max(0, u.machine - u.bench) * 100) / 100;
     if (conditions.othersCoresBefore > 0.3) {
-      log(`  warning: other processes are using ${conditions.othersCoresBefore} of ${conditions.host.availableParallelism} cores; every figure will be depressed (see the *others* columns)`);
+      log(
+        `  warning: other processes are using ${conditions.othersCoresBefore} of ${conditions.host.availableParallelism} cores; every figure will be depressed (see the *others* columns)`,
+      );
     }
   }
 
@@ -378,7 +430,9 @@ async function main(): Promise<void> {
   // 1. Ceiling (nothing else of ours running).
   log('ceiling: raw InferenceSession.run()');
   const ceiling = await measureCeiling({ modelPath, tokenizer, corpus, ...P.ceiling, log, checkAbort });
-  log(`  ceiling = ${Math.round(ceiling.best.itemsPerS).toLocaleString('en-US')} items/s (batch ${ceiling.best.batchSize}, intra ${ceiling.best.intraOpThreads})`);
+  log(
+    `  ceiling = ${Math.round(ceiling.best.itemsPerS).toLocaleString('en-US')} items/s (batch ${ceiling.best.batchSize}, intra ${ceiling.best.intraOpThreads})`,
+  );
 
   const missTexts = (n: number): string[] => corpus.take(n);
 
@@ -393,13 +447,27 @@ async function main(): Promise<void> {
     }
     const ctx = { url: svc.url, servicePid: svc.pid, base64Length, checkAbort };
     for (const n of P.missConcurrency) {
-      const { result: p } = await runPhase({ id: `miss-c${n}`, kind: 'miss', concurrency: n, inputsPerRequest: 1, warmupMs: P.warmupMs, durationMs: P.durationMs, client: 'fetch' }, { ...ctx, nextTexts: missTexts });
+      const { result: p } = await runPhase(
+        { id: `miss-c${n}`, kind: 'miss', concurrency: n, inputsPerRequest: 1, warmupMs: P.warmupMs, durationMs: P.durationMs, client: 'fetch' },
+        { ...ctx, nextTexts: missTexts },
+      );
       run.phases.push(p);
       logPhase('main', p);
     }
     {
       const { concurrency: n, inputs } = P.batched;
-      const { result: p } = await runPhase({ id: `miss-c${n}-x${inputs}`, kind: 'miss', concurrency: n, inputsPerRequest: inputs, warmupMs: P.warmupMs, durationMs: P.durationMs, client: 'fetch' }, { ...ctx, nextTexts: missTexts });
+      const { result: p } = await runPhase(
+        {
+          id: `miss-c${n}-x${inputs}`,
+          kind: 'miss',
+          concurrency: n,
+          inputsPerRequest: inputs,
+          warmupMs: P.warmupMs,
+          durationMs: P.durationMs,
+          client: 'fetch',
+        },
+        { ...ctx, nextTexts: missTexts },
+      );
       run.phases.push(p);
       logPhase('main', p);
     }
@@ -412,7 +480,18 @@ async function main(): Promise<void> {
     let next = 0;
     const hotTexts = (n: number): string[] => Array.from({ length: n }, () => hot[next++ % hot.length]!);
     for (const n of P.memoryConcurrency) {
-      const { result: p } = await runPhase({ id: `mem-c${n}`, kind: 'memory', concurrency: n, inputsPerRequest: 1, warmupMs: Math.min(P.warmupMs, 500), durationMs: P.durationMs, client: 'fetch' }, { ...ctx, nextTexts: hotTexts });
+      const { result: p } = await runPhase(
+        {
+          id: `mem-c${n}`,
+          kind: 'memory',
+          concurrency: n,
+          inputsPerRequest: 1,
+          warmupMs: Math.min(P.warmupMs, 500),
+          durationMs: P.durationMs,
+          client: 'fetch',
+        },
+        { ...ctx, nextTexts: hotTexts },
+      );
       run.phases.push(p);
       logPhase('main', p);
     }
@@ -424,7 +503,9 @@ async function main(): Promise<void> {
   const variants: ServiceRun[] = [];
   if (args.variants && P.variantRounds > 0) {
     const envKeys = [...new Set(VARIANTS.map((v) => JSON.stringify(v.env)))];
-    const started = await Promise.allSettled(envKeys.map((k) => startService(VARIANTS.find((v) => JSON.stringify(v.env) === k)!.label, JSON.parse(k) as Record<string, string>)));
+    const started = await Promise.allSettled(
+      envKeys.map((k) => startService(VARIANTS.find((v) => JSON.stringify(v.env) === k)!.label, JSON.parse(k) as Record<string, string>)),
+    );
     const services = new Map<string, ServiceProcess>();
     started.forEach((s, i) => {
       if (s.status === 'fulfilled') services.set(envKeys[i]!, s.value);
@@ -500,7 +581,15 @@ async function main(): Promise<void> {
   conditions.finishedAt = new Date().toISOString();
   conditions.wallSeconds = (performance.now() - t0) / 1000;
   conditions.loadAvgAfter = loadAvg();
-  const results: BenchResults = { schema: 'polyray-bench/1', conditions, ceiling, main, variants, ...(globalHit ? { globalHit } : {}), ...(transformer ? { transformer } : {}) };
+  const results: BenchResults = {
+    schema: 'polyray-bench/1',
+    conditions,
+    ceiling,
+    main,
+    variants,
+    ...(globalHit ? { globalHit } : {}),
+    ...(transformer ? { transformer } : {}),
+  };
 
   mkdirSync(args.out, { recursive: true });
   writeFileSync(path.join(args.out, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);

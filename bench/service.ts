@@ -261,7 +261,14 @@ export class ServiceProcess {
    * the child exits or is not ready within `timeoutMs`. `register` is called with the child at once,
    * so an abort during start-up can kill it too.
    */
-  static async start(root: string, env: Record<string, string>, port: number, timeoutMs: number, register: (c: ChildProcess) => void, script = 'src/main.ts'): Promise<ServiceProcess> {
+  static async start(
+    root: string,
+    env: Record<string, string>,
+    port: number,
+    timeoutMs: number,
+    register: (c: ChildProcess) => void,
+    script = 'src/main.ts',
+  ): Promise<ServiceProcess> {
     const t0 = performance.now();
     const guard = new URL('./orphan-guard.mjs', import.meta.url).href;
     const child = spawn(process.execPath, ['--import', 'tsx', '--import', guard, script], { cwd: root, env, stdio: ['pipe', 'pipe', 'pipe'] });

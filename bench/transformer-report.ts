@@ -43,13 +43,26 @@ export function ceilingTableT(t: TransformerResults): Table {
       }
       rows.push(cells);
     }
-  return { head: ['seq', 'batch', ...settings.flatMap((st) => [`${st} items/s`, 'run p50 ms', 'cores'])], rows, right: [true, true, ...settings.flatMap(() => [true, true, true])] };
+  return {
+    head: ['seq', 'batch', ...settings.flatMap((st) => [`${st} items/s`, 'run p50 ms', 'cores'])],
+    rows,
+    right: [true, true, ...settings.flatMap(() => [true, true, true])],
+  };
 }
 
 export function variantTableT(t: TransformerResults): Table {
   return {
     head: ['model', 'seq', 'batch', 'threads', 'items/s', 'vs fp32', 'cosine vs fp32 (min / mean)', 'samples'],
-    rows: t.ceiling.variants.map((v) => [v.model, `${v.seq}`, `${v.batchSize}`, `intra=${v.intraOpThreads}${v.spinning ? ' spin' : ''}`, f1(v.itemsPerS), ratio(v.speedupVsFp32), `${v.cosineMin.toFixed(5)} / ${v.cosineMean.toFixed(5)}`, `${v.samples}`]),
+    rows: t.ceiling.variants.map((v) => [
+      v.model,
+      `${v.seq}`,
+      `${v.batchSize}`,
+      `intra=${v.intraOpThreads}${v.spinning ? ' spin' : ''}`,
+      f1(v.itemsPerS),
+      ratio(v.speedupVsFp32),
+      `${v.cosineMin.toFixed(5)} / ${v.cosineMean.toFixed(5)}`,
+      `${v.samples}`,
+    ]),
     right: [false, true, true, true, true, true, true, true],
   };
 }
@@ -95,7 +108,24 @@ export function loadTableT(t: TransformerResults): Table {
       `${l.errors}${l.unexpectedSource ? ` (+${l.unexpectedSource} unexpected source)` : ''}`,
     ]);
   }
-  return { head: ['workload', 'N', 'server', 'items/s', 'p50 ms', 'p99 ms', 'of ceiling', 'server cores', 'bench cores', 'others cores', 'batch mean / run ms', 'errors'], rows, right: [false, true, false, true, true, true, true, true, true, true, true, false] };
+  return {
+    head: [
+      'workload',
+      'N',
+      'server',
+      'items/s',
+      'p50 ms',
+      'p99 ms',
+      'of ceiling',
+      'server cores',
+      'bench cores',
+      'others cores',
+      'batch mean / run ms',
+      'errors',
+    ],
+    rows,
+    right: [false, true, false, true, true, true, true, true, true, true, true, false],
+  };
 }
 
 export function comparisonTableT(t: TransformerResults): Table {
@@ -107,14 +137,36 @@ export function comparisonTableT(t: TransformerResults): Table {
     const p = find(t, 'polyray', w, n);
     const nv = find(t, 'polyray naive', w, n);
     const peer = bestPeer(t, w, n);
-    rows.push([w, nS, f1(p?.itemsPerS ?? NaN), f1(nv?.itemsPerS ?? NaN), peer ? `${f1(peer.itemsPerS)} (${peer.server.replace('peer, ', '')})` : '–', ratio((p?.itemsPerS ?? NaN) / (nv?.itemsPerS ?? NaN)), ratio((p?.itemsPerS ?? NaN) / (peer?.itemsPerS ?? NaN))]);
+    rows.push([
+      w,
+      nS,
+      f1(p?.itemsPerS ?? NaN),
+      f1(nv?.itemsPerS ?? NaN),
+      peer ? `${f1(peer.itemsPerS)} (${peer.server.replace('peer, ', '')})` : '–',
+      ratio((p?.itemsPerS ?? NaN) / (nv?.itemsPerS ?? NaN)),
+      ratio((p?.itemsPerS ?? NaN) / (peer?.itemsPerS ?? NaN)),
+    ]);
   }
-  return { head: ['workload', 'N', 'Polyray items/s', 'naive items/s', 'peer best items/s', 'Polyray ÷ naive', 'Polyray ÷ peer'], rows, right: [false, true, true, true, true, true, true] };
+  return {
+    head: ['workload', 'N', 'Polyray items/s', 'naive items/s', 'peer best items/s', 'Polyray ÷ naive', 'Polyray ÷ peer'],
+    rows,
+    right: [false, true, true, true, true, true, true],
+  };
 }
 
 export function probeTableT(t: TransformerResults): Table {
   return {
-    head: ['server (under load)', 'load', 'load items/s', 'probe rate', 'probe sent / answered', 'probe sources', 'probe p50 ms', 'probe p99 ms', 'probe max ms'],
+    head: [
+      'server (under load)',
+      'load',
+      'load items/s',
+      'probe rate',
+      'probe sent / answered',
+      'probe sources',
+      'probe p50 ms',
+      'probe p99 ms',
+      'probe max ms',
+    ],
     rows: t.loads
       .filter((l) => l.probe)
       .map((l) => [
@@ -137,7 +189,12 @@ export function probeTableT(t: TransformerResults): Table {
 export function memoryTableT(t: TransformerResults, extra: { label: string; mib: number; startupMs: number; what: string }[]): Table {
   return {
     head: ['server process', 'what', 'start-up ms', 'peak RSS (VmHWM) MiB'],
-    rows: [...t.servers.map((s) => ({ label: s.label, what: s.description, startupMs: s.startupMs, mib: s.peakRssMiB })), ...extra].map((s) => [s.label, s.what, `${Math.round(s.startupMs)}`, f1(s.mib)]),
+    rows: [...t.servers.map((s) => ({ label: s.label, what: s.description, startupMs: s.startupMs, mib: s.peakRssMiB })), ...extra].map((s) => [
+      s.label,
+      s.what,
+      `${Math.round(s.startupMs)}`,
+      f1(s.mib),
+    ]),
     right: [false, false, true, true],
   };
 }
@@ -154,7 +211,12 @@ export function verdictsT(t: TransformerResults): Verdict[] {
       met: int8.speedupVsFp32 >= 1.8 && int8.cosineMin >= 0.99,
       detail: `int8 ${f1(int8.itemsPerS)} items/s = ${ratio(int8.speedupVsFp32)} fp32 (seq ${int8.seq}, batch ${int8.batchSize}, intra ${int8.intraOpThreads}${int8.spinning ? ' spin' : ''}); cosine vs fp32 min ${int8.cosineMin.toFixed(4)}, mean ${int8.cosineMean.toFixed(4)} over ${int8.samples} texts`,
     });
-  if (fused) v.push({ target: 'fused speed-up (reported, no target)', met: undefined, detail: `fused ${f1(fused.itemsPerS)} items/s = ${ratio(fused.speedupVsFp32)} fp32; cosine min ${fused.cosineMin.toFixed(6)}` });
+  if (fused)
+    v.push({
+      target: 'fused speed-up (reported, no target)',
+      met: undefined,
+      detail: `fused ${f1(fused.itemsPerS)} items/s = ${ratio(fused.speedupVsFp32)} fp32; cosine min ${fused.cosineMin.toFixed(6)}`,
+    });
   const seqMax = Math.max(...Object.keys(t.ceiling.best).map((k) => Number(k.slice(3))));
   const nTop = Math.max(...t.loads.filter((l) => l.workload === `seq${seqMax}` && l.server === 'polyray' && !l.probe).map((l) => l.concurrency), -1);
   const pTop = find(t, 'polyray', `seq${seqMax}`, nTop);
@@ -186,7 +248,8 @@ export function verdictsT(t: TransformerResults): Verdict[] {
     v.push({
       target: 'memory-hit probe p99 ≤ 20 ms under saturating misses',
       met: probe.probe.answered > 0 && probe.probe.latencyMs.p99 <= 20 && probe.probe.errors === 0,
-      detail: `Polyray probe p50 ${ms(probe.probe.latencyMs.p50)} ms, p99 ${ms(probe.probe.latencyMs.p99)} ms (${probe.probe.answered} probes, ${probe.workload} N=${probe.concurrency} load at ${f1(probe.itemsPerS)} items/s)` +
+      detail:
+        `Polyray probe p50 ${ms(probe.probe.latencyMs.p50)} ms, p99 ${ms(probe.probe.latencyMs.p99)} ms (${probe.probe.answered} probes, ${probe.workload} N=${probe.concurrency} load at ${f1(probe.itemsPerS)} items/s)` +
         (() => {
           const pp = t.loads.find((l) => l.probe && l.server.startsWith('peer'));
           return pp?.probe ? `; peer probe p50 ${ms(pp.probe.latencyMs.p50)} ms, p99 ${ms(pp.probe.latencyMs.p99)} ms` : '';
@@ -197,12 +260,20 @@ export function verdictsT(t: TransformerResults): Verdict[] {
     const p = find(t, 'polyray', w, nMax);
     const nv = find(t, 'polyray naive', w, nMax);
     const peer = bestPeer(t, w, nMax);
-    if (p && nv) v.push({ target: `${w} N=${nMax}: batching vs naive (reported)`, met: undefined, detail: `Polyray ${f1(p.itemsPerS)} vs naive ${f1(nv.itemsPerS)} items/s = ${ratio(p.itemsPerS / nv.itemsPerS)}${peer ? `; vs peer best ${f1(peer.itemsPerS)} = ${ratio(p.itemsPerS / peer.itemsPerS)}` : ''}; ceiling ${f1(t.ceiling.best[w]?.itemsPerS ?? NaN)}` });
+    if (p && nv)
+      v.push({
+        target: `${w} N=${nMax}: batching vs naive (reported)`,
+        met: undefined,
+        detail: `Polyray ${f1(p.itemsPerS)} vs naive ${f1(nv.itemsPerS)} items/s = ${ratio(p.itemsPerS / nv.itemsPerS)}${peer ? `; vs peer best ${f1(peer.itemsPerS)} = ${ratio(p.itemsPerS / peer.itemsPerS)}` : ''}; ceiling ${f1(t.ceiling.best[w]?.itemsPerS ?? NaN)}`,
+      });
   }
   return v;
 }
 
-const verdictTable = (vs: Verdict[]): Table => ({ head: ['target', 'met?', 'numbers'], rows: vs.map((v) => [v.target, v.met === undefined ? '–' : v.met ? 'yes' : '**no**', v.detail]) });
+const verdictTable = (vs: Verdict[]): Table => ({
+  head: ['target', 'met?', 'numbers'],
+  rows: vs.map((v) => [v.target, v.met === undefined ? '–' : v.met ? 'yes' : '**no**', v.detail]),
+});
 
 export function transformerMarkdown(t: TransformerResults, extraMemory: { label: string; mib: number; startupMs: number; what: string }[]): string {
   const b16 = t.ceiling.best.seq16;

@@ -24,7 +24,20 @@ import {
 } from './transformer.ts';
 
 export interface TransformerPlan {
-  ceiling: { seqs: number[]; batchSizes: number[]; threads: { intra: number; spin: boolean }[]; cellMs: number; minRuns: number; variantRounds: number; variantBatch?: number; variantIntra?: number; variantSpin?: boolean; cosineSamples: number; mixedTexts: number; mixedRounds: number };
+  ceiling: {
+    seqs: number[];
+    batchSizes: number[];
+    threads: { intra: number; spin: boolean }[];
+    cellMs: number;
+    minRuns: number;
+    variantRounds: number;
+    variantBatch?: number;
+    variantIntra?: number;
+    variantSpin?: boolean;
+    cosineSamples: number;
+    mixedTexts: number;
+    mixedRounds: number;
+  };
   seqs: number[];
   concurrency: number[];
   /** Peer micro-batching measured at these N (at N=1 both modes are the same call). */
@@ -53,7 +66,14 @@ export interface TransformerResults {
   ceiling: BertCeilingResult;
   servers: ServerInfo[];
   loads: LoadResult[];
-  peer: { library: string; version: string; kind: 'transformers' | 'ort'; note: string; cosineVsPolyray: { min: number; samples: number }; bestMode: Record<string, string> };
+  peer: {
+    library: string;
+    version: string;
+    kind: 'transformers' | 'ort';
+    note: string;
+    cosineVsPolyray: { min: number; samples: number };
+    bestMode: Record<string, string>;
+  };
   corpus: string;
   errors: string[];
 }
@@ -106,9 +126,21 @@ export async function runTransformerSection(d: TransformerDeps): Promise<Transfo
   const svcEnv = { POLYRAY_MODELS_DIR: dir, POLYRAY_SERVE_MODELS: BERT };
   const defs: { label: string; kind: ServerInfo['kind']; env: Record<string, string>; script?: string; description: string }[] = [
     { label: 'polyray', kind: 'polyray', env: svcEnv, description: 'Polyray, service defaults (dynamic batching on)' },
-    { label: 'polyray naive', kind: 'polyray-naive', env: { ...svcEnv, POLYRAY_BATCH_MAX_ITEMS: '1' }, description: 'Polyray with POLYRAY_BATCH_MAX_ITEMS=1 (batching off)' },
+    {
+      label: 'polyray naive',
+      kind: 'polyray-naive',
+      env: { ...svcEnv, POLYRAY_BATCH_MAX_ITEMS: '1' },
+      description: 'Polyray with POLYRAY_BATCH_MAX_ITEMS=1 (batching off)',
+    },
     ...(P.tunedMaxTokens
-      ? [{ label: `polyray maxTokens=${P.tunedMaxTokens}`, kind: 'polyray' as const, env: { ...svcEnv, POLYRAY_BATCH_MAX_TOKENS: String(P.tunedMaxTokens) }, description: `Polyray with POLYRAY_BATCH_MAX_TOKENS=${P.tunedMaxTokens} (an alternative to the default; measured, not applied)` }]
+      ? [
+          {
+            label: `polyray maxTokens=${P.tunedMaxTokens}`,
+            kind: 'polyray' as const,
+            env: { ...svcEnv, POLYRAY_BATCH_MAX_TOKENS: String(P.tunedMaxTokens) },
+            description: `Polyray with POLYRAY_BATCH_MAX_TOKENS=${P.tunedMaxTokens} (an alternative to the default; measured, not applied)`,
+          },
+        ]
       : []),
     {
       label: 'peer',
@@ -119,7 +151,8 @@ export async function runTransformerSection(d: TransformerDeps): Promise<Transfo
     },
   ];
   let peerKind: 'transformers' | 'ort' = 'transformers';
-  let peerNote = 'transformers.js feature-extraction pipeline (its tokenizer + model, local files only), reading the graph\'s own pooled, normalised `embedding` output';
+  let peerNote =
+    "transformers.js feature-extraction pipeline (its tokenizer + model, local files only), reading the graph's own pooled, normalised `embedding` output";
   const started = await Promise.allSettled(defs.map((x) => d.start(x.label, x.env, x.script)));
   const svcs = new Map<string, ServiceProcess>();
   started.forEach((s, i) => {
@@ -156,12 +189,26 @@ export async function runTransformerSection(d: TransformerDeps): Promise<Transfo
       cosN = cs.length;
       log(`  peer vs Polyray vectors: min cosine ${cosMin.toFixed(6)} over ${cosN} texts`);
     }
-    const run = async (server: string, svc: ServiceProcess | undefined, target: (s: ServiceProcess) => Target, workload: number | 'mixed', n: number, expected: string, probe?: { target: Target; texts: string[]; expected: string }): Promise<LoadResult | undefined> => {
+    const run = async (
+      server: string,
+      svc: ServiceProcess | undefined,
+      target: (s: ServiceProcess) => Target,
+      workload: number | 'mixed',
+      n: number,
+      expected: string,
+      probe?: { target: Target; texts: string[]; expected: string },
+    ): Promise<LoadResult | undefined> => {
       if (!svc?.alive) return undefined;
       const next = workload === 'mixed' ? () => corpus.mixed(P.mixedRange[0], P.mixedRange[1]) : () => corpus.text(workload);
       const before = server.startsWith('polyray') && svc ? await scrapeBatchMetrics(svc.url, BERT) : undefined;
       const r = await runLoad(
-        { server, workload: workload === 'mixed' ? 'mixed' : `seq${workload}`, concurrency: n, warmupMs: P.warmup(workload, n), durationMs: P.duration(workload, n) },
+        {
+          server,
+          workload: workload === 'mixed' ? 'mixed' : `seq${workload}`,
+          concurrency: n,
+          warmupMs: P.warmup(workload, n),
+          durationMs: P.duration(workload, n),
+        },
         { target: target(svc), nextText: next, pid: svc.pid, expected, checkAbort, ...(probe ? { probe: { ...probe, ratePerS: P.probeRatePerS } } : {}) },
       );
       const after = before ? await scrapeBatchMetrics(svc.url, BERT) : undefined;
@@ -193,7 +240,7 @@ export async function runTransformerSection(d: TransformerDeps): Promise<Transfo
       const s = rows.find((l) => l.server === 'peer, 1 call/request' && l.concurrency === nMax);
       const useBatched = !!b && (!s || b.itemsPerS >= s.itemsPerS);
       bestMode[workload] = useBatched ? 'micro-batched' : '1 call/request';
-      return peer ? (useBatched ? batched(peer) : single(peer)) : (async () => ({ ok: false, sources: [] })) as Target;
+      return peer ? (useBatched ? batched(peer) : single(peer)) : ((async () => ({ ok: false, sources: [] })) as Target);
     };
     log('issue 7: mixed lengths');
     const nm = P.mixedConcurrency;
@@ -213,8 +260,24 @@ export async function runTransformerSection(d: TransformerDeps): Promise<Transfo
     }
     const longest = Math.max(...P.seqs);
     const peerProbeTarget = peerBest(`seq${longest}`);
-    await run('polyray', poly, polyT, longest, P.probeConcurrency, 'COMPUTED', poly ? { target: polyrayTarget(poly.url), texts: probeTexts, expected: 'MEMORY' } : undefined);
-    await run(`peer, ${bestMode[`seq${longest}`]}`, peer, bestMode[`seq${longest}`] === 'micro-batched' ? batched : single, longest, P.probeConcurrency, 'COMPUTED', { target: peerProbeTarget, texts: probeTexts, expected: 'COMPUTED' });
+    await run(
+      'polyray',
+      poly,
+      polyT,
+      longest,
+      P.probeConcurrency,
+      'COMPUTED',
+      poly ? { target: polyrayTarget(poly.url), texts: probeTexts, expected: 'MEMORY' } : undefined,
+    );
+    await run(
+      `peer, ${bestMode[`seq${longest}`]}`,
+      peer,
+      bestMode[`seq${longest}`] === 'micro-batched' ? batched : single,
+      longest,
+      P.probeConcurrency,
+      'COMPUTED',
+      { target: peerProbeTarget, texts: probeTexts, expected: 'COMPUTED' },
+    );
     peerBest('mixed');
     for (const s of P.seqs) if (!bestMode[`seq${s}`]) peerBest(`seq${s}`);
     for (const [label, svc] of svcs) {

@@ -126,7 +126,14 @@ function createSession(file: string, intra: number, spin: boolean): Promise<ort.
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)] ?? NaN;
 
-async function timeCell(session: ort.InferenceSession, batches: Record<string, ort.Tensor>[], b: number, cellMs: number, minRuns: number, warm = true): Promise<{ runs: number; itemsPerS: number; runMsP50: number; cpuCores: number }> {
+async function timeCell(
+  session: ort.InferenceSession,
+  batches: Record<string, ort.Tensor>[],
+  b: number,
+  cellMs: number,
+  minRuns: number,
+  warm = true,
+): Promise<{ runs: number; itemsPerS: number; runMsP50: number; cpuCores: number }> {
   if (warm) await session.run(batches[0]!, ['embedding']); // warm-up
   const times: number[] = [];
   const cpu0 = process.cpuUsage();
@@ -220,7 +227,9 @@ export async function bertCeiling(o: BertCeilingOptions): Promise<BertCeilingRes
           // larger cells follow warm cells of the same session, and their runs are long.
           const r = await timeCell(session, batchesOf(seq, b), b, o.cellMs, o.minRuns, b === o.batchSizes[0] || b * seq <= 512);
           rows.push({ model: BERT, seq, intraOpThreads: intra, spinning: spin, batchSize: b, ...r });
-          o.log(`  bert ceiling seq=${seq} intra=${intra}${spin ? ' spin' : ''} batch=${String(b).padStart(2)}: ${r.itemsPerS.toFixed(1).padStart(7)} items/s (run p50 ${r.runMsP50.toFixed(1)} ms, ${r.cpuCores.toFixed(2)} cores)`);
+          o.log(
+            `  bert ceiling seq=${seq} intra=${intra}${spin ? ' spin' : ''} batch=${String(b).padStart(2)}: ${r.itemsPerS.toFixed(1).padStart(7)} items/s (run p50 ${r.runMsP50.toFixed(1)} ms, ${r.cpuCores.toFixed(2)} cores)`,
+          );
         }
       }
     } finally {
@@ -236,7 +245,11 @@ export async function bertCeiling(o: BertCeilingOptions): Promise<BertCeilingRes
   // Variants at one sequence length, the best batch and threads of plain fp32, in interleaved rounds.
   // A fixed batch when given: the best cell moves between runs on a noisy shared box.
   const bestV = best[`seq${o.variantSeq}`]!;
-  const vb = { batchSize: o.variantBatch ?? bestV.batchSize, intraOpThreads: o.variantIntra ?? bestV.intraOpThreads, spinning: o.variantSpin ?? bestV.spinning };
+  const vb = {
+    batchSize: o.variantBatch ?? bestV.batchSize,
+    intraOpThreads: o.variantIntra ?? bestV.intraOpThreads,
+    spinning: o.variantSpin ?? bestV.spinning,
+  };
   const models = [BERT, `${BERT}-fused`, `${BERT}-int8`];
   const sessions = new Map<string, ort.InferenceSession>();
   const variants: BertVariantRow[] = [];
@@ -259,7 +272,8 @@ export async function bertCeiling(o: BertCeilingOptions): Promise<BertCeilingRes
     const vecs = new Map<string, Float32Array[]>();
     for (const m of models) {
       const out: Float32Array[] = [];
-      for (const t of samples) out.push(new Float32Array(((await sessions.get(m)!.run(feedsOf([o.corpus.tokenizer.encode(t)]), ['embedding'])).embedding!.data as Float32Array)));
+      for (const t of samples)
+        out.push(new Float32Array((await sessions.get(m)!.run(feedsOf([o.corpus.tokenizer.encode(t)]), ['embedding'])).embedding!.data as Float32Array));
       vecs.set(m, out);
     }
     const fp32 = median(acc.get(BERT)!.times);
@@ -279,7 +293,9 @@ export async function bertCeiling(o: BertCeilingOptions): Promise<BertCeilingRes
         cosineMean: cos.reduce((a, b) => a + b, 0) / cos.length,
         samples: cos.length,
       });
-      o.log(`  variant ${m.padEnd(26)} seq=${o.variantSeq} batch=${vb.batchSize}: ${ips.toFixed(1)} items/s (×${(ips / fp32).toFixed(2)} vs fp32), cosine vs fp32 min ${Math.min(...cos).toFixed(5)}`);
+      o.log(
+        `  variant ${m.padEnd(26)} seq=${o.variantSeq} batch=${vb.batchSize}: ${ips.toFixed(1)} items/s (×${(ips / fp32).toFixed(2)} vs fp32), cosine vs fp32 min ${Math.min(...cos).toFixed(5)}`,
+      );
     }
   } finally {
     for (const s of sessions.values()) await s.release();
@@ -373,11 +389,22 @@ const BERT_QUERY = `query($inputs:[EmbedInput!]!){ embed(model:"${BERT}", inputs
 export function polyrayTarget(url: string): Target {
   return async (texts, probe) => {
     try {
-      const res = await post(`${url}/graphql`, JSON.stringify({ query: BERT_QUERY, variables: { inputs: texts.map((text) => ({ text })) } }), probe ? probeAgent : agent);
-      const body = JSON.parse(res.text) as { data?: { embed?: { source: string; base64: string }[] }; errors?: { message: string; extensions?: { code?: string } }[] };
+      const res = await post(
+        `${url}/graphql`,
+        JSON.stringify({ query: BERT_QUERY, variables: { inputs: texts.map((text) => ({ text })) } }),
+        probe ? probeAgent : agent,
+      );
+      const body = JSON.parse(res.text) as {
+        data?: { embed?: { source: string; base64: string }[] };
+        errors?: { message: string; extensions?: { code?: string } }[];
+      };
       const e = body.data?.embed;
       if (res.status !== 200 || body.errors?.length || !e || e.length !== texts.length) {
-        return { ok: false, sources: [], error: `HTTP ${res.status} ${body.errors?.[0]?.extensions?.code ?? ''} ${body.errors?.[0]?.message ?? ''}`.slice(0, 300) };
+        return {
+          ok: false,
+          sources: [],
+          error: `HTTP ${res.status} ${body.errors?.[0]?.extensions?.code ?? ''} ${body.errors?.[0]?.message ?? ''}`.slice(0, 300),
+        };
       }
       if (e.some((x) => x.base64.length !== VECTOR_B64)) return { ok: false, sources: [], error: 'bad vector length' };
       return { ok: true, sources: e.map((x) => x.source) };
@@ -393,7 +420,8 @@ export function peerTarget(url: string, endpoint: '/embed' | '/embed-batched'): 
     try {
       const res = await post(`${url}${endpoint}`, JSON.stringify({ texts }), probe ? probeAgent : agent);
       const body = JSON.parse(res.text) as { vectors?: string[]; error?: string };
-      if (res.status !== 200 || !body.vectors || body.vectors.length !== texts.length) return { ok: false, sources: [], error: `HTTP ${res.status} ${body.error ?? ''}`.slice(0, 300) };
+      if (res.status !== 200 || !body.vectors || body.vectors.length !== texts.length)
+        return { ok: false, sources: [], error: `HTTP ${res.status} ${body.error ?? ''}`.slice(0, 300) };
       if (body.vectors.some((v) => v.length !== VECTOR_B64)) return { ok: false, sources: [], error: 'bad vector length' };
       return { ok: true, sources: texts.map(() => 'COMPUTED') };
     } catch (err) {
@@ -567,7 +595,16 @@ export function hfLayout(modelDir: string, id: string): string {
   symlinkSync(path.join(modelDir, 'model.onnx'), path.join(d, 'onnx', 'model.onnx'));
   writeFileSync(
     path.join(d, 'tokenizer_config.json'),
-    JSON.stringify({ tokenizer_class: 'BertTokenizer', do_lower_case: true, model_max_length: 512, cls_token: '[CLS]', sep_token: '[SEP]', pad_token: '[PAD]', unk_token: '[UNK]', mask_token: '[MASK]' }),
+    JSON.stringify({
+      tokenizer_class: 'BertTokenizer',
+      do_lower_case: true,
+      model_max_length: 512,
+      cls_token: '[CLS]',
+      sep_token: '[SEP]',
+      pad_token: '[PAD]',
+      unk_token: '[UNK]',
+      mask_token: '[MASK]',
+    }),
   );
   return root;
 }

@@ -25,7 +25,12 @@
   function duration(ms) {
     if (ms === null) return 'no tier';
     if (ms === 0) return 'none';
-    const units = [['d', 86400000], ['h', 3600000], ['min', 60000], ['s', 1000]];
+    const units = [
+      ['d', 86400000],
+      ['h', 3600000],
+      ['min', 60000],
+      ['s', 1000],
+    ];
     for (const [u, f] of units) if (ms >= f) return +(ms / f).toFixed(1) + ' ' + u;
     return ms + ' ms';
   }
@@ -38,7 +43,8 @@
   }
   const pct = (x) => (x * 100).toFixed(1) + '%';
   const num = (x) => Math.round(x).toLocaleString('en-US');
-  const setting = (s) => `memory ${bytes(s.memoryBytes)}, TTL ${duration(s.memoryTtlMs)}; global ${s.globalTtlMs === null ? 'no tier' : 'TTL ' + duration(s.globalTtlMs)}`;
+  const setting = (s) =>
+    `memory ${bytes(s.memoryBytes)}, TTL ${duration(s.memoryTtlMs)}; global ${s.globalTtlMs === null ? 'no tier' : 'TTL ' + duration(s.globalTtlMs)}`;
 
   function upsert(id, config) {
     const existing = charts[id];
@@ -67,7 +73,8 @@
 
   function renderUsage(d) {
     const u = d.usage;
-    document.getElementById('usage-unit').textContent = `(${u.unit}${u.source === 'trace' ? ', estimated from the trace window' : u.fleetWide ? ', fleet-wide' : ', this replica'})`;
+    document.getElementById('usage-unit').textContent =
+      `(${u.unit}${u.source === 'trace' ? ', estimated from the trace window' : u.fleetWide ? ', fleet-wide' : ', this replica'})`;
     const stacked = { x: { stacked: true }, y: { stacked: true, beginAtZero: true } };
     upsert('chart-cost', { type: 'bar', data: stackedByModel(u.rows, 'cost'), options: { scales: stacked, plugins: { legend: { position: 'bottom' } } } });
     upsert('chart-items', { type: 'bar', data: stackedByModel(u.rows, 'items'), options: { scales: stacked, plugins: { legend: { position: 'bottom' } } } });
@@ -97,8 +104,28 @@
 
   function markers(labelOf, p) {
     return [
-      { label: 'current', data: [{ x: labelOf(p.current), y: p.current.costPerHour }], pointStyle: 'rectRot', pointRadius: 9, borderColor: '#1d2330', backgroundColor: '#ffffff', borderWidth: 2, showLine: false, order: -1 },
-      { label: 'recommended', data: [{ x: labelOf(p.recommended), y: p.recommended.costPerHour }], pointStyle: 'star', pointRadius: 12, borderColor: '#d64550', backgroundColor: '#d64550', borderWidth: 3, showLine: false, order: -2 },
+      {
+        label: 'current',
+        data: [{ x: labelOf(p.current), y: p.current.costPerHour }],
+        pointStyle: 'rectRot',
+        pointRadius: 9,
+        borderColor: '#1d2330',
+        backgroundColor: '#ffffff',
+        borderWidth: 2,
+        showLine: false,
+        order: -1,
+      },
+      {
+        label: 'recommended',
+        data: [{ x: labelOf(p.recommended), y: p.recommended.costPerHour }],
+        pointStyle: 'star',
+        pointRadius: 12,
+        borderColor: '#d64550',
+        backgroundColor: '#d64550',
+        borderWidth: 3,
+        showLine: false,
+        order: -2,
+      },
     ];
   }
 
@@ -126,22 +153,52 @@
     const advice = document.getElementById('advice');
     if (!p) {
       for (const id of ['chart-size', 'chart-ttl']) upsert(id, { type: 'line', data: { labels: [], datasets: [] }, options: {} });
-      advice.innerHTML = '<p>Waiting for the first simulation of the live trace window.</p>' + `<p class="muted">${num(d.trace.sampled)} samples so far at rate ${d.trace.sampleRate}.</p>`;
+      advice.innerHTML =
+        '<p>Waiting for the first simulation of the live trace window.</p>' +
+        `<p class="muted">${num(d.trace.sampled)} samples so far at rate ${d.trace.sampleRate}.</p>`;
       return;
     }
     const rec = p.recommended;
     const yAxis = { title: { display: true, text: 'J per hour' }, beginAtZero: false };
     // Cost over memory size: one line per memory TTL, at the recommended global TTL.
     const sameGlobal = p.grid.filter((g) => g.globalTtlMs === rec.globalTtlMs);
-    const size = curve(sameGlobal, (g) => g.memoryBytes, bytes, (g) => g.memoryTtlMs, (t) => 'TTL ' + duration(t), (a, b) => a - b);
+    const size = curve(
+      sameGlobal,
+      (g) => g.memoryBytes,
+      bytes,
+      (g) => g.memoryTtlMs,
+      (t) => 'TTL ' + duration(t),
+      (a, b) => a - b,
+    );
     size.datasets.push(...markers((s) => bytes(s.memoryBytes), p));
-    upsert('chart-size', { type: 'line', data: size, options: { scales: { x: { title: { display: true, text: 'memory tier size' } }, y: yAxis }, plugins: { legend: { position: 'bottom', labels: { boxWidth: 10 } } } } });
+    upsert('chart-size', {
+      type: 'line',
+      data: size,
+      options: {
+        scales: { x: { title: { display: true, text: 'memory tier size' } }, y: yAxis },
+        plugins: { legend: { position: 'bottom', labels: { boxWidth: 10 } } },
+      },
+    });
     // Cost over memory TTL at the recommended size: one line per global TTL.
     const sameSize = p.grid.filter((g) => g.memoryBytes === rec.memoryBytes);
-    const ttl = curve(sameSize, (g) => g.memoryTtlMs || Infinity, (t) => duration(t === Infinity ? 0 : t), (g) => g.globalTtlMs, (t) => (t === null ? 'no global tier' : 'global ' + duration(t)), (a, b) => a - b);
+    const ttl = curve(
+      sameSize,
+      (g) => g.memoryTtlMs || Infinity,
+      (t) => duration(t === Infinity ? 0 : t),
+      (g) => g.globalTtlMs,
+      (t) => (t === null ? 'no global tier' : 'global ' + duration(t)),
+      (a, b) => a - b,
+    );
     ttl.datasets.push(...markers((s) => duration(s.memoryTtlMs), p));
     document.getElementById('ttl-sub').textContent = `(J/h at ${bytes(rec.memoryBytes)})`;
-    upsert('chart-ttl', { type: 'line', data: ttl, options: { scales: { x: { title: { display: true, text: 'memory TTL' } }, y: yAxis }, plugins: { legend: { position: 'bottom', labels: { boxWidth: 10 } } } } });
+    upsert('chart-ttl', {
+      type: 'line',
+      data: ttl,
+      options: {
+        scales: { x: { title: { display: true, text: 'memory TTL' } }, y: yAxis },
+        plugins: { legend: { position: 'bottom', labels: { boxWidth: 10 } } },
+      },
+    });
     const row = (name, r) =>
       `<tr><th>${name}</th><td>${bytes(r.memoryBytes)} · ${duration(r.memoryTtlMs)}<br><span class="muted">global ${r.globalTtlMs === null ? 'no tier' : duration(r.globalTtlMs)}</span></td>` +
       `<td>${pct(r.memoryHitRate)}<br><span class="muted">${pct(r.globalHitRate)}</span></td><td>${joules(r.costPerHour)}/h</td></tr>`;

@@ -72,7 +72,13 @@ export class PolyrayServer {
     this.config = config;
     this.logger = deps.logger ?? createLogger(config.log.level);
     const { inference } = config;
-    this.pool = new InferencePool({ workers: inference.workers, intraOpThreads: inference.intraOpThreads, niceness: inference.niceness, pipelineDepth: inference.pipelineDepth, logger: this.logger });
+    this.pool = new InferencePool({
+      workers: inference.workers,
+      intraOpThreads: inference.intraOpThreads,
+      niceness: inference.niceness,
+      pipelineDepth: inference.pipelineDepth,
+      logger: this.logger,
+    });
     this.host = new ModelHost({
       models: config.models,
       inference,
@@ -126,7 +132,9 @@ export class PolyrayServer {
       plugins: [
         fastifyApolloDrainPlugin(this.app),
         this.accounting.apolloPlugin(),
-        config.env === 'production' ? ApolloServerPluginLandingPageProductionDefault({ footer: false }) : ApolloServerPluginLandingPageLocalDefault({ footer: false }),
+        config.env === 'production'
+          ? ApolloServerPluginLandingPageProductionDefault({ footer: false })
+          : ApolloServerPluginLandingPageLocalDefault({ footer: false }),
       ],
     });
   }

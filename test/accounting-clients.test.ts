@@ -79,13 +79,24 @@ describe('clients and keys', () => {
     const err: string[] = [];
     const io = { out: (s: string) => void out.push(s), err: (s: string) => void err.push(s) };
     const f = path.join(dir, 'cli.json');
-    assert.equal(await clientsCommand('add', ['--id', 'cli', '--name', 'CLI client', '--role', 'admin', '--models', 'text-glove,other-model', '--rate', '7', '--burst', '70'], f, io), 0);
+    assert.equal(
+      await clientsCommand(
+        'add',
+        ['--id', 'cli', '--name', 'CLI client', '--role', 'admin', '--models', 'text-glove,other-model', '--rate', '7', '--burst', '70'],
+        f,
+        io,
+      ),
+      0,
+    );
     assert.equal(out.length, 1);
     const key = out[0]!.trim();
     assert.match(key, /^prk_cli_/);
     assert.doesNotMatch(err.join(''), /prk_/);
     const c = readClientsFileSync(f).clients[0]!;
-    assert.deepEqual({ role: c.role, models: c.models, quota: c.quota, name: c.name }, { role: 'admin', models: ['text-glove', 'other-model'], quota: { rate: 7, burst: 70 }, name: 'CLI client' });
+    assert.deepEqual(
+      { role: c.role, models: c.models, quota: c.quota, name: c.name },
+      { role: 'admin', models: ['text-glove', 'other-model'], quota: { rate: 7, burst: 70 }, name: 'CLI client' },
+    );
     out.length = 0;
     assert.equal(await clientsCommand('list', [], f, io), 0);
     assert.doesNotMatch(out.join(''), /prk_|sha256/);
@@ -115,7 +126,10 @@ describe('accounting without Redis', () => {
       assert.deepEqual({ estimated: cost.estimated, charged: cost.charged }, { estimated: 0, charged: 0 });
       assert.equal(cost.remaining, DEV_CLIENT.quota.burst);
       const usage = await account.usage();
-      assert.deepEqual({ id: usage.clientId, role: usage.role, fleetWide: usage.fleetWide, store: usage.quota?.store }, { id: 'local-dev', role: 'ADMIN', fleetWide: false, store: 'LOCAL' });
+      assert.deepEqual(
+        { id: usage.clientId, role: usage.role, fleetWide: usage.fleetWide, store: usage.quota?.store },
+        { id: 'local-dev', role: 'ADMIN', fleetWide: false, store: 'LOCAL' },
+      );
     } finally {
       await acct.close();
     }
@@ -136,7 +150,10 @@ describe('accounting without Redis', () => {
       await acct.start();
       try {
         assert.equal(acct.authenticate({ authorization: `Bearer ${k1}` }).client.id, 'one');
-        assert.throws(() => acct.authenticate({}), (e: unknown) => (e as { extensions?: Record<string, unknown> }).extensions?.['code'] === 'UNAUTHENTICATED');
+        assert.throws(
+          () => acct.authenticate({}),
+          (e: unknown) => (e as { extensions?: Record<string, unknown> }).extensions?.['code'] === 'UNAUTHENTICATED',
+        );
         const { key: k2 } = await addClient(file, { id: 'two' });
         const deadline = Date.now() + 3000;
         while (!acct.directory().get('two') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
@@ -178,7 +195,14 @@ describe('accounting configuration', () => {
   test('defaults, and POLYRAY_QUOTA_REDIS_URL before REDIS_URL', () => {
     const d = loadConfig({}).accounting;
     assert.deepEqual(
-      { redis: d.redis, keyPrefix: d.keyPrefix, failureMode: d.failureMode, memoryHitCost: d.memoryHitCost, globalHitCost: d.globalHitCost, ledgerFlushMs: d.ledgerFlushMs },
+      {
+        redis: d.redis,
+        keyPrefix: d.keyPrefix,
+        failureMode: d.failureMode,
+        memoryHitCost: d.memoryHitCost,
+        globalHitCost: d.globalHitCost,
+        ledgerFlushMs: d.ledgerFlushMs,
+      },
       { redis: { kind: 'none' }, keyPrefix: 'polyray:acct:v2:', failureMode: 'open', memoryHitCost: 0.01, globalHitCost: 0.05, ledgerFlushMs: 5000 },
     );
     const store = (env: Record<string, string>) => loadConfig(env).accounting.redis;
@@ -189,16 +213,31 @@ describe('accounting configuration', () => {
 
   test('quota store precedence: quota URL, quota Cluster nodes, then the cache’s REDIS_URL or REDIS_CLUSTER_NODES', () => {
     const store = (env: Record<string, string>) => loadConfig(env).accounting.redis;
-    const cache = [{ host: 'c1', port: 7000 }, { host: 'c2', port: 7001 }];
+    const cache = [
+      { host: 'c1', port: 7000 },
+      { host: 'c2', port: 7001 },
+    ];
     assert.deepEqual(store({ REDIS_CLUSTER_NODES: 'c1:7000,c2:7001' }), { kind: 'cluster', nodes: cache }, 'follows the cache onto its Cluster');
     assert.deepEqual(store({ REDIS_CLUSTER_NODES: 'c1:7000', POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379' }), { kind: 'standalone', url: 'redis://q:6379' });
     assert.deepEqual(store({ REDIS_URL: 'redis://c:6379', POLYRAY_QUOTA_REDIS_CLUSTER_NODES: 'q1:7000, [::1]:7001' }), {
       kind: 'cluster',
-      nodes: [{ host: 'q1', port: 7000 }, { host: '::1', port: 7001 }],
+      nodes: [
+        { host: 'q1', port: 7000 },
+        { host: '::1', port: 7001 },
+      ],
     });
-    assert.deepEqual(store({ REDIS_CLUSTER_NODES: 'c1:7000', POLYRAY_QUOTA_REDIS_CLUSTER_NODES: 'q1:7000' }), { kind: 'cluster', nodes: [{ host: 'q1', port: 7000 }] });
-    assert.throws(() => store({ POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379', POLYRAY_QUOTA_REDIS_CLUSTER_NODES: 'q1:7000' }), /both POLYRAY_QUOTA_REDIS_URL and POLYRAY_QUOTA_REDIS_CLUSTER_NODES/);
-    assert.throws(() => store({ POLYRAY_QUOTA_REDIS_CLUSTER_NODES: 'q1' }), /POLYRAY_QUOTA_REDIS_CLUSTER_NODES entries must look like host:port, received "q1"/);
+    assert.deepEqual(store({ REDIS_CLUSTER_NODES: 'c1:7000', POLYRAY_QUOTA_REDIS_CLUSTER_NODES: 'q1:7000' }), {
+      kind: 'cluster',
+      nodes: [{ host: 'q1', port: 7000 }],
+    });
+    assert.throws(
+      () => store({ POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379', POLYRAY_QUOTA_REDIS_CLUSTER_NODES: 'q1:7000' }),
+      /both POLYRAY_QUOTA_REDIS_URL and POLYRAY_QUOTA_REDIS_CLUSTER_NODES/,
+    );
+    assert.throws(
+      () => store({ POLYRAY_QUOTA_REDIS_CLUSTER_NODES: 'q1' }),
+      /POLYRAY_QUOTA_REDIS_CLUSTER_NODES entries must look like host:port, received "q1"/,
+    );
     assert.throws(() => loadConfig({ POLYRAY_QUOTA_KEY_PREFIX: 'x{}:' }), /POLYRAY_QUOTA_KEY_PREFIX must not contain an empty hash tag/);
     assert.equal(loadConfig({ POLYRAY_QUOTA_KEY_PREFIX: '{acct}:' }).accounting.keyPrefix, '{acct}:');
   });

@@ -36,7 +36,15 @@ const TIMEOUT_MS = 200; // POLYRAY_QUOTA_REDIS_TIMEOUT_MS default
 const EMBED = `query($model: String!, $inputs: [EmbedInput!]!) { embed(model: $model, inputs: $inputs) { source } }`;
 type EmbedData = { embed: { source: string }[] };
 const USAGE = `query($id: ID) { usage(clientId: $id) { clientId fleetWide rows { model source items tokens cost } totals { items tokens cost } quota { remaining store } } }`;
-type UsageData = { usage: { clientId: string; fleetWide: boolean; rows: ({ model: string; source: string } & Figures)[]; totals: Figures; quota: { remaining: number; store: string } } };
+type UsageData = {
+  usage: {
+    clientId: string;
+    fleetWide: boolean;
+    rows: ({ model: string; source: string } & Figures)[];
+    totals: Figures;
+    quota: { remaining: number; store: string };
+  };
+};
 
 describe('quotas and the usage ledger on a Redis Cluster, two replicas', () => {
   const keys = new AccountingKeys(PREFIX);
@@ -51,50 +59,62 @@ describe('quotas and the usage ledger on a Redis Cluster, two replicas', () => {
   let upId = '';
   const auth = (id: string): Record<string, string> => ({ authorization: `Bearer ${apiKeys[id]}` });
 
-  before(async () => {
-    cluster = await startRedisCluster(3, { extraArgs: ['--cluster-require-full-coverage', 'no'] });
-    admins = await Promise.all(
-      cluster.nodes.map(async (n) => {
-        const r = new Redis(n.port, n.host, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => 50 });
-        r.on('error', () => undefined); // the fault test kills a node
-        await r.connect();
-        return r;
-      }),
-    );
-    const owners = await slotOwners();
-    const pick = (stem: string, node: number): string => {
-      for (let i = 0; i < 10_000; i++) if (owners[localKeySlot(keys.bucket(`${stem}${i}`))] === node) return `${stem}${i}`;
-      throw new Error(`no id ${stem}<n> with its bucket on master ${node}`);
-    };
-    downId = pick('down', 0);
-    upId = pick('up', 1);
-    dir = await mkdtemp(path.join(tmpdir(), 'polyray-clients-'));
-    const file = path.join(dir, 'clients.json');
-    for (const spec of [
-      { id: 'admin', name: 'Operators', role: 'admin' as const, rate: 1e6, burst: 1e9 },
-      // A rate this low refills 0.01 units per second: the levels below are exact to 0.1 units.
-      { id: 'alice', name: 'Alice', models: ['text-glove'], rate: 0.01, burst: 400 },
-      { id: 'bob', name: 'Bob', rate: 1e6, burst: 1e8 },
-      { id: 'carol', name: 'Carol', rate: 1e6, burst: 1e8 },
-      { id: 'erin', name: 'Erin', rate: 1e6, burst: 1e8 },
-      { id: downId, name: 'On the master that dies', rate: 0.01, burst: 100 },
-      { id: upId, name: 'On a master that lives', rate: 0.01, burst: 100 },
-    ]) {
-      apiKeys[spec.id] = (await addClient(file, spec)).key;
-    }
-    const overrides = {
-      accounting: { clientsFile: file, redis: { kind: 'cluster' as const, nodes: cluster.nodes }, keyPrefix: PREFIX, ledgerFlushMs: 100, redisTimeoutMs: TIMEOUT_MS },
-      batching: { maxWaitUs: 3000 },
-    };
-    [a, b] = await Promise.all([startPolyray(overrides), startPolyray(overrides)]);
-  }, { timeout: 60_000 });
+  before(
+    async () => {
+      cluster = await startRedisCluster(3, { extraArgs: ['--cluster-require-full-coverage', 'no'] });
+      admins = await Promise.all(
+        cluster.nodes.map(async (n) => {
+          const r = new Redis(n.port, n.host, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => 50 });
+          r.on('error', () => undefined); // the fault test kills a node
+          await r.connect();
+          return r;
+        }),
+      );
+      const owners = await slotOwners();
+      const pick = (stem: string, node: number): string => {
+        for (let i = 0; i < 10_000; i++) if (owners[localKeySlot(keys.bucket(`${stem}${i}`))] === node) return `${stem}${i}`;
+        throw new Error(`no id ${stem}<n> with its bucket on master ${node}`);
+      };
+      downId = pick('down', 0);
+      upId = pick('up', 1);
+      dir = await mkdtemp(path.join(tmpdir(), 'polyray-clients-'));
+      const file = path.join(dir, 'clients.json');
+      for (const spec of [
+        { id: 'admin', name: 'Operators', role: 'admin' as const, rate: 1e6, burst: 1e9 },
+        // A rate this low refills 0.01 units per second: the levels below are exact to 0.1 units.
+        { id: 'alice', name: 'Alice', models: ['text-glove'], rate: 0.01, burst: 400 },
+        { id: 'bob', name: 'Bob', rate: 1e6, burst: 1e8 },
+        { id: 'carol', name: 'Carol', rate: 1e6, burst: 1e8 },
+        { id: 'erin', name: 'Erin', rate: 1e6, burst: 1e8 },
+        { id: downId, name: 'On the master that dies', rate: 0.01, burst: 100 },
+        { id: upId, name: 'On a master that lives', rate: 0.01, burst: 100 },
+      ]) {
+        apiKeys[spec.id] = (await addClient(file, spec)).key;
+      }
+      const overrides = {
+        accounting: {
+          clientsFile: file,
+          redis: { kind: 'cluster' as const, nodes: cluster.nodes },
+          keyPrefix: PREFIX,
+          ledgerFlushMs: 100,
+          redisTimeoutMs: TIMEOUT_MS,
+        },
+        batching: { maxWaitUs: 3000 },
+      };
+      [a, b] = await Promise.all([startPolyray(overrides), startPolyray(overrides)]);
+    },
+    { timeout: 60_000 },
+  );
 
-  after(async () => {
-    await Promise.all([a?.stop(), b?.stop()]);
-    for (const r of admins) r.disconnect();
-    await cluster?.stop();
-    if (dir) await rm(dir, { recursive: true, force: true });
-  }, { timeout: 30_000 });
+  after(
+    async () => {
+      await Promise.all([a?.stop(), b?.stop()]);
+      for (const r of admins) r.disconnect();
+      await cluster?.stop();
+      if (dir) await rm(dir, { recursive: true, force: true });
+    },
+    { timeout: 30_000 },
+  );
 
   /** slot -> index of the master serving it, from CLUSTER SLOTS. */
   async function slotOwners(): Promise<Int16Array> {
@@ -109,7 +129,8 @@ describe('quotas and the usage ledger on a Redis Cluster, two replicas', () => {
   const keySlot = async (key: string): Promise<number> => Number(await admins[0]!.cluster('KEYSLOT', key));
   const ownerOf = async (key: string): Promise<Redis> => admins[(await slotOwners())[await keySlot(key)]!]!;
   const scrape = async (t: TestServer): Promise<string> => (await fetch(`${t.url}/metrics`)).text();
-  const metric = async (t: TestServer, store: string): Promise<number> => Number(new RegExp(`polyray_quota_store\\{store="${store}"\\} (\\d+)`).exec(await scrape(t))?.[1]);
+  const metric = async (t: TestServer, store: string): Promise<number> =>
+    Number(new RegExp(`polyray_quota_store\\{store="${store}"\\} (\\d+)`).exec(await scrape(t))?.[1]);
   const nodesDown = async (t: TestServer): Promise<number> => Number(/polyray_quota_store_nodes_down (\d+)/.exec(await scrape(t))?.[1]);
 
   test('two replicas share one client’s bucket through the Cluster; settles refund into it', { timeout: TEST_TIMEOUT_MS }, async () => {
@@ -168,7 +189,11 @@ describe('quotas and the usage ledger on a Redis Cluster, two replicas', () => {
       const owner = await ownerOf(keys.usage(id));
       await waitFor(`${id}'s books in the Cluster`, async () => {
         const hash = await owner.hgetall(keys.usage(id));
-        return Object.entries(hash).filter(([k]) => k.endsWith('|tokens')).reduce((s, [, v]) => s + Number(v), 0) === 28;
+        return (
+          Object.entries(hash)
+            .filter(([k]) => k.endsWith('|tokens'))
+            .reduce((s, [, v]) => s + Number(v), 0) === 28
+        );
       });
       const hash = await owner.hgetall(keys.usage(id));
       assert.equal(Number(hash['text-glove|COMPUTED|items']), 4);
@@ -183,7 +208,11 @@ describe('quotas and the usage ledger on a Redis Cluster, two replicas', () => {
       assert.equal(u.data!.usage.fleetWide, true);
       assert.deepEqual(u.data!.usage.totals, { items: 4, tokens: 28, cost: la!.cost + lb!.cost });
     }
-    const all = await a.gql<{ usageAll: { clientId: string; totals: { items: number; tokens: number } }[] }>('{ usageAll { clientId totals { items tokens } } }', {}, auth('admin'));
+    const all = await a.gql<{ usageAll: { clientId: string; totals: { items: number; tokens: number } }[] }>(
+      '{ usageAll { clientId totals { items tokens } } }',
+      {},
+      auth('admin'),
+    );
     assert.equal(all.errors, undefined, JSON.stringify(all.errors));
     const byId = new Map(all.data!.usageAll.map((x) => [x.clientId, x.totals]));
     for (const id of ids) assert.deepEqual(byId.get(id), { items: 4, tokens: 28 }, id);
@@ -204,7 +233,9 @@ describe('quotas and the usage ledger on a Redis Cluster, two replicas', () => {
     assert.equal(await keySlot(odd.bucket('alice')), await keySlot(odd.usage('alice')));
   });
 
-  test('a dead master: only its clients fall back (open: per replica, closed: refused); a live master’s client keeps the shared bucket; both recover', { timeout: TEST_TIMEOUT_MS }, async () => {
+  test('a dead master: only its clients fall back (open: per replica, closed: refused); a live master’s client keeps the shared bucket; both recover', {
+    timeout: TEST_TIMEOUT_MS,
+  }, async () => {
     const owners = await slotOwners();
     assert.equal(owners[await keySlot(keys.bucket(downId))], 0, `${downId}'s bucket is on master 0 (server KEYSLOT agrees with keySlot)`);
     assert.equal(owners[await keySlot(keys.bucket(upId))], 1, `${upId}'s bucket is on master 1`);
@@ -215,7 +246,13 @@ describe('quotas and the usage ledger on a Redis Cluster, two replicas', () => {
     closedRedis.on('error', () => undefined);
     await closedRedis.connect();
     const stores: string[] = [];
-    const closed = new QuotaManager({ redis: new RedisBuckets(closedRedis, `${PREFIX}closed:`, { timeoutMs: TIMEOUT_MS }), failureMode: 'closed', logger: pino({ level: 'silent' }), retryMs: 100, onStoreChange: (s) => stores.push(s) });
+    const closed = new QuotaManager({
+      redis: new RedisBuckets(closedRedis, `${PREFIX}closed:`, { timeoutMs: TIMEOUT_MS }),
+      failureMode: 'closed',
+      logger: pino({ level: 'silent' }),
+      retryMs: 100,
+      onStoreChange: (s) => stores.push(s),
+    });
     const limits = { rate: 0.01, burst: 100 };
     /**
      * Replica `first` spends 20 units (reserves 41), which the bucket in the Cluster shows; `second` then asks
@@ -229,7 +266,10 @@ describe('quotas and the usage ledger on a Redis Cluster, two replicas', () => {
       assert.equal(r.errors, undefined, JSON.stringify(r.errors));
       assert.deepEqual([costOf(r).estimated, costOf(r).charged], [41, 20]);
       const level = Number(await admin.hget(keys.bucket(id), 'tokens'));
-      assert.ok(level >= start - 20 && level < start - 19.9, `${id}'s bucket in the Cluster: ${level}, expected ${start} - 20 (a per-replica bucket leaves it untouched)`);
+      assert.ok(
+        level >= start - 20 && level < start - 19.9,
+        `${id}'s bucket in the Cluster: ${level}, expected ${start} - 20 (a per-replica bucket leaves it untouched)`,
+      );
       const refused = await second.gql<EmbedData>(EMBED, { model: 'text-glove', inputs: [{ text: words(45) }] }, auth(id));
       assert.equal(code(refused), 'QUOTA_EXCEEDED', `${id} on the second replica: ${JSON.stringify(refused.errors ?? refused.data)}`);
       assert.equal(refused.errors![0]!.extensions!['estimated'], 91);
@@ -265,24 +305,35 @@ describe('quotas and the usage ledger on a Redis Cluster, two replicas', () => {
 
       // Closed: the dead master's client is refused, with the reason, within the timeout; the other is not.
       const t1 = performance.now();
-      await assert.rejects(closed.reserve(downId, limits, 1), (e: unknown) => isPolyrayError(e) && e.code === 'QUOTA_EXCEEDED' && e.extensions['reason'] === 'QUOTA_STORE_UNAVAILABLE');
+      await assert.rejects(
+        closed.reserve(downId, limits, 1),
+        (e: unknown) => isPolyrayError(e) && e.code === 'QUOTA_EXCEEDED' && e.extensions['reason'] === 'QUOTA_STORE_UNAVAILABLE',
+      );
       assert.ok(performance.now() - t1 < TIMEOUT_MS + 100, `refused in ${(performance.now() - t1).toFixed(0)} ms`);
       assert.equal((await closed.reserve(upId, limits, 1)).store, 'redis', 'a client on a live master is not refused');
       assert.deepEqual([closed.storeFor(downId), closed.storeFor(upId), closed.store, closed.nodesDown], ['unavailable', 'redis', 'unavailable', 1]);
       assert.deepEqual(stores, ['unavailable']);
 
       await victim.restart();
-      await waitFor('closed-mode manager back on master 0', async () => {
-        try {
-          return (await closed.reserve(downId, limits, 1)).store === 'redis';
-        } catch {
-          return false;
-        }
-      }, 10_000);
+      await waitFor(
+        'closed-mode manager back on master 0',
+        async () => {
+          try {
+            return (await closed.reserve(downId, limits, 1)).store === 'redis';
+          } catch {
+            return false;
+          }
+        },
+        10_000,
+      );
       assert.deepEqual(stores, ['unavailable', 'redis']);
       // The replicas probe master 0 with backoff (1 s, 2 s, ...); a usage read (a peek: it spends nothing) is a probe.
       for (const t of [a, b]) {
-        await waitFor(`replica ${t === a ? 'A' : 'B'} back on master 0`, async () => (await t.gql<UsageData>(USAGE, {}, auth(downId))).data?.usage.quota.store === 'REDIS', 10_000);
+        await waitFor(
+          `replica ${t === a ? 'A' : 'B'} back on master 0`,
+          async () => (await t.gql<UsageData>(USAGE, {}, auth(downId))).data?.usage.quota.store === 'REDIS',
+          10_000,
+        );
       }
       // Both replicas share the bucket on the restarted master again.
       await shared(downId, admins[0]!, a, b);
@@ -294,7 +345,10 @@ describe('quotas and the usage ledger on a Redis Cluster, two replicas', () => {
       // once: flushes that timed out while the master was down sit in ioredis' node queue and land too, but
       // each batch carries a number the script applies only once (ledger.ts).
       const recorded = a.server.accounting.ledger.local(downId).totals.tokens + b.server.accounting.ledger.local(downId).totals.tokens;
-      const booked = async (): Promise<number> => Object.entries(await admins[0]!.hgetall(keys.usage(downId))).filter(([k]) => k.endsWith('|tokens')).reduce((s, [, v]) => s + Number(v), 0);
+      const booked = async (): Promise<number> =>
+        Object.entries(await admins[0]!.hgetall(keys.usage(downId)))
+          .filter(([k]) => k.endsWith('|tokens'))
+          .reduce((s, [, v]) => s + Number(v), 0);
       await waitFor(`${downId}'s books on master 0`, async () => (await booked()) >= recorded);
       // Let every queued and retried flush land, then the books must equal what the replicas recorded.
       await Promise.all([a, b].map((t) => t.server.accounting.ledger.flush()));

@@ -24,7 +24,15 @@ async function cli(...args: string[]): Promise<{ lines: Record<string, unknown>[
   const env = { ...process.env, POLYRAY_QUOTA_REDIS_URL: URL, POLYRAY_QUOTA_KEY_PREFIX: NEW, LOG_LEVEL: 'silent' };
   try {
     const { stdout, stderr } = await execFileAsync(process.execPath, ['--import', 'tsx', 'bin/polyray.ts', 'accounting', ...args], { env, timeout: 60_000 });
-    return { lines: stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>), code: 0, stderr };
+    return {
+      lines: stdout
+        .trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+      code: 0,
+      stderr,
+    };
   } catch (e) {
     const err = e as { code?: number; stdout?: string; stderr?: string };
     return { lines: [], code: err.code ?? 1, stderr: err.stderr ?? '' };
@@ -49,7 +57,12 @@ describe('accounting migrate-books (v1 → current key layout)', () => {
   test('adds every v1 figure to the current books once, removes the v1 keys, and is safe to rerun', async () => {
     // v1 books: alice and bob with figures, ghost listed without a hash.
     await redis.sadd(`${OLD}usage:clients`, 'alice', 'bob', 'ghost');
-    await redis.hset(`${OLD}usage:alice`, { 'text-glove|COMPUTED|tokens': '120', 'text-glove|COMPUTED|cost': '120', 'text-glove|MEMORY|items': '7', 'text-glove|MEMORY|cost': '0.07' });
+    await redis.hset(`${OLD}usage:alice`, {
+      'text-glove|COMPUTED|tokens': '120',
+      'text-glove|COMPUTED|cost': '120',
+      'text-glove|MEMORY|items': '7',
+      'text-glove|MEMORY|cost': '0.07',
+    });
     await redis.hset(`${OLD}usage:bob`, { 'image-mobilenet|COMPUTED|items': '3', 'image-mobilenet|COMPUTED|cost': '451.5' });
     // alice already has books in the new layout (a replica ran the new version meanwhile).
     await redis.hset(keys.usage('alice'), { 'text-glove|COMPUTED|tokens': '30', 'text-glove|COMPUTED|cost': '30' });

@@ -78,7 +78,13 @@ describe('clients, quotas and cost attribution across two replicas', () => {
 
   const work = (t: TestServer) => {
     const batcher = t.server.host.tokenQueue('text-glove')!.stats();
-    return { calls: t.server.text.stats().calls, lookups: t.server.text.stats().cacheLookups, batched: batcher.items, queued: batcher.queued, runs: t.server.pool.stats().runs };
+    return {
+      calls: t.server.text.stats().calls,
+      lookups: t.server.text.stats().cacheLookups,
+      batched: batcher.items,
+      queued: batcher.queued,
+      runs: t.server.pool.stats().runs,
+    };
   };
   const tokensOf = (t: TestServer, text: string): number => t.server.host.registry.get('text-glove')!.tokenizer.encode(normaliseText(text)).ids.length;
 
@@ -163,7 +169,8 @@ describe('clients, quotas and cost attribution across two replicas', () => {
     // erin: burst 100. Ten posts of 20 characters: 22 units each, 4 + 4 + 2 per embedMany (maxBatchSize
     // 4). The first batch alone (88) would fit; the operation (220) does not, so none of it runs.
     const ENTITIES = `query($r: [_Any!]!) { _entities(representations: $r) { ... on Post { id embedding(model: "text-glove") { source } } } }`;
-    const posts = (n: number, len: number) => Array.from({ length: n }, (_, i) => ({ __typename: 'Post', id: String(i), text: words((len + 1) / 2), imageUrls: [] }));
+    const posts = (n: number, len: number) =>
+      Array.from({ length: n }, (_, i) => ({ __typename: 'Post', id: String(i), text: words((len + 1) / 2), imageUrls: [] }));
     const before = work(a);
     const big = await a.gql(ENTITIES, { r: posts(10, 19) }, auth('erin'));
     assert.equal(code(big), 'QUOTA_EXCEEDED');
@@ -186,7 +193,10 @@ describe('clients, quotas and cost attribution across two replicas', () => {
     const sources = r1.data!.embed.map((e) => e.source);
     const expected = sources.reduce((s, src, i) => s + (src === 'COMPUTED' ? tokens[i]! * costFactor : src === 'MEMORY' ? 0.01 : 0.05), 0);
     assert.ok(Math.abs(costOf(r1).charged - expected) < 1e-6);
-    assert.equal(costOf(r1).estimated, texts.reduce((s, t) => s + Math.min(512, t.length + 2) * costFactor, 0));
+    assert.equal(
+      costOf(r1).estimated,
+      texts.reduce((s, t) => s + Math.min(512, t.length + 2) * costFactor, 0),
+    );
     const extra = words(9);
     const r2 = await a.gql<EmbedData>(EMBED, { model: 'text-glove', inputs: [...texts, extra].map((text) => ({ text })) }, auth('carol'));
     assert.deepEqual(
@@ -290,7 +300,10 @@ describe('clients, quotas and cost attribution across two replicas', () => {
         if (items === local) break;
         await new Promise((r) => setTimeout(r, 100));
       }
-      assert.ok(Object.keys(hash).some((k) => /^text-glove\|(MEMORY|GLOBAL|COMPUTED)\|inferenceMs$/.test(k)), JSON.stringify(Object.keys(hash)));
+      assert.ok(
+        Object.keys(hash).some((k) => /^text-glove\|(MEMORY|GLOBAL|COMPUTED)\|inferenceMs$/.test(k)),
+        JSON.stringify(Object.keys(hash)),
+      );
       assert.ok(await redis.sismember(`${prefix}usage:clients`, 'dave'));
     } finally {
       await redis.quit();

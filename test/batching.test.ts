@@ -50,7 +50,9 @@ describe('batching', () => {
     try {
       const salt = randomUUID();
       const runsBefore = t.server.pool.stats().runs;
-      const rs = await Promise.all(Array.from({ length: 10 }, (_, i) => t.gql<{ embed: { source: string }[] }>(EMBED, { inputs: [{ text: sentence(i, salt) }] })));
+      const rs = await Promise.all(
+        Array.from({ length: 10 }, (_, i) => t.gql<{ embed: { source: string }[] }>(EMBED, { inputs: [{ text: sentence(i, salt) }] })),
+      );
       assert.ok(rs.every((r) => r.data?.embed[0]?.source === 'COMPUTED'));
       const runs = t.server.pool.stats().runs - runsBefore;
       assert.ok(runs >= 1 && runs <= 2, `10 concurrent single-item requests ran in ${runs} batches`);
@@ -58,7 +60,10 @@ describe('batching', () => {
       const same = `${salt} identical text`;
       const itemsBefore = t.server.host.tokenQueue('text-glove')!.stats().items;
       const joinedBefore = t.server.text.stats().joined;
-      const pair = await Promise.all([t.gql<{ embed: { source: string }[] }>(EMBED, { inputs: [{ text: same }] }), t.gql<{ embed: { source: string }[] }>(EMBED, { inputs: [{ text: same }] })]);
+      const pair = await Promise.all([
+        t.gql<{ embed: { source: string }[] }>(EMBED, { inputs: [{ text: same }] }),
+        t.gql<{ embed: { source: string }[] }>(EMBED, { inputs: [{ text: same }] }),
+      ]);
       assert.deepEqual(
         pair.map((r) => r.data?.embed[0]?.source),
         ['COMPUTED', 'COMPUTED'],
@@ -76,7 +81,9 @@ describe('batching', () => {
       const salt = randomUUID();
       const long = `${salt} ` + 'word '.repeat(300);
       const shorts = Array.from({ length: 7 }, (_, i) => ({ text: `${salt} short ${i}` }));
-      const r = await t.gql<{ embed: { source: string }[] }>(EMBED, { inputs: [{ text: long }, ...shorts, ...Array.from({ length: 7 }, (_, i) => ({ text: `${salt} other ${i}` }))] });
+      const r = await t.gql<{ embed: { source: string }[] }>(EMBED, {
+        inputs: [{ text: long }, ...shorts, ...Array.from({ length: 7 }, (_, i) => ({ text: `${salt} other ${i}` }))],
+      });
       assert.equal(r.errors, undefined);
       const s = t.server.host.tokenQueue('text-glove')!.stats();
       // 15 items, max 8 per batch: the long one rides with the fewest short ones possible.

@@ -99,7 +99,10 @@ describe('text-bert-synthetic models', () => {
       assert.deepEqual(m.runtime, { allowSpinning: true }, 'transformer manifests ask for spinning intra-op threads');
       assert.match(m.description, /no meaning/);
       assert.match(m.version, /^[0-9a-f]{16}$/);
-      assert.deepEqual(m.inputs.map((i) => i.name), ['input_ids', 'attention_mask', 'token_type_ids']);
+      assert.deepEqual(
+        m.inputs.map((i) => i.name),
+        ['input_ids', 'attention_mask', 'token_type_ids'],
+      );
       assert.deepEqual(sessions[v].inputNames, ['input_ids', 'attention_mask', 'token_type_ids']);
       assert.deepEqual(sessions[v].outputNames, ['embedding']);
       const info = JSON.parse(await readFile(path.join(dir, 'build-info.json'), 'utf8')) as Record<string, unknown>;
@@ -187,13 +190,19 @@ describe('text-bert-synthetic models', () => {
       assert.equal(again.status, 'built');
       const here = JSON.parse(await readFile(path.join(MODELS_DIR, BERT_MODELS.int8, 'manifest.json'), 'utf8')) as { version: string };
       assert.equal(again.version, here.version);
-      const [x, y] = await Promise.all([readFile(path.join(tmp, BERT_MODELS.int8, 'model.onnx')), readFile(path.join(MODELS_DIR, BERT_MODELS.int8, 'model.onnx'))]);
+      const [x, y] = await Promise.all([
+        readFile(path.join(tmp, BERT_MODELS.int8, 'model.onnx')),
+        readFile(path.join(MODELS_DIR, BERT_MODELS.int8, 'model.onnx')),
+      ]);
       assert.ok(x.equals(y), 'model.onnx bytes differ between builds');
     } finally {
       await rm(tmp, { recursive: true, force: true });
     }
     const summary = await buildModels({ modelsDir: MODELS_DIR, only: BERT_MODEL_NAMES });
-    assert.deepEqual(summary.map((s) => [s.name, s.status]), BERT_MODEL_NAMES.map((n) => [n, 'up-to-date']));
+    assert.deepEqual(
+      summary.map((s) => [s.name, s.status]),
+      BERT_MODEL_NAMES.map((n) => [n, 'up-to-date']),
+    );
   });
 
   test('timings at sequence 128, batch 8 (printed, not asserted)', async () => {

@@ -64,7 +64,9 @@ describe('bring-your-own model folder', () => {
   });
 
   test('Query.models lists it READY with its manifest values', async () => {
-    const r = await server.gql<{ models: Record<string, unknown>[] }>('{ models { name version modality dimensions maxTokens synthetic state executionProvider } }');
+    const r = await server.gql<{ models: Record<string, unknown>[] }>(
+      '{ models { name version modality dimensions maxTokens synthetic state executionProvider } }',
+    );
     assert.equal(r.errors, undefined);
     assert.deepEqual(r.data!.models, [
       { name: NAME, version: 'byo-2024-01', modality: 'TEXT', dimensions: 384, maxTokens: 512, synthetic: true, state: 'READY', executionProvider: 'cpu' },

@@ -86,11 +86,22 @@ describe('dashboard', () => {
     assert.ok(allowed.data!.cachePolicy.recommended.memoryBytes > 0);
   });
 
-  test('headless Chromium renders every chart with data; screenshot saved', { skip: !existsSync(CHROMIUM) && `${CHROMIUM} is not installed`, timeout: 60_000 }, async () => {
+  test('headless Chromium renders every chart with data; screenshot saved', {
+    skip: !existsSync(CHROMIUM) && `${CHROMIUM} is not installed`,
+    timeout: 60_000,
+  }, async () => {
     const { chromium } = await import('playwright-core');
     const browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        '--no-first-run',
+      ],
     });
     try {
       const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
@@ -100,7 +111,9 @@ describe('dashboard', () => {
       await page.goto(`${s.url}/dashboard?key=${encodeURIComponent(keys['ops']!)}&refresh=0`);
       await page.waitForSelector('body[data-ready="true"]', { timeout: 20_000 });
       const charts = await page.evaluate(() => {
-        const w = window as unknown as { __polyray: { charts: Record<string, { data: { datasets: { label?: string; data: unknown[] }[] }; canvas: HTMLCanvasElement }> } };
+        const w = window as unknown as {
+          __polyray: { charts: Record<string, { data: { datasets: { label?: string; data: unknown[] }[] }; canvas: HTMLCanvasElement }> };
+        };
         return Object.fromEntries(
           Object.entries(w.__polyray.charts).map(([id, c]) => {
             const points = c.data.datasets.reduce((n, ds) => n + ds.data.filter((v) => v !== null && v !== undefined).length, 0);
@@ -118,7 +131,7 @@ describe('dashboard', () => {
         assert.ok(c.painted > 2000, `${id} painted ${c.painted} pixels`);
       }
       assert.ok(charts['chart-size']!.labels.includes('recommended') && charts['chart-size']!.labels.includes('current'), 'current and recommended are marked');
-      assert.match(await page.textContent('#advice') ?? '', /recommended/);
+      assert.match((await page.textContent('#advice')) ?? '', /recommended/);
       assert.deepEqual(failed, []);
       await mkdir(path.dirname(SCREENSHOT), { recursive: true });
       await page.screenshot({ path: SCREENSHOT });

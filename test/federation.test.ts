@@ -65,7 +65,9 @@ describe('federation through a real gateway', () => {
   });
 
   test('arguments pass through the gateway, and errors keep their codes', async () => {
-    const r = await query<{ posts: { embedding: { dimensions: number; source: string } }[] }>('{ posts(first: 2) { embedding(dimensions: 16) { dimensions source } } }');
+    const r = await query<{ posts: { embedding: { dimensions: number; source: string } }[] }>(
+      '{ posts(first: 2) { embedding(dimensions: 16) { dimensions source } } }',
+    );
     assert.equal(r.errors, undefined);
     assert.deepEqual(
       r.data!.posts.map((p) => p.embedding.dimensions),

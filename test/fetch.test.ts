@@ -111,10 +111,21 @@ describe('image fetching', () => {
 
   test('loopback, private, link-local and metadata addresses are refused without an allowlist entry', async () => {
     const strict = new ImageFetcher({ resolve });
-    for (const u of [`${srv.url}/img.png`, `http://[::1]:${srv.port}/`, `http://0x7f.1:${srv.port}/`, `http://2130706433:${srv.port}/`, `http://[::ffff:127.0.0.1]:${srv.port}/`, 'http://169.254.169.254/', 'http://10.0.0.1/', 'http://[fd00:ec2::254]/']) {
+    for (const u of [
+      `${srv.url}/img.png`,
+      `http://[::1]:${srv.port}/`,
+      `http://0x7f.1:${srv.port}/`,
+      `http://2130706433:${srv.port}/`,
+      `http://[::ffff:127.0.0.1]:${srv.port}/`,
+      'http://169.254.169.254/',
+      'http://10.0.0.1/',
+      'http://[fd00:ec2::254]/',
+    ]) {
       await rejectsWith(strict.fetch(u), ErrorCode.IMAGE_FETCH_FORBIDDEN);
     }
-    await rejectsWith(strict.fetch(`http://internal.test:${srv.port}/img.png`), ErrorCode.IMAGE_FETCH_FORBIDDEN, (e) => assert.equal(e.extensions['addressClass'], 'private'));
+    await rejectsWith(strict.fetch(`http://internal.test:${srv.port}/img.png`), ErrorCode.IMAGE_FETCH_FORBIDDEN, (e) =>
+      assert.equal(e.extensions['addressClass'], 'private'),
+    );
     // One private address in the answer is enough to refuse (it could be the one the socket picks).
     await rejectsWith(strict.fetch('http://mixed.test/'), ErrorCode.IMAGE_FETCH_FORBIDDEN);
     assert.equal(srv.hits.get('/img.png') ?? 0, 1, 'no refused fetch reached the server');
@@ -175,8 +186,14 @@ describe('image fetching', () => {
     const r = await fetcher.fetch(`data:image/png;base64,${png.toString('base64')}`);
     assert.deepEqual(Buffer.from(r.bytes), png);
     assert.deepEqual(Buffer.from(decodeDataUrl('data:,%89PNG', 100)), Buffer.from([0x89, 0x50, 0x4e, 0x47]));
-    await rejectsWith(Promise.resolve().then(() => fetcher.fetch(`data:;base64,${Buffer.alloc(2 * 1024 * 1024).toString('base64')}`)), ErrorCode.IMAGE_TOO_LARGE);
-    await rejectsWith(Promise.resolve().then(() => fetcher.fetch('data:image/png;base64,@@@@')), ErrorCode.IMAGE_UNREADABLE);
+    await rejectsWith(
+      Promise.resolve().then(() => fetcher.fetch(`data:;base64,${Buffer.alloc(2 * 1024 * 1024).toString('base64')}`)),
+      ErrorCode.IMAGE_TOO_LARGE,
+    );
+    await rejectsWith(
+      Promise.resolve().then(() => fetcher.fetch('data:image/png;base64,@@@@')),
+      ErrorCode.IMAGE_UNREADABLE,
+    );
   });
 
   test('the allowlist refuses entries it cannot read', () => {
@@ -239,7 +256,8 @@ describe('image fetching over https', () => {
     if (rest === '') return serve(png)(q, r);
     r.writeHead(302, { location: `${urlOf(rest[0] === 's' ? 'https' : 'http')}/chain/${rest.slice(1)}` }).end();
   };
-  const withChain = (rs: Record<string, Route>): Record<string, Route> => new Proxy(rs, { get: (t, p: string) => (p.startsWith('/chain/') ? chainRoute : t[p]) });
+  const withChain = (rs: Record<string, Route>): Record<string, Route> =>
+    new Proxy(rs, { get: (t, p: string) => (p.startsWith('/chain/') ? chainRoute : t[p]) });
 
   /** An https server for one test case, stopped in `after`. */
   const tlsServer = async (cert: { cert: string; key: string }): Promise<ImageServer> => {
@@ -268,7 +286,11 @@ describe('image fetching over https', () => {
   });
 
   test('a good image over https: the same bytes as over http, decoded to the same tensor', async () => {
-    const [viaTls, viaName, viaHttp] = await Promise.all([fetcher.fetch(`${tlsSrv.url}/img.png`), fetcher.fetch(`https://images.test:${tlsSrv.port}/img.png`), fetcher.fetch(`${httpSrv.url}/img.png`)]);
+    const [viaTls, viaName, viaHttp] = await Promise.all([
+      fetcher.fetch(`${tlsSrv.url}/img.png`),
+      fetcher.fetch(`https://images.test:${tlsSrv.port}/img.png`),
+      fetcher.fetch(`${httpSrv.url}/img.png`),
+    ]);
     assert.deepEqual(Buffer.from(viaTls.bytes), png);
     assert.deepEqual(Buffer.from(viaName.bytes), png, 'certificate checked against the DNS name');
     assert.deepEqual(Buffer.from(viaHttp.bytes), png);
@@ -281,14 +303,36 @@ describe('image fetching over https', () => {
     const other = createTestCa('Another CA');
     const now = Date.now();
     const cases: { what: string; cert?: { cert: string; key: string }; host?: string; via?: ImageFetcher; tls: string; tlsCode: string; hint?: RegExp }[] = [
-      { what: 'self-signed', cert: selfSignedCert({ dns: ['images.test'], ips: ['127.0.0.1'] }), tls: 'untrusted', tlsCode: 'DEPTH_ZERO_SELF_SIGNED_CERT', hint: /POLYRAY_IMAGE_CA_FILE/ },
-      { what: 'signed by a CA nobody trusts', cert: other.issue({ ips: ['127.0.0.1'] }), tls: 'untrusted', tlsCode: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', hint: /POLYRAY_IMAGE_CA_FILE/ },
+      {
+        what: 'self-signed',
+        cert: selfSignedCert({ dns: ['images.test'], ips: ['127.0.0.1'] }),
+        tls: 'untrusted',
+        tlsCode: 'DEPTH_ZERO_SELF_SIGNED_CERT',
+        hint: /POLYRAY_IMAGE_CA_FILE/,
+      },
+      {
+        what: 'signed by a CA nobody trusts',
+        cert: other.issue({ ips: ['127.0.0.1'] }),
+        tls: 'untrusted',
+        tlsCode: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+        hint: /POLYRAY_IMAGE_CA_FILE/,
+      },
       { what: 'private CA, default trust', via: defaultTrust, tls: 'untrusted', tlsCode: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' },
       { what: 'another DNS name', cert: ca.issue({ dns: ['elsewhere.test'] }), host: 'images.test', tls: 'hostname', tlsCode: 'ERR_TLS_CERT_ALTNAME_INVALID' },
       { what: 'a DNS name, fetched by IP', cert: ca.issue({ dns: ['images.test'] }), tls: 'hostname', tlsCode: 'ERR_TLS_CERT_ALTNAME_INVALID' },
       { what: 'another IP', cert: ca.issue({ ips: ['127.0.0.2'] }), tls: 'hostname', tlsCode: 'ERR_TLS_CERT_ALTNAME_INVALID' },
-      { what: 'expired', cert: ca.issue({ ips: ['127.0.0.1'], notBefore: new Date(now - 10 * 86_400_000), notAfter: new Date(now - 86_400_000) }), tls: 'expired', tlsCode: 'CERT_HAS_EXPIRED' },
-      { what: 'not yet valid', cert: ca.issue({ ips: ['127.0.0.1'], notBefore: new Date(now + 86_400_000), notAfter: new Date(now + 10 * 86_400_000) }), tls: 'expired', tlsCode: 'CERT_NOT_YET_VALID' },
+      {
+        what: 'expired',
+        cert: ca.issue({ ips: ['127.0.0.1'], notBefore: new Date(now - 10 * 86_400_000), notAfter: new Date(now - 86_400_000) }),
+        tls: 'expired',
+        tlsCode: 'CERT_HAS_EXPIRED',
+      },
+      {
+        what: 'not yet valid',
+        cert: ca.issue({ ips: ['127.0.0.1'], notBefore: new Date(now + 86_400_000), notAfter: new Date(now + 10 * 86_400_000) }),
+        tls: 'expired',
+        tlsCode: 'CERT_NOT_YET_VALID',
+      },
     ];
     for (const c of cases) {
       const srv = c.cert ? await tlsServer(c.cert) : tlsSrv;
@@ -297,7 +341,11 @@ describe('image fetching over https', () => {
         assert.deepEqual(e.extensions, { reason: 'tls', tls: c.tls, tlsCode: c.tlsCode }, c.what);
         assert.match(e.message, /TLS certificate/, c.what);
         if (c.hint) assert.match(e.message, c.hint, c.what);
-        assert.doesNotMatch(e.message, /127\.0\.0\.|images\.test|elsewhere\.test|DNS:|IP Address/, `${c.what}: the message names no host and no certificate name`);
+        assert.doesNotMatch(
+          e.message,
+          /127\.0\.0\.|images\.test|elsewhere\.test|DNS:|IP Address/,
+          `${c.what}: the message names no host and no certificate name`,
+        );
       });
       assert.equal(srv.hits.get('/img.png') ?? 0, hits, `${c.what}: no request was sent`);
     }
@@ -327,9 +375,15 @@ describe('image fetching over https', () => {
     assert.equal((await fetcher.fetch(`${httpSrv.url}/to-https`)).redirects, 1);
     assert.equal((await fetcher.fetch(`${tlsSrv.url}/to-http`)).redirects, 1);
     for (const scheme of ['http', 'https'] as const) {
-      await rejectsWith(fetcher.fetch(`${urlOf(scheme)}/to-metadata`), ErrorCode.IMAGE_FETCH_FORBIDDEN, (e) => assert.equal(e.extensions['addressClass'], 'metadata'));
-      await rejectsWith(fetcher.fetch(`${urlOf(scheme)}/to-private-name`), ErrorCode.IMAGE_FETCH_FORBIDDEN, (e) => assert.equal(e.extensions['addressClass'], 'private'));
-      await rejectsWith(fetcher.fetch(`${urlOf(scheme)}/to-private-http`), ErrorCode.IMAGE_FETCH_FORBIDDEN, (e) => assert.equal(e.extensions['addressClass'], 'private'));
+      await rejectsWith(fetcher.fetch(`${urlOf(scheme)}/to-metadata`), ErrorCode.IMAGE_FETCH_FORBIDDEN, (e) =>
+        assert.equal(e.extensions['addressClass'], 'metadata'),
+      );
+      await rejectsWith(fetcher.fetch(`${urlOf(scheme)}/to-private-name`), ErrorCode.IMAGE_FETCH_FORBIDDEN, (e) =>
+        assert.equal(e.extensions['addressClass'], 'private'),
+      );
+      await rejectsWith(fetcher.fetch(`${urlOf(scheme)}/to-private-http`), ErrorCode.IMAGE_FETCH_FORBIDDEN, (e) =>
+        assert.equal(e.extensions['addressClass'], 'private'),
+      );
       await rejectsWith(fetcher.fetch(`${urlOf(scheme)}/to-file`), ErrorCode.IMAGE_FETCH_FORBIDDEN);
     }
     // Without the allowlist entry the https server is loopback like any other: refused before connecting.
@@ -369,7 +423,13 @@ describe('image fetching over https', () => {
     }
     // Stalls, run side by side (each fetch has its own deadline): a body that stops, headers that never
     // come, and — https only — a TLS handshake that never completes.
-    const stalls = [`${httpSrv.url}/slow-body`, `${httpSrv.url}/no-answer`, `${tlsSrv.url}/slow-body`, `${tlsSrv.url}/no-answer`, `https://127.0.0.1:${(silent.address() as AddressInfo).port}/img.png`];
+    const stalls = [
+      `${httpSrv.url}/slow-body`,
+      `${httpSrv.url}/no-answer`,
+      `${tlsSrv.url}/slow-body`,
+      `${tlsSrv.url}/no-answer`,
+      `https://127.0.0.1:${(silent.address() as AddressInfo).port}/img.png`,
+    ];
     await Promise.all(
       stalls.map(async (u, i) => {
         const t0 = performance.now();
@@ -391,7 +451,10 @@ describe('image fetching over https', () => {
     const pinnedSrv = await tlsServer(self);
     assert.equal((await new ImageFetcher({ ...opts, ca: self.cert }).fetch(`${pinnedSrv.url}/img.png`)).bytes.length, png.length);
 
-    assert.throws(() => new ImageFetcher({ ca: 'not a certificate' }), (e: unknown) => e instanceof TypeError && /POLYRAY_IMAGE_CA_FILE/.test(e.message) && /received none/.test(e.message));
+    assert.throws(
+      () => new ImageFetcher({ ca: 'not a certificate' }),
+      (e: unknown) => e instanceof TypeError && /POLYRAY_IMAGE_CA_FILE/.test(e.message) && /received none/.test(e.message),
+    );
     const broken = ca.cert.replace(/\n[A-Za-z0-9+/]{64}\n/, '\nAAAA\n');
     assert.throws(() => new ImageFetcher({ ca: `${other.cert}${broken}` }), /POLYRAY_IMAGE_CA_FILE\): certificate 2 of 2 could not be read/);
     assert.throws(() => readCaFile('/nonexistent/ca.pem'), /POLYRAY_IMAGE_CA_FILE="\/nonexistent\/ca.pem" could not be read/);
@@ -474,7 +537,11 @@ describe('address classifier (property tests)', () => {
       [v4In(4, [240]), ['reserved']],
       [v4In(8, [0]), ['unspecified']],
     ];
-    for (const [arb, classes] of cases) fc.assert(fc.property(arb, (ip) => classes.includes(cls(ip))), { numRuns: 200 });
+    for (const [arb, classes] of cases)
+      fc.assert(
+        fc.property(arb, (ip) => classes.includes(cls(ip))),
+        { numRuns: 200 },
+      );
   });
 
   test('IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms classify as the IPv4 address they carry', () => {

@@ -160,10 +160,14 @@ describe('Redis faults are not client errors', () => {
       assert.ok(requests > 50, `only ${requests} requests ran`);
       assert.equal(failures, 0, `${failures} of ${requests} requests failed`);
       // Recovery: the tier is used again — a new text written now is readable from Redis.
-      await waitFor('global tier healthy', async () => {
-        await s.gql(EMBED, { inputs: [{ text: `${salt} probe ${Date.now()}` }] });
-        return global().healthy;
-      }, 15_000);
+      await waitFor(
+        'global tier healthy',
+        async () => {
+          await s.gql(EMBED, { inputs: [{ text: `${salt} probe ${Date.now()}` }] });
+          return global().healthy;
+        },
+        15_000,
+      );
       const text = `${salt} after recovery`;
       await s.gql(EMBED, { inputs: [{ text }] });
       await s.server.cache.flush();

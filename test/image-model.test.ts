@@ -61,7 +61,12 @@ async function testImages(): Promise<Buffer[]> {
   for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) grad.set([Math.round((x / w) * 255), Math.round((y / h) * 255), 128], (y * w + x) * 3);
   const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="256" height="300"><rect width="256" height="300" fill="#2a6"/>
     <circle cx="128" cy="120" r="70" fill="#fc3"/><rect x="30" y="200" width="190" height="60" fill="#a22"/></svg>`;
-  return Promise.all([sharp(grad, { raw: { width: w, height: h, channels: 3 } }).jpeg({ quality: 90 }).toBuffer(), sharp(Buffer.from(svg)).png().toBuffer()]);
+  return Promise.all([
+    sharp(grad, { raw: { width: w, height: h, channels: 3 } })
+      .jpeg({ quality: 90 })
+      .toBuffer(),
+    sharp(Buffer.from(svg)).png().toBuffer(),
+  ]);
 }
 
 describe('image-mobilenet and head-nsfw conversion', () => {
@@ -148,7 +153,10 @@ describe('image-mobilenet and head-nsfw conversion', () => {
     assert.match(img.version, /^[0-9a-f]{16}$/);
     assert.deepEqual(img.preprocess, { size: 224, resize: 'cover', scale: 1 / 255, mean: [0, 0, 0], std: [1, 1, 1], layout: 'nchw' });
     assert.equal(img.tokenizer, undefined);
-    assert.deepEqual(img.outputs.map((o) => o.name), ['embedding', 'feature']);
+    assert.deepEqual(
+      img.outputs.map((o) => o.name),
+      ['embedding', 'feature'],
+    );
     assert.match(img.source, /nsfwjs@[\d.]+ \(MIT/);
     const head = await read('head-nsfw');
     assert.deepEqual(head.head, { input: 'image-mobilenet', inputOutput: 'feature', inputVersion: img.version, labels: [...NSFW_LABELS] });
@@ -179,7 +187,9 @@ function rand(n: number, seed: number): Float32Array {
 }
 
 /** Builds weights: float32, int32 and uint8/uint16/float16-quantised, as TF.js stores them. */
-function encodeWeights(ws: { name: string; shape: number[]; values: Float32Array | Int32Array; store: 'float32' | 'int32' | 'uint8' | 'uint16' | 'float16' }[]) {
+function encodeWeights(
+  ws: { name: string; shape: number[]; values: Float32Array | Int32Array; store: 'float32' | 'int32' | 'uint8' | 'uint16' | 'float16' }[],
+) {
   const specs: TfWeightSpec[] = [];
   const parts: Buffer[] = [];
   for (const w of ws) {
@@ -242,9 +252,17 @@ describe('TF.js reader and converter on a synthetic graph', () => {
       { name: 'mean_axes', shape: [2], values: Int32Array.from([1, 2]), store: 'int32' },
       { name: 'w2', shape: [3, 16], values: rand(48, 5), store: 'float32' },
     ]);
-    const c = (name: string, dtype = 'DT_FLOAT'): TfNode => ({ name, op: 'Const', attr: { dtype: { type: dtype }, value: { tensor: { dtype } } } as TfNode['attr'] });
+    const c = (name: string, dtype = 'DT_FLOAT'): TfNode => ({
+      name,
+      op: 'Const',
+      attr: { dtype: { type: dtype }, value: { tensor: { dtype } } } as TfNode['attr'],
+    });
     const nodes: TfNode[] = [
-      { name: 'x', op: 'Placeholder', attr: { dtype: { type: 'DT_FLOAT' }, shape: { shape: { dim: [{ size: '-1' }, { size: '9' }, { size: '9' }, { size: '2' }] } } } },
+      {
+        name: 'x',
+        op: 'Placeholder',
+        attr: { dtype: { type: 'DT_FLOAT' }, shape: { shape: { dim: [{ size: '-1' }, { size: '9' }, { size: '9' }, { size: '2' }] } } },
+      },
       c('paddings', 'DT_INT32'),
       c('w1'),
       c('b1'),
@@ -254,13 +272,33 @@ describe('TF.js reader and converter on a synthetic graph', () => {
       c('mean_axes', 'DT_INT32'),
       c('w2'),
       { name: 'pad', op: 'Pad', input: ['x', 'paddings'], attr: { ...T, Tpaddings: { type: 'DT_INT32' } } },
-      { name: 'conv', op: 'Conv2D', input: ['pad', 'w1'], attr: { ...T, strides: ints(1, 2, 2, 1), padding: { s: b64('VALID') }, data_format: { s: b64('NHWC') }, dilations: ints(1, 1, 1, 1) } },
+      {
+        name: 'conv',
+        op: 'Conv2D',
+        input: ['pad', 'w1'],
+        attr: { ...T, strides: ints(1, 2, 2, 1), padding: { s: b64('VALID') }, data_format: { s: b64('NHWC') }, dilations: ints(1, 1, 1, 1) },
+      },
       { name: 'bias', op: 'BiasAdd', input: ['conv', 'b1'], attr: { ...T, data_format: { s: b64('NHWC') } } },
       { name: 'relu', op: 'Relu', input: ['bias'], attr: T },
-      { name: 'dw', op: 'DepthwiseConv2dNative', input: ['relu', 'wd'], attr: { ...T, strides: ints(1, 1, 1, 1), padding: { s: b64('SAME') }, data_format: { s: b64('NHWC') }, dilations: ints(1, 1, 1, 1) } },
+      {
+        name: 'dw',
+        op: 'DepthwiseConv2dNative',
+        input: ['relu', 'wd'],
+        attr: { ...T, strides: ints(1, 1, 1, 1), padding: { s: b64('SAME') }, data_format: { s: b64('NHWC') }, dilations: ints(1, 1, 1, 1) },
+      },
       { name: 'scaled', op: 'Mul', input: ['dw', 'scale'], attr: T },
-      { name: 'maxp', op: 'MaxPool', input: ['scaled'], attr: { ...T, ksize: ints(1, 2, 2, 1), strides: ints(1, 2, 2, 1), padding: { s: b64('SAME') }, data_format: { s: b64('NHWC') } } },
-      { name: 'avgp', op: 'AvgPool', input: ['scaled'], attr: { ...T, ksize: ints(1, 3, 3, 1), strides: ints(1, 2, 2, 1), padding: { s: b64('SAME') }, data_format: { s: b64('NHWC') } } },
+      {
+        name: 'maxp',
+        op: 'MaxPool',
+        input: ['scaled'],
+        attr: { ...T, ksize: ints(1, 2, 2, 1), strides: ints(1, 2, 2, 1), padding: { s: b64('SAME') }, data_format: { s: b64('NHWC') } },
+      },
+      {
+        name: 'avgp',
+        op: 'AvgPool',
+        input: ['scaled'],
+        attr: { ...T, ksize: ints(1, 3, 3, 1), strides: ints(1, 2, 2, 1), padding: { s: b64('SAME') }, data_format: { s: b64('NHWC') } },
+      },
       { name: 'cat', op: 'ConcatV2', input: ['maxp', 'avgp', 'concat_axis'], attr: { ...T, N: { i: '2' }, Tidx: { type: 'DT_INT32' } } },
       { name: 'mean', op: 'Mean', input: ['cat', 'mean_axes'], attr: { ...T, keep_dims: { b: false }, Tidx: { type: 'DT_INT32' } } },
       { name: 'logits', op: 'MatMul', input: ['mean', 'w2'], attr: { ...T, transpose_a: { b: false }, transpose_b: { b: true } } },

@@ -24,7 +24,10 @@ function noise(w: number, h: number, seed: number): Buffer {
   return b;
 }
 
-const png = (raw: Buffer, w: number, h: number, channels: 1 | 3 | 4 = 3): Promise<Buffer> => sharp(raw, { raw: { width: w, height: h, channels } }).png().toBuffer();
+const png = (raw: Buffer, w: number, h: number, channels: 1 | 3 | 4 = 3): Promise<Buffer> =>
+  sharp(raw, { raw: { width: w, height: h, channels } })
+    .png()
+    .toBuffer();
 
 /** Asserts tensor = crop(raw) / 255 exactly, NCHW, for a crop at (ox, oy). */
 function assertExactCrop(tensor: Float32Array, raw: Buffer, w: number, ox: number, oy: number): void {
@@ -87,7 +90,11 @@ describe('image preprocessing', () => {
     const rgba = Buffer.alloc(PLANE * 4);
     for (let p = 0; p < PLANE; p++) rgba.set([10, 20, 30, p % 2 ? 0 : 255], p * 4);
     const a = (await preprocessImage(await png(rgba, S, S, 4), SPEC, { maxPixels: 1e7 })).tensor;
-    for (let p = 0; p < PLANE; p += 101) assert.deepEqual([a[p], a[PLANE + p], a[2 * PLANE + p]], [10, 20, 30].map((v) => Math.fround(v / 255)));
+    for (let p = 0; p < PLANE; p += 101)
+      assert.deepEqual(
+        [a[p], a[PLANE + p], a[2 * PLANE + p]],
+        [10, 20, 30].map((v) => Math.fround(v / 255)),
+      );
   });
 
   test('EXIF orientation is applied', async () => {
@@ -96,7 +103,10 @@ describe('image preprocessing', () => {
     const h = 224;
     const raw = Buffer.alloc(w * h * 3);
     for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) raw.set(x < w / 2 ? [255, 0, 0] : [0, 0, 255], (y * w + x) * 3);
-    const jpeg = await sharp(raw, { raw: { width: w, height: h, channels: 3 } }).jpeg({ quality: 95 }).withMetadata({ orientation: 6 }).toBuffer();
+    const jpeg = await sharp(raw, { raw: { width: w, height: h, channels: 3 } })
+      .jpeg({ quality: 95 })
+      .withMetadata({ orientation: 6 })
+      .toBuffer();
     const out = await preprocessImage(jpeg, SPEC, { maxPixels: 1e7 });
     assert.deepEqual([out.width, out.height], [448, 224], 'header size, before orientation');
     const red = (x: number, y: number) => out.tensor[y * S + x]! * 255;
@@ -113,7 +123,9 @@ describe('image preprocessing', () => {
   });
 
   test('decoding runs off the event loop', async () => {
-    const big = await sharp(noise(1600, 1200, 4), { raw: { width: 1600, height: 1200, channels: 3 } }).jpeg().toBuffer();
+    const big = await sharp(noise(1600, 1200, 4), { raw: { width: 1600, height: 1200, channels: 3 } })
+      .jpeg()
+      .toBuffer();
     let ticks = 0;
     let running = true;
     const spin = (): void => {

@@ -80,8 +80,14 @@ describe('simulated vs measured hit rate on the real service', () => {
     assert.ok(Math.abs(predicted - real) <= TOLERANCE, `simulated ${predicted} vs measured ${real}`);
     // The trace's own record of the tiers is the service's count, exactly.
     assert.ok(Math.abs(trace.measured.MEMORY - real) < 1e-12);
-    assert.ok(records.filter((r) => r.src === 'COMPUTED').every((r) => r.ms > 0 && r.tok > 0), 'computed items carry their measured cost');
-    assert.ok(records.every((r) => r.c === 'local-dev'), 'the client id reaches the trace');
+    assert.ok(
+      records.filter((r) => r.src === 'COMPUTED').every((r) => r.ms > 0 && r.tok > 0),
+      'computed items carry their measured cost',
+    );
+    assert.ok(
+      records.every((r) => r.c === 'local-dev'),
+      'the client id reaches the trace',
+    );
 
     // Sampling by key hash at 0.5 simulates the same cache at half the size.
     const half = records.filter((r) => parseInt(r.k, 16) / 2 ** 53 < 0.5).map((r) => ({ ...r, r: 0.5 }));
@@ -95,7 +101,9 @@ describe('simulated vs measured hit rate on the real service', () => {
   test('cachePolicy: the recommendation from the live window, for the admin (the local development client)', async () => {
     const live = await s.server.policy.recompute();
     assert.ok(live, 'enough samples to simulate');
-    const r = await s.gql<{ cachePolicy: Record<string, unknown> & { current: Record<string, number>; recommended: Record<string, number>; candidates: unknown[] } }>(
+    const r = await s.gql<{
+      cachePolicy: Record<string, unknown> & { current: Record<string, number>; recommended: Record<string, number>; candidates: unknown[] };
+    }>(
       `{ cachePolicy { computedAt windowSamples sampleRate savingFraction savingJoulesPerHour autoApply
           current { memoryBytes memoryTtlSeconds globalTtlSeconds memoryHitRate joulesPerHour computeJoulesPerHour storageJoulesPerHour servingJoulesPerHour }
           recommended { memoryBytes memoryTtlSeconds memoryHitRate joulesPerHour }
@@ -131,7 +139,8 @@ describe('auto-apply', () => {
     const tier = new TtlOverrideCache(memory);
     // Expensive computes re-requested over ~2.8 hours: long TTLs win, capped by the 20-minute bound.
     const window = new Ring<TraceRecord>(100_000);
-    for (const r of zipfTrace({ s: 1.1, n: 2000, churn: 0, requests: 20_000, rps: 2, seed: 5, bytes: 400, ms: 50, tokens: 8, model: 'text-glove', clients: 1 })) window.push(r);
+    for (const r of zipfTrace({ s: 1.1, n: 2000, churn: 0, requests: 20_000, rps: 2, seed: 5, bytes: 400, ms: 50, tokens: 8, model: 'text-glove', clients: 1 }))
+      window.push(r);
     const stats = (): ServiceStats => ({ calls: 0, cacheLookups: 0, items: 0, bySource: { MEMORY: 0, GLOBAL: 0, COMPUTED: 0 }, joined: 0, byModel: {} });
     const policy = new PolicyController({
       window,

@@ -158,7 +158,8 @@ function reference(s: SimSetting, records: TraceRecord[]): { mem: number; glob: 
     if (lru.get(r.k)) out.mem++;
     else {
       const g = global.get(r.k);
-      if (s.globalTtlMs !== null && g !== undefined && now <= g + s.globalTtlMs) out.glob++; // Redis: expired once now > set + ttl
+      if (s.globalTtlMs !== null && g !== undefined && now <= g + s.globalTtlMs)
+        out.glob++; // Redis: expired once now > set + ttl
       else {
         out.comp++;
         if (s.globalTtlMs !== null) global.set(r.k, now);
@@ -172,10 +173,14 @@ function reference(s: SimSetting, records: TraceRecord[]): { mem: number; glob: 
 describe('simulator: equals lru-cache and Redis expiry on random traces, for many settings in one pass', () => {
   test('property', () => {
     const settings: SimSetting[] = [];
-    for (const m of [1, 3, 8]) for (const ttl of [0, 5, 40]) for (const g of [null, 10, 100]) settings.push({ memoryBytes: m * E, memoryTtlMs: ttl, globalTtlMs: g });
+    for (const m of [1, 3, 8])
+      for (const ttl of [0, 5, 40]) for (const g of [null, 10, 100]) settings.push({ memoryBytes: m * E, memoryTtlMs: ttl, globalTtlMs: g });
     fc.assert(
       fc.property(
-        fc.array(fc.record({ key: fc.integer({ min: 0, max: 12 }), gap: fc.integer({ min: 0, max: 12 }), big: fc.boolean() }), { minLength: 1, maxLength: 150 }),
+        fc.array(fc.record({ key: fc.integer({ min: 0, max: 12 }), gap: fc.integer({ min: 0, max: 12 }), big: fc.boolean() }), {
+          minLength: 1,
+          maxLength: 150,
+        }),
         (steps) => {
           let t = 0;
           // A key always has the same size; keys 0-2 are larger.
@@ -273,7 +278,10 @@ describe('polyray simulate', () => {
 
   test('the CLI binary on the default synthetic workload prints a recommendation in under a minute', { timeout: 90_000 }, () => {
     const t0 = Date.now();
-    const p = spawnSync(process.execPath, ['--import', 'tsx', 'bin/polyray.ts', 'simulate', '--synthetic', 'zipf:s=1.1,n=100000,churn=0.01,requests=3e5'], { encoding: 'utf8', env: { ...process.env, NODE_ENV: 'test' } });
+    const p = spawnSync(process.execPath, ['--import', 'tsx', 'bin/polyray.ts', 'simulate', '--synthetic', 'zipf:s=1.1,n=100000,churn=0.01,requests=3e5'], {
+      encoding: 'utf8',
+      env: { ...process.env, NODE_ENV: 'test' },
+    });
     assert.equal(p.status, 0, p.stderr);
     assert.match(p.stdout, /recommended: memory/);
     assert.match(p.stderr, /replay \[#+\] 100%/);

@@ -23,7 +23,12 @@ function threadNice(): Map<number, number> {
   return out;
 }
 
-async function withPool(niceness: number, intraOpThreads: number, body: (pool: InferencePool, before: Set<number>) => Promise<void>, pipelineDepth = 1): Promise<void> {
+async function withPool(
+  niceness: number,
+  intraOpThreads: number,
+  body: (pool: InferencePool, before: Set<number>) => Promise<void>,
+  pipelineDepth = 1,
+): Promise<void> {
   const before = new Set(threadNice().keys());
   const pool = new InferencePool({ workers: 1, intraOpThreads, niceness, pipelineDepth, logger: silentLogger() });
   try {
@@ -40,14 +45,20 @@ function gloveRun(lease: Lease, rows: number[][]): Promise<RunResult> {
   const n = rows.length;
   const ids = new BigInt64Array(n * 4);
   const mask = new BigInt64Array(n * 4);
-  rows.forEach((r, i) => r.forEach((id, j) => {
-    ids[i * 4 + j] = BigInt(id);
-    mask[i * 4 + j] = 1n;
-  }));
-  return lease.run('text-glove', [
-    { name: 'input_ids', type: 'int64', data: ids, dims: [n, 4] },
-    { name: 'attention_mask', type: 'int64', data: mask, dims: [n, 4] },
-  ], 'embedding');
+  rows.forEach((r, i) =>
+    r.forEach((id, j) => {
+      ids[i * 4 + j] = BigInt(id);
+      mask[i * 4 + j] = 1n;
+    }),
+  );
+  return lease.run(
+    'text-glove',
+    [
+      { name: 'input_ids', type: 'int64', data: ids, dims: [n, 4] },
+      { name: 'attention_mask', type: 'int64', data: mask, dims: [n, 4] },
+    ],
+    'embedding',
+  );
 }
 
 async function runOnce(pool: InferencePool): Promise<void> {
@@ -75,7 +86,10 @@ describe('inference thread priority', { skip: process.platform === 'linux' ? fal
       // The worker thread itself plus at least one intra-op thread of ONNX Runtime (intra 2 → one extra thread).
       assert.ok(lowered.length >= 2, `expected >= 2 threads at nice 10, found ${lowered.length}: ${JSON.stringify([...now])}`);
       const earlier = [...now].filter(([tid]) => before.has(tid));
-      assert.ok(earlier.every(([, nice]) => nice === 0), 'threads that existed before the pool keep their priority');
+      assert.ok(
+        earlier.every(([, nice]) => nice === 0),
+        'threads that existed before the pool keep their priority',
+      );
     });
   });
 
@@ -85,7 +99,10 @@ describe('inference thread priority', { skip: process.platform === 'linux' ? fal
       assert.equal(pool.stats().niceness, 0);
       const started = [...threadNice()].filter(([tid]) => !before.has(tid));
       assert.ok(started.length >= 2, 'the worker and an intra-op thread were started');
-      assert.ok(started.every(([, nice]) => nice === 0), JSON.stringify(started));
+      assert.ok(
+        started.every(([, nice]) => nice === 0),
+        JSON.stringify(started),
+      );
     });
   });
 });
@@ -103,28 +120,39 @@ describe('worker pipeline depth', () => {
   });
 
   test('depth 2: two batches queue on one worker, run in order, and return their own results', async () => {
-    await withPool(0, 1, async (pool) => {
-      const a = await pool.acquire();
-      const b = await pool.acquire();
-      const c = pool.acquire();
-      assert.equal(await settlesWithin(c, 100), false, 'a third lease exceeds depth 2');
-      const rowsA = [[5, 6, 7], [8, 9]];
-      const rowsB = [[10, 11, 12, 13]];
-      const [ra, rb] = await Promise.all([gloveRun(a, rowsA), gloveRun(b, rowsB)]);
-      assert.deepEqual(ra.dims, [2, 100]);
-      assert.deepEqual(rb.dims, [1, 100]);
-      // Each result is its own batch's: the same rows run alone give the same vectors.
-      a.release();
-      const alone = await gloveRun(b, rowsB);
-      assert.deepEqual([...alone.data], [...rb.data]);
-      assert.notDeepEqual([...ra.data.slice(0, 100)], [...rb.data]);
-      b.release();
-      (await c).release();
-      assert.equal(pool.stats().runs, 3);
-    }, 2);
+    await withPool(
+      0,
+      1,
+      async (pool) => {
+        const a = await pool.acquire();
+        const b = await pool.acquire();
+        const c = pool.acquire();
+        assert.equal(await settlesWithin(c, 100), false, 'a third lease exceeds depth 2');
+        const rowsA = [
+          [5, 6, 7],
+          [8, 9],
+        ];
+        const rowsB = [[10, 11, 12, 13]];
+        const [ra, rb] = await Promise.all([gloveRun(a, rowsA), gloveRun(b, rowsB)]);
+        assert.deepEqual(ra.dims, [2, 100]);
+        assert.deepEqual(rb.dims, [1, 100]);
+        // Each result is its own batch's: the same rows run alone give the same vectors.
+        a.release();
+        const alone = await gloveRun(b, rowsB);
+        assert.deepEqual([...alone.data], [...rb.data]);
+        assert.notDeepEqual([...ra.data.slice(0, 100)], [...rb.data]);
+        b.release();
+        (await c).release();
+        assert.equal(pool.stats().runs, 3);
+      },
+      2,
+    );
   });
 
   test('rejects a depth below 1', () => {
-    assert.throws(() => new InferencePool({ workers: 1, intraOpThreads: 1, pipelineDepth: 0, logger: silentLogger() }), /pipelineDepth must be an integer >= 1/);
+    assert.throws(
+      () => new InferencePool({ workers: 1, intraOpThreads: 1, pipelineDepth: 0, logger: silentLogger() }),
+      /pipelineDepth must be an integer >= 1/,
+    );
   });
 });

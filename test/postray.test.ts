@@ -87,7 +87,13 @@ describe('postray formula', () => {
 
   test('head scores over several images: the per-label maximum', () => {
     const s = maxPerLabel({ labels: ['a', 'b'] }, [Float32Array.of(0.9, 0.1), Float32Array.of(0.2, 0.8)]);
-    assert.deepEqual(s.map((x) => [x.label, Math.round(x.score * 10) / 10]), [['a', 0.9], ['b', 0.8]]);
+    assert.deepEqual(
+      s.map((x) => [x.label, Math.round(x.score * 10) / 10]),
+      [
+        ['a', 0.9],
+        ['b', 0.8],
+      ],
+    );
   });
 });
 
@@ -106,7 +112,12 @@ describe('Post.embedding and Post.classify with images through a real gateway', 
 
   before(async () => {
     pics = await Promise.all([patternImage(240, 180, seed + 1), patternImage(180, 240, seed + 2, 'jpeg'), patternImage(224, 224, seed + 3)]);
-    images = await startImageServer({ '/1.png': serve(pics[0]!), '/2.jpg': serve(pics[1]!), '/3.png': serve(pics[2]!), '/junk.png': serve(Buffer.from('junk'), 'image/png') });
+    images = await startImageServer({
+      '/1.png': serve(pics[0]!),
+      '/2.jpg': serve(pics[1]!),
+      '/3.png': serve(pics[2]!),
+      '/junk.png': serve(Buffer.from('junk'), 'image/png'),
+    });
     const u = (p: string): string => `${images.url}${p}`;
     data = [
       { id: 'both', text: `A red kite over the beach ${salt}`, imageUrls: [u('/1.png'), u('/2.jpg')] },
@@ -144,11 +155,18 @@ describe('Post.embedding and Post.classify with images through a real gateway', 
     const r = await query<{ posts: GPost[] }>('{ posts { id embedding { model dimensions vector source } } }');
     const byId = new Map(r.data!.posts.map((p) => [p.id, p]));
     // Exactly the two bad posts have errors, each with its image's code and position.
-    const errs = (r.errors ?? []).map((e) => ({ post: data[e.path![1] as number]!.id, code: e.extensions?.['code'], imageIndex: e.extensions?.['imageIndex'] }));
-    assert.deepEqual(errs.sort((a, b) => a.post.localeCompare(b.post)), [
-      { post: 'broken', code: 'IMAGE_UNREADABLE', imageIndex: 1 },
-      { post: 'forbidden', code: 'IMAGE_FETCH_FORBIDDEN', imageIndex: 0 },
-    ]);
+    const errs = (r.errors ?? []).map((e) => ({
+      post: data[e.path![1] as number]!.id,
+      code: e.extensions?.['code'],
+      imageIndex: e.extensions?.['imageIndex'],
+    }));
+    assert.deepEqual(
+      errs.sort((a, b) => a.post.localeCompare(b.post)),
+      [
+        { post: 'broken', code: 'IMAGE_UNREADABLE', imageIndex: 1 },
+        { post: 'forbidden', code: 'IMAGE_FETCH_FORBIDDEN', imageIndex: 0 },
+      ],
+    );
     assert.equal(byId.get('broken')!.embedding, null);
     assert.equal(byId.get('empty')!.embedding, null);
     for (const id of ['both', 'text', 'image']) {
@@ -208,7 +226,10 @@ describe('Post.embedding and Post.classify with images through a real gateway', 
     const first = await query<{ posts: { id: string; classify: { label: string; score: number }[] | null }[] }>(q);
     const by = new Map(first.data!.posts.map((p) => [p.id, p.classify]));
     const labels = ['Drawing', 'Hentai', 'Neutral', 'Porn', 'Sexy'];
-    assert.deepEqual(by.get('both')!.map((s) => s.label), labels);
+    assert.deepEqual(
+      by.get('both')!.map((s) => s.label),
+      labels,
+    );
     assert.ok(by.get('both')!.every((s) => s.score >= 0 && s.score <= 1));
     const single = by.get('image')!.reduce((s, x) => s + x.score, 0);
     assert.ok(Math.abs(single - 1) < 1e-4, 'one image: its probabilities');

@@ -82,7 +82,9 @@ describe('execution providers', () => {
     assert.throws(() => loadConfig({ ...base, POLYRAY_PROVIDERS: 'tensorrt,cpu' }), /POLYRAY_PROVIDERS/);
   });
 
-  describe('cuda and webgpu unavailable: the service falls back to cpu', { skip: ON_GPU_MACHINE ? 'POLYRAY_TEST_GPU=1: a GPU provider is expected to work here' : false }, () => {
+  describe('cuda and webgpu unavailable: the service falls back to cpu', {
+    skip: ON_GPU_MACHINE ? 'POLYRAY_TEST_GPU=1: a GPU provider is expected to work here' : false,
+  }, () => {
     let t: TestServer;
     const lines: LogLine[] = [];
     before(async () => {
@@ -104,24 +106,22 @@ describe('execution providers', () => {
     test('Query.models reports cpu for every model', async () => {
       const r = await t.gql<{ models: { name: string; state: string; executionProvider: string | null }[] }>('{ models { name state executionProvider } }');
       assert.equal(r.errors, undefined);
-      assert.deepEqual(
-        r.data!.models.map((m) => [m.name, m.state, m.executionProvider]).sort(),
-        MODELS.map((n) => [n, 'READY', 'cpu']).sort(),
-      );
+      assert.deepEqual(r.data!.models.map((m) => [m.name, m.state, m.executionProvider]).sort(), MODELS.map((n) => [n, 'READY', 'cpu']).sort());
     });
 
     test('one warning per failed provider and model, with the reason', () => {
       const warnings = lines.filter((l) => l.level === 40 && l.msg === 'execution provider unavailable, falling back');
-      assert.deepEqual(
-        warnings.map((w) => `${w.model}:${w.provider}`).sort(),
-        MODELS.flatMap((m) => [`${m}:cuda`, `${m}:webgpu`]).sort(),
-      );
+      assert.deepEqual(warnings.map((w) => `${w.model}:${w.provider}`).sort(), MODELS.flatMap((m) => [`${m}:cuda`, `${m}:webgpu`]).sort());
       for (const w of warnings) {
         assert.ok(w.reason && w.reason.length > 0, 'a reason is logged');
         if (w.provider === 'webgpu') assert.match(w.reason, /adapter|Vulkan|backend/i);
         if (w.provider === 'cuda') assert.match(w.reason, /cuda|shared library|backend/i);
       }
-      assert.deepEqual(lines.filter((l) => l.level >= 50), [], 'no errors logged');
+      assert.deepEqual(
+        lines.filter((l) => l.level >= 50),
+        [],
+        'no errors logged',
+      );
     });
 
     test('embedding works on the fallback provider (fp16 model included)', async () => {
@@ -140,7 +140,9 @@ describe('execution providers', () => {
     );
   });
 
-  describe('webgpu on lavapipe: the fp16 models run on webgpu', { skip: WEBGPU ? false : `POLYRAY_TEST_WEBGPU is ${WEBGPU_SETTING ?? 'unset'}; 1 runs it (needs lavapipe from Mesa >= 23, see .ci/run)` }, () => {
+  describe('webgpu on lavapipe: the fp16 models run on webgpu', {
+    skip: WEBGPU ? false : `POLYRAY_TEST_WEBGPU is ${WEBGPU_SETTING ?? 'unset'}; 1 runs it (needs lavapipe from Mesa >= 23, see .ci/run)`,
+  }, () => {
     const FP16_MODELS = [BERT_FP16_MODEL, IMAGE_FP16_MODEL];
     let gpu: ChildService;
     let cpu: TestServer;
@@ -169,16 +171,26 @@ describe('execution providers', () => {
       );
       const fallbacks = gpu.logs.filter((l) => l.msg === 'execution provider unavailable, falling back');
       assert.deepEqual(fallbacks, []);
-      for (const model of FP16_MODELS) assert.ok(gpu.logs.some((l) => l.msg === 'model ready' && l.model === model && l.provider === 'webgpu'), model);
+      for (const model of FP16_MODELS)
+        assert.ok(
+          gpu.logs.some((l) => l.msg === 'model ready' && l.model === model && l.provider === 'webgpu'),
+          model,
+        );
       // On an accelerator the batcher takes large batches (POLYRAY_BATCH_MAX_TOKENS_ACCELERATOR), not the CPU bound.
-      assert.ok(gpu.logs.some((l) => l.msg === 'model ready' && l.model === BERT_FP16_MODEL && l.maxTokensPerBatch === 16384), JSON.stringify(gpu.logs.filter((l) => l.msg === 'model ready')));
+      assert.ok(
+        gpu.logs.some((l) => l.msg === 'model ready' && l.model === BERT_FP16_MODEL && l.maxTokensPerBatch === 16384),
+        JSON.stringify(gpu.logs.filter((l) => l.msg === 'model ready')),
+      );
     });
 
     test('a padded batch on webgpu (fp16) agrees with fp32 on cpu', async () => {
       const texts = ['The cat sat on the mat.', 'Stock markets fell sharply today after the central bank raised interest rates again.', 'Hi'];
       const query = 'query($m: String!, $i: [EmbedInput!]!) { embed(model: $m, inputs: $i) { vector } }';
       const inputs = texts.map((text) => ({ text }));
-      const [a, b] = await Promise.all([gpu.gql<EmbedResult>(query, { m: BERT_FP16_MODEL, i: inputs }), cpu.gql<EmbedResult>(query, { m: BERT_MODELS.plain, i: inputs })]);
+      const [a, b] = await Promise.all([
+        gpu.gql<EmbedResult>(query, { m: BERT_FP16_MODEL, i: inputs }),
+        cpu.gql<EmbedResult>(query, { m: BERT_MODELS.plain, i: inputs }),
+      ]);
       assert.equal(a.errors, undefined, JSON.stringify(a.errors));
       assert.equal(b.errors, undefined, JSON.stringify(b.errors));
       texts.forEach((text, i) => {
@@ -197,7 +209,10 @@ describe('execution providers', () => {
       const images = await Promise.all([patternImage(200, 160, 1, 'png'), patternImage(320, 240, 7, 'jpeg'), patternImage(224, 224, 42, 'webp')]);
       const query = 'query($m: String!, $i: [EmbedInput!]!) { embed(model: $m, inputs: $i) { vector } }';
       const inputs = images.map((b) => ({ imageBase64: b.toString('base64') }));
-      const [a, b] = await Promise.all([gpu.gql<EmbedResult>(query, { m: IMAGE_FP16_MODEL, i: inputs }), cpu.gql<EmbedResult>(query, { m: IMAGE_MODEL, i: inputs })]);
+      const [a, b] = await Promise.all([
+        gpu.gql<EmbedResult>(query, { m: IMAGE_FP16_MODEL, i: inputs }),
+        cpu.gql<EmbedResult>(query, { m: IMAGE_MODEL, i: inputs }),
+      ]);
       assert.equal(a.errors, undefined, JSON.stringify(a.errors));
       assert.equal(b.errors, undefined, JSON.stringify(b.errors));
       images.forEach((_, i) => {
@@ -215,8 +230,11 @@ describe('execution providers', () => {
         "await ort.InferenceSession.create(process.argv[1], { executionProviders: ['webgpu'], graphOptimizationLevel: 'all', extra: { session: { disable_cpu_ep_fallback: '1' } } });" +
         "console.log('all nodes on webgpu');";
       const r = await new Promise<{ error: Error | null; stdout: string; stderr: string }>((resolve) =>
-        execFile(process.execPath, ['--input-type=module', '-e', script, path.join(MODELS_DIR, IMAGE_FP16_MODEL, 'model.onnx')], { env: { ...childBaseEnv(), ...lavapipeEnv() }, timeout: 120_000 }, (error, stdout, stderr) =>
-          resolve({ error, stdout, stderr }),
+        execFile(
+          process.execPath,
+          ['--input-type=module', '-e', script, path.join(MODELS_DIR, IMAGE_FP16_MODEL, 'model.onnx')],
+          { env: { ...childBaseEnv(), ...lavapipeEnv() }, timeout: 120_000 },
+          (error, stdout, stderr) => resolve({ error, stdout, stderr }),
         ),
       );
       assert.equal(r.error, null, r.stderr.slice(-2000));
@@ -258,7 +276,9 @@ async function freePort(): Promise<number> {
 
 /** This process's environment without Polyray, Redis and Vulkan settings (this process hides the drivers). */
 function childBaseEnv(): Record<string, string | undefined> {
-  return Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(POLYRAY_|REDIS_|VK_)/.test(k) && k !== 'LOG_LEVEL' && k !== 'PORT' && k !== 'HOST'));
+  return Object.fromEntries(
+    Object.entries(process.env).filter(([k]) => !/^(POLYRAY_|REDIS_|VK_)/.test(k) && k !== 'LOG_LEVEL' && k !== 'PORT' && k !== 'HOST'),
+  );
 }
 
 /**
@@ -269,7 +289,17 @@ async function startChildService(env: Record<string, string>, readyTimeoutMs = 1
   const port = await freePort();
   const base = childBaseEnv();
   const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-    env: { ...base, NODE_ENV: 'test', HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'info', POLYRAY_MODELS_DIR: MODELS_DIR, POLYRAY_WORKERS: '1', POLYRAY_BUILD_MISSING: 'false', ...env },
+    env: {
+      ...base,
+      NODE_ENV: 'test',
+      HOST: '127.0.0.1',
+      PORT: String(port),
+      LOG_LEVEL: 'info',
+      POLYRAY_MODELS_DIR: MODELS_DIR,
+      POLYRAY_WORKERS: '1',
+      POLYRAY_BUILD_MISSING: 'false',
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: LogLine[] = [];
@@ -306,7 +336,10 @@ async function startChildService(env: Record<string, string>, readyTimeoutMs = 1
     }
   };
   try {
-    await Promise.race([ready, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`service not ready after ${readyTimeoutMs} ms`)), readyTimeoutMs)))]);
+    await Promise.race([
+      ready,
+      new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`service not ready after ${readyTimeoutMs} ms`)), readyTimeoutMs))),
+    ]);
   } catch (e) {
     await stop();
     throw e;

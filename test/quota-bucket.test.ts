@@ -44,7 +44,10 @@ describe('token bucket arithmetic (property tests)', () => {
   test('the level never exceeds burst, and takes alone never push it below zero', () => {
     fc.assert(
       fc.property(limitsArb, fc.array(fc.record({ dt: dtArb, amount: amountArb }), { maxLength: 30 }), (limits, seq) => {
-        for (const r of run(limits, seq.map(({ dt, amount }) => ({ dt, op: { kind: 'take', amount } })))) {
+        for (const r of run(
+          limits,
+          seq.map(({ dt, amount }) => ({ dt, op: { kind: 'take', amount } })),
+        )) {
           assert.ok(r.outcome.tokens <= limits.burst);
           assert.ok(r.outcome.tokens >= -1e-9 * Math.max(1, limits.burst));
         }
@@ -55,7 +58,10 @@ describe('token bucket arithmetic (property tests)', () => {
   test('what a fresh bucket admits over time T is at most burst + rate × T', () => {
     fc.assert(
       fc.property(limitsArb, fc.array(fc.record({ dt: dtArb, amount: amountArb }), { maxLength: 40 }), (limits, seq) => {
-        const out = run(limits, seq.map(({ dt, amount }) => ({ dt, op: { kind: 'take', amount } })));
+        const out = run(
+          limits,
+          seq.map(({ dt, amount }) => ({ dt, op: { kind: 'take', amount } })),
+        );
         if (out.length === 0) return;
         const taken = out.filter((r) => r.outcome.allowed).reduce((s, r) => s + (r.op as { amount: number }).amount, 0);
         const span = out.at(-1)!.now - 1_000_000;
@@ -211,7 +217,14 @@ describe('EVALSHA fallback and Redis outages (private redis-server)', () => {
     assert.equal(fallback.store, 'local', 'a fresh local bucket admits what the Redis one could not');
     assert.equal(open.store, 'local');
     assert.ok(lines.some((l) => l.level === 40 && /falling back to per-replica/.test(l.msg)));
-    await assert.rejects(closed.reserve('c', limits, 1), (e: unknown) => isPolyrayError(e) && e.code === 'QUOTA_EXCEEDED' && e.extensions['reason'] === 'QUOTA_STORE_UNAVAILABLE' && typeof e.extensions['retryAfterMs'] === 'number');
+    await assert.rejects(
+      closed.reserve('c', limits, 1),
+      (e: unknown) =>
+        isPolyrayError(e) &&
+        e.code === 'QUOTA_EXCEEDED' &&
+        e.extensions['reason'] === 'QUOTA_STORE_UNAVAILABLE' &&
+        typeof e.extensions['retryAfterMs'] === 'number',
+    );
     await server.restart();
     await new Promise<void>((resolve) => (redis.status === 'ready' ? resolve() : redis.once('ready', () => resolve())));
     await new Promise((r) => setTimeout(r, 60));
@@ -219,7 +232,10 @@ describe('EVALSHA fallback and Redis outages (private redis-server)', () => {
     const back = await open.reserve('c', limits, 8);
     assert.equal(back.store, 'redis');
     assert.ok(lines.some((l) => l.level === 30 && /reachable again/.test(l.msg)));
-    await assert.rejects(open.reserve('c', limits, 8), (e: unknown) => isPolyrayError(e) && e.code === 'QUOTA_EXCEEDED' && (e.extensions['retryAfterMs'] as number) > 0);
+    await assert.rejects(
+      open.reserve('c', limits, 8),
+      (e: unknown) => isPolyrayError(e) && e.code === 'QUOTA_EXCEEDED' && (e.extensions['retryAfterMs'] as number) > 0,
+    );
   });
 });
 
@@ -252,7 +268,7 @@ describe('store health per node (fake clock)', () => {
       h.failed(p, new Error('still down'));
       last = now;
     }
-    assert.deepEqual(waits, [100, 200, 350, 350], "measured from each failure");
+    assert.deepEqual(waits, [100, 200, 350, 350], 'measured from each failure');
     assert.deepEqual(h.down(), ['A']);
     while (!h.admit('A')) now += 1;
     const probe = h.admit('A', { probe: false });
@@ -285,7 +301,10 @@ describe('store health per node (fake clock)', () => {
     h.failed(h.admit('old-master')!, new Error('x'));
     h.failed(h.admit('other')!, new Error('x'));
     assert.deepEqual(h.down(() => undefined).sort(), ['old-master', 'other']);
-    assert.deepEqual(h.down(() => new Set(['other', 'promoted'])), ['other']);
+    assert.deepEqual(
+      h.down(() => new Set(['other', 'promoted'])),
+      ['other'],
+    );
     assert.equal(h.isDown('old-master'), false);
     assert.throws(() => new HealthGate({ retryMs: 100, maxRetryMs: 50 }), /maxRetryMs must be >= retryMs \(100\), received 50/);
   });

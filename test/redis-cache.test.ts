@@ -19,17 +19,23 @@ let admin: Redis;
 const caches: RedisCache[] = [];
 let prefixSeq = 0;
 
-before(async () => {
-  server = await startRedisServer();
-  admin = new Redis(server.port, server.host, { lazyConnect: true });
-  await admin.connect();
-}, { timeout: 30_000 });
+before(
+  async () => {
+    server = await startRedisServer();
+    admin = new Redis(server.port, server.host, { lazyConnect: true });
+    await admin.connect();
+  },
+  { timeout: 30_000 },
+);
 
-after(async () => {
-  await Promise.allSettled(caches.map((c) => c.close()));
-  admin?.disconnect();
-  await server?.stop();
-}, { timeout: 30_000 });
+after(
+  async () => {
+    await Promise.allSettled(caches.map((c) => c.close()));
+    admin?.disconnect();
+    await server?.stop();
+  },
+  { timeout: 30_000 },
+);
 
 /** A cache on the test server with its own key prefix, ready to serve. */
 async function makeCache(opts: Partial<RedisCacheOptions> = {}): Promise<{ cache: RedisCache; prefix: string }> {
@@ -290,12 +296,15 @@ test('invalid options throw a TypeError naming the option and the value', { time
     [{ client: {} as never }, /client.*an object/],
   ];
   for (const [opts, re] of cases) {
-    assert.throws(() => new RedisCache(opts as RedisCacheOptions), (e: unknown) => {
-      assert.ok(e instanceof TypeError, `${re}: ${String(e)}`);
-      assert.match(e.message, re);
-      assert.doesNotMatch(e.message, /s3cret/);
-      return true;
-    });
+    assert.throws(
+      () => new RedisCache(opts as RedisCacheOptions),
+      (e: unknown) => {
+        assert.ok(e instanceof TypeError, `${re}: ${String(e)}`);
+        assert.match(e.message, re);
+        assert.doesNotMatch(e.message, /s3cret/);
+        return true;
+      },
+    );
   }
   const withPrefix = new Redis({ lazyConnect: true, keyPrefix: 'x:' });
   assert.throws(() => new RedisCache({ client: withPrefix }), /client.*keyPrefix/);

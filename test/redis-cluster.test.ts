@@ -19,22 +19,28 @@ let cluster: RedisClusterHandle;
 let admins: Redis[] = [];
 const caches: RedisCache[] = [];
 
-before(async () => {
-  cluster = await startRedisCluster(3);
-  admins = await Promise.all(
-    cluster.nodes.map(async (n) => {
-      const r = new Redis(n.port, n.host, { lazyConnect: true });
-      await r.connect();
-      return r;
-    }),
-  );
-}, { timeout: 30_000 });
+before(
+  async () => {
+    cluster = await startRedisCluster(3);
+    admins = await Promise.all(
+      cluster.nodes.map(async (n) => {
+        const r = new Redis(n.port, n.host, { lazyConnect: true });
+        await r.connect();
+        return r;
+      }),
+    );
+  },
+  { timeout: 30_000 },
+);
 
-after(async () => {
-  await Promise.allSettled(caches.map((c) => c.close()));
-  for (const a of admins) a.disconnect();
-  await cluster?.stop();
-}, { timeout: 30_000 });
+after(
+  async () => {
+    await Promise.allSettled(caches.map((c) => c.close()));
+    for (const a of admins) a.disconnect();
+    await cluster?.stop();
+  },
+  { timeout: 30_000 },
+);
 
 async function makeCache(prefix: string): Promise<RedisCache> {
   const cache = new RedisCache({ cluster: cluster.nodes, keyPrefix: prefix, readTimeoutMs: 1000 });
@@ -64,7 +70,26 @@ function vectorFor(i: number): Float32Array {
 }
 
 test('keySlot matches CLUSTER KEYSLOT (hash tags, unicode, edge cases)', { timeout: TEST_TIMEOUT_MS }, async () => {
-  const fixed = ['', 'a', '{', '}', '{}', '{}x', 'x{}', '{a}', 'x{a}y', '{a}{b}', 'a{b}c{d}', '{{a}}', '}{a}', 'polyray:v1:m@1:abc', 'ключ', '{ключ}x', 'é{é}', '\u{1F600}{x}'];
+  const fixed = [
+    '',
+    'a',
+    '{',
+    '}',
+    '{}',
+    '{}x',
+    'x{}',
+    '{a}',
+    'x{a}y',
+    '{a}{b}',
+    'a{b}c{d}',
+    '{{a}}',
+    '}{a}',
+    'polyray:v1:m@1:abc',
+    'ключ',
+    '{ключ}x',
+    'é{é}',
+    '\u{1F600}{x}',
+  ];
   const random = fc.sample(
     fc.oneof(
       fc.string({ maxLength: 40 }),
@@ -89,7 +114,10 @@ test('many keys across slots and nodes round-trip correctly', { timeout: TEST_TI
   const owners = await slotOwners();
   const perNode = [0, 0, 0];
   for (let i = 0; i < n; i++) perNode[owners[keySlot(`ct1:key-${i}`)]!]!++;
-  assert.ok(perNode.every((c) => c > 100), `per node ${perNode}`);
+  assert.ok(
+    perNode.every((c) => c > 100),
+    `per node ${perNode}`,
+  );
   for (let i = 0; i < n; i += 97) {
     const owner = admins[owners[keySlot(`ct1:key-${i}`)]!]!;
     assert.deepEqual(decodeVector((await owner.getBuffer(`ct1:key-${i}`))!), vectorFor(i));

@@ -26,12 +26,18 @@ const servers: RedisServerHandle[] = [];
 const caches: RedisCache[] = [];
 const cleanups: (() => Promise<void> | void)[] = [];
 
-after(async () => {
-  await Promise.allSettled(caches.map((c) => c.close()));
-  // Last registered first: clients go before the servers they talk to.
-  for (const c of cleanups.reverse()) await Promise.resolve().then(c).catch(() => undefined);
-  await Promise.allSettled(servers.map((s) => s.stop()));
-}, { timeout: 30_000 });
+after(
+  async () => {
+    await Promise.allSettled(caches.map((c) => c.close()));
+    // Last registered first: clients go before the servers they talk to.
+    for (const c of cleanups.reverse())
+      await Promise.resolve()
+        .then(c)
+        .catch(() => undefined);
+    await Promise.allSettled(servers.map((s) => s.stop()));
+  },
+  { timeout: 30_000 },
+);
 
 interface LogLine {
   level: string;
@@ -145,7 +151,15 @@ test('a server that accepts connections but never answers: reads resolve as miss
 
   // Without a ready check (and without CLIENT SETINFO, which also awaits a reply) ioredis reports
   // 'ready' as soon as TCP connects, so commands are really sent and only the tier's read timeout ends them.
-  const client = new Redis({ host: '127.0.0.1', port, enableReadyCheck: false, disableClientInfo: true, enableOfflineQueue: false, maxRetriesPerRequest: 1, lazyConnect: true });
+  const client = new Redis({
+    host: '127.0.0.1',
+    port,
+    enableReadyCheck: false,
+    disableClientInfo: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    lazyConnect: true,
+  });
   cleanups.push(() => client.disconnect());
   await client.connect();
   const cache = makeCache({ client, keyPrefix: 'silent:' });

@@ -128,17 +128,13 @@ describe('WordTokenizer on the text-glove vocabulary', () => {
 
   test('finds common words, punctuation and hyphenated words', () => {
     const enc = glove.encode('The cat sat on the mat, well-known e-mail!');
-    assert.deepEqual(glove.tokenize('The cat sat on the mat, well-known e-mail!'), [
-      'the', 'cat', 'sat', 'on', 'the', 'mat', ',', 'well-known', 'e-mail', '!',
-    ]);
+    assert.deepEqual(glove.tokenize('The cat sat on the mat, well-known e-mail!'), ['the', 'cat', 'sat', 'on', 'the', 'mat', ',', 'well-known', 'e-mail', '!']);
     assert.ok(enc.mask.every((m) => m === 1));
     assert.equal(enc.ids[0], 1); // "the" is the most frequent GloVe word: id 1 (id 0 is reserved)
   });
 
   test('vocabulary-specific forms: ca/wo stems, obrien, folded accents', () => {
-    assert.deepEqual(glove.tokenize("I can't, won't: O'Brien's naïve café"), [
-      'i', 'ca', "n't", ',', 'wo', "n't", ':', 'obrien', "'s", 'naive', 'cafe',
-    ]);
+    assert.deepEqual(glove.tokenize("I can't, won't: O'Brien's naïve café"), ['i', 'ca', "n't", ',', 'wo', "n't", ':', 'obrien', "'s", 'naive', 'cafe']);
     const enc = glove.encode("can't won't O'Brien naïve café");
     assert.deepEqual(enc.mask, [1, 0, 1, 0, 1, 1, 1]); // "n't" is not in wink's list
   });

@@ -20,7 +20,14 @@ import type { EmbedResult, Source } from '../src/service/types.ts';
 const logger = createLogger('silent');
 
 function result(source: Source = 'COMPUTED'): EmbedResult {
-  return { vector: new Float32Array(100), source, model: 'text-glove', version: 'v1', tokens: source === 'COMPUTED' ? 4 : 0, inferenceMs: source === 'COMPUTED' ? 0.25 : 0 };
+  return {
+    vector: new Float32Array(100),
+    source,
+    model: 'text-glove',
+    version: 'v1',
+    tokens: source === 'COMPUTED' ? 4 : 0,
+    inferenceMs: source === 'COMPUTED' ? 0.25 : 0,
+  };
 }
 
 const key = (i: number) => `text-glove@b73c56c6f3ab2804:${String(i).padStart(43, 'k')}`;
@@ -46,7 +53,13 @@ describe('sampling', () => {
     const tracer = new Tracer({ sampleRate: 0.3, writers: [w], windowRecords: 100_000, bufferMax: 100_000, flushMs: 10_000, logger });
     const keys = Array.from({ length: 10_000 }, (_, i) => key(i));
     for (let round = 0; round < 3; round++) {
-      for (let i = 0; i < keys.length; i += 100) tracer.observe('text-glove', 'search', keys.slice(i, i + 100), keys.slice(i, i + 100).map(() => result()));
+      for (let i = 0; i < keys.length; i += 100)
+        tracer.observe(
+          'text-glove',
+          'search',
+          keys.slice(i, i + 100),
+          keys.slice(i, i + 100).map(() => result()),
+        );
     }
     await tracer.flush();
     const perRound = w.records.length / 3;
@@ -67,7 +80,19 @@ describe('sampling', () => {
     tracer.observe('text-glove', 'feed', [k, undefined, k, key(2)], [result('COMPUTED'), new Error('too large'), result('COMPUTED'), result('MEMORY')]);
     await tracer.flush();
     assert.equal(w.records.length, 2);
-    assert.deepEqual(w.records[0], { t: 1234, k: w.records[0]!.k, kl: k.length, m: 'text-glove', b: 400, tok: 4, ms: 0.25, src: 'COMPUTED', r: 1, c: 'feed', n: 2 });
+    assert.deepEqual(w.records[0], {
+      t: 1234,
+      k: w.records[0]!.k,
+      kl: k.length,
+      m: 'text-glove',
+      b: 400,
+      tok: 4,
+      ms: 0.25,
+      src: 'COMPUTED',
+      r: 1,
+      c: 'feed',
+      n: 2,
+    });
     assert.match(w.records[0]!.k, /^[0-9a-f]{14}$/);
     assert.equal(w.records[1]!.src, 'MEMORY');
     const text = JSON.stringify(w.records);
@@ -129,10 +154,19 @@ describe('JSONL files', () => {
   test('rotate by size, keep K files, read back in order as one stream', async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'polyray-trace-'));
     const w = new JsonlTraceWriter({ dir, maxFileBytes: 4000, keepFiles: 3 });
-    const tracer = new Tracer({ sampleRate: 1, writers: [w], windowRecords: 10, bufferMax: 10_000, flushMs: 10_000, batchMax: 10, logger, now: (() => {
-      let t = 0;
-      return () => ++t;
-    })() });
+    const tracer = new Tracer({
+      sampleRate: 1,
+      writers: [w],
+      windowRecords: 10,
+      bufferMax: 10_000,
+      flushMs: 10_000,
+      batchMax: 10,
+      logger,
+      now: (() => {
+        let t = 0;
+        return () => ++t;
+      })(),
+    });
     for (let i = 0; i < 400; i++) tracer.observe('text-glove', 'search', [key(i)], [result()]);
     await tracer.close();
     const files = (await readdir(dir)).filter((f) => f.endsWith('.jsonl'));
@@ -162,7 +196,12 @@ describe('Redis Stream', () => {
     const tracer = new Tracer({ sampleRate: 1, writers: [w], windowRecords: 10, bufferMax: 10_000, flushMs: 10_000, batchMax: 500, logger, now: () => ++t });
     for (let i = 0; i < 5000; i += 10) {
       const keys = Array.from({ length: 10 }, (_, j) => key(i + j));
-      tracer.observe('text-glove', i % 20 === 0 ? 'search' : undefined, keys, keys.map(() => result()));
+      tracer.observe(
+        'text-glove',
+        i % 20 === 0 ? 'search' : undefined,
+        keys,
+        keys.map(() => result()),
+      );
     }
     await tracer.close();
     assert.equal(tracer.stats().written, 5000);

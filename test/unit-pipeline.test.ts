@@ -29,7 +29,9 @@ class FakeAdapter implements InferenceAdapter<string, string, { name: string }> 
   short = false;
 
   async key(_h: { name: string }, inputs: readonly string[]): Promise<(Keyed<string> | PolyrayError)[]> {
-    return inputs.map((s, index) => (s.startsWith('bad') ? new PolyrayError(ErrorCode.BAD_USER_INPUT, 'bad', { index }) : { read: `k:${s}`, flight: `k:${s}`, payload: s }));
+    return inputs.map((s, index) =>
+      s.startsWith('bad') ? new PolyrayError(ErrorCode.BAD_USER_INPUT, 'bad', { index }) : { read: `k:${s}`, flight: `k:${s}`, payload: s },
+    );
   }
 
   compute(_h: { name: string }, items: readonly string[]): Promise<Computed>[] {
@@ -109,7 +111,10 @@ describe('CachedInference', () => {
     );
     assert.equal(adapter.computed, 2);
     const s = p.stats();
-    assert.deepEqual({ calls: s.calls, lookups: s.cacheLookups, items: s.items, bySource: s.bySource }, { calls: 2, lookups: 2, items: 5, bySource: { MEMORY: 2, GLOBAL: 0, COMPUTED: 3 } });
+    assert.deepEqual(
+      { calls: s.calls, lookups: s.cacheLookups, items: s.items, bySource: s.bySource },
+      { calls: 2, lookups: 2, items: 5, bySource: { MEMORY: 2, GLOBAL: 0, COMPUTED: 3 } },
+    );
   });
 
   test('a concurrent miss joins the computation in flight and is not charged', async () => {

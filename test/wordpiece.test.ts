@@ -73,7 +73,11 @@ describe('WordPieceTokenizer (BERT uncased)', () => {
       ['Hello, world!', ['hello', ',', 'world', '!'], [CLS, 7592, 1010, 2088, 999, SEP]],
       ['unaffable', ['una', '##ffa', '##ble'], [CLS, 14477, 20961, 3468, SEP]],
       ['embeddings are GREAT', ['em', '##bed', '##ding', '##s', 'are', 'great'], [CLS, 7861, 8270, 4667, 2015, 2024, 2307, SEP]],
-      ["don't stop-believing 3.14", ['don', "'", 't', 'stop', '-', 'believing', '3', '.', '14'], [CLS, 2123, 1005, 1056, 2644, 1011, 8929, 1017, 1012, 2403, SEP]],
+      [
+        "don't stop-believing 3.14",
+        ['don', "'", 't', 'stop', '-', 'believing', '3', '.', '14'],
+        [CLS, 2123, 1005, 1056, 2644, 1011, 8929, 1017, 1012, 2403, SEP],
+      ],
       ['', [], [CLS, SEP]],
       ['   \n\t ', [], [CLS, SEP]],
     ];
@@ -81,7 +85,10 @@ describe('WordPieceTokenizer (BERT uncased)', () => {
       assert.deepEqual(tok.tokenize(text), pieces, text);
       const e = tok.encode(text);
       assert.deepEqual(e.ids, ids, text);
-      assert.deepEqual(e.mask, ids.map(() => 1));
+      assert.deepEqual(
+        e.mask,
+        ids.map(() => 1),
+      );
     }
   });
 

@@ -53,7 +53,12 @@ export function refill(state: BucketState | undefined, now: number, limits: Buck
  * One bucket operation at time `now` (ms). Returns the new state (undefined = unchanged) and the outcome.
  * Clock steps backwards are tolerated: no refill happens until time passes the stored timestamp.
  */
-export function step(state: BucketState | undefined, now: number, limits: BucketLimits, op: BucketOp): { state: BucketState | undefined; outcome: BucketOutcome } {
+export function step(
+  state: BucketState | undefined,
+  now: number,
+  limits: BucketLimits,
+  op: BucketOp,
+): { state: BucketState | undefined; outcome: BucketOutcome } {
   const cur = refill(state, now, limits);
   let tokens = cur.tokens;
   let allowed = true;

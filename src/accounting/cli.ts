@@ -29,7 +29,8 @@ export async function clientsCommand(sub: string | undefined, args: string[], de
       io.err('clients add needs --id ID\n');
       return 2;
     }
-    if (values.role !== undefined && values.role !== 'admin' && values.role !== 'client') throw new TypeError(`--role must be admin or client, received "${values.role}"`);
+    if (values.role !== undefined && values.role !== 'admin' && values.role !== 'client')
+      throw new TypeError(`--role must be admin or client, received "${values.role}"`);
     const models =
       values.models === undefined
         ? undefined

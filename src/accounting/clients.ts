@@ -81,7 +81,8 @@ export function parseClientsFile(value: unknown, where: string): ClientsFile {
     if (typeof c !== 'object' || c === null) return bad(`clients[${i}] must be an object`);
     const o = c as Record<string, unknown>;
     const id = o['id'];
-    if (typeof id !== 'string' || !CLIENT_ID_RE.test(id) || RESERVED_IDS.has(id)) return bad(`clients[${i}].id must match ${CLIENT_ID_RE} (and not be "other")`);
+    if (typeof id !== 'string' || !CLIENT_ID_RE.test(id) || RESERVED_IDS.has(id))
+      return bad(`clients[${i}].id must match ${CLIENT_ID_RE} (and not be "other")`);
     if (seen.has(id)) bad(`client id "${id}" appears twice`);
     seen.add(id);
     const name = o['name'] ?? id;
@@ -89,7 +90,8 @@ export function parseClientsFile(value: unknown, where: string): ClientsFile {
     const role = o['role'] ?? 'client';
     if (role !== 'client' && role !== 'admin') bad(`clients[${i}].role must be "client" or "admin"`);
     const models = o['models'] ?? '*';
-    if (models !== '*' && !(Array.isArray(models) && models.every((m) => typeof m === 'string'))) bad(`clients[${i}].models must be "*" or a list of model names`);
+    if (models !== '*' && !(Array.isArray(models) && models.every((m) => typeof m === 'string')))
+      bad(`clients[${i}].models must be "*" or a list of model names`);
     const q = (o['quota'] ?? DEFAULT_QUOTA) as Record<string, unknown>;
     const rate = q['rate'];
     const burst = q['burst'];
@@ -103,7 +105,14 @@ export function parseClientsFile(value: unknown, where: string): ClientsFile {
       const createdAt = (k as Record<string, unknown>)['createdAt'];
       return { sha256: sha, createdAt: typeof createdAt === 'string' ? createdAt : '' };
     });
-    return { id, name: name as string, role: role as Role, models: models as string[] | '*', quota: { rate: rate as number, burst: burst as number }, keys: parsedKeys };
+    return {
+      id,
+      name: name as string,
+      role: role as Role,
+      models: models as string[] | '*',
+      quota: { rate: rate as number, burst: burst as number },
+      keys: parsedKeys,
+    };
   });
   return { clients };
 }
@@ -196,7 +205,10 @@ export async function addClient(file: string, spec: AddClientSpec, now: Date = n
   if (!CLIENT_ID_RE.test(spec.id) || RESERVED_IDS.has(spec.id)) {
     throw new TypeError(`--id must be 1 to 63 characters of a-z, 0-9 and "-", starting with a letter or digit (and not "other"), received "${spec.id}"`);
   }
-  for (const [k, v] of [['rate', spec.rate], ['burst', spec.burst]] as const) {
+  for (const [k, v] of [
+    ['rate', spec.rate],
+    ['burst', spec.burst],
+  ] as const) {
     if (v !== undefined && !(Number.isFinite(v) && v > 0)) throw new TypeError(`--${k} must be a number > 0, received "${String(v)}"`);
   }
   let data: ClientsFile = { clients: [] };

@@ -108,13 +108,18 @@ export class Accounting implements AccountingCore {
     if (this.redis) {
       try {
         await this.redis.connect();
-        this.logger.info({ store: c.redis.kind }, c.redis.kind === 'cluster' ? 'quotas and usage ledger in Redis Cluster (fleet-wide)' : 'quotas and usage ledger in Redis (fleet-wide)');
+        this.logger.info(
+          { store: c.redis.kind },
+          c.redis.kind === 'cluster' ? 'quotas and usage ledger in Redis Cluster (fleet-wide)' : 'quotas and usage ledger in Redis (fleet-wide)',
+        );
       } catch (e) {
         this.logger.warn({ reason: (e as Error).message, failureMode: c.failureMode }, 'accounting Redis unreachable at start; retrying in the background');
       }
       this.ledger.start();
     } else {
-      this.logger.info('no quota Redis (POLYRAY_QUOTA_REDIS_URL / POLYRAY_QUOTA_REDIS_CLUSTER_NODES / REDIS_URL / REDIS_CLUSTER_NODES): quotas and usage are per replica');
+      this.logger.info(
+        'no quota Redis (POLYRAY_QUOTA_REDIS_URL / POLYRAY_QUOTA_REDIS_CLUSTER_NODES / REDIS_URL / REDIS_CLUSTER_NODES): quotas and usage are per replica',
+      );
     }
   }
 
@@ -164,9 +169,14 @@ export class Accounting implements AccountingCore {
     app.get('/metrics', async (req, reply) => {
       if (expected) {
         // Compared as digests: constant time whatever the length of what was sent.
-        const got = createHash('sha256').update(req.headers.authorization ?? '').digest();
+        const got = createHash('sha256')
+          .update(req.headers.authorization ?? '')
+          .digest();
         if (!timingSafeEqual(got, expected)) {
-          return reply.code(401).header('www-authenticate', 'Bearer realm="polyray-metrics"').send({ error: 'UNAUTHENTICATED', message: '/metrics needs the metrics bearer token (POLYRAY_METRICS_TOKEN)' });
+          return reply
+            .code(401)
+            .header('www-authenticate', 'Bearer realm="polyray-metrics"')
+            .send({ error: 'UNAUTHENTICATED', message: '/metrics needs the metrics bearer token (POLYRAY_METRICS_TOKEN)' });
         }
       }
       const body = await this.metrics.registry.metrics();

@@ -183,7 +183,11 @@ export class Ledger {
       for (const [rk, f] of rows) for (const k of FIGURES) if (f[k] !== 0) args.push(`${rk}|${k}`, f[k]);
       try {
         if (args.length > 2) {
-          await withDeadline(redis.eval(FLUSH_ONCE, 2, this.#keys.usage(clientId), this.#keys.flushSeq(clientId, this.#replica), ...args), deadline, ACCOUNTING_DEADLINE);
+          await withDeadline(
+            redis.eval(FLUSH_ONCE, 2, this.#keys.usage(clientId), this.#keys.flushSeq(clientId, this.#replica), ...args),
+            deadline,
+            ACCOUNTING_DEADLINE,
+          );
         }
         // Applied now or found applied earlier: either way it is in Redis exactly once.
         if (this.#unconfirmed.get(clientId)?.seq === seq) this.#unconfirmed.delete(clientId);
@@ -252,7 +256,7 @@ export class Ledger {
         return toBook(id, rows, true);
       });
     } catch (e) {
-      this.#o.logger.warn({ reason: (e as Error)?.message }, 'usage could not be read from Redis; answering with this replica\'s figures');
+      this.#o.logger.warn({ reason: (e as Error)?.message }, "usage could not be read from Redis; answering with this replica's figures");
       return clientIds.map((id) => this.local(id));
     }
   }

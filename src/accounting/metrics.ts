@@ -34,15 +34,56 @@ export class AccountingMetrics {
 
   constructor(queues: ReadonlyMap<string, InferenceQueue>) {
     const registers = [this.registry];
-    this.requests = new Counter({ name: 'polyray_requests_total', help: 'GraphQL requests by client and outcome (OK or the first error code)', labelNames: ['client', 'code'], registers });
-    this.items = new Counter({ name: 'polyray_items_total', help: 'Embeddings served, by client, model and source (MEMORY, GLOBAL, COMPUTED)', labelNames: ['client', 'model', 'source'], registers });
-    this.cacheHits = new Counter({ name: 'polyray_cache_hits_total', help: 'Items served from a cache tier (memory or global), by client and model', labelNames: ['client', 'model', 'tier'], registers });
-    this.tokens = new Counter({ name: 'polyray_tokens_computed_total', help: 'Tokens computed by inference, by client and model', labelNames: ['client', 'model'], registers });
-    this.inferenceMs = new Counter({ name: 'polyray_inference_milliseconds_total', help: "Inference time attributed to clients (each batch's measured run time split by token share)", labelNames: ['client', 'model'], registers });
-    this.cost = new Counter({ name: 'polyray_cost_units_total', help: 'Cost units charged, by client, model and source', labelNames: ['client', 'model', 'source'], registers });
-    this.quotaRejections = new Counter({ name: 'polyray_quota_rejections_total', help: 'Operations refused with QUOTA_EXCEEDED, by client', labelNames: ['client'], registers });
+    this.requests = new Counter({
+      name: 'polyray_requests_total',
+      help: 'GraphQL requests by client and outcome (OK or the first error code)',
+      labelNames: ['client', 'code'],
+      registers,
+    });
+    this.items = new Counter({
+      name: 'polyray_items_total',
+      help: 'Embeddings served, by client, model and source (MEMORY, GLOBAL, COMPUTED)',
+      labelNames: ['client', 'model', 'source'],
+      registers,
+    });
+    this.cacheHits = new Counter({
+      name: 'polyray_cache_hits_total',
+      help: 'Items served from a cache tier (memory or global), by client and model',
+      labelNames: ['client', 'model', 'tier'],
+      registers,
+    });
+    this.tokens = new Counter({
+      name: 'polyray_tokens_computed_total',
+      help: 'Tokens computed by inference, by client and model',
+      labelNames: ['client', 'model'],
+      registers,
+    });
+    this.inferenceMs = new Counter({
+      name: 'polyray_inference_milliseconds_total',
+      help: "Inference time attributed to clients (each batch's measured run time split by token share)",
+      labelNames: ['client', 'model'],
+      registers,
+    });
+    this.cost = new Counter({
+      name: 'polyray_cost_units_total',
+      help: 'Cost units charged, by client, model and source',
+      labelNames: ['client', 'model', 'source'],
+      registers,
+    });
+    this.quotaRejections = new Counter({
+      name: 'polyray_quota_rejections_total',
+      help: 'Operations refused with QUOTA_EXCEEDED, by client',
+      labelNames: ['client'],
+      registers,
+    });
     this.authFailures = new Counter({ name: 'polyray_auth_failures_total', help: 'Requests refused with UNAUTHENTICATED', registers });
-    this.batchSize = new Histogram({ name: 'polyray_batch_size', help: 'Items per inference batch', labelNames: ['model'], buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096], registers });
+    this.batchSize = new Histogram({
+      name: 'polyray_batch_size',
+      help: 'Items per inference batch',
+      labelNames: ['model'],
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096],
+      registers,
+    });
     this.batchSeconds = new Histogram({
       name: 'polyray_inference_batch_seconds',
       help: 'ONNX Runtime run() time per batch, measured in the worker',

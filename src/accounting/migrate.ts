@@ -89,7 +89,12 @@ export const ACCOUNTING_USAGE = `  accounting migrate-books [--from-prefix PREFI
 `;
 
 /** Runs `accounting <sub> ...` against the configured accounting Redis; returns the exit code. */
-export async function accountingCommand(sub: string | undefined, args: string[], config: PolyrayConfig['accounting'], io: { out: (s: string) => void; err: (s: string) => void }): Promise<number> {
+export async function accountingCommand(
+  sub: string | undefined,
+  args: string[],
+  config: PolyrayConfig['accounting'],
+  io: { out: (s: string) => void; err: (s: string) => void },
+): Promise<number> {
   if (sub !== 'migrate-books') {
     io.err(ACCOUNTING_USAGE);
     return 2;

@@ -83,7 +83,10 @@ export class QuotaManager {
               : "quota store (Redis) node unreachable: refusing its clients' metered work until it answers (POLYRAY_QUOTA_FAILURE_MODE=closed); other nodes' clients are unaffected",
           );
         } else {
-          this.#o.logger.info({ node, downMs: d.downMs, nodesDown: d.nodesDown }, "quota store (Redis) node reachable again: its clients' quotas are fleet-wide again");
+          this.#o.logger.info(
+            { node, downMs: d.downMs, nodesDown: d.nodesDown },
+            "quota store (Redis) node reachable again: its clients' quotas are fleet-wide again",
+          );
         }
         this.#refresh();
       },
@@ -161,7 +164,11 @@ export class QuotaManager {
     }
   }
 
-  async #apply(clientId: string, limits: BucketLimits, op: { kind: 'take' | 'adjust'; amount: number }): Promise<{ outcome: BucketOutcome; store: 'redis' | 'local' }> {
+  async #apply(
+    clientId: string,
+    limits: BucketLimits,
+    op: { kind: 'take' | 'adjust'; amount: number },
+  ): Promise<{ outcome: BucketOutcome; store: 'redis' | 'local' }> {
     if (this.#redis) {
       const node = this.#redis.node(clientId);
       const attempt = this.#health.admit(node);

@@ -125,13 +125,17 @@ export class RequestAccount implements AccountContext {
     this.#wave = undefined;
     if (calls.length === 0) return;
     const { quota, costModel } = this.#core;
-    const estimate = calls.reduce((sum, c) => sum + (c.demand.kind === 'texts' ? costModel.estimate(c.handle, c.demand.texts) : costModel.imageEstimate(c.handle, c.demand.count)), 0);
+    const estimate = calls.reduce(
+      (sum, c) => sum + (c.demand.kind === 'texts' ? costModel.estimate(c.handle, c.demand.texts) : costModel.imageEstimate(c.handle, c.demand.count)),
+      0,
+    );
     this.#estimated += estimate;
     let reservation: Reservation;
     try {
       reservation = await quota.reserve(this.client.id, this.client.quota, estimate);
     } catch (e) {
-      if (isPolyrayError(e) && e.code === ErrorCode.QUOTA_EXCEEDED) this.#core.metrics.quotaRejections.inc({ client: this.#core.metrics.clientLabel(this.client.id) });
+      if (isPolyrayError(e) && e.code === ErrorCode.QUOTA_EXCEEDED)
+        this.#core.metrics.quotaRejections.inc({ client: this.#core.metrics.clientLabel(this.client.id) });
       for (const call of calls) call.reject(e);
       return;
     }
@@ -203,7 +207,13 @@ export class RequestAccount implements AccountContext {
 
   async usageAll(): Promise<ClientUsage[]> {
     if (this.client.role !== 'admin') throw new PolyrayError(ErrorCode.FORBIDDEN, 'Only admin clients may read the usage of all clients');
-    const ids = new Set([...this.#core.directory().list().map((c) => c.id), ...(await this.#core.ledger.clientIds())]);
+    const ids = new Set([
+      ...this.#core
+        .directory()
+        .list()
+        .map((c) => c.id),
+      ...(await this.#core.ledger.clientIds()),
+    ]);
     const books = await this.#core.ledger.read([...ids].sort());
     return Promise.all(books.map((b) => this.#view(b.clientId, b)));
   }
@@ -213,7 +223,13 @@ export class RequestAccount implements AccountContext {
     let quota: QuotaView | null = null;
     if (c) {
       const s = await this.#core.quota.peek(c.id, c.quota);
-      quota = { rate: c.quota.rate, burst: c.quota.burst, remaining: round(s.remaining), resetMs: s.resetMs, store: this.#core.quota.storeFor(c.id).toUpperCase() as QuotaView['store'] };
+      quota = {
+        rate: c.quota.rate,
+        burst: c.quota.burst,
+        remaining: round(s.remaining),
+        resetMs: s.resetMs,
+        store: this.#core.quota.storeFor(c.id).toUpperCase() as QuotaView['store'],
+      };
     }
     const roundF = (f: Figures): Figures => ({ items: f.items, tokens: f.tokens, inferenceMs: round(f.inferenceMs), cost: round(f.cost) });
     return {

@@ -14,7 +14,13 @@ export function lowerTiersFromConfig(config: PolyrayConfig, logger: Logger): Cac
       return [];
     case 'standalone':
     case 'cluster': {
-      const common = { keyPrefix: r.keyPrefix, defaultTtlMs: r.ttlMs, readTimeoutMs: r.readTimeoutMs, encoding: r.encoding, logger: logger.child({ tier: 'global' }) };
+      const common = {
+        keyPrefix: r.keyPrefix,
+        defaultTtlMs: r.ttlMs,
+        readTimeoutMs: r.readTimeoutMs,
+        encoding: r.encoding,
+        logger: logger.child({ tier: 'global' }),
+      };
       return [r.kind === 'standalone' ? new RedisCache({ url: r.url, ...common }) : new RedisCache({ cluster: r.nodes, ...common })];
     }
     default: {

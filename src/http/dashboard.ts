@@ -125,7 +125,10 @@ export async function dashboardData(src: DashboardSources): Promise<DashboardDat
 const ASSETS: Record<string, { file: () => string; type: string }> = {
   'app.js': { file: () => path.join(DASHBOARD_DIR, 'app.js'), type: 'text/javascript; charset=utf-8' },
   'style.css': { file: () => path.join(DASHBOARD_DIR, 'style.css'), type: 'text/css; charset=utf-8' },
-  'chart.umd.min.js': { file: () => path.join(path.dirname(createRequire(import.meta.url).resolve('chart.js')), 'chart.umd.min.js'), type: 'text/javascript; charset=utf-8' },
+  'chart.umd.min.js': {
+    file: () => path.join(path.dirname(createRequire(import.meta.url).resolve('chart.js')), 'chart.umd.min.js'),
+    type: 'text/javascript; charset=utf-8',
+  },
 };
 
 function authorize(src: DashboardSources, req: FastifyRequest, reply: FastifyReply): boolean {
@@ -155,7 +158,10 @@ export function registerDashboardRoutes(app: FastifyInstance, src: DashboardSour
   };
   app.get('/dashboard', async (req, reply) => {
     if (!authorize(src, req, reply)) return reply;
-    return reply.header('content-type', 'text/html; charset=utf-8').header('cache-control', 'no-store').send(await readFile(path.join(DASHBOARD_DIR, 'index.html')));
+    return reply
+      .header('content-type', 'text/html; charset=utf-8')
+      .header('cache-control', 'no-store')
+      .send(await readFile(path.join(DASHBOARD_DIR, 'index.html')));
   });
   app.get('/dashboard/data.json', async (req, reply) => {
     if (!authorize(src, req, reply)) return reply;
@@ -164,6 +170,9 @@ export function registerDashboardRoutes(app: FastifyInstance, src: DashboardSour
   app.get<{ Params: { name: string } }>('/dashboard/assets/:name', async (req, reply) => {
     const a = ASSETS[req.params.name];
     if (!a) return reply.code(404).send({ error: 'NOT_FOUND' });
-    return reply.header('content-type', a.type).header('cache-control', 'public, max-age=3600').send(await asset(req.params.name));
+    return reply
+      .header('content-type', a.type)
+      .header('cache-control', 'public, max-age=3600')
+      .send(await asset(req.params.name));
   });
 }

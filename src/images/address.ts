@@ -15,17 +15,7 @@
  */
 import { isIP } from 'node:net';
 
-export type AddressClass =
-  | 'public'
-  | 'unspecified'
-  | 'loopback'
-  | 'private'
-  | 'link-local'
-  | 'cgnat'
-  | 'multicast'
-  | 'metadata'
-  | 'documentation'
-  | 'reserved';
+export type AddressClass = 'public' | 'unspecified' | 'loopback' | 'private' | 'link-local' | 'cgnat' | 'multicast' | 'metadata' | 'documentation' | 'reserved';
 
 /** An address as bytes: 4 for IPv4, 16 for IPv6. */
 export type AddressBytes = Uint8Array;

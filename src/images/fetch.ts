@@ -112,7 +112,8 @@ function tlsProblem(e: unknown): { problem: TlsProblem; code: string } | undefin
 }
 
 const TLS_MESSAGES: Readonly<Record<TlsProblem, (code: string) => string>> = {
-  untrusted: (c) => `Image server's TLS certificate is not signed by a trusted certificate authority (${c}); an operator can trust a private CA with POLYRAY_IMAGE_CA_FILE`,
+  untrusted: (c) =>
+    `Image server's TLS certificate is not signed by a trusted certificate authority (${c}); an operator can trust a private CA with POLYRAY_IMAGE_CA_FILE`,
   expired: (c) => `Image server's TLS certificate is expired or not yet valid (${c})`,
   hostname: (c) => `Image server's TLS certificate is not valid for the URL's host (${c})`,
   certificate: (c) => `Image server's TLS certificate was not accepted (${c})`,
@@ -131,7 +132,9 @@ function secureContextWith(ca: string): SecureContext {
     try {
       new X509Certificate(pem);
     } catch (e) {
-      throw new TypeError(`ImageFetcher option ca (POLYRAY_IMAGE_CA_FILE): certificate ${i + 1} of ${blocks.length} could not be read: ${(e as Error).message}`);
+      throw new TypeError(
+        `ImageFetcher option ca (POLYRAY_IMAGE_CA_FILE): certificate ${i + 1} of ${blocks.length} could not be read: ${(e as Error).message}`,
+      );
     }
   });
   return tls.createSecureContext({ ca: [...tls.rootCertificates, ...blocks] });
@@ -164,7 +167,8 @@ export class ImageFetcher {
       userAgent: options.userAgent ?? 'Polyray-ImageFetcher/1',
     };
     for (const k of ['maxBytes', 'timeoutMs', 'maxUrlLength'] as const) {
-      if (!Number.isSafeInteger(this.#o[k]) || this.#o[k] < 1) throw new TypeError(`ImageFetcher option ${k} must be an integer >= 1, received ${String(this.#o[k])}`);
+      if (!Number.isSafeInteger(this.#o[k]) || this.#o[k] < 1)
+        throw new TypeError(`ImageFetcher option ${k} must be an integer >= 1, received ${String(this.#o[k])}`);
     }
     if (!Number.isSafeInteger(this.#o.maxRedirects) || this.#o.maxRedirects < 0) {
       throw new TypeError(`ImageFetcher option maxRedirects must be an integer >= 0, received ${String(this.#o.maxRedirects)}`);
@@ -198,7 +202,10 @@ export class ImageFetcher {
         const res = await this.#request(url, controller.signal);
         if (res.kind === 'body') return { bytes: res.bytes, redirects };
         if (redirects >= this.#o.maxRedirects) {
-          throw new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, `Image URL redirected more than ${this.#o.maxRedirects} times`, { reason: 'too-many-redirects', limit: this.#o.maxRedirects });
+          throw new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, `Image URL redirected more than ${this.#o.maxRedirects} times`, {
+            reason: 'too-many-redirects',
+            limit: this.#o.maxRedirects,
+          });
         }
         let next: URL;
         try {
@@ -327,9 +334,18 @@ export class ImageFetcher {
     // Node's own messages name the host and the certificate's names: the fixed message does not.
     const tlsErr = tlsProblem(e);
     if (tlsErr) {
-      return new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, TLS_MESSAGES[tlsErr.problem](tlsErr.code), { reason: 'tls', tls: tlsErr.problem, tlsCode: tlsErr.code });
+      return new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, TLS_MESSAGES[tlsErr.problem](tlsErr.code), {
+        reason: 'tls',
+        tls: tlsErr.problem,
+        tlsCode: tlsErr.code,
+      });
     }
-    const reason = code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? 'dns' : code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EHOSTUNREACH' ? 'connection' : 'network';
+    const reason =
+      code === 'ENOTFOUND' || code === 'EAI_AGAIN'
+        ? 'dns'
+        : code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EHOSTUNREACH'
+          ? 'connection'
+          : 'network';
     return new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, `Image could not be fetched (${reason})`, { reason });
   }
 }
@@ -362,7 +378,12 @@ export function decodeDataUrl(url: string, maxBytes: number): Uint8Array {
   } else {
     // Percent-decoding to bytes (not to UTF-8 text: image bytes are arbitrary octets).
     if (/[^\x00-\x7f]/.test(payload)) throw new PolyrayError(ErrorCode.IMAGE_UNREADABLE, 'A data: URL must be ASCII');
-    bytes = new Uint8Array(Buffer.from(payload.replace(/%([0-9a-f]{2})/gi, (_, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1'));
+    bytes = new Uint8Array(
+      Buffer.from(
+        payload.replace(/%([0-9a-f]{2})/gi, (_, h: string) => String.fromCharCode(parseInt(h, 16))),
+        'latin1',
+      ),
+    );
   }
   if (bytes.byteLength > maxBytes) throw tooLarge(maxBytes);
   return bytes;
@@ -372,7 +393,8 @@ export function decodeDataUrl(url: string, maxBytes: number): Uint8Array {
 export function decodeBase64Image(b64: string, maxBytes: number): Uint8Array {
   if (Math.floor((b64.length * 3) / 4) > maxBytes + 3) throw tooLarge(maxBytes);
   const clean = b64.replace(/\s+/g, '');
-  if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(clean)) throw new PolyrayError(ErrorCode.BAD_USER_INPUT, 'imageBase64 must be base64 (RFC 4648, standard or URL-safe alphabet)');
+  if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(clean))
+    throw new PolyrayError(ErrorCode.BAD_USER_INPUT, 'imageBase64 must be base64 (RFC 4648, standard or URL-safe alphabet)');
   const bytes = new Uint8Array(Buffer.from(clean, 'base64'));
   if (bytes.byteLength > maxBytes) throw tooLarge(maxBytes);
   return bytes;

@@ -28,9 +28,11 @@ export type ImageFormat = 'jpeg' | 'png' | 'gif' | 'webp';
 /** The image format from the leading bytes, or undefined when it is none we decode. */
 export function sniffImageType(b: Uint8Array): ImageFormat | undefined {
   if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
-  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47 && b[4] === 0x0d && b[5] === 0x0a && b[6] === 0x1a && b[7] === 0x0a) return 'png';
+  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47 && b[4] === 0x0d && b[5] === 0x0a && b[6] === 0x1a && b[7] === 0x0a)
+    return 'png';
   if (b.length >= 6 && b[0] === 0x47 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x38 && (b[4] === 0x37 || b[4] === 0x39) && b[5] === 0x61) return 'gif';
-  if (b.length >= 12 && b[0] === 0x52 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x46 && b[8] === 0x57 && b[9] === 0x45 && b[10] === 0x42 && b[11] === 0x50) return 'webp';
+  if (b.length >= 12 && b[0] === 0x52 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x46 && b[8] === 0x57 && b[9] === 0x45 && b[10] === 0x42 && b[11] === 0x50)
+    return 'webp';
   return undefined;
 }
 
@@ -69,11 +71,15 @@ export async function preprocessImage(bytes: Uint8Array, spec: PreprocessSpec, l
   }
   if (!(width > 0 && height > 0)) throw unreadable(`The ${format.toUpperCase()} image has no size`);
   if (width * height > limits.maxPixels) {
-    throw new PolyrayError(ErrorCode.IMAGE_TOO_LARGE, `Image is ${width}×${height} pixels; the limit is ${limits.maxPixels} pixels (POLYRAY_IMAGE_MAX_PIXELS)`, {
-      width,
-      height,
-      limit: limits.maxPixels,
-    });
+    throw new PolyrayError(
+      ErrorCode.IMAGE_TOO_LARGE,
+      `Image is ${width}×${height} pixels; the limit is ${limits.maxPixels} pixels (POLYRAY_IMAGE_MAX_PIXELS)`,
+      {
+        width,
+        height,
+        limit: limits.maxPixels,
+      },
+    );
   }
   const size = spec.size;
   let data: Buffer;

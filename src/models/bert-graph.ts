@@ -278,7 +278,10 @@ function concatColumns(rows: number, parts: { data: Float32Array; cols: number }
 
 /** Vectors one after another (a single row of `concatColumns`). */
 function concat(parts: Float32Array[]): Float32Array {
-  return concatColumns(1, parts.map((data) => ({ data, cols: data.length })));
+  return concatColumns(
+    1,
+    parts.map((data) => ({ data, cols: data.length })),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,7 +364,15 @@ function plainEncoder(g: OnnxGraphBuilder, w: BertWeights, ids: string, mask: st
   const e = g.op(
     'Add',
     [
-      g.op('Add', [g.op('Gather', [word, ids], { axis: attr.int(0) }, { name: 'word_lookup' }), g.op('Gather', [type, types], { axis: attr.int(0) }, { name: 'type_lookup' })], {}, { name: 'emb_add_type' }),
+      g.op(
+        'Add',
+        [
+          g.op('Gather', [word, ids], { axis: attr.int(0) }, { name: 'word_lookup' }),
+          g.op('Gather', [type, types], { axis: attr.int(0) }, { name: 'type_lookup' }),
+        ],
+        {},
+        { name: 'emb_add_type' },
+      ),
       g.op('Gather', [pos, positions], { axis: attr.int(0) }, { name: 'position_lookup' }),
     ],
     {},
@@ -386,7 +397,12 @@ function plainEncoder(g: OnnxGraphBuilder, w: BertWeights, ids: string, mask: st
   w.layers.forEach((L, l) => {
     const p = `encoder.layer.${l}`;
     const dense = (input: string, weight: Float32Array, bias: Float32Array, rows: number, cols: number, name: string) =>
-      g.op('Add', [g.op('MatMul', [input, wt(`${name}.weight`, weight, [rows, cols])], {}, { name: `${name}.matmul` }), wt(`${name}.bias`, bias, [cols])], {}, { name: `${name}.add_bias` });
+      g.op(
+        'Add',
+        [g.op('MatMul', [input, wt(`${name}.weight`, weight, [rows, cols])], {}, { name: `${name}.matmul` }), wt(`${name}.bias`, bias, [cols])],
+        {},
+        { name: `${name}.add_bias` },
+      );
     const split = (t: string, perm: number[], name: string) =>
       g.op('Transpose', [g.op('Reshape', [t, headsShape], {}, { name: `${name}.reshape` })], { perm: attr.ints(perm) }, { name: `${name}.transpose` });
     const q = split(dense(x, L.wq, L.bq, H, H, `${p}.attention.self.query`), [0, 2, 1, 3], `${p}.q`); // [B,N,S,d]
@@ -395,13 +411,28 @@ function plainEncoder(g: OnnxGraphBuilder, w: BertWeights, ids: string, mask: st
     const scores = g.op('Mul', [g.op('MatMul', [q, k], {}, { name: `${p}.scores` }), scale], {}, { name: `${p}.scores_scaled` });
     const probs = g.op('Softmax', [g.op('Add', [scores, maskBias], {}, { name: `${p}.scores_masked` })], { axis: attr.int(-1) }, { name: `${p}.softmax` });
     const context = g.op('MatMul', [probs, v], {}, { name: `${p}.context` }); // [B,N,S,d]
-    const merged = g.op('Reshape', [g.op('Transpose', [context], { perm: attr.ints([0, 2, 1, 3]) }, { name: `${p}.context_transpose` }), mergedShape], {}, { name: `${p}.context_merge` });
+    const merged = g.op(
+      'Reshape',
+      [g.op('Transpose', [context], { perm: attr.ints([0, 2, 1, 3]) }, { name: `${p}.context_transpose` }), mergedShape],
+      {},
+      { name: `${p}.context_merge` },
+    );
     const attnOut = dense(merged, L.wo, L.bo, H, H, `${p}.attention.output.dense`);
-    const x1 = ln(g.op('Add', [attnOut, x], {}, { name: `${p}.attention.residual` }), wt(`${p}.attention.output.LayerNorm.weight`, L.ln1Gamma, [H]), wt(`${p}.attention.output.LayerNorm.bias`, L.ln1Beta, [H]), `${p}.attention.layer_norm`);
+    const x1 = ln(
+      g.op('Add', [attnOut, x], {}, { name: `${p}.attention.residual` }),
+      wt(`${p}.attention.output.LayerNorm.weight`, L.ln1Gamma, [H]),
+      wt(`${p}.attention.output.LayerNorm.bias`, L.ln1Beta, [H]),
+      `${p}.attention.layer_norm`,
+    );
     const h = dense(x1, L.w1, L.b1, H, I, `${p}.intermediate.dense`);
     const act = gelu(g, geluC, h, `${p}.gelu`);
     const f = dense(act, L.w2, L.b2, I, H, `${p}.output.dense`);
-    x = ln(g.op('Add', [f, x1], {}, { name: `${p}.output.residual` }), wt(`${p}.output.LayerNorm.weight`, L.ln2Gamma, [H]), wt(`${p}.output.LayerNorm.bias`, L.ln2Beta, [H]), `${p}.output.layer_norm`);
+    x = ln(
+      g.op('Add', [f, x1], {}, { name: `${p}.output.residual` }),
+      wt(`${p}.output.LayerNorm.weight`, L.ln2Gamma, [H]),
+      wt(`${p}.output.LayerNorm.bias`, L.ln2Beta, [H]),
+      `${p}.output.layer_norm`,
+    );
   });
   return x;
 }
@@ -464,7 +495,12 @@ function fusedEncoder(g: OnnxGraphBuilder, w: BertWeights, ids: string, mask: st
     const qkvB = g.float32(`${p}.attention.qkv.bias`, concat([L.bq, L.bk, L.bv]), [3 * H]);
     let attention: string;
     if (!int8) {
-      attention = g.op('Attention', [x, g.float32(`${p}.attention.qkv.weight`, qkvW, [H, 3 * H]), qkvB, mask32], { num_heads: attr.int(heads) }, { domain: MS, name: `${p}.attention` });
+      attention = g.op(
+        'Attention',
+        [x, g.float32(`${p}.attention.qkv.weight`, qkvW, [H, 3 * H]), qkvB, mask32],
+        { num_heads: attr.int(heads) },
+        { domain: MS, name: `${p}.attention` },
+      );
     } else {
       const q = quantizePerColumn(qkvW, H, 3 * H);
       const [xq, xScale, xZero] = g.node('DynamicQuantizeLinear', [x], { name: `${p}.attention.quantize_input`, outputs: 3 });
@@ -486,7 +522,13 @@ function fusedEncoder(g: OnnxGraphBuilder, w: BertWeights, ids: string, mask: st
     const attnOut = linear(attention, L.wo, H, H, `${p}.attention.output.dense`);
     const [x1] = g.node(
       'SkipLayerNormalization',
-      [attnOut, x, g.float32(`${p}.attention.output.LayerNorm.weight`, L.ln1Gamma, [H]), g.float32(`${p}.attention.output.LayerNorm.bias`, L.ln1Beta, [H]), g.float32(`${p}.attention.output.dense.bias`, L.bo, [H])],
+      [
+        attnOut,
+        x,
+        g.float32(`${p}.attention.output.LayerNorm.weight`, L.ln1Gamma, [H]),
+        g.float32(`${p}.attention.output.LayerNorm.bias`, L.ln1Beta, [H]),
+        g.float32(`${p}.attention.output.dense.bias`, L.bo, [H]),
+      ],
       { domain: MS, attributes: { epsilon }, name: `${p}.attention.skip_layer_norm`, outputs: 1 },
     );
     const h = linear(x1!, L.w1, H, I, `${p}.intermediate.dense`);
@@ -494,7 +536,13 @@ function fusedEncoder(g: OnnxGraphBuilder, w: BertWeights, ids: string, mask: st
     const f = linear(act, L.w2, I, H, `${p}.output.dense`);
     const [x2] = g.node(
       'SkipLayerNormalization',
-      [f, x1!, g.float32(`${p}.output.LayerNorm.weight`, L.ln2Gamma, [H]), g.float32(`${p}.output.LayerNorm.bias`, L.ln2Beta, [H]), g.float32(`${p}.output.dense.bias`, L.b2, [H])],
+      [
+        f,
+        x1!,
+        g.float32(`${p}.output.LayerNorm.weight`, L.ln2Gamma, [H]),
+        g.float32(`${p}.output.LayerNorm.bias`, L.ln2Beta, [H]),
+        g.float32(`${p}.output.dense.bias`, L.b2, [H]),
+      ],
       { domain: MS, attributes: { epsilon }, name: `${p}.output.skip_layer_norm`, outputs: 1 },
     );
     x = x2!;

@@ -143,8 +143,7 @@ function hfConfig(variant: BertVariant, precision: BertPrecision): string {
 
 const VARIANT_TEXT: Readonly<Record<BertVariant, string>> = {
   plain: 'plain ONNX operators (opset 18; MatMul, Softmax, LayerNormalization, Erf GELU)',
-  fused:
-    'ONNX Runtime fused operators (com.microsoft EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu); ONNX Runtime only',
+  fused: 'ONNX Runtime fused operators (com.microsoft EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu); ONNX Runtime only',
   int8: 'ONNX Runtime fused operators with dynamic int8 quantisation (QAttention, DynamicQuantizeMatMul; per-column symmetric int8 weights); ONNX Runtime only',
 };
 

@@ -146,12 +146,7 @@ export function buildGloveGraph(embeddings: Float32Array, sif: Float32Array, dim
 
 function parseSource(text: string): WinkEmbeddings {
   const data = JSON.parse(text) as Partial<WinkEmbeddings>;
-  if (
-    typeof data.dimensions !== 'number' ||
-    !Array.isArray(data.words) ||
-    typeof data.vectors !== 'object' ||
-    data.vectors === null
-  ) {
+  if (typeof data.dimensions !== 'number' || !Array.isArray(data.words) || typeof data.vectors !== 'object' || data.vectors === null) {
     throw new Error(`${SOURCE_PACKAGE}: unexpected JSON layout (need dimensions, words, vectors)`);
   }
   if (data.dimensions !== DIMENSIONS) {
@@ -249,12 +244,7 @@ export async function buildGlove(options: GloveBuildOptions): Promise<ModelBuild
     seen.clear();
 
     report({ step: 'serialising', done: 0, total: 1 });
-    const model = buildGloveGraph(
-      embeddings,
-      sif,
-      DIMENSIONS,
-      'SIF-weighted mean of GloVe 6B 100d word vectors, L2-normalised. See src/models/glove.ts.',
-    );
+    const model = buildGloveGraph(embeddings, sif, DIMENSIONS, 'SIF-weighted mean of GloVe 6B 100d word vectors, L2-normalised. See src/models/glove.ts.');
     const modelBytes = model.serialize();
     report({ step: 'serialising', done: 1, total: 1 });
 

@@ -160,7 +160,12 @@ export function buildHeadGraph(graph: TfjsGraph): { model: OnnxModelBuilder; ops
     docString: `NSFW 5-class head (${NSFW_LABELS.join(', ')}) converted from ${SOURCE_PACKAGE}/${SOURCE_MODEL}. Reads image-mobilenet's raw feature.`,
   });
   const g = model.graph;
-  const { outputs, ops } = convertTfjsGraph(g, graph, [{ tfName: ends.feature, onnxName: 'feature', shape: ['batch', FEATURE_DIMENSIONS], layout: 'plain' }], [ends.output]);
+  const { outputs, ops } = convertTfjsGraph(
+    g,
+    graph,
+    [{ tfName: ends.feature, onnxName: 'feature', shape: ['batch', FEATURE_DIMENSIONS], layout: 'plain' }],
+    [ends.output],
+  );
   g.output(outputs[0]!, 'float32', ['batch', NSFW_LABELS.length], 'probabilities');
   return { model, ops };
 }

@@ -191,8 +191,11 @@ export async function publishModel(
       buildMs: Date.now() - record.started,
       files: sizes,
     };
-    await writeFile(path.join(tmp, BUILD_INFO_FILE), `${JSON.stringify(info, null, 2)}
-`);
+    await writeFile(
+      path.join(tmp, BUILD_INFO_FILE),
+      `${JSON.stringify(info, null, 2)}
+`,
+    );
   });
 }
 

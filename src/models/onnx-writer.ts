@@ -147,12 +147,7 @@ function elementCount(dims: readonly number[]): number {
 }
 
 /** A tensor from raw little-endian bytes; checks the byte length against the shape. */
-export function rawTensor(
-  name: string,
-  type: Exclude<ElementType, 'string'>,
-  dims: readonly number[],
-  raw: Uint8Array,
-): TensorValue {
+export function rawTensor(name: string, type: Exclude<ElementType, 'string'>, dims: readonly number[], raw: Uint8Array): TensorValue {
   const expected = elementCount(dims) * ELEMENT_SIZE[type];
   if (raw.byteLength !== expected) {
     throw new Error(`tensor "${name}": ${type}[${dims.join(', ')}] needs ${expected} bytes, got ${raw.byteLength}`);
@@ -180,11 +175,7 @@ export function int32Tensor(name: string, data: Int32Array | readonly number[], 
 }
 
 /** An int64 tensor; plain numbers must be safe integers. */
-export function int64Tensor(
-  name: string,
-  data: BigInt64Array | readonly (number | bigint)[],
-  dims: readonly number[],
-): TensorValue {
+export function int64Tensor(name: string, data: BigInt64Array | readonly (number | bigint)[], dims: readonly number[]): TensorValue {
   const arr = data instanceof BigInt64Array ? data : BigInt64Array.from(data, toBigInt);
   return rawTensor(name, 'int64', dims, littleEndianBytes(arr, 8));
 }
@@ -437,10 +428,7 @@ export class OnnxGraphBuilder {
     for (const i of inputs) if (i !== '') this.#requireDefined(i, `input of ${opType}`);
     const base = opType.toLowerCase();
     const outs = options.outputs;
-    const outputNames =
-      typeof outs === 'number' || outs === undefined
-        ? Array.from({ length: outs ?? 1 }, () => this.uniqueName(base))
-        : [...outs];
+    const outputNames = typeof outs === 'number' || outs === undefined ? Array.from({ length: outs ?? 1 }, () => this.uniqueName(base)) : [...outs];
     for (const o of outputNames) this.#define(o);
     const node: NodeMsg = {
       input: [...inputs],

@@ -89,7 +89,8 @@ export function convertTfjsGraph(
   options: ConvertOptions = {},
 ): ConvertResult {
   const precision = options.precision ?? 'fp32';
-  if (precision !== 'fp32' && precision !== 'fp16') throw new TypeError(`convertTfjsGraph: option "precision" must be "fp32" or "fp16", received ${JSON.stringify(precision)}`);
+  if (precision !== 'fp32' && precision !== 'fp16')
+    throw new TypeError(`convertTfjsGraph: option "precision" must be "fp32" or "fp16", received ${JSON.stringify(precision)}`);
   return new Converter(g, tf, precision === 'fp16').run(inputs, outputs);
 }
 
@@ -112,7 +113,8 @@ class Converter {
     for (const i of inputs) {
       if (!this.#tf.nodes.has(i.tfName)) throw new Error(`TF graph has no node ${i.tfName}`);
       let name = this.#g.input(i.onnxName, 'float32', i.shape);
-      if (this.#fp16) name = this.#g.op('Cast', [name], { to: attr.int(DataType.float16) }, { name: `${i.onnxName}_float16`, outputs: [`${i.onnxName}_float16`] });
+      if (this.#fp16)
+        name = this.#g.op('Cast', [name], { to: attr.int(DataType.float16) }, { name: `${i.onnxName}_float16`, outputs: [`${i.onnxName}_float16`] });
       this.#values.set(i.tfName, { name, layout: i.layout, rank: i.shape.length });
     }
     // Topological order of what the outputs need (iterative DFS: graphs can be deep).
@@ -182,7 +184,10 @@ class Converter {
     if (dtype === 'float32') {
       const floats = values instanceof Float32Array ? values : Float32Array.from(values as Int32Array);
       this.#g.initializer(this.#fp16 ? float16Tensor(name, floats, dims) : float32Tensor(name, floats, dims));
-    } else this.#g.initializer(int64Tensor(name, values instanceof BigInt64Array ? values : BigInt64Array.from(Array.from(values as ArrayLike<number>, (x) => BigInt(x))), dims));
+    } else
+      this.#g.initializer(
+        int64Tensor(name, values instanceof BigInt64Array ? values : BigInt64Array.from(Array.from(values as ArrayLike<number>, (x) => BigInt(x))), dims),
+      );
     this.#constNames.set(key, name);
     return name;
   }
@@ -203,7 +208,11 @@ class Converter {
       return { name: this.#constant(tfName, vals, w.shape), layout: 'plain', rank: w.shape.length };
     }
     if (w.shape.length === 4) {
-      return { name: this.#constant(`${tfName}#nchw`, transpose(vals, w.shape, [0, 3, 1, 2]), [w.shape[0]!, w.shape[3]!, w.shape[1]!, w.shape[2]!]), layout: 'nchw', rank: 4 };
+      return {
+        name: this.#constant(`${tfName}#nchw`, transpose(vals, w.shape, [0, 3, 1, 2]), [w.shape[0]!, w.shape[3]!, w.shape[1]!, w.shape[2]!]),
+        layout: 'nchw',
+        rank: 4,
+      };
     }
     if (w.shape.length === 1) {
       // [C] broadcasts over NHWC's last axis; in NCHW it must be [C,1,1].
@@ -340,8 +349,7 @@ class Converter {
       const out = new Float32Array(vals.length);
       for (let y = 0; y < kh; y++)
         for (let xx = 0; xx < kw; xx++)
-          for (let c = 0; c < cin; c++)
-            for (let m = 0; m < cm; m++) out[((c * cm + m) * kh + y) * kw + xx] = vals[((y * kw + xx) * cin + c) * cm + m]!;
+          for (let c = 0; c < cin; c++) for (let m = 0; m < cm; m++) out[((c * cm + m) * kh + y) * kw + xx] = vals[((y * kw + xx) * cin + c) * cm + m]!;
       weightName = this.#constant(`${ins[1]}#dw`, out, [cin * cm, 1, kh, kw]);
       group = cin;
     } else {
@@ -350,7 +358,8 @@ class Converter {
     }
     const strides = attrs.ints(node, 'strides', [1, 1, 1, 1]);
     const dilations = attrs.ints(node, 'dilations', [1, 1, 1, 1]);
-    if (strides[0] !== 1 || strides[3] !== 1 || dilations[0] !== 1 || dilations[3] !== 1) throw new Error(`${node.name}: strides/dilations over batch or channels are not supported`);
+    if (strides[0] !== 1 || strides[3] !== 1 || dilations[0] !== 1 || dilations[3] !== 1)
+      throw new Error(`${node.name}: strides/dilations over batch or channels are not supported`);
     const convAttrs: Record<string, ReturnType<typeof attr.int>> = {
       kernel_shape: attr.ints([kh, kw]),
       strides: attr.ints([strides[1]!, strides[2]!]),
@@ -394,7 +403,9 @@ class Converter {
     if (this.#isConst(ins[1]!)) {
       const w = this.#weight(ins[1]!);
       const [r, c] = w.shape as [number, number];
-      b = tb ? this.#constant(`${ins[1]}#T`, transpose(w.values as Float32Array, w.shape, [1, 0]), [c, r]) : this.#constant(ins[1]!, w.values as Float32Array, w.shape);
+      b = tb
+        ? this.#constant(`${ins[1]}#T`, transpose(w.values as Float32Array, w.shape, [1, 0]), [c, r])
+        : this.#constant(ins[1]!, w.values as Float32Array, w.shape);
     } else {
       b = this.#toNhwc(this.#value(ins[1]!)).name;
       if (tb) b = this.#g.op('Transpose', [b], { perm: attr.ints([1, 0]) });
@@ -403,7 +414,12 @@ class Converter {
     let y = this.#g.op('MatMul', [a, b], {}, { name: last ? node.name : `${node.name}/MatMul` });
     if (fused.bias) {
       const bias = this.#weight(ins[2]!);
-      y = this.#g.op('Add', [y, this.#constant(ins[2]!, bias.values as Float32Array, bias.shape)], {}, { name: fused.activation ? `${node.name}/BiasAdd` : node.name });
+      y = this.#g.op(
+        'Add',
+        [y, this.#constant(ins[2]!, bias.values as Float32Array, bias.shape)],
+        {},
+        { name: fused.activation ? `${node.name}/BiasAdd` : node.name },
+      );
     }
     if (fused.activation) y = this.#activation(fused.activation, y, node);
     return { name: y, layout: 'plain', rank: 2 };
@@ -441,7 +457,11 @@ class Converter {
     const k = attrs.ints(node, 'ksize');
     const s = attrs.ints(node, 'strides');
     if (k[0] !== 1 || k[3] !== 1 || s[0] !== 1 || s[3] !== 1) throw new Error(`${node.name}: pooling over batch or channels is not supported`);
-    const a: Record<string, ReturnType<typeof attr.int>> = { kernel_shape: attr.ints([k[1]!, k[2]!]), strides: attr.ints([s[1]!, s[2]!]), ...this.#padding(node) };
+    const a: Record<string, ReturnType<typeof attr.int>> = {
+      kernel_shape: attr.ints([k[1]!, k[2]!]),
+      strides: attr.ints([s[1]!, s[2]!]),
+      ...this.#padding(node),
+    };
     // TF's SAME average pooling divides by the number of real pixels, which is ONNX's count_include_pad = 0.
     if (node.op === 'AvgPool') a['count_include_pad'] = attr.int(0);
     return { name: this.#g.op(node.op === 'AvgPool' ? 'AveragePool' : 'MaxPool', [x.name], a, { name: node.name }), layout: 'nchw', rank: 4 };
@@ -468,7 +488,11 @@ class Converter {
     const m = this.#mapAxes(this.#value(ins[0]!), this.#constInts(ins[1]!), keep);
     const onnxOp = { Mean: 'ReduceMean', Max: 'ReduceMax', Sum: 'ReduceSum' }[node.op]!;
     const rank = (m.x.rank ?? 4) - (keep ? 0 : m.axes.length);
-    return { name: this.#g.op(onnxOp, [m.x.name, this.#ints('axes', m.axes)], { keepdims: attr.int(keep ? 1 : 0) }, { name: node.name }), layout: m.layout, rank };
+    return {
+      name: this.#g.op(onnxOp, [m.x.name, this.#ints('axes', m.axes)], { keepdims: attr.int(keep ? 1 : 0) }, { name: node.name }),
+      layout: m.layout,
+      rank,
+    };
   }
 
   #squeeze(node: TfNode, ins: string[]): Value {
@@ -476,7 +500,11 @@ class Converter {
     const dims = attrs.ints(node, 'squeeze_dims', []);
     if (dims.length === 0) throw new Error(`${node.name}: Squeeze without squeeze_dims needs static shapes; not supported`);
     const m = this.#mapAxes(x, dims, false);
-    return { name: this.#g.op('Squeeze', [m.x.name, this.#ints('axes', m.axes)], {}, { name: node.name }), layout: m.layout, rank: (m.x.rank ?? 4) - m.axes.length };
+    return {
+      name: this.#g.op('Squeeze', [m.x.name, this.#ints('axes', m.axes)], {}, { name: node.name }),
+      layout: m.layout,
+      rank: (m.x.rank ?? 4) - m.axes.length,
+    };
   }
 
   #pad(node: TfNode, ins: string[]): Value {
@@ -507,7 +535,16 @@ class Converter {
     const rank = values[0]!.rank ?? 4;
     if (axis < 0) axis += rank;
     if (allNchw) axis = NHWC_TO_NCHW[axis]!;
-    return { name: this.#g.op('Concat', values.map((v) => v.name), { axis: attr.int(axis) }, { name: node.name }), layout: allNchw ? 'nchw' : 'plain', rank };
+    return {
+      name: this.#g.op(
+        'Concat',
+        values.map((v) => v.name),
+        { axis: attr.int(axis) },
+        { name: node.name },
+      ),
+      layout: allNchw ? 'nchw' : 'plain',
+      rank,
+    };
   }
 }
 
@@ -543,5 +580,10 @@ export function transpose(values: Float32Array, shape: readonly number[], perm: 
 /** A TF node name as a short ONNX value-name prefix. */
 function sanitise(name: string): string {
   const parts = name.split('/').filter((p) => p !== 'StatefulPartitionedCall' && p !== 'predict');
-  return parts.slice(-3).join('/').replace(/[^A-Za-z0-9_./#:-]/g, '_') || 'const';
+  return (
+    parts
+      .slice(-3)
+      .join('/')
+      .replace(/[^A-Za-z0-9_./#:-]/g, '_') || 'const'
+  );
 }

@@ -128,11 +128,13 @@ export function parseInputRef(ref: string): { node: string; output: number; cont
 
 /** Data inputs of a node (control dependencies dropped). */
 export function dataInputs(node: TfNode): string[] {
-  return (node.input ?? []).filter((r) => !r.startsWith('^')).map((r) => {
-    const p = parseInputRef(r);
-    if (p.output !== 0) throw new Error(`TF node ${node.name}: input ${r} reads output ${p.output}; only single-output producers are supported`);
-    return p.node;
-  });
+  return (node.input ?? [])
+    .filter((r) => !r.startsWith('^'))
+    .map((r) => {
+      const p = parseInputRef(r);
+      if (p.output !== 0) throw new Error(`TF node ${node.name}: input ${r} reads output ${p.output}; only single-output producers are supported`);
+      return p.node;
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,7 +219,9 @@ function shardExportBytes(value: unknown, where: string): Uint8Array {
 }
 
 function checkModelJson(value: unknown, where: string): TfjsModelJson {
-  const v = (typeof value === 'object' && value !== null && 'default' in value && !('modelTopology' in value) ? (value as { default: unknown }).default : value) as Partial<TfjsModelJson>;
+  const v = (
+    typeof value === 'object' && value !== null && 'default' in value && !('modelTopology' in value) ? (value as { default: unknown }).default : value
+  ) as Partial<TfjsModelJson>;
   if (!v || typeof v !== 'object' || !v.modelTopology || !Array.isArray(v.modelTopology.node) || !Array.isArray(v.weightsManifest)) {
     throw new Error(`${where}: not a TF.js graph model (needs modelTopology.node and weightsManifest)`);
   }

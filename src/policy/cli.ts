@@ -7,7 +7,18 @@ import { parseFlags } from '../cli-args.ts';
 import type { PolyrayConfig } from '../config/index.ts';
 import { createProgressWriter, type ProgressStream } from '../models/progress.ts';
 import { DEFAULT_PRICES, parsePrices, type CostPrices } from './cost.ts';
-import { defaultGrid, describeSetting, formatBytes, formatDuration, gridSettings, parseDuration, parseGrid, parseSize, recommend, type Recommendation } from './grid.ts';
+import {
+  defaultGrid,
+  describeSetting,
+  formatBytes,
+  formatDuration,
+  gridSettings,
+  parseDuration,
+  parseGrid,
+  parseSize,
+  recommend,
+  type Recommendation,
+} from './grid.ts';
 import { openTrace } from './read.ts';
 import { Simulator, type SimReport, type SimResult, type SimSetting } from './simulator.ts';
 import { parseSynthetic, zipfTrace } from './synthetic.ts';
@@ -56,7 +67,8 @@ function parseCurrent(spec: string, base: SimSetting): SimSetting {
 
 export async function runSimulate(argv: string[], config: PolyrayConfig, io: SimulateIo): Promise<SimulateOutcome> {
   const values = parseFlags(argv, { strings: ['trace', 'synthetic', 'grid', 'current', 'prices', 'top', 'save-trace'], booleans: ['json'] });
-  if ((values.trace === undefined) === (values.synthetic === undefined)) throw new TypeError(`name exactly one of --trace and --synthetic\n\n${SIMULATE_USAGE}`);
+  if ((values.trace === undefined) === (values.synthetic === undefined))
+    throw new TypeError(`name exactly one of --trace and --synthetic\n\n${SIMULATE_USAGE}`);
   const prices: CostPrices = values.prices ? parsePrices(values.prices, config.policy?.prices ?? DEFAULT_PRICES) : (config.policy?.prices ?? DEFAULT_PRICES);
   const current = values.current ? parseCurrent(values.current, currentSetting(config)) : currentSetting(config);
   const grid = values.grid ? parseGrid(values.grid, defaultGrid(current)) : defaultGrid(current);
@@ -106,7 +118,15 @@ export async function runSimulate(argv: string[], config: PolyrayConfig, io: Sim
   if (values.json) {
     io.out(`${JSON.stringify({ source: describe, skipped, prices, ...report, recommendation: summarise(recommendation), seconds }, null, 2)}\n`);
   } else {
-    io.out(formatReport(report, recommendation, { describe, skipped, seconds, top: values.top ? Number(values.top) : 12, synthetic: values.synthetic !== undefined }));
+    io.out(
+      formatReport(report, recommendation, {
+        describe,
+        skipped,
+        seconds,
+        top: values.top ? Number(values.top) : 12,
+        synthetic: values.synthetic !== undefined,
+      }),
+    );
   }
   return { report, recommendation, seconds };
 }
@@ -133,15 +153,21 @@ export function formatJoules(j: number): string {
   return `${(j * 1e3).toFixed(2)} mJ`;
 }
 
-function formatReport(report: SimReport, rec: Recommendation, o: { describe: string; skipped: number; seconds: number; top: number; synthetic: boolean }): string {
+function formatReport(
+  report: SimReport,
+  rec: Recommendation,
+  o: { describe: string; skipped: number; seconds: number; top: number; synthetic: boolean },
+): string {
   const t = report.trace;
   const lines: string[] = [];
   const hours = t.spanMs / 3_600_000;
   lines.push(
     `trace: ${o.describe}: ${t.records.toLocaleString('en-US')} records, ${t.items.toLocaleString('en-US')} items, ${t.distinctKeys.toLocaleString('en-US')} distinct keys over ${span(t.spanMs)}, sample rate ${t.sampleRate}${o.skipped ? `, ${o.skipped} bad lines skipped` : ''}`,
   );
-  if (t.sampleRate < 1) lines.push(`  sampled at ${t.sampleRate}: memory sizes simulated at size × ${t.sampleRate}, counts and costs scaled by ${+(1 / t.sampleRate).toFixed(3)}`);
-  if (!o.synthetic) lines.push(`  measured by the service: memory ${pct(t.measured.MEMORY)}, global ${pct(t.measured.GLOBAL)}, computed ${pct(t.measured.COMPUTED)}`);
+  if (t.sampleRate < 1)
+    lines.push(`  sampled at ${t.sampleRate}: memory sizes simulated at size × ${t.sampleRate}, counts and costs scaled by ${+(1 / t.sampleRate).toFixed(3)}`);
+  if (!o.synthetic)
+    lines.push(`  measured by the service: memory ${pct(t.measured.MEMORY)}, global ${pct(t.measured.GLOBAL)}, computed ${pct(t.measured.COMPUTED)}`);
   lines.push(`${report.results.length} settings simulated in ${o.seconds.toFixed(1)} s; cost = compute + storage + serving energy, per hour of trace`);
   lines.push('');
   const header = ['memory', 'mem ttl', 'global ttl', 'mem hit', 'glob hit', 'computed', 'compute/h', 'storage/h', 'serving/h', 'total/h', ''];
@@ -164,7 +190,13 @@ function formatReport(report: SimReport, rec: Recommendation, o: { describe: str
   if (!shown.includes(rec.current)) shown.push(rec.current);
   const rows = [header, ...shown.map(row)];
   const widths = header.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  for (const r of rows) lines.push(r.map((c, i) => (i < 3 || i === r.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd());
+  for (const r of rows)
+    lines.push(
+      r
+        .map((c, i) => (i < 3 || i === r.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)))
+        .join('  ')
+        .trimEnd(),
+    );
   lines.push('');
   lines.push(`current:     ${describeSetting(rec.current.setting)}: ${perH(rec.current.cost.total)}/h`);
   lines.push(`recommended: ${describeSetting(rec.recommended.setting)}: ${perH(rec.recommended.cost.total)}/h`);

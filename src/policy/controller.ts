@@ -21,7 +21,8 @@ import { Ring, type TraceRecord } from './trace.ts';
 import type { TtlOverrideCache } from './ttl-override.ts';
 
 /** Schedule, auto-apply bounds and prices come straight from the configuration's `policy` section. */
-export interface PolicyControllerOptions extends Pick<PolyrayConfig['policy'], 'intervalMs' | 'seriesIntervalMs' | 'autoApply' | 'minTtlMs' | 'maxTtlMs' | 'prices'> {
+export interface PolicyControllerOptions
+  extends Pick<PolyrayConfig['policy'], 'intervalMs' | 'seriesIntervalMs' | 'autoApply' | 'minTtlMs' | 'maxTtlMs' | 'prices'> {
   /** Recent trace samples (the tracer's window); undefined when tracing is off. */
   window: Ring<TraceRecord> | undefined;
   sampleRate: number;
@@ -87,7 +88,10 @@ export class PolicyController {
 
   start(): void {
     if (this.#timers.length > 0) return;
-    const a = setInterval(() => void this.recompute().catch((e: unknown) => this.#o.logger.warn({ err: (e as Error).message }, 'cache policy recomputation failed')), this.#o.intervalMs);
+    const a = setInterval(
+      () => void this.recompute().catch((e: unknown) => this.#o.logger.warn({ err: (e as Error).message }, 'cache policy recomputation failed')),
+      this.#o.intervalMs,
+    );
     const b = setInterval(() => this.sample(), this.#o.seriesIntervalMs);
     a.unref();
     b.unref();
@@ -237,7 +241,10 @@ export class PolicyController {
       row.items += w;
       if (r.src === 'COMPUTED') row.computed += w;
       row.inferenceMs += r.ms / r.r;
-      row.joules += price({ computeMs: r.ms / r.r, memoryByteHours: 0, globalByteHours: 0, memoryHits: r.src === 'MEMORY' ? w : 0, globalHits: r.src === 'GLOBAL' ? w : 0 }, p).total;
+      row.joules += price(
+        { computeMs: r.ms / r.r, memoryByteHours: 0, globalByteHours: 0, memoryHits: r.src === 'MEMORY' ? w : 0, globalHits: r.src === 'GLOBAL' ? w : 0 },
+        p,
+      ).total;
     }
     return [...rows.values()].sort((a, b) => b.joules - a.joules);
   }

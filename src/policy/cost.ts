@@ -82,7 +82,10 @@ const PRICE_KEYS: Record<string, keyof CostPrices> = {
 /** Parses `compute=15,memory=0.375,global=1,memhit=2e-5,globalhit=2e-3,defaultms=1` over a base. */
 export function parsePrices(spec: string, base: CostPrices = DEFAULT_PRICES): CostPrices {
   const out = { ...base };
-  for (const part of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const part of spec
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const [k, v] = part.split('=');
     const key = PRICE_KEYS[(k ?? '').trim().toLowerCase()];
     const n = Number(v);

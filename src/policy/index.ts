@@ -20,7 +20,9 @@ export function createTracer(config: PolyrayConfig, logger: Logger): Tracer {
   if (t.sampleRate > 0 && t.dir) writers.push(new JsonlTraceWriter({ dir: t.dir, maxFileBytes: t.fileMaxBytes, keepFiles: t.fileKeep }));
   const r = config.cache.redis;
   if (t.sampleRate > 0 && t.redisStream && r.kind !== 'none') {
-    writers.push(new RedisStreamTraceWriter({ target: r.kind === 'standalone' ? { url: r.url } : { cluster: r.nodes }, key: t.redisStream, maxLen: t.redisMaxLen }));
+    writers.push(
+      new RedisStreamTraceWriter({ target: r.kind === 'standalone' ? { url: r.url } : { cluster: r.nodes }, key: t.redisStream, maxLen: t.redisMaxLen }),
+    );
   }
   const tracer = new Tracer({
     sampleRate: t.sampleRate,
@@ -52,7 +54,8 @@ export function createPolicyController(
     window: parts.tracer.window,
     sampleRate: config.trace.sampleRate,
     memory: { maxBytes: config.cache.memory.maxBytes, ttlMs: config.cache.memory.ttlMs, tier: parts.tiers[0] },
-    global: r.kind === 'none' || parts.tiers.length < 2 ? null : { ttlMs: r.ttlMs, encoding: r.encoding, keyPrefixLength: r.keyPrefix.length, tier: parts.tiers[1] },
+    global:
+      r.kind === 'none' || parts.tiers.length < 2 ? null : { ttlMs: r.ttlMs, encoding: r.encoding, keyPrefixLength: r.keyPrefix.length, tier: parts.tiers[1] },
     intervalMs: p.intervalMs,
     seriesIntervalMs: p.seriesIntervalMs,
     autoApply: p.autoApply,

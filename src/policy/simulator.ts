@@ -458,7 +458,10 @@ export class Simulator {
 }
 
 /** Replays an async stream of records, yielding to the event loop every `yieldEvery` records. */
-export async function simulateStream(records: AsyncIterable<TraceRecord> | Iterable<TraceRecord>, options: SimulatorOptions & { yieldEvery?: number }): Promise<SimReport> {
+export async function simulateStream(
+  records: AsyncIterable<TraceRecord> | Iterable<TraceRecord>,
+  options: SimulatorOptions & { yieldEvery?: number },
+): Promise<SimReport> {
   const sim = new Simulator(options);
   const every = options.yieldEvery ?? 0;
   let i = 0;

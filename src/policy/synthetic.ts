@@ -29,7 +29,19 @@ export interface ZipfSpec {
   clients: number;
 }
 
-export const DEFAULT_ZIPF: ZipfSpec = { s: 1.1, n: 100_000, churn: 0.01, requests: 1_000_000, rps: 100, seed: 1, bytes: 3072, ms: 4, tokens: 32, model: 'synthetic', clients: 1 };
+export const DEFAULT_ZIPF: ZipfSpec = {
+  s: 1.1,
+  n: 100_000,
+  churn: 0.01,
+  requests: 1_000_000,
+  rps: 100,
+  seed: 1,
+  bytes: 3072,
+  ms: 4,
+  tokens: 32,
+  model: 'synthetic',
+  clients: 1,
+};
 
 /** Start time of synthetic traces (fixed, so traces are reproducible): 2025-01-01T00:00:00Z. */
 export const SYNTHETIC_EPOCH = Date.UTC(2025, 0, 1);
@@ -41,7 +53,10 @@ export function parseSynthetic(spec: string): ZipfSpec {
   const m = /^zipf(?::(.*))?$/i.exec(spec.trim());
   if (!m) throw new TypeError(`--synthetic: "${spec}" must look like zipf:s=1.1,n=100000,churn=0.01,requests=1e6`);
   const out: ZipfSpec = { ...DEFAULT_ZIPF };
-  for (const part of (m[1] ?? '').split(',').map((x) => x.trim()).filter(Boolean)) {
+  for (const part of (m[1] ?? '')
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean)) {
     const [k, v] = part.split('=') as [string, string | undefined];
     if (k === 'model') {
       if (!v) throw new TypeError('--synthetic: model needs a name');
@@ -133,7 +148,17 @@ export function* zipfTrace(spec: ZipfSpec): Generator<TraceRecord> {
     if (spec.churn > 0 && random() < spec.churn) newest++;
     t += -Math.log(1 - random()) * meanGapMs;
     const id = newest - (rank() - 1);
-    const rec: TraceRecord = { t: Math.round(t * 1000) / 1000, k: `p${id.toString(16)}`, kl: KEY_LENGTH, m: spec.model, b: spec.bytes, tok: spec.tokens, ms: spec.ms, src: 'COMPUTED', r: 1 };
+    const rec: TraceRecord = {
+      t: Math.round(t * 1000) / 1000,
+      k: `p${id.toString(16)}`,
+      kl: KEY_LENGTH,
+      m: spec.model,
+      b: spec.bytes,
+      tok: spec.tokens,
+      ms: spec.ms,
+      src: 'COMPUTED',
+      r: 1,
+    };
     if (spec.clients > 1) rec.c = `client-${1 + Math.floor(random() * spec.clients)}`;
     yield rec;
   }

@@ -114,7 +114,26 @@ export class RedisStreamTraceWriter implements TraceWriter {
 }
 
 export function recordFields(r: TraceRecord): string[] {
-  const f = ['t', String(r.t), 'k', r.k, 'kl', String(r.kl), 'm', r.m, 'b', String(r.b), 'tok', String(r.tok), 'ms', String(r.ms), 'src', r.src, 'r', String(r.r)];
+  const f = [
+    't',
+    String(r.t),
+    'k',
+    r.k,
+    'kl',
+    String(r.kl),
+    'm',
+    r.m,
+    'b',
+    String(r.b),
+    'tok',
+    String(r.tok),
+    'ms',
+    String(r.ms),
+    'src',
+    r.src,
+    'r',
+    String(r.r),
+  ];
   if (r.c !== undefined) f.push('c', r.c);
   if (r.n !== undefined) f.push('n', String(r.n));
   return f;

@@ -36,7 +36,10 @@ export function makeFormatError(logger: Logger) {
       const { stacktrace: _drop, ...ext } = formatted.extensions ?? {};
       return { ...formatted, extensions: ext };
     }
-    logger.error({ err: original instanceof Error ? { message: original.message, stack: original.stack } : String(original), path: formatted.path }, 'internal error');
+    logger.error(
+      { err: original instanceof Error ? { message: original.message, stack: original.stack } : String(original), path: formatted.path },
+      'internal error',
+    );
     return {
       message: 'Internal server error',
       ...(formatted.path ? { path: formatted.path } : {}),

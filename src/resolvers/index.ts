@@ -25,6 +25,11 @@ export function loadTypeDefs(dir: string = SCHEMA_DIR): DocumentNode {
 }
 
 export function buildSchema(): GraphQLSchema {
-  const resolvers = { ...queryResolvers, ...postResolvers, ...embeddingResolvers, Query: { ...queryResolvers.Query, ...usageResolvers.Query, ...policyResolvers.Query } } as unknown as GraphQLResolverMap<unknown>;
+  const resolvers = {
+    ...queryResolvers,
+    ...postResolvers,
+    ...embeddingResolvers,
+    Query: { ...queryResolvers.Query, ...usageResolvers.Query, ...policyResolvers.Query },
+  } as unknown as GraphQLResolverMap<unknown>;
   return buildSubgraphSchema([{ typeDefs: loadTypeDefs(), resolvers }]);
 }

@@ -19,7 +19,11 @@ export interface PostRepresentation {
 export const postResolvers = {
   Post: {
     __resolveReference: (ref: PostRepresentation): PostRepresentation => ref,
-    embedding: async (post: PostRepresentation, args: { model?: string | null; dimensions?: number | null }, ctx: PolyrayContext): Promise<EmbeddingParent | null> => {
+    embedding: async (
+      post: PostRepresentation,
+      args: { model?: string | null; dimensions?: number | null },
+      ctx: PolyrayContext,
+    ): Promise<EmbeddingParent | null> => {
       const handle = ctx.scope.model(checkModelName(args.model ?? ctx.catalog.defaultPostModel));
       const dims = checkDimensions(handle, args.dimensions);
       if (handle.kind === 'text') {
@@ -34,7 +38,10 @@ export const postResolvers = {
     classify: async (post: PostRepresentation, args: { head: string }, ctx: PolyrayContext): Promise<LabelScore[] | null> => {
       const name = checkModelName(args.head);
       const handle = ctx.scope.model(name);
-      if (handle.kind !== 'head') throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${name} is not a task head; Post.classify reads heads such as those Query.models lists`, { model: name });
+      if (handle.kind !== 'head')
+        throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${name} is not a task head; Post.classify reads heads such as those Query.models lists`, {
+          model: name,
+        });
       return ctx.scope.classify(handle).load({ text: post.text ?? null, imageUrls: post.imageUrls ?? [] });
     },
   },

@@ -23,18 +23,18 @@ type OneInput = { text: string } | { imageUrl: string } | { imageBase64: string 
 
 export const queryResolvers = {
   Query: {
-    embed: async (
-      _: unknown,
-      args: { model: string; inputs: EmbedInput[]; dimensions?: number | null },
-      ctx: PolyrayContext,
-    ): Promise<EmbeddingParent[]> => {
+    embed: async (_: unknown, args: { model: string; inputs: EmbedInput[]; dimensions?: number | null }, ctx: PolyrayContext): Promise<EmbeddingParent[]> => {
       const model = checkModelName(args.model);
       const max = ctx.catalog.maxInputsPerRequest;
       if (args.inputs.length > max) {
-        throw new PolyrayError(ErrorCode.TOO_MANY_INPUTS, `Argument "inputs" has ${args.inputs.length} items; the limit is ${max} per request (POLYRAY_MAX_INPUTS)`, {
-          argument: 'inputs',
-          limit: max,
-        });
+        throw new PolyrayError(
+          ErrorCode.TOO_MANY_INPUTS,
+          `Argument "inputs" has ${args.inputs.length} items; the limit is ${max} per request (POLYRAY_MAX_INPUTS)`,
+          {
+            argument: 'inputs',
+            limit: max,
+          },
+        );
       }
       const handle = ctx.scope.model(model);
       const dims = checkDimensions(handle, args.dimensions);
@@ -42,7 +42,10 @@ export const queryResolvers = {
       const inputs: OneInput[] = args.inputs.map((input, index) => {
         const set = Object.entries(input).filter(([, v]) => v !== null && v !== undefined);
         if (set.length !== 1 || typeof set[0]![1] !== 'string') {
-          throw new PolyrayError(ErrorCode.BAD_USER_INPUT, `inputs[${index}] must set exactly one field: "text", "imageUrl" or "imageBase64"`, { argument: 'inputs', index });
+          throw new PolyrayError(ErrorCode.BAD_USER_INPUT, `inputs[${index}] must set exactly one field: "text", "imageUrl" or "imageBase64"`, {
+            argument: 'inputs',
+            index,
+          });
         }
         const isText = 'text' in input && typeof input.text === 'string';
         if ((kind === 'text' && !isText) || (kind === 'image' && isText) || kind === 'head') {
@@ -55,8 +58,16 @@ export const queryResolvers = {
       const results = await Promise.all(
         inputs.map((input): Promise<EmbedResult | null | Error> => {
           const caught = (e: unknown): Error => e as Error;
-          if (handle.kind === 'text') return ctx.scope.texts(handle).load((input as { text: string }).text).catch(caught);
-          if (handle.kind === 'image') return ctx.scope.images(handle).load(input as { imageUrl: string } | { imageBase64: string }).catch(caught);
+          if (handle.kind === 'text')
+            return ctx.scope
+              .texts(handle)
+              .load((input as { text: string }).text)
+              .catch(caught);
+          if (handle.kind === 'image')
+            return ctx.scope
+              .images(handle)
+              .load(input as { imageUrl: string } | { imageBase64: string })
+              .catch(caught);
           const post = 'text' in input ? { text: input.text } : 'imageUrl' in input ? { imageUrls: [input.imageUrl] } : { imageBase64: input.imageBase64 };
           return ctx.scope.posts(handle).load(post).catch(caught);
         }),

@@ -129,12 +129,20 @@ export class ModelHost {
     const { pool, inference } = this.#o;
     const spinOf = (m: ModelManifest): boolean => (inference.allowSpinning === 'auto' ? m.runtime?.allowSpinning === true : inference.allowSpinning);
     const loaded = await pool.start(
-      models.map((m) => ({ name: m.manifest.name, path: path.join(m.dir, m.manifest.file), providers: inference.providers, allowSpinning: spinOf(m.manifest) })),
+      models.map((m) => ({
+        name: m.manifest.name,
+        path: path.join(m.dir, m.manifest.file),
+        providers: inference.providers,
+        allowSpinning: spinOf(m.manifest),
+      })),
     );
     const actualNiceness = pool.stats().niceness;
     logger.info({ workers: inference.workers, intraOpThreads: inference.intraOpThreads, niceness: actualNiceness }, 'inference pool started');
     if (inference.niceness > 0 && actualNiceness < inference.niceness) {
-      logger.warn({ requested: inference.niceness, actual: actualNiceness }, 'inference threads could not be given the configured nice value; the event loop competes with them as equals');
+      logger.warn(
+        { requested: inference.niceness, actual: actualNiceness },
+        'inference threads could not be given the configured nice value; the event loop competes with them as equals',
+      );
     }
     const view = this.#o.instrument ? this.#o.instrument(pool) : pool;
     for (const l of loaded) {
@@ -165,7 +173,9 @@ export class ModelHost {
     if (manifest.preprocess || manifest.head) {
       const pre = manifest.preprocess;
       const input = manifest.inputs[0]!;
-      const outputs = manifest.outputs.filter((o) => o.shape.length === 2 && typeof o.shape[1] === 'number').map((o) => ({ name: o.name, width: o.shape[1] as number }));
+      const outputs = manifest.outputs
+        .filter((o) => o.shape.length === 2 && typeof o.shape[1] === 'number')
+        .map((o) => ({ name: o.name, width: o.shape[1] as number }));
       const itemShape = pre ? (pre.layout === 'nchw' ? [3, pre.size, pre.size] : [pre.size, pre.size, 3]) : input.shape.slice(1).map(Number);
       // Image batches are bounded by pixels; head inputs cost 1 each, so only maxItems bounds them.
       const options = { maxItems: b.maxItems, maxWaitUs: b.maxWaitUs, maxQueueItems: b.maxQueueItems, maxCost: pre ? b.maxPixels : b.maxItems };
@@ -231,7 +241,8 @@ export class ModelHost {
 
   #queue<Q extends InferenceQueue>(m: RegisteredModel, kind: new (...args: never[]) => Q): Q {
     const q = this.queues.get(m.manifest.name);
-    if (!(q instanceof kind)) throw new PolyrayError(ErrorCode.MODEL_NOT_READY, `Model "${m.manifest.name}" has no inference queue on this replica`, { model: m.manifest.name });
+    if (!(q instanceof kind))
+      throw new PolyrayError(ErrorCode.MODEL_NOT_READY, `Model "${m.manifest.name}" has no inference queue on this replica`, { model: m.manifest.name });
     return q;
   }
 
@@ -242,10 +253,14 @@ export class ModelHost {
       text = this.resolve(POSTRAY_TEXT_MODEL);
       image = this.resolve(POSTRAY_IMAGE_MODEL);
     } catch {
-      throw new PolyrayError(ErrorCode.MODEL_NOT_READY, `Model "${POSTRAY_MODEL}" needs ${POSTRAY_TEXT_MODEL} and ${POSTRAY_IMAGE_MODEL}, which are not both ready on this replica`, {
-        model: POSTRAY_MODEL,
-        retryAfterMs: 1000,
-      });
+      throw new PolyrayError(
+        ErrorCode.MODEL_NOT_READY,
+        `Model "${POSTRAY_MODEL}" needs ${POSTRAY_TEXT_MODEL} and ${POSTRAY_IMAGE_MODEL}, which are not both ready on this replica`,
+        {
+          model: POSTRAY_MODEL,
+          retryAfterMs: 1000,
+        },
+      );
     }
     if (text.kind !== 'text' || image.kind !== 'image') throw new Error(`postray parts have kinds ${text.kind} and ${image.kind}`);
     return {

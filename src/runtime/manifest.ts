@@ -164,7 +164,8 @@ function parseRuntime(v: unknown, bad: Bad): RuntimeHints {
 
 function parsePreprocess(v: unknown, bad: Bad): PreprocessSpec {
   const p = v as Record<string, unknown>;
-  const triple = (x: unknown): x is [number, number, number] => Array.isArray(x) && x.length === 3 && x.every((n) => typeof n === 'number' && Number.isFinite(n));
+  const triple = (x: unknown): x is [number, number, number] =>
+    Array.isArray(x) && x.length === 3 && x.every((n) => typeof n === 'number' && Number.isFinite(n));
   if (
     typeof p !== 'object' ||
     p === null ||
@@ -179,7 +180,14 @@ function parsePreprocess(v: unknown, bad: Bad): PreprocessSpec {
   ) {
     return bad('preprocess', '{size, resize: "cover", scale, mean: [r,g,b], std: [r,g,b] (non-zero), layout: "nchw" | "nhwc"}', v);
   }
-  return { size: p['size'] as number, resize: 'cover', scale: p['scale'] as number, mean: p['mean'] as [number, number, number], std: p['std'] as [number, number, number], layout: p['layout'] as 'nchw' | 'nhwc' };
+  return {
+    size: p['size'] as number,
+    resize: 'cover',
+    scale: p['scale'] as number,
+    mean: p['mean'] as [number, number, number],
+    std: p['std'] as [number, number, number],
+    layout: p['layout'] as 'nchw' | 'nhwc',
+  };
 }
 
 function parseHead(v: unknown, bad: Bad): HeadSpec {
@@ -196,5 +204,10 @@ function parseHead(v: unknown, bad: Bad): HeadSpec {
   ) {
     return bad('head', '{input, inputOutput, inputVersion, labels: [string, ...]}', v);
   }
-  return { input: h['input'] as string, inputOutput: h['inputOutput'] as string, inputVersion: h['inputVersion'] as string, labels: [...(h['labels'] as string[])] };
+  return {
+    input: h['input'] as string,
+    inputOutput: h['inputOutput'] as string,
+    inputVersion: h['inputVersion'] as string,
+    labels: [...(h['labels'] as string[])],
+  };
 }

@@ -14,11 +14,7 @@ import { parseManifest, type ModelManifest } from './manifest.ts';
 import { WordTokenizer, type Tokenizer } from './tokenizer.ts';
 import { WordPieceTokenizer } from './wordpiece.ts';
 
-export type ModelState =
-  | { kind: 'loading' }
-  | { kind: 'ready'; provider: ExecutionProviderName }
-  | { kind: 'failed'; reason: string }
-  | { kind: 'disposed' };
+export type ModelState = { kind: 'loading' } | { kind: 'ready'; provider: ExecutionProviderName } | { kind: 'failed'; reason: string } | { kind: 'disposed' };
 
 export interface RegisteredModel {
   manifest: ModelManifest;

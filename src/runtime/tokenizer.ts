@@ -55,8 +55,7 @@ export const UNKNOWN_ID = 0;
 // between two digits. Group 1 = word, group 2 = any other single character (+ trailing marks).
 // Separators: \s covers Unicode spaces and line terminators; \p{Cc}/\p{Cf} are controls and
 // invisible format characters (ZWJ, BOM, bidi marks...), which must not become tokens.
-const TOKEN_RE =
-  /([\p{L}\p{M}\p{N}]+(?:(?:[-'\u2019]|(?<=\p{N})[.,](?=\p{N}))[\p{L}\p{M}\p{N}]+)*)|([^\s\p{Cc}\p{Cf}\p{L}\p{M}\p{N}]\p{M}*)/gu;
+const TOKEN_RE = /([\p{L}\p{M}\p{N}]+(?:(?:[-'\u2019]|(?<=\p{N})[.,](?=\p{N}))[\p{L}\p{M}\p{N}]+)*)|([^\s\p{Cc}\p{Cf}\p{L}\p{M}\p{N}]\p{M}*)/gu;
 
 const SOFT_HYPHEN_RE = /\u00AD/g;
 const CLITIC_RE = /^(.+?)('(?:s|m|d|ll|re|ve))$/iu;

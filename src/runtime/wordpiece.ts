@@ -61,7 +61,8 @@ export const BERT_UNCASED_NORMALIZER: Readonly<NormalizerOptions> = { cleanText:
 const CLEAN_REMOVE_RE = /(?![\t\n\r])[\0\uFFFD\p{Cc}\p{Cf}\p{Cn}\p{Co}\p{Cs}]/gu;
 const WHITESPACE_RE = /[\t\n\r\p{White_Space}]/gu;
 // CJK Unified Ideographs and extensions, compatibility ideographs (the ranges BERT treats as "Chinese").
-const CJK_RE = /[\u{4E00}-\u{9FFF}\u{3400}-\u{4DBF}\u{20000}-\u{2A6DF}\u{2A700}-\u{2B73F}\u{2B740}-\u{2B81F}\u{2B820}-\u{2CEAF}\u{F900}-\u{FAFF}\u{2F800}-\u{2FA1F}]/gu;
+const CJK_RE =
+  /[\u{4E00}-\u{9FFF}\u{3400}-\u{4DBF}\u{20000}-\u{2A6DF}\u{2A700}-\u{2B73F}\u{2B740}-\u{2B81F}\u{2B820}-\u{2CEAF}\u{F900}-\u{FAFF}\u{2F800}-\u{2FA1F}]/gu;
 const NONSPACING_MARK_RE = /\p{Mn}/gu;
 // BertPreTokenizer: runs of non-space non-punctuation, or one punctuation character.
 const PUNCT = String.raw`\p{P}!-\/:-@\[-\x60{-~`;
@@ -249,7 +250,8 @@ export function parseTokenizerJson(json: unknown, where = 'tokenizer.json'): Wor
   if (!isObject(rawVocab)) return fail('model.vocab must be an object of token → id');
   const vocab = new Map<string, number>();
   for (const [token, id] of Object.entries(rawVocab)) {
-    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) fail(`model.vocab[${JSON.stringify(token).slice(0, 40)}] must be a non-negative integer`);
+    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0)
+      fail(`model.vocab[${JSON.stringify(token).slice(0, 40)}] must be a non-negative integer`);
     vocab.set(token, id as number);
   }
   const unkToken = typeof model['unk_token'] === 'string' ? model['unk_token'] : '[UNK]';
@@ -264,7 +266,8 @@ export function parseTokenizerJson(json: unknown, where = 'tokenizer.json'): Wor
     }
   }
   // Special tokens that the post-processor names but the vocabulary lacks are resolved through these.
-  const idOf = (token: string): number => vocab.get(token) ?? addedTokens.get(token) ?? fail(`special token ${JSON.stringify(token)} is in neither the vocabulary nor added_tokens`);
+  const idOf = (token: string): number =>
+    vocab.get(token) ?? addedTokens.get(token) ?? fail(`special token ${JSON.stringify(token)} is in neither the vocabulary nor added_tokens`);
 
   const { prefixIds, suffixIds } = parsePostProcessor(root['post_processor'], idOf, fail);
   const normalizer = parseNormalizer(root['normalizer'], fail);
@@ -320,11 +323,7 @@ function parsePreTokenizer(p: unknown, fail: (what: string) => never): void {
   fail(`pre_tokenizer ${JSON.stringify(isObject(p) ? p['type'] : p)} is not supported (only BertPreTokenizer)`);
 }
 
-function parsePostProcessor(
-  p: unknown,
-  idOf: (token: string) => number,
-  fail: (what: string) => never,
-): { prefixIds: number[]; suffixIds: number[] } {
+function parsePostProcessor(p: unknown, idOf: (token: string) => number, fail: (what: string) => never): { prefixIds: number[]; suffixIds: number[] } {
   if (p === null || p === undefined) return { prefixIds: [], suffixIds: [] };
   if (!isObject(p)) return fail('post_processor must be an object');
   if (p['type'] === 'BertProcessing' || p['type'] === 'RobertaProcessing') {
@@ -332,7 +331,11 @@ function parsePostProcessor(
     const cls = p['cls'];
     const sep = p['sep'];
     const id = (pair: unknown, name: string): number =>
-      Array.isArray(pair) && typeof pair[1] === 'number' ? pair[1] : Array.isArray(pair) && typeof pair[0] === 'string' ? idOf(pair[0]) : fail(`${String(p['type'])}.${name} must be [token, id]`);
+      Array.isArray(pair) && typeof pair[1] === 'number'
+        ? pair[1]
+        : Array.isArray(pair) && typeof pair[0] === 'string'
+          ? idOf(pair[0])
+          : fail(`${String(p['type'])}.${name} must be [token, id]`);
     return { prefixIds: [id(cls, 'cls')], suffixIds: [id(sep, 'sep')] };
   }
   if (p['type'] === 'TemplateProcessing') {

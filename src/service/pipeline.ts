@@ -198,7 +198,9 @@ export class CachedInference<I, P, H extends { name: string }> {
     });
   }
 
-  async #settle(computing: Map<string, { promise: Promise<Computed>; owner: boolean }>): Promise<Map<string, { value: Computed; owner: boolean } | PolyrayError>> {
+  async #settle(
+    computing: Map<string, { promise: Promise<Computed>; owner: boolean }>,
+  ): Promise<Map<string, { value: Computed; owner: boolean } | PolyrayError>> {
     const out = new Map<string, { value: Computed; owner: boolean } | PolyrayError>();
     await Promise.all(
       [...computing].map(async ([flight, c]) => {

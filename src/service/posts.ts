@@ -65,11 +65,20 @@ export async function embedPosts(
       case 'text':
         return t ?? null;
       case 'image': {
-        const m = imgs[0] ? meanImage(imgs.map((i) => i.vector), imgs[0].vector.length) : undefined;
+        const m = imgs[0]
+          ? meanImage(
+              imgs.map((i) => i.vector),
+              imgs[0].vector.length,
+            )
+          : undefined;
         return m ? { vector: m, source: combineSources(sources), model: handle.name, version: imgs[0]!.version, ...charge } : null;
       }
       case 'post': {
-        const v = fusePost(t?.vector, imgs.map((i) => i.vector), { text: handle.text.dimensions, image: handle.image.dimensions });
+        const v = fusePost(
+          t?.vector,
+          imgs.map((i) => i.vector),
+          { text: handle.text.dimensions, image: handle.image.dimensions },
+        );
         return v ? { vector: v, source: combineSources(sources), model: handle.name, version: handle.version, ...charge } : null;
       }
       default: {
@@ -102,14 +111,21 @@ export async function classifyPosts(
     const texts = await postTexts(input, posts, parts);
     rows = texts.map((t) => (t instanceof PolyrayError ? t : t ? [t.vector] : []));
   } else {
-    throw new PolyrayError(ErrorCode.MODEL_NOT_READY, `Head "${handle.name}" reads ${head.input}.${head.inputOutput}, which this replica cannot provide`, { model: handle.name });
+    throw new PolyrayError(ErrorCode.MODEL_NOT_READY, `Head "${handle.name}" reads ${head.input}.${head.inputOutput}, which this replica cannot provide`, {
+      model: handle.name,
+    });
   }
   // Run the head once per distinct input vector.
   const distinct = new Map<Float32Array, Promise<Float32Array>>();
   const fresh = [...new Set(rows.flatMap((r) => (r instanceof PolyrayError ? [] : r)))];
   if (fresh.length > 0) {
     const results = handle.queue.submit(fresh.map((data) => ({ data, cost: 1, ...(clientId ? { tag: clientId } : {}) })));
-    fresh.forEach((v, j) => distinct.set(v, results[j]!.then((r) => r.outputs[0]!)));
+    fresh.forEach((v, j) =>
+      distinct.set(
+        v,
+        results[j]!.then((r) => r.outputs[0]!),
+      ),
+    );
   }
   return Promise.all(
     rows.map(async (r) => {
@@ -125,7 +141,11 @@ export async function classifyPosts(
 }
 
 /** Text embeddings of the posts with text (undefined for those without), in one call. */
-async function postTexts(handle: TextHandle | undefined, posts: readonly PostInput[], parts: PartEmbedders): Promise<(EmbedResult | undefined | PolyrayError)[]> {
+async function postTexts(
+  handle: TextHandle | undefined,
+  posts: readonly PostInput[],
+  parts: PartEmbedders,
+): Promise<(EmbedResult | undefined | PolyrayError)[]> {
   const out: (EmbedResult | undefined | PolyrayError)[] = posts.map(() => undefined);
   if (!handle) return out;
   const idx: number[] = [];
@@ -157,10 +177,14 @@ async function postImages(
   posts.forEach((p, i) => {
     const imgs = p.images ?? [];
     if (imgs.length > limits.maxImagesPerPost) {
-      out[i] = new PolyrayError(ErrorCode.INPUT_TOO_LARGE, `A post has ${imgs.length} images; at most ${limits.maxImagesPerPost} are read (POLYRAY_MAX_IMAGES_PER_POST)`, {
-        images: imgs.length,
-        limit: limits.maxImagesPerPost,
-      });
+      out[i] = new PolyrayError(
+        ErrorCode.INPUT_TOO_LARGE,
+        `A post has ${imgs.length} images; at most ${limits.maxImagesPerPost} are read (POLYRAY_MAX_IMAGES_PER_POST)`,
+        {
+          images: imgs.length,
+          limit: limits.maxImagesPerPost,
+        },
+      );
       return;
     }
     imgs.forEach((img, k) => {

@@ -86,7 +86,10 @@ export class RequestScope {
 
   /** Text embeddings of one text model; keys are input texts. */
   texts(handle: TextHandle): DataLoader<string, EmbedResult> {
-    return this.#loader(`t:${handle.name}`, () => new DataLoader<string, EmbedResult>((texts) => this.#texts(handle, texts), { maxBatchSize: this.#s.limits.maxBatch }));
+    return this.#loader(
+      `t:${handle.name}`,
+      () => new DataLoader<string, EmbedResult>((texts) => this.#texts(handle, texts), { maxBatchSize: this.#s.limits.maxBatch }),
+    );
   }
 
   /** Image embeddings of one image model; keys are URL or base64 inputs. */
@@ -106,7 +109,10 @@ export class RequestScope {
 
   /** Post embeddings of one model (postray, an image model or a text model). */
   posts(handle: ModelHandle): DataLoader<PostKey, EmbedResult | null> {
-    if (handle.kind === 'head') throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${handle.name} is a task head; use Post.classify(head: "${handle.name}")`, { model: handle.name });
+    if (handle.kind === 'head')
+      throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${handle.name} is a task head; use Post.classify(head: "${handle.name}")`, {
+        model: handle.name,
+      });
     return this.#loader(
       `p:${handle.name}`,
       () =>

@@ -38,7 +38,11 @@ class TextAdapter implements InferenceAdapter<string, string, TextHandle> {
       if (typeof text !== 'string') return new PolyrayError(ErrorCode.BAD_USER_INPUT, `Input ${index} must be a string`, { index });
       const bytes = Buffer.byteLength(text, 'utf8');
       if (bytes > limit) {
-        return new PolyrayError(ErrorCode.INPUT_TOO_LARGE, `Input ${index} is ${bytes} bytes; the limit is ${limit} bytes (POLYRAY_MAX_INPUT_BYTES)`, { index, bytes, limit });
+        return new PolyrayError(ErrorCode.INPUT_TOO_LARGE, `Input ${index} is ${bytes} bytes; the limit is ${limit} bytes (POLYRAY_MAX_INPUT_BYTES)`, {
+          index,
+          bytes,
+          limit,
+        });
       }
       const norm = normaliseText(text);
       const key = cacheKey(handle.name, handle.version, contentHash(norm));
@@ -53,10 +57,14 @@ class TextAdapter implements InferenceAdapter<string, string, TextHandle> {
     texts.forEach((text, j) => {
       const enc = handle.tokenizer.encode(text);
       if (enc.ids.length > handle.maxTokens) {
-        const e = new PolyrayError(ErrorCode.INPUT_TOO_LARGE, `An input has ${enc.ids.length} tokens; model ${handle.name} accepts at most ${handle.maxTokens}`, {
-          tokens: enc.ids.length,
-          limit: handle.maxTokens,
-        });
+        const e = new PolyrayError(
+          ErrorCode.INPUT_TOO_LARGE,
+          `An input has ${enc.ids.length} tokens; model ${handle.name} accepts at most ${handle.maxTokens}`,
+          {
+            tokens: enc.ids.length,
+            limit: handle.maxTokens,
+          },
+        );
         out[j] = Promise.reject(e);
         return;
       }
@@ -89,7 +97,14 @@ export class TextEmbedder {
     const results = answers.map((a): EmbedResult | PolyrayError =>
       a instanceof PolyrayError
         ? a
-        : { vector: a.hit ?? a.computed!.outputs[0]!, source: a.source, model: handle.name, version: handle.version, tokens: a.units, inferenceMs: a.inferenceMs },
+        : {
+            vector: a.hit ?? a.computed!.outputs[0]!,
+            source: a.source,
+            model: handle.name,
+            version: handle.version,
+            tokens: a.units,
+            inferenceMs: a.inferenceMs,
+          },
     );
     this.#pipeline.trace(handle.name, clientId, answers, results);
     return results;

@@ -20,7 +20,9 @@ export async function patternImage(w: number, h: number, seed: number, format: '
     }
   }
   const img = sharp(raw, { raw: { width: w, height: h, channels: 3 } });
-  return (format === 'png' ? img.png() : format === 'jpeg' ? img.jpeg({ quality: 92 }) : format === 'webp' ? img.webp({ lossless: true }) : img.gif()).toBuffer();
+  return (
+    format === 'png' ? img.png() : format === 'jpeg' ? img.jpeg({ quality: 92 }) : format === 'webp' ? img.webp({ lossless: true }) : img.gif()
+  ).toBuffer();
 }
 
 /** A solid-colour image. */
@@ -65,7 +67,12 @@ export function pngBomb(w: number, h: number): Buffer {
   ihdr[8] = 8; // bit depth
   ihdr[9] = 2; // RGB
   const rows = Buffer.alloc(4 * (1 + w * 3)); // four rows of filter byte 0 and black pixels
-  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(rows)), chunk('IEND', Buffer.alloc(0))]);
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', deflateSync(rows)),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
 }
 
 export type Route = (req: http.IncomingMessage, res: http.ServerResponse) => void;

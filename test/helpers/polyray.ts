@@ -24,17 +24,14 @@ export interface GqlResponse<T> {
 }
 
 export async function startPolyray(overrides: DeepPartial<PolyrayConfig> = {}, deps: PolyrayDeps = {}): Promise<TestServer> {
-  const config = loadConfig(
-    { NODE_ENV: 'test', POLYRAY_MODELS_DIR: MODELS_DIR },
-    {
-      http: { host: '127.0.0.1', port: 0 },
-      log: { level: 'silent' },
-      ...overrides,
-      // Tests serve the models the default post model needs unless they ask for others: every model a
-      // server loads is a session per worker, and the transformer models make start-up slow.
-      models: { serve: ['text-glove', 'image-mobilenet', 'head-nsfw'], ...(overrides.models ?? {}) },
-    } as DeepPartial<PolyrayConfig>,
-  );
+  const config = loadConfig({ NODE_ENV: 'test', POLYRAY_MODELS_DIR: MODELS_DIR }, {
+    http: { host: '127.0.0.1', port: 0 },
+    log: { level: 'silent' },
+    ...overrides,
+    // Tests serve the models the default post model needs unless they ask for others: every model a
+    // server loads is a session per worker, and the transformer models make start-up slow.
+    models: { serve: ['text-glove', 'image-mobilenet', 'head-nsfw'], ...(overrides.models ?? {}) },
+  } as DeepPartial<PolyrayConfig>);
   const server = new PolyrayServer(config, { logger: createLogger(config.log.level), ...deps });
   const url = await server.start();
   try {

@@ -105,13 +105,20 @@ function waitExit(p: ChildProcess): Promise<void> {
 
 async function spawnServer(port: number, dir: string, extraArgs: string[]): Promise<ChildProcess> {
   const args = [
-    '--port', String(port),
-    '--bind', HOST,
-    '--save', '',
-    '--appendonly', 'no',
-    '--dir', dir,
-    '--logfile', join(dir, `redis-${port}.log`),
-    '--daemonize', 'no',
+    '--port',
+    String(port),
+    '--bind',
+    HOST,
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--dir',
+    dir,
+    '--logfile',
+    join(dir, `redis-${port}.log`),
+    '--daemonize',
+    'no',
     ...extraArgs,
   ];
   const proc = spawn('redis-server', args, { stdio: 'ignore' });
@@ -228,10 +235,14 @@ export async function startRedisCluster(masters = 3, opts: StartRedisClusterOpti
               dir,
               port,
               extraArgs: [
-                '--cluster-enabled', 'yes',
-                '--cluster-config-file', join(dir, `nodes-${port}.conf`),
-                '--cluster-node-timeout', '2000',
-                '--cluster-port', String(busPort),
+                '--cluster-enabled',
+                'yes',
+                '--cluster-config-file',
+                join(dir, `nodes-${port}.conf`),
+                '--cluster-node-timeout',
+                '2000',
+                '--cluster-port',
+                String(busPort),
                 ...(opts.extraArgs ?? []),
               ],
             }),
@@ -242,19 +253,13 @@ export async function startRedisCluster(masters = 3, opts: StartRedisClusterOpti
         }
       }
     }
-    await execFileAsync(
-      'redis-cli',
-      ['--cluster', 'create', ...servers.map((s) => `${HOST}:${s.port}`), '--cluster-replicas', '0', '--cluster-yes'],
-      { timeout: 20000 },
-    );
+    await execFileAsync('redis-cli', ['--cluster', 'create', ...servers.map((s) => `${HOST}:${s.port}`), '--cluster-replicas', '0', '--cluster-yes'], {
+      timeout: 20000,
+    });
     await waitUntil('cluster_state:ok on all nodes', 15000, async () => {
       for (const s of servers) {
         const info = await s.cli('CLUSTER', 'INFO');
-        if (
-          !info.includes('cluster_state:ok') ||
-          !info.includes('cluster_slots_assigned:16384') ||
-          !info.includes(`cluster_known_nodes:${masters}`)
-        ) {
+        if (!info.includes('cluster_state:ok') || !info.includes('cluster_slots_assigned:16384') || !info.includes(`cluster_known_nodes:${masters}`)) {
           return false;
         }
       }

@@ -107,7 +107,16 @@ function makeCert(subject: string, issuer: Signer | 'self', isCa: boolean, o: Le
     ...(isCa ? [] : [extension('2.5.29.37', false, seq(oid('1.3.6.1.5.5.7.3.1')))]), // extKeyUsage serverAuth
     ...(sans.length ? [extension('2.5.29.17', false, seq(...sans))] : []),
   ];
-  const tbs = seq(explicit(0, integer(Buffer.from([2]))), integer(serial), ECDSA_SHA256, by.name, seq(utcTime(notBefore), utcTime(notAfter)), self.name, spki, explicit(3, seq(...exts)));
+  const tbs = seq(
+    explicit(0, integer(Buffer.from([2]))),
+    integer(serial),
+    ECDSA_SHA256,
+    by.name,
+    seq(utcTime(notBefore), utcTime(notAfter)),
+    self.name,
+    spki,
+    explicit(3, seq(...exts)),
+  );
   const der = seq(tbs, ECDSA_SHA256, bits(sign('sha256', tbs, by.key)));
   const cert = `-----BEGIN CERTIFICATE-----\n${der.toString('base64').replace(/.{1,64}/g, '$&\n')}-----END CERTIFICATE-----\n`;
   const x509 = new X509Certificate(cert); // throws if the DER above is malformed
