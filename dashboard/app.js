@@ -2,7 +2,7 @@
 /* global Chart */
 'use strict';
 
-(function () {
+(() => {
   const params = new URLSearchParams(location.search);
   const key = params.get('key');
   const headers = key ? { 'x-api-key': key } : {};
@@ -17,10 +17,10 @@
   Chart.defaults.maintainAspectRatio = false;
 
   function bytes(n) {
-    if (n >= 1024 ** 3) return +(n / 1024 ** 3).toFixed(1) + ' GB';
-    if (n >= 1024 ** 2) return +(n / 1024 ** 2).toFixed(1) + ' MB';
-    if (n >= 1024) return +(n / 1024).toFixed(1) + ' KB';
-    return n + ' B';
+    if (n >= 1024 ** 3) return `${+(n / 1024 ** 3).toFixed(1)} GB`;
+    if (n >= 1024 ** 2) return `${+(n / 1024 ** 2).toFixed(1)} MB`;
+    if (n >= 1024) return `${+(n / 1024).toFixed(1)} KB`;
+    return `${n} B`;
   }
   function duration(ms) {
     if (ms === null) return 'no tier';
@@ -31,20 +31,20 @@
       ['min', 60000],
       ['s', 1000],
     ];
-    for (const [u, f] of units) if (ms >= f) return +(ms / f).toFixed(1) + ' ' + u;
-    return ms + ' ms';
+    for (const [u, f] of units) if (ms >= f) return `${+(ms / f).toFixed(1)} ${u}`;
+    return `${ms} ms`;
   }
   function joules(j) {
     const a = Math.abs(j);
-    if (a >= 1e6) return (j / 1e6).toFixed(2) + ' MJ';
-    if (a >= 1e3) return (j / 1e3).toFixed(2) + ' kJ';
-    if (a >= 1) return j.toFixed(1) + ' J';
-    return (j * 1e3).toFixed(2) + ' mJ';
+    if (a >= 1e6) return `${(j / 1e6).toFixed(2)} MJ`;
+    if (a >= 1e3) return `${(j / 1e3).toFixed(2)} kJ`;
+    if (a >= 1) return `${j.toFixed(1)} J`;
+    return `${(j * 1e3).toFixed(2)} mJ`;
   }
-  const pct = (x) => (x * 100).toFixed(1) + '%';
+  const pct = (x) => `${(x * 100).toFixed(1)}%`;
   const num = (x) => Math.round(x).toLocaleString('en-US');
   const setting = (s) =>
-    `memory ${bytes(s.memoryBytes)}, TTL ${duration(s.memoryTtlMs)}; global ${s.globalTtlMs === null ? 'no tier' : 'TTL ' + duration(s.globalTtlMs)}`;
+    `memory ${bytes(s.memoryBytes)}, TTL ${duration(s.memoryTtlMs)}; global ${s.globalTtlMs === null ? 'no tier' : `TTL ${duration(s.globalTtlMs)}`}`;
 
   function upsert(id, config) {
     const existing = charts[id];
@@ -167,7 +167,7 @@
       (g) => g.memoryBytes,
       bytes,
       (g) => g.memoryTtlMs,
-      (t) => 'TTL ' + duration(t),
+      (t) => `TTL ${duration(t)}`,
       (a, b) => a - b,
     );
     size.datasets.push(...markers((s) => bytes(s.memoryBytes), p));
@@ -186,7 +186,7 @@
       (g) => g.memoryTtlMs || Infinity,
       (t) => duration(t === Infinity ? 0 : t),
       (g) => g.globalTtlMs,
-      (t) => (t === null ? 'no global tier' : 'global ' + duration(t)),
+      (t) => (t === null ? 'no global tier' : `global ${duration(t)}`),
       (a, b) => a - b,
     );
     ttl.datasets.push(...markers((s) => duration(s.memoryTtlMs), p));
@@ -203,7 +203,7 @@
       `<tr><th>${name}</th><td>${bytes(r.memoryBytes)} · ${duration(r.memoryTtlMs)}<br><span class="muted">global ${r.globalTtlMs === null ? 'no tier' : duration(r.globalTtlMs)}</span></td>` +
       `<td>${pct(r.memoryHitRate)}<br><span class="muted">${pct(r.globalHitRate)}</span></td><td>${joules(r.costPerHour)}/h</td></tr>`;
     advice.innerHTML =
-      `<div class="saving">${p.savingFraction > 0 ? 'saves ' + pct(p.savingFraction) + ' (' + joules(p.savingPerHour) + '/h)' : 'current setting is the cheapest'}</div>` +
+      `<div class="saving">${p.savingFraction > 0 ? `saves ${pct(p.savingFraction)} (${joules(p.savingPerHour)}/h)` : 'current setting is the cheapest'}</div>` +
       '<table><tr><th></th><th>memory size · TTL</th><th>hits mem / global</th><th>cost</th></tr>' +
       row('current', p.current) +
       row('recommended', rec) +
@@ -242,7 +242,7 @@
       window.__polyray.renders++;
       document.body.dataset.ready = 'true';
     } catch (e) {
-      document.getElementById('summary').textContent = 'could not load data: ' + e.message;
+      document.getElementById('summary').textContent = `could not load data: ${e.message}`;
     }
   }
 

@@ -11,7 +11,7 @@ import { ApolloServer } from '@apollo/server';
 import { ApolloServerPluginLandingPageLocalDefault, ApolloServerPluginLandingPageProductionDefault } from '@apollo/server/plugin/landingPage/default';
 import fastifyApollo, { fastifyApolloDrainPlugin } from '@as-integrations/fastify';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
-import { Accounting } from './accounting/index.ts';
+import { Accounting, type AccountContext } from './accounting/index.ts';
 import type { Cache } from './cache/cache.ts';
 import { lowerTiersFromConfig } from './cache/from-config.ts';
 import { MemoryCache } from './cache/memory.ts';
@@ -156,6 +156,14 @@ export class PolyrayServer {
     };
   }
 
+  /**
+   * The request scope of one operation, from its headers (UNAUTHENTICATED for a missing or wrong key).
+   * Every entry point builds one: the GraphQL context here, a REST route the same way.
+   */
+  requestScope(headers: Record<string, string | string[] | undefined>): RequestScope<AccountContext> {
+    return new RequestScope(this.#scopes, this.accounting.authenticate(headers));
+  }
+
   /** Listens, then loads models in the background; returns the listening URL. */
   async start(): Promise<string> {
     if (this.#state.kind !== 'created') throw new Error(`PolyrayServer.start called in state ${this.#state.kind}`);
@@ -167,8 +175,8 @@ export class PolyrayServer {
       // Authentication happens here (UNAUTHENTICATED before any resolver runs); the request scope admits
       // every pipeline call through the request's account (reserve → run → settle).
       context: async (request): Promise<PolyrayContext> => {
-        const account = this.accounting.authenticate(request.headers);
-        return { scope: new RequestScope(this.#scopes, account), catalog, account, policy: this.policy };
+        const scope = this.requestScope(request.headers);
+        return { scope, catalog, policy: this.policy };
       },
     });
     // During shutdown, answers close their connection, so a keep-alive client does not hold the drain

@@ -79,7 +79,7 @@ describe('batching', () => {
     const t = await startPolyray({ batching: { maxItems: 8, maxTokens: 16384, maxWaitUs: 300_000 } });
     try {
       const salt = randomUUID();
-      const long = `${salt} ` + 'word '.repeat(300);
+      const long = `${salt} ${'word '.repeat(300)}`;
       const shorts = Array.from({ length: 7 }, (_, i) => ({ text: `${salt} short ${i}` }));
       const r = await t.gql<{ embed: { source: string }[] }>(EMBED, {
         inputs: [{ text: long }, ...shorts, ...Array.from({ length: 7 }, (_, i) => ({ text: `${salt} other ${i}` }))],

@@ -42,12 +42,12 @@ async function embed(session: ort.InferenceSession, texts: readonly string[]): P
   const t = Math.max(...encs.map((e) => e.ids.length));
   const ids = new BigInt64Array(texts.length * t);
   const mask = new BigInt64Array(texts.length * t);
-  encs.forEach((e, r) =>
+  encs.forEach((e, r) => {
     e.ids.forEach((id, j) => {
       ids[r * t + j] = BigInt(id);
       mask[r * t + j] = 1n;
-    }),
-  );
+    });
+  });
   const out = await session.run({
     input_ids: new ort.Tensor('int64', ids, [texts.length, t]),
     attention_mask: new ort.Tensor('int64', mask, [texts.length, t]),
@@ -114,7 +114,9 @@ describe('text-bert-synthetic-fp16', () => {
     const cosines = SENTENCES.map((_, r) => dot(a[r]!, b[r]!));
     const maxAbs = Math.max(...SENTENCES.map((_, r) => Math.max(...a[r]!.map((x, i) => Math.abs(x - b[r]![i]!)))));
     console.log(`fp16 vs fp32 (CPU EP): min cosine ${Math.min(...cosines).toFixed(7)}, max |diff| ${maxAbs.toExponential(2)}`);
-    cosines.forEach((c, r) => assert.ok(c >= 0.999, `${SENTENCES[r]}: cosine ${c}`));
+    cosines.forEach((c, r) => {
+      assert.ok(c >= 0.999, `${SENTENCES[r]}: cosine ${c}`);
+    });
     for (const row of b) {
       assert.ok(row.every(Number.isFinite));
       assert.ok(Math.abs(Math.hypot(...row) - 1) < 1e-5, `norm ${Math.hypot(...row)}`);

@@ -44,12 +44,12 @@ async function embed(session: ort.InferenceSession, texts: readonly string[], wi
   const t = width ?? Math.max(...encs.map((e) => e.ids.length));
   const ids = new BigInt64Array(texts.length * t);
   const mask = new BigInt64Array(texts.length * t);
-  encs.forEach((e, r) =>
+  encs.forEach((e, r) => {
     e.ids.slice(0, t).forEach((id, j) => {
       ids[r * t + j] = BigInt(id);
       mask[r * t + j] = 1n;
-    }),
-  );
+    });
+  });
   const out = await session.run({
     input_ids: new ort.Tensor('int64', ids, [texts.length, t]),
     attention_mask: new ort.Tensor('int64', mask, [texts.length, t]),
@@ -127,7 +127,9 @@ describe('text-bert-synthetic models', () => {
     const [plain, int8] = [await embed(sessions.plain, SENTENCES), await embed(sessions.int8, SENTENCES)];
     const cosines = SENTENCES.map((_, r) => dot(plain[r]!, int8[r]!));
     console.log(`int8 vs fp32 cosine: min ${Math.min(...cosines).toFixed(6)}`);
-    cosines.forEach((c, r) => assert.ok(c >= 0.99, `${SENTENCES[r]}: cosine ${c}`));
+    cosines.forEach((c, r) => {
+      assert.ok(c >= 0.99, `${SENTENCES[r]}: cosine ${c}`);
+    });
   });
 
   test('padding invariance: a sentence alone equals its row in a padded batch', async () => {

@@ -112,7 +112,7 @@ describe('bring-your-own model folder', () => {
   });
 
   test('inputs over maxTokens are refused with INPUT_TOO_LARGE', async () => {
-    const r = await server.gql('{ embed(model: "my-encoder", inputs: [{ text: "' + 'word '.repeat(600) + '" }]) { dimensions } }');
+    const r = await server.gql(`{ embed(model: "my-encoder", inputs: [{ text: "${'word '.repeat(600)}" }]) { dimensions } }`);
     assert.equal(r.errors?.[0]?.extensions?.['code'], 'INPUT_TOO_LARGE');
   });
 });

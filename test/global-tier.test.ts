@@ -5,7 +5,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { cp, mkdtemp, readFile, rm, symlink, writeFile, mkdir, readdir } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, symlink, writeFile, mkdir, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { PolyrayConfig } from '../src/config/index.ts';
@@ -201,7 +201,11 @@ describe('the service on a Redis Cluster', () => {
       const again = await s.gql<EmbedData>(EMBED, { inputs });
       assert.ok(again.data!.embed.every((e) => e.source === 'GLOBAL'));
       // float16 in the global tier: within the documented bound of the computed vector.
-      again.data!.embed.forEach((e, i) => e.vector.forEach((x, j) => assert.ok(Math.abs(x - first.data!.embed[i]!.vector[j]!) <= 4.9e-4)));
+      again.data!.embed.forEach((e, i) => {
+        e.vector.forEach((x, j) => {
+          assert.ok(Math.abs(x - first.data!.embed[i]!.vector[j]!) <= 4.9e-4);
+        });
+      });
     } finally {
       await s.stop();
       await cluster.stop();

@@ -51,12 +51,12 @@ async function embed(texts: readonly string[]): Promise<Float32Array[]> {
   const width = Math.max(1, ...encs.map((e) => e.ids.length));
   const ids = new BigInt64Array(texts.length * width);
   const mask = new BigInt64Array(texts.length * width);
-  encs.forEach((e, r) =>
+  encs.forEach((e, r) => {
     e.ids.forEach((id, j) => {
       ids[r * width + j] = BigInt(id);
       mask[r * width + j] = BigInt(e.mask[j]!);
-    }),
-  );
+    });
+  });
   const out = await session.run({
     input_ids: new ort.Tensor('int64', ids, [texts.length, width]),
     attention_mask: new ort.Tensor('int64', mask, [texts.length, width]),

@@ -53,7 +53,9 @@ describe('GraphQL API', () => {
     assert.equal(c.length, 32);
     assert.ok(Math.abs(norm(c) - 1) < 1e-5);
     const n = norm(v.slice(0, 32));
-    c.forEach((x, i) => assert.ok(Math.abs(x - v[i]! / n) < 1e-5));
+    c.forEach((x, i) => {
+      assert.ok(Math.abs(x - v[i]! / n) < 1e-5);
+    });
   });
 
   test('base64 encodings decode back to the vector', async () => {

@@ -143,7 +143,9 @@ describe('image-mobilenet-fp16', () => {
     console.log(
       `fp16 vs fp32 (CPU EP, ${images.length} images): cosines ${cosines.map((c) => c.toFixed(7)).join(' ')}; feature max |Δ| ${maxDiff.toExponential(2)} on values up to ${maxValue.toFixed(2)}`,
     );
-    cosines.forEach((c, r) => assert.ok(c >= MIN_COSINE, `image ${r}: cosine ${c}`));
+    cosines.forEach((c, r) => {
+      assert.ok(c >= MIN_COSINE, `image ${r}: cosine ${c}`);
+    });
     assert.ok(maxValue > 1, 'features are not degenerate');
     assert.ok(maxDiff <= MAX_FEATURE_DIFF, `feature max |Δ| ${maxDiff}`);
     for (const row of b.embedding) {

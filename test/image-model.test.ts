@@ -202,7 +202,9 @@ function encodeWeights(
     } else if (w.store === 'float16') {
       specs.push({ name: w.name, shape: w.shape, dtype: 'float32', quantization: { dtype: 'float16' } });
       const half = new Uint16Array(w.values.length);
-      w.values.forEach((v, i) => (half[i] = toHalf(v)));
+      w.values.forEach((v, i) => {
+        half[i] = toHalf(v);
+      });
       parts.push(Buffer.from(half.buffer));
     } else {
       const levels = w.store === 'uint8' ? 255 : 65535;
@@ -210,7 +212,9 @@ function encodeWeights(
       const scale = (Math.max(...w.values) - min) / levels;
       specs.push({ name: w.name, shape: w.shape, dtype: 'float32', quantization: { dtype: w.store, min, scale } });
       const q = w.store === 'uint8' ? new Uint8Array(w.values.length) : new Uint16Array(w.values.length);
-      w.values.forEach((v, i) => (q[i] = Math.round((v - min) / scale)));
+      w.values.forEach((v, i) => {
+        q[i] = Math.round((v - min) / scale);
+      });
       parts.push(Buffer.from(q.buffer));
     }
   }

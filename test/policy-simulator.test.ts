@@ -39,8 +39,8 @@ describe('entry sizes', () => {
     const m = new MemoryCache({ maxBytes: 1 << 20, ttlMs: 0 });
     let expected = 0;
     for (const [dims, key] of [
-      [100, 'text-glove@b73c56c6f3ab2804:' + 'x'.repeat(43)],
-      [768, 'text-bert@0123:' + 'y'.repeat(43)],
+      [100, `text-glove@b73c56c6f3ab2804:${'x'.repeat(43)}`],
+      [768, `text-bert@0123:${'y'.repeat(43)}`],
       [3, 'k'],
     ] as const) {
       await m.setMany([{ key, value: new Float32Array(dims) }]);
@@ -184,7 +184,10 @@ describe('simulator: equals lru-cache and Redis expiry on random traces, for man
         (steps) => {
           let t = 0;
           // A key always has the same size; keys 0-2 are larger.
-          const records = steps.map((s) => rec(`k${s.key}`, (t += s.gap), { b: s.key < 3 ? 800 : 400 }));
+          const records = steps.map((s) => {
+            t += s.gap;
+            return rec(`k${s.key}`, t, { b: s.key < 3 ? 800 : 400 });
+          });
           const results = run(settings, records);
           results.forEach((r, i) => {
             const want = reference(settings[i]!, records);

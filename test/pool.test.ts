@@ -45,12 +45,12 @@ function gloveRun(lease: Lease, rows: number[][]): Promise<RunResult> {
   const n = rows.length;
   const ids = new BigInt64Array(n * 4);
   const mask = new BigInt64Array(n * 4);
-  rows.forEach((r, i) =>
+  rows.forEach((r, i) => {
     r.forEach((id, j) => {
       ids[i * 4 + j] = BigInt(id);
       mask[i * 4 + j] = 1n;
-    }),
-  );
+    });
+  });
   return lease.run(
     'text-glove',
     [

@@ -309,8 +309,7 @@ async function startChildService(env: Record<string, string>, readyTimeoutMs = 1
     let buf = '';
     child.stdout!.on('data', (chunk: Buffer) => {
       buf += chunk.toString('utf8');
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
         const line = buf.slice(0, nl).trim();
         buf = buf.slice(nl + 1);
         if (!line.startsWith('{')) continue;

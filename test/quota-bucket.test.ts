@@ -259,8 +259,11 @@ describe('store health per node (fake clock)', () => {
     const waits: number[] = [];
     let last = now;
     for (let i = 0; i < 4; i++) {
-      let p: Attempt | undefined;
-      while (!(p = h.admit('A'))) now += 1;
+      let p: Attempt | undefined = h.admit('A');
+      while (!p) {
+        now += 1;
+        p = h.admit('A');
+      }
       waits.push(now - last);
       assert.equal(p.probe, true);
       assert.equal(h.admit('A'), undefined, 'one probe at a time: the others fall back while it is out');

@@ -106,12 +106,12 @@ test('values are stored under the prefix with SET ... PX: default and per-entry 
     { key: 'short', value: v, ttlMs: 150 },
   ]);
   await cache.flush();
-  const stored = await admin.getBuffer(prefix + 'long');
+  const stored = await admin.getBuffer(`${prefix}long`);
   assert.ok(stored);
   assert.deepEqual(stored, encodeVector(v, 'float32'));
-  const pttlLong = await admin.pttl(prefix + 'long');
+  const pttlLong = await admin.pttl(`${prefix}long`);
   assert.ok(pttlLong > 55_000 && pttlLong <= 60_000, `pttl ${pttlLong}`);
-  const pttlShort = await admin.pttl(prefix + 'short');
+  const pttlShort = await admin.pttl(`${prefix}short`);
   assert.ok(pttlShort > 0 && pttlShort <= 150, `pttl ${pttlShort}`);
   assert.ok((await cache.getMany(['short']))[0]);
   await new Promise((r) => setTimeout(r, 200));
@@ -170,17 +170,17 @@ test('setMany returns before anything is written (write-behind)', { timeout: TES
   assert.equal(cache.stats().writeQueueDepth, 1);
   await cache.flush();
   assert.equal(cache.stats().writeQueueDepth, 0);
-  assert.equal(await admin.exists(prefix + 'wb'), 1);
+  assert.equal(await admin.exists(`${prefix}wb`), 1);
 });
 
 test('corrupt values are misses, counted, and deleted', { timeout: TEST_TIMEOUT_MS }, async () => {
   const { cache, prefix } = await makeCache();
   const good = randomVector(8, 1);
   const truncated = encodeVector(good).subarray(0, 20);
-  await admin.set(prefix + 'junk', Buffer.from('not a vector at all'));
-  await admin.set(prefix + 'trunc', truncated);
-  await admin.set(prefix + 'good', encodeVector(good));
-  await admin.hset(prefix + 'hash', 'f', 'v'); // wrong type: MGET answers nil
+  await admin.set(`${prefix}junk`, Buffer.from('not a vector at all'));
+  await admin.set(`${prefix}trunc`, truncated);
+  await admin.set(`${prefix}good`, encodeVector(good));
+  await admin.hset(`${prefix}hash`, 'f', 'v'); // wrong type: MGET answers nil
   const base = cache.stats();
   const got = await cache.getMany(['junk', 'trunc', 'good', 'hash']);
   assert.deepEqual(got, [undefined, undefined, good, undefined]);
@@ -189,8 +189,8 @@ test('corrupt values are misses, counted, and deleted', { timeout: TEST_TIMEOUT_
   assert.equal(s.hits - base.hits, 1);
   assert.equal(s.misses - base.misses, 3);
   await cache.flush(); // waits for the scheduled deletes too
-  assert.equal(await admin.exists(prefix + 'junk', prefix + 'trunc'), 0);
-  assert.equal(await admin.exists(prefix + 'good'), 1);
+  assert.equal(await admin.exists(`${prefix}junk`, `${prefix}trunc`), 0);
+  assert.equal(await admin.exists(`${prefix}good`), 1);
   assert.equal(cache.stats().healthy, true, 'corruption is not an outage');
   // The key can be written again and served.
   await cache.setMany([{ key: 'junk', value: good }]);
@@ -211,8 +211,10 @@ test('the write queue is bounded: overflow drops the oldest writes and counts th
   assert.equal(s.writeQueueDepth, 0);
   assert.equal(s.writtenEntries - base.writtenEntries, 10);
   const got = await cache.getMany(entries.map((e) => e.key));
-  got.slice(0, 15).forEach((v) => assert.equal(v, undefined));
-  got.slice(15).forEach((v, i) => assert.deepEqual(v, Float32Array.of(15 + i)));
+  for (const v of got.slice(0, 15)) assert.equal(v, undefined);
+  got.slice(15).forEach((v, i) => {
+    assert.deepEqual(v, Float32Array.of(15 + i));
+  });
 });
 
 test('float16 mode halves the payload and stays within the documented bound; float32 readers accept it', { timeout: TEST_TIMEOUT_MS }, async () => {
@@ -222,7 +224,7 @@ test('float16 mode halves the payload and stays within the documented bound; flo
   const unit = v.map((x) => x / n);
   await c16.setMany([{ key: 'h', value: unit }]);
   await c16.flush();
-  assert.equal(await admin.strlen(prefix + 'h'), 8 + 2 * 384);
+  assert.equal(await admin.strlen(`${prefix}h`), 8 + 2 * 384);
   const [got] = await c16.getMany(['h']);
   assert.ok(got);
   for (let i = 0; i < unit.length; i++) assert.ok(Math.abs(got[i]! - unit[i]!) <= 2 ** -12);
@@ -246,7 +248,7 @@ test('before the first connection reads are plain misses and writes wait in the 
   s = cache.stats();
   assert.equal(s.droppedWrites, 0);
   assert.equal(s.writtenEntries, 1);
-  assert.equal(await admin.exists(prefix + 'early'), 1);
+  assert.equal(await admin.exists(`${prefix}early`), 1);
 });
 
 test('an injected client is used as is and not closed by close()', { timeout: TEST_TIMEOUT_MS }, async () => {

@@ -102,7 +102,9 @@ test('keySlot matches CLUSTER KEYSLOT (hash tags, unicode, edge cases)', { timeo
   const pipeline = admins[0]!.pipeline();
   for (const k of keys) pipeline.cluster('KEYSLOT', k);
   const results = (await pipeline.exec())!;
-  keys.forEach((k, i) => assert.equal(keySlot(k), results[i]![1], `key ${JSON.stringify(k)}`));
+  keys.forEach((k, i) => {
+    assert.equal(keySlot(k), results[i]![1], `key ${JSON.stringify(k)}`);
+  });
 });
 
 test('many keys across slots and nodes round-trip correctly', { timeout: TEST_TIMEOUT_MS }, async () => {

@@ -5,7 +5,7 @@
  *
  * Every call is timed: nothing may throw or take longer than readTimeoutMs + SLACK_MS.
  */
-import { test, before, after } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';
 import { once } from 'node:events';
@@ -122,7 +122,9 @@ test('SIGKILL mid-loop: no call throws or hangs, tier turns unhealthy, recovers 
   await cache.setMany(Array.from({ length: 10 }, (_, i) => ({ key: `new${i}`, value: vec(100 + i) })));
   await cache.flush();
   const got = await timed('getMany after restart', READ_TIMEOUT_MS + SLACK_MS, () => cache.getMany(Array.from({ length: 10 }, (_, i) => `new${i}`)));
-  got.forEach((v, i) => assert.deepEqual(v, vec(100 + i)));
+  got.forEach((v, i) => {
+    assert.deepEqual(v, vec(100 + i));
+  });
   s = cache.stats();
   assert.equal(s.healthy, true);
   assert.equal(s.unhealthyTransitions, 1);
@@ -239,7 +241,9 @@ test('garbage values stored under the tier keys are misses (counted as corrupt, 
     }),
   ];
   const pipeline = admin.pipeline();
-  junk.forEach((bytes, i) => pipeline.set(`junk:g${i}`, Buffer.from(bytes)));
+  junk.forEach((bytes, i) => {
+    pipeline.set(`junk:g${i}`, Buffer.from(bytes));
+  });
   await pipeline.exec();
 
   const keys = junk.map((_, i) => `g${i}`);

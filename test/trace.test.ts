@@ -110,7 +110,14 @@ describe('sampling', () => {
 describe('never blocks, never fails a request', () => {
   test('a writer that hangs: the buffer stays bounded, overflow is dropped and counted, observe stays fast', async () => {
     let calls = 0;
-    const hanging: TraceWriter = { name: 'hang', write: () => (calls++, new Promise<void>(() => undefined)), close: async () => undefined };
+    const hanging: TraceWriter = {
+      name: 'hang',
+      write: () => {
+        calls++;
+        return new Promise<void>(() => undefined);
+      },
+      close: async () => undefined,
+    };
     const tracer = new Tracer({ sampleRate: 1, writers: [hanging], windowRecords: 10, bufferMax: 50, flushMs: 10, batchMax: 20, logger });
     const t0 = performance.now();
     for (let i = 0; i < 2000; i++) tracer.observe('text-glove', undefined, [key(i)], [result()]);

@@ -215,7 +215,10 @@ describe('CachedInference', () => {
         assert.equal(answers.length, inputs.length);
         const charged = new Map<string, number>();
         answers.forEach((a, i) => {
-          if (inputs[i]!.startsWith('bad')) return assert.ok(a instanceof PolyrayError);
+          if (inputs[i]!.startsWith('bad')) {
+            assert.ok(a instanceof PolyrayError);
+            return;
+          }
           const x = ok(a);
           assert.equal(x.key, `k:${inputs[i]}`);
           charged.set(x.key, (charged.get(x.key) ?? 0) + x.units);

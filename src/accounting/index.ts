@@ -149,7 +149,8 @@ export class Accounting implements AccountingCore {
       async requestDidStart() {
         return {
           async willSendResponse({ contextValue, response }) {
-            const account = contextValue.account;
+            // No scope when the context function refused the request (UNAUTHENTICATED).
+            const account = (contextValue as Partial<PolyrayContext>).scope?.account;
             if (!account) return;
             const cost = await account.finish();
             if (response.body.kind === 'single') {

@@ -89,7 +89,10 @@ function zero(): Figures {
 
 function add(book: Book, clientId: string, rowKey: string, f: Figures): void {
   let rows = book.get(clientId);
-  if (!rows) book.set(clientId, (rows = new Map()));
+  if (!rows) {
+    rows = new Map();
+    book.set(clientId, rows);
+  }
   const cur = rows.get(rowKey) ?? zero();
   for (const k of FIGURES) cur[k] += f[k];
   rows.set(rowKey, cur);

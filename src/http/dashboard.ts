@@ -153,7 +153,10 @@ export function registerDashboardRoutes(app: FastifyInstance, src: DashboardSour
   const cache = new Map<string, Buffer>();
   const asset = async (name: string): Promise<Buffer> => {
     let b = cache.get(name);
-    if (!b) cache.set(name, (b = await readFile(ASSETS[name]!.file())));
+    if (!b) {
+      b = await readFile(ASSETS[name]!.file());
+      cache.set(name, b);
+    }
     return b;
   };
   app.get('/dashboard', async (req, reply) => {

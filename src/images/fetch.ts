@@ -19,6 +19,8 @@
  *
  * The response's Content-Type is ignored: the decoder sniffs the bytes (decode.ts). No cookies, no
  * proxy, no compression (so the byte limit counts what the image is). URLs are never logged.
+ *
+ * Length: every rule of the outbound surface lives in this one file, so a reviewer reads all of it at once.
  */
 import { X509Certificate } from 'node:crypto';
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
@@ -377,7 +379,7 @@ export function decodeDataUrl(url: string, maxBytes: number): Uint8Array {
     bytes = new Uint8Array(Buffer.from(clean, 'base64'));
   } else {
     // Percent-decoding to bytes (not to UTF-8 text: image bytes are arbitrary octets).
-    if (/[^\x00-\x7f]/.test(payload)) throw new PolyrayError(ErrorCode.IMAGE_UNREADABLE, 'A data: URL must be ASCII');
+    if (/[^\p{ASCII}]/u.test(payload)) throw new PolyrayError(ErrorCode.IMAGE_UNREADABLE, 'A data: URL must be ASCII');
     bytes = new Uint8Array(
       Buffer.from(
         payload.replace(/%([0-9a-f]{2})/gi, (_, h: string) => String.fromCharCode(parseInt(h, 16))),

@@ -37,6 +37,8 @@
  * LayerNorm gamma 1, beta 0. Each tensor has its own stream — xoshiro128** seeded by splitmix32 from
  * (seed, FNV-1a of the tensor name) — and normals come from Box–Muller on V8's fdlibm-based
  * Math.log/sin/cos, rounded to float32, so the bytes are the same on every run and machine.
+ *
+ * Length: one dense concept; the three variants of one function sit side by side so they stay equal.
  */
 
 import { OnnxModelBuilder, attr, float16Tensor, float32Tensor, rawTensor, type OnnxGraphBuilder, type TensorValue } from './onnx-writer.ts';

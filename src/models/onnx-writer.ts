@@ -23,6 +23,8 @@
  *
  * IR version: defaults to 8 (ONNX 1.13, the release that introduced opset 18); callers that need a
  * newer IR (e.g. for opset 19+ or float8 types) pass `irVersion`.
+ *
+ * Length: one dense concept; the schema subset, the tensor encoding and the graph builder are one format.
  */
 
 import { readFileSync } from 'node:fs';

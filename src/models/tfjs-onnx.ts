@@ -35,6 +35,8 @@
  * returned output, so the converted part computes in float16 while its interface stays float32. Integer
  * constants (axes, shapes, pads) are unchanged. The fp32 conversion is byte-for-byte what it was before
  * this option existed (the image model's version, and so its cache keys, depend on it).
+ *
+ * Length: one dense concept; the op table and the layout bookkeeping it depends on.
  */
 
 import { DataType, attr, float16Tensor, float32Tensor, int64Tensor, type Dim, type OnnxGraphBuilder } from './onnx-writer.ts';

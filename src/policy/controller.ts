@@ -236,7 +236,10 @@ export class PolicyController {
       const client = r.c ?? 'unknown';
       const id = `${client}\u0000${r.m}`;
       let row = rows.get(id);
-      if (!row) rows.set(id, (row = { client, model: r.m, items: 0, computed: 0, inferenceMs: 0, joules: 0 }));
+      if (!row) {
+        row = { client, model: r.m, items: 0, computed: 0, inferenceMs: 0, joules: 0 };
+        rows.set(id, row);
+      }
       const w = (r.n ?? 1) / r.r;
       row.items += w;
       if (r.src === 'COMPUTED') row.computed += w;

@@ -124,5 +124,5 @@ async function redisSource(location: string, options: ReadOptions): Promise<Trac
 
 /** Writes records as JSONL lines (used by `simulate --save-trace`). */
 export function toJsonl(r: TraceRecord): string {
-  return JSON.stringify(r) + '\n';
+  return `${JSON.stringify(r)}\n`;
 }

@@ -22,6 +22,8 @@
  * reuse pattern, so it behaves like the full stream in a cache r times as large: the memory tier is
  * simulated at memoryBytes × r, and every count, byte-hour and joule is scaled by 1/r. Hit rates need no
  * scaling. (The global tier is bounded by TTL only, so it needs no size scaling.)
+ *
+ * Length: one dense concept; the replay loop, its model of the tiers and its pricing change together.
  */
 import { price, type CostBreakdown, type CostPrices } from './cost.ts';
 import { globalEntryBytes, memoryEntryBytes } from './sizes.ts';
@@ -174,7 +176,7 @@ class SizeGroup {
   }
 
   access(k: number, t: number, n: number, ms: number, gSize: number): void {
-    if (this.lastT === this.lastT) this.memByteMs += this.memUsed * (t - this.lastT);
+    if (!Number.isNaN(this.lastT)) this.memByteMs += this.memUsed * (t - this.lastT);
     this.lastT = t;
     this.items += n;
     const present = this.inMem[k] === 1;
@@ -212,7 +214,7 @@ class SizeGroup {
 
   /** Closes the books at `end`: global entries still alive are charged only up to it. */
   finish(end: number, gSize: Int32Array, keys: number): void {
-    if (this.lastT === this.lastT && end > this.lastT) this.memByteMs += this.memUsed * (end - this.lastT);
+    if (!Number.isNaN(this.lastT) && end > this.lastT) this.memByteMs += this.memUsed * (end - this.lastT);
     if (!this.hasGlobal) return;
     const C = this.gTtl.length;
     for (let slot = 0; slot < C; slot++) {
@@ -274,9 +276,15 @@ function buildGroups(settings: SimSetting[], scale: number, sizes: Int32Array): 
   const bySize = new Map<number, Map<number, (number | null)[]>>();
   for (const s of settings) {
     let byTtl = bySize.get(s.memoryBytes);
-    if (!byTtl) bySize.set(s.memoryBytes, (byTtl = new Map()));
+    if (!byTtl) {
+      byTtl = new Map();
+      bySize.set(s.memoryBytes, byTtl);
+    }
     let g = byTtl.get(s.memoryTtlMs);
-    if (!g) byTtl.set(s.memoryTtlMs, (g = []));
+    if (!g) {
+      g = [];
+      byTtl.set(s.memoryTtlMs, g);
+    }
     if (!g.includes(s.globalTtlMs)) g.push(s.globalTtlMs);
   }
   const groups: SizeGroup[] = [];
@@ -366,7 +374,7 @@ export class Simulator {
       mm.count++;
     }
     let ms = this.#msOf[k]!;
-    if (ms !== ms) {
+    if (Number.isNaN(ms)) {
       const mm = this.#modelMs[this.#modelOf[k]!]!;
       ms = mm.count > 0 ? mm.sum / mm.count : this.#o.prices.defaultComputeMs;
     }

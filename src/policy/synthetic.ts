@@ -120,7 +120,7 @@ export function zipfSampler(n: number, s: number, random: () => number): () => n
   const cdf = new Float64Array(n);
   let sum = 0;
   for (let k = 1; k <= n; k++) {
-    sum += Math.pow(k, -s);
+    sum += k ** -s;
     cdf[k - 1] = sum;
   }
   for (let i = 0; i < n; i++) cdf[i]! /= sum;

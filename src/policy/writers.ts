@@ -39,7 +39,7 @@ export class JsonlTraceWriter implements TraceWriter {
     this.#ready ??= mkdir(this.#o.dir, { recursive: true }).then(() => undefined);
     await this.#ready;
     let text = '';
-    for (const r of batch) text += JSON.stringify(r) + '\n';
+    for (const r of batch) text += `${JSON.stringify(r)}\n`;
     if (!this.#file) await this.#openNext();
     await this.#file!.write(text);
     this.#bytes += Buffer.byteLength(text);

@@ -1,6 +1,6 @@
 /**
- * The per-request GraphQL context: the operation's request scope (model handles, DataLoaders, charged
- * pipeline calls; src/service/scope.ts), its account (usage queries) and what resolvers may read besides.
+ * The per-request GraphQL context: the operation's request scope (its account, model handles,
+ * DataLoaders, charged pipeline calls; src/service/scope.ts) and what resolvers may read besides.
  */
 import type { AccountContext } from '../accounting/request.ts';
 import type { PolicyController } from '../policy/controller.ts';
@@ -17,10 +17,9 @@ export interface Catalog {
 }
 
 export interface PolyrayContext {
-  scope: RequestScope;
+  /** The operation's scope; `scope.account` is its client, quota and usage (src/accounting). */
+  scope: RequestScope<AccountContext>;
   catalog: Catalog;
-  /** The request's accounting: client, quota, usage (src/accounting). */
-  account: AccountContext;
   /** The live cache policy, for the admin query `cachePolicy` (src/policy). */
   policy?: PolicyController;
 }

@@ -8,7 +8,7 @@ import type { PolyrayContext } from './context.ts';
 
 /** Admin: the request's authenticated client has the admin role (the local development client does). */
 export function isAdmin(ctx: PolyrayContext): boolean {
-  return ctx.account?.client.role === 'admin';
+  return ctx.scope.account.client.role === 'admin';
 }
 
 function setting(r: SimResult, hours: number) {

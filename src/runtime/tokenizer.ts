@@ -62,7 +62,7 @@ const CLITIC_RE = /^(.+?)('(?:s|m|d|ll|re|ve))$/iu;
 const NT_RE = /^(.+)(n't)$/iu;
 const PART_SEPARATOR_RE = /[-']/u;
 const COMBINING_RE = /\p{M}/gu;
-const NON_ASCII_RE = /[^\x00-\x7f]/u;
+const NON_ASCII_RE = /[^\p{ASCII}]/u;
 
 /** Word-level tokenizer over a vocabulary file. Immutable; safe to share. */
 export class WordTokenizer implements Tokenizer {
@@ -70,6 +70,7 @@ export class WordTokenizer implements Tokenizer {
   readonly lowercase: boolean;
   readonly #ids: Map<string, number>;
 
+  // biome-ignore lint/style/useConsistentMemberAccessibility: JavaScript has no #constructor; instances come only from the static loaders.
   private constructor(ids: Map<string, number>, vocabSize: number, options: WordTokenizerOptions) {
     this.#ids = ids;
     this.vocabSize = vocabSize;
@@ -157,16 +158,25 @@ export class WordTokenizer implements Tokenizer {
 
   #lookup(word: string, emit: (token: string, id: number) => void): void {
     const direct = this.#ids.get(word);
-    if (direct !== undefined) return emit(word, direct);
+    if (direct !== undefined) {
+      emit(word, direct);
+      return;
+    }
     if (word.includes("'")) {
       const joined = word.replaceAll("'", '');
       const id = this.#ids.get(joined);
-      if (id !== undefined) return emit(joined, id);
+      if (id !== undefined) {
+        emit(joined, id);
+        return;
+      }
     }
     const folded = foldAccents(word);
     if (folded !== word) {
       const id = this.#ids.get(folded);
-      if (id !== undefined) return emit(folded, id);
+      if (id !== undefined) {
+        emit(folded, id);
+        return;
+      }
     }
     if (PART_SEPARATOR_RE.test(word)) {
       for (const part of word.split(PART_SEPARATOR_RE)) {

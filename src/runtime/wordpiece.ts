@@ -25,6 +25,9 @@
  * `encode` never throws: any string (lone surrogates, control characters, megabytes) yields ids in
  * [0, vocabSize) with mask 1 everywhere. Lookups are Map hits; a piece is never tried longer than
  * the longest vocabulary entry, so work per word is bounded by its length × that length.
+ *
+ * Length: one dense concept (the tokenizer.json WordPiece pipeline) kept in one file; it is to be
+ * replaced by a maintained tokenizer library (issue "Serve the embedding models people actually use").
  */
 
 import { readFile } from 'node:fs/promises';
@@ -155,7 +158,10 @@ export class WordPieceTokenizer implements Tokenizer {
 
   /** Emits each piece (string, or undefined for an added token) with its id. */
   #scan(text: string, emit: (piece: string | undefined, id: number) => void): void {
-    if (!this.#addedRe) return this.#scanSegment(text, emit);
+    if (!this.#addedRe) {
+      this.#scanSegment(text, emit);
+      return;
+    }
     let last = 0;
     for (const m of text.matchAll(this.#addedRe)) {
       const at = m.index ?? 0;
@@ -176,7 +182,10 @@ export class WordPieceTokenizer implements Tokenizer {
     // Code points: ASCII/BMP words without surrogates index directly; others go through an array.
     const chars = SURROGATE_RE.test(word) ? Array.from(word) : undefined;
     const length = chars ? chars.length : word.length;
-    if (length > this.#maxChars) return emit(this.#unkToken, this.unkId);
+    if (length > this.#maxChars) {
+      emit(this.#unkToken, this.unkId);
+      return;
+    }
     const sub = (a: number, b: number): string => (chars ? chars.slice(a, b).join('') : word.slice(a, b));
     const pieces: [string, number][] = [];
     let start = 0;
@@ -192,7 +201,10 @@ export class WordPieceTokenizer implements Tokenizer {
         }
         end--;
       }
-      if (!found) return emit(this.#unkToken, this.unkId);
+      if (!found) {
+        emit(this.#unkToken, this.unkId);
+        return;
+      }
       pieces.push(found);
       start = end;
     }
@@ -279,7 +291,10 @@ function parseNormalizer(n: unknown, fail: (what: string) => never): NormalizerO
   const out: NormalizerOptions = { cleanText: false, handleChineseChars: false, stripAccents: false, lowercase: false };
   if (n === null || n === undefined) return out;
   const apply = (x: unknown): void => {
-    if (!isObject(x)) return fail('normalizer entries must be objects');
+    if (!isObject(x)) {
+      fail('normalizer entries must be objects');
+      return;
+    }
     switch (x['type']) {
       case 'BertNormalizer': {
         out.cleanText = x['clean_text'] !== false;
@@ -303,12 +318,15 @@ function parseNormalizer(n: unknown, fail: (what: string) => never): NormalizerO
         return;
       case 'Sequence': {
         const list = x['normalizers'];
-        if (!Array.isArray(list)) return fail('Sequence normalizer needs a "normalizers" array');
+        if (!Array.isArray(list)) {
+          fail('Sequence normalizer needs a "normalizers" array');
+          return;
+        }
         list.forEach(apply);
         return;
       }
       default:
-        return fail(`normalizer ${JSON.stringify(x['type'])} is not supported (BertNormalizer, Lowercase, StripAccents, NFC/NFD/NFKC/NFKD, Sequence)`);
+        fail(`normalizer ${JSON.stringify(x['type'])} is not supported (BertNormalizer, Lowercase, StripAccents, NFC/NFD/NFKC/NFKD, Sequence)`);
     }
   };
   apply(n);
@@ -318,7 +336,8 @@ function parseNormalizer(n: unknown, fail: (what: string) => never): NormalizerO
 function parsePreTokenizer(p: unknown, fail: (what: string) => never): void {
   if (isObject(p) && p['type'] === 'BertPreTokenizer') return;
   if (isObject(p) && p['type'] === 'Sequence' && Array.isArray(p['pretokenizers']) && p['pretokenizers'].length === 1) {
-    return parsePreTokenizer(p['pretokenizers'][0], fail);
+    parsePreTokenizer(p['pretokenizers'][0], fail);
+    return;
   }
   fail(`pre_tokenizer ${JSON.stringify(isObject(p) ? p['type'] : p)} is not supported (only BertPreTokenizer)`);
 }

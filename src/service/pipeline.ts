@@ -222,7 +222,11 @@ export class CachedInference<I, P, H extends { name: string }> {
 
   #count(model: string, source: Source): void {
     this.#stats.bySource[source]++;
-    const m = (this.#stats.byModel[model] ??= emptyBySource());
+    let m = this.#stats.byModel[model];
+    if (!m) {
+      m = emptyBySource();
+      this.#stats.byModel[model] = m;
+    }
     m[source]++;
   }
 

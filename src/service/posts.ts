@@ -120,12 +120,12 @@ export async function classifyPosts(
   const fresh = [...new Set(rows.flatMap((r) => (r instanceof PolyrayError ? [] : r)))];
   if (fresh.length > 0) {
     const results = handle.queue.submit(fresh.map((data) => ({ data, cost: 1, ...(clientId ? { tag: clientId } : {}) })));
-    fresh.forEach((v, j) =>
+    fresh.forEach((v, j) => {
       distinct.set(
         v,
         results[j]!.then((r) => r.outputs[0]!),
-      ),
-    );
+      );
+    });
   }
   return Promise.all(
     rows.map(async (r) => {
@@ -158,7 +158,9 @@ async function postTexts(
   });
   if (texts.length === 0) return out;
   const results = await parts.texts(handle, texts);
-  results.forEach((r, j) => (out[idx[j]!] = r));
+  results.forEach((r, j) => {
+    out[idx[j]!] = r;
+  });
   return out;
 }
 

@@ -58,14 +58,14 @@ const postCacheKey = (p: PostKey): string => JSON.stringify([p.text ?? null, p.i
 const imageCacheKey = (k: ImageKey): string => ('imageUrl' in k ? `u:${k.imageUrl}` : `b:${k.imageBase64}`);
 const urls = (p: PostKey): ImageInput[] => (p.imageUrls ?? []).map((url) => ({ kind: 'url' as const, url }));
 
-export class RequestScope {
-  readonly account: Account;
+export class RequestScope<A extends Account = Account> {
+  readonly account: A;
   readonly #s: ScopeServices;
   readonly #handles = new Map<string, ModelHandle>();
   readonly #loaders = new Map<string, unknown>();
   readonly #parts: PartEmbedders;
 
-  constructor(services: ScopeServices, account: Account) {
+  constructor(services: ScopeServices, account: A) {
     this.#s = services;
     this.account = account;
     this.#parts = { texts: (h, t) => this.#texts(h, t), images: (h, i, w) => this.#images(h, i, w) };
