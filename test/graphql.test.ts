@@ -92,6 +92,14 @@ describe('GraphQL API', () => {
     assert.match(r.errors![0]!.message, /text-glove/);
   });
 
+  test('a misspelt model name is MODEL_NOT_FOUND with the closest served name; a far one gets no guess', async () => {
+    const near = await t.gql(EMBED, { model: 'text-glov', inputs: [{ text: 'x' }] });
+    assert.equal(near.errors?.[0]?.extensions?.['code'], 'MODEL_NOT_FOUND');
+    assert.match(near.errors![0]!.message, /did you mean "text-glove"\?/);
+    const far = await t.gql(EMBED, { model: 'qwen3-embedding', inputs: [{ text: 'x' }] });
+    assert.doesNotMatch(far.errors![0]!.message, /did you mean/);
+  });
+
   test('bad dimensions is BAD_USER_INPUT naming the range', async () => {
     for (const d of [0, -3, 101]) {
       const r = await t.gql(EMBED, { model: 'text-glove', inputs: [{ text: 'x' }], dimensions: d });

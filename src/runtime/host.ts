@@ -11,6 +11,7 @@
  */
 import path from 'node:path';
 import type { PolyrayConfig } from '../config/index.ts';
+import { closest, editDistance } from '../config/suggest.ts';
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { buildModels } from '../models/build.ts';
@@ -217,7 +218,9 @@ export class ModelHost {
     if (!m) {
       const known = this.models().map((x) => x.name);
       const shown = name.slice(0, MODEL_NAME_SHOWN);
-      throw new PolyrayError(ErrorCode.MODEL_NOT_FOUND, `Unknown model "${shown}"; available models: ${known.join(', ') || 'none'}`, { model: shown });
+      const near = closest(shown, known);
+      const hint = near !== undefined && editDistance(shown, near) <= 3 ? ` (did you mean "${near}"?)` : '';
+      throw new PolyrayError(ErrorCode.MODEL_NOT_FOUND, `Unknown model "${shown}"${hint}; available models: ${known.join(', ') || 'none'}`, { model: shown });
     }
     switch (m.state.kind) {
       case 'ready':
