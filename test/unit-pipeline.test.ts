@@ -28,7 +28,7 @@ class FakeAdapter implements InferenceAdapter<string, string, { name: string }> 
   computed = 0;
   short = false;
 
-  async key(_h: { name: string }, inputs: readonly string[]): Promise<(Keyed<string> | PolyrayError)[]> {
+  key(_h: { name: string }, inputs: readonly string[]): (Keyed<string> | PolyrayError)[] {
     return inputs.map((s, index) =>
       s.startsWith('bad') ? new PolyrayError(ErrorCode.BAD_USER_INPUT, 'bad', { index }) : { read: `k:${s}`, flight: `k:${s}`, payload: s },
     );

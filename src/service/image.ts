@@ -122,7 +122,7 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
     return results;
   }
 
-  async key(call: ImageCall, inputs: readonly (Resolved | PolyrayError)[]): Promise<(Keyed<Resolved> | PolyrayError)[]> {
+  key(call: ImageCall, inputs: readonly (Resolved | PolyrayError)[]): (Keyed<Resolved> | PolyrayError)[] {
     return inputs.map((r) => {
       if (r instanceof PolyrayError) return r;
       const content = cacheKey(call.name, call.version, r.hash);

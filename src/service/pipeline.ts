@@ -1,7 +1,8 @@
 /**
  * CachedInference: the one path from "these inputs, this model" to vectors, for every modality.
  *
- *   1. key        the adapter keys every input (model@version + content hash); a bad input fails only itself
+ *   1. key        the adapter keys every input (model@version + content hash), synchronously; a bad input
+ *                 fails only itself (I/O such as fetching an image URL happens before, in the adapter's caller)
  *   2. lookup     one tiered read (memory → global) for every distinct key of the call
  *   3. join       a miss whose computation is already in flight waits for it (single-flight), and one
  *                 whose computation finished while this call was reading the tiers takes its result
@@ -57,8 +58,8 @@ export interface Answer {
 }
 
 export interface InferenceAdapter<I, P, H extends { name: string }> {
-  /** Keys the inputs; may do I/O (an image URL's bytes). Returns one entry per input. */
-  key(handle: H, inputs: readonly I[]): Promise<(Keyed<P> | PolyrayError)[]>;
+  /** Keys the inputs (synchronously: I/O such as fetching an image belongs before the pipeline). One entry per input. */
+  key(handle: H, inputs: readonly I[]): (Keyed<P> | PolyrayError)[];
   /** Starts one computation per item; returns exactly one promise per item. */
   compute(handle: H, items: readonly P[], clientId: string | undefined): Promise<Computed>[];
   /** What a computation stores: at least the entry under its flight key. */
@@ -109,12 +110,14 @@ export class CachedInference<I, P, H extends { name: string }> {
   async run(handle: H, inputs: readonly I[], options: RunOptions = {}): Promise<(Answer | PolyrayError)[]> {
     this.#stats.calls++;
     this.#stats.items += inputs.length;
-    const keyed = await this.#adapter.key(handle, inputs);
+    const keyed = this.#adapter.key(handle, inputs);
     if (keyed.length !== inputs.length) throw new Error(`adapter keyed ${keyed.length} of ${inputs.length} inputs`);
 
     // 2. One read through the tiers for every distinct key.
     const read = ++this.#reads;
-    const reads = [...new Set(keyed.flatMap((k) => (k instanceof PolyrayError ? [] : [k.read])))];
+    const distinct = new Set<string>();
+    for (const k of keyed) if (!(k instanceof PolyrayError)) distinct.add(k.read);
+    const reads = [...distinct];
     const found = new Map<string, { value: Float32Array; source: Source }>();
     if (reads.length > 0) {
       this.#stats.cacheLookups++;

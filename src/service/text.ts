@@ -32,7 +32,7 @@ class TextAdapter implements InferenceAdapter<string, string, TextHandle> {
     this.#maxInputBytes = maxInputBytes;
   }
 
-  async key(handle: TextHandle, texts: readonly string[]): Promise<(Keyed<string> | PolyrayError)[]> {
+  key(handle: TextHandle, texts: readonly string[]): (Keyed<string> | PolyrayError)[] {
     const limit = this.#maxInputBytes;
     return texts.map((text, index) => {
       if (typeof text !== 'string') return new PolyrayError(ErrorCode.BAD_USER_INPUT, `Input ${index} must be a string`, { index });
