@@ -20,10 +20,12 @@ export interface TokenizerSpec {
   /**
    * "word": lower-cased words and punctuation looked up in a vocabulary file (one token per line,
    * line number = id); unknown words are masked out.
+   * "hf": a Hugging Face `tokenizer.json` of any family (WordPiece, byte-level BPE, SentencePiece BPE,
+   * Unigram), with `tokenizer_config.json` beside it when present (src/runtime/hf-tokenizer.ts).
    * "wordpiece": a Hugging Face `tokenizer.json` with a WordPiece model (BERT family; see
    * src/runtime/wordpiece.ts); casing comes from its normalizer, not from `lowercase`.
    */
-  kind: 'word' | 'wordpiece';
+  kind: 'word' | 'wordpiece' | 'hf';
   /** File name inside the model folder. */
   file: string;
   lowercase: boolean;
@@ -128,8 +130,11 @@ export function parseManifest(value: unknown, where: string): ModelManifest {
   const preprocess = m['preprocess'] === undefined ? undefined : parsePreprocess(m['preprocess'], bad);
   // A text model needs a tokenizer; an image model needs preprocessing; a head reads another model's output.
   const needsTokenizer = !head && !preprocess;
-  if ((needsTokenizer || tok !== undefined) && (!tok || (tok['kind'] !== 'word' && tok['kind'] !== 'wordpiece') || typeof tok['file'] !== 'string')) {
-    bad('tokenizer', '{kind: "word" | "wordpiece", file, lowercase}', tok);
+  if (
+    (needsTokenizer || tok !== undefined) &&
+    (!tok || (tok['kind'] !== 'word' && tok['kind'] !== 'wordpiece' && tok['kind'] !== 'hf') || typeof tok['file'] !== 'string')
+  ) {
+    bad('tokenizer', '{kind: "word" | "wordpiece" | "hf", file, lowercase}', tok);
   }
   if (modality === 'image' && !head && !preprocess) bad('preprocess', 'present for an image model', undefined);
   return {

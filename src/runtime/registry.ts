@@ -13,6 +13,7 @@ import type { Logger } from '../log.ts';
 import { parseManifest, type ModelManifest } from './manifest.ts';
 import { WordTokenizer, type Tokenizer } from './tokenizer.ts';
 import { WordPieceTokenizer } from './wordpiece.ts';
+import { loadHfTokenizer } from './hf-tokenizer.ts';
 
 export type ModelState = { kind: 'loading' } | { kind: 'ready'; provider: ExecutionProviderName } | { kind: 'failed'; reason: string } | { kind: 'disposed' };
 
@@ -88,6 +89,9 @@ async function loadTokenizer(dir: string, manifest: ModelManifest): Promise<Toke
   switch (manifest.tokenizer.kind) {
     case 'word':
       return WordTokenizer.load(file, { lowercase: manifest.tokenizer.lowercase });
+    case 'hf':
+      // Any tokenizer.json family; tokenizer_config.json beside it is read too.
+      return loadHfTokenizer(dir, manifest.tokenizer.file);
     case 'wordpiece':
       // A Hugging Face tokenizer.json; its normalizer (not manifest.tokenizer.lowercase) decides casing.
       return WordPieceTokenizer.load(file);

@@ -41,6 +41,13 @@ export interface Encoding {
 export interface Tokenizer {
   /** Number of ids (vocabulary lines including the reserved id 0). Every id is in [0, vocabSize). */
   readonly vocabSize: number;
+  /**
+   * True when the cache key may be taken from the normalised text (`normaliseText`: NFC, whitespace runs
+   * collapsed, trimmed) because that normalisation provably leaves this tokenizer's ids unchanged, so
+   * spacing variants share one cache entry. Otherwise the key is taken from the text as sent. The model
+   * always tokenises the text as sent.
+   */
+  readonly normalisedKeys?: boolean;
   encode(text: string): Encoding;
 }
 
@@ -67,6 +74,8 @@ const NON_ASCII_RE = /[^\p{ASCII}]/u;
 /** Word-level tokenizer over a vocabulary file. Immutable; safe to share. */
 export class WordTokenizer implements Tokenizer {
   readonly vocabSize: number;
+  /** It NFC-normalises itself and every Unicode space, control and format character separates words. */
+  readonly normalisedKeys = true;
   readonly lowercase: boolean;
   readonly #ids: Map<string, number>;
 

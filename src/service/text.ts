@@ -1,8 +1,9 @@
 /**
  * Text embeddings: the text adapter of CachedInference (src/service/pipeline.ts).
  *
- *   key      NFC + whitespace-normalised text, hashed: `model@version:sha256(text)`
- *   compute  tokenise (refusing inputs over the model's token limit) and submit the batch to the
+ *   key      `model@version:sha256(text)` of the text as sent, or of its NFC + whitespace-normalised form
+ *            where the tokenizer says that normalisation cannot change its ids (`normalisedKeys`)
+ *   compute  tokenise the text as sent (refusing inputs over the model's token limit) and submit the batch to the
  *            model's token queue (src/runtime/batcher.ts), which pads, batches across requests and runs
  *   fill     the vector under its key
  *
@@ -44,9 +45,8 @@ class TextAdapter implements InferenceAdapter<string, string, TextHandle> {
           limit,
         });
       }
-      const norm = normaliseText(text);
-      const key = cacheKey(handle.name, handle.version, contentHash(norm));
-      return { read: key, flight: key, payload: norm };
+      const key = cacheKey(handle.name, handle.version, contentHash(handle.tokenizer.normalisedKeys ? normaliseText(text) : text));
+      return { read: key, flight: key, payload: text };
     });
   }
 
