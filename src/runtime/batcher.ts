@@ -28,10 +28,11 @@ export const DEFAULT_BATCHER_OPTIONS: BatcherOptions = { maxItems: 64, maxTokens
 
 export interface ModelIO {
   name: string;
-  /** Input names: ids, mask, and optionally token type ids (zeros). */
+  /** Input names: ids, mask, and optionally token type ids (zeros) and position ids (0, 1, … per row). */
   inputIds: string;
   attentionMask: string;
   tokenTypeIds?: string;
+  positionIds?: string;
   output: string;
   dimensions: number;
 }
@@ -127,6 +128,12 @@ export class Batcher {
       { name: this.#io.attentionMask, type: 'int64', data: mask, dims: [n, t] },
     ];
     if (this.#io.tokenTypeIds) feeds.push({ name: this.#io.tokenTypeIds, type: 'int64', data: new BigInt64Array(n * t), dims: [n, t] });
+    if (this.#io.positionIds) {
+      // Right padding: every row's real tokens sit at positions 0 … length − 1.
+      const positions = new BigInt64Array(n * t);
+      for (let r = 0; r < n; r++) for (let j = 0; j < t; j++) positions[r * t + j] = BigInt(j);
+      feeds.push({ name: this.#io.positionIds, type: 'int64', data: positions, dims: [n, t] });
+    }
     this.#stats.batches++;
     this.#stats.items += n;
     this.#stats.paddedTokens += n * t;

@@ -38,6 +38,12 @@ export interface ModelHostOptions {
 
 const MODEL_NAME_SHOWN = 64;
 
+/** The input a text model takes its attention mask on. */
+function attentionMaskOf(manifest: ModelManifest): string {
+  const names = manifest.inputs.map((i) => i.name);
+  return names.find((n) => n === 'attention_mask') ?? names[1]!;
+}
+
 export class ModelHost {
   readonly #o: ModelHostOptions;
   #registry = new ModelRegistry();
@@ -135,6 +141,8 @@ export class ModelHost {
         path: path.join(m.dir, m.manifest.file),
         providers: inference.providers,
         allowSpinning: spinOf(m.manifest),
+        // Models exported without their pooling are pooled in the worker (src/runtime/pooling.ts).
+        ...(m.manifest.pooling ? { pool: { ...m.manifest.pooling, mask: attentionMaskOf(m.manifest) } } : {}),
       })),
     );
     const actualNiceness = pool.stats().niceness;
@@ -188,8 +196,9 @@ export class ModelHost {
     const io = {
       name: manifest.name,
       inputIds: names.find((n) => n === 'input_ids') ?? names[0]!,
-      attentionMask: names.find((n) => n === 'attention_mask') ?? names[1]!,
+      attentionMask: attentionMaskOf(manifest),
       ...(names.includes('token_type_ids') ? { tokenTypeIds: 'token_type_ids' } : {}),
+      ...(names.includes('position_ids') ? { positionIds: 'position_ids' } : {}),
       output: manifest.outputs[0]!.name,
       dimensions: manifest.dimensions,
     };

@@ -6,6 +6,8 @@
  * service.
  */
 
+import { POOLING_MODES, type PoolingMode, type PoolingSpec } from './pooling.ts';
+
 export type Modality = 'text' | 'image' | 'multimodal';
 
 export interface TensorSpec {
@@ -93,6 +95,11 @@ export interface ModelManifest {
   head?: HeadSpec;
   /** ONNX Runtime settings suited to this model, used where the operator's configuration says "auto". */
   runtime?: RuntimeHints;
+  /**
+   * Text models exported without their pooling: the first output is [batch, sequence, hidden] and the
+   * worker pools it (src/runtime/pooling.ts). Absent: the first output is already the embedding.
+   */
+  pooling?: PoolingSpec;
   /** Human readable description shown by Query.models. */
   description: string;
   /** Where the weights come from and under which licence. */
@@ -152,12 +159,21 @@ export function parseManifest(value: unknown, where: string): ModelManifest {
     ...(preprocess ? { preprocess } : {}),
     ...(head ? { head } : {}),
     ...(m['runtime'] === undefined ? {} : { runtime: parseRuntime(m['runtime'], bad) }),
+    ...(m['pooling'] === undefined ? {} : { pooling: parsePooling(m['pooling'], bad) }),
     description: typeof m['description'] === 'string' ? (m['description'] as string) : '',
     source: typeof m['source'] === 'string' ? (m['source'] as string) : '',
   };
 }
 
 type Bad = (field: string, expected: string, got: unknown) => never;
+
+function parsePooling(v: unknown, bad: Bad): PoolingSpec {
+  const p = v as Record<string, unknown>;
+  if (typeof p !== 'object' || p === null || !POOLING_MODES.includes(p['mode'] as PoolingMode) || typeof p['normalize'] !== 'boolean') {
+    return bad('pooling', `{mode: ${POOLING_MODES.map((x) => `"${x}"`).join(' | ')}, normalize: boolean}`, v);
+  }
+  return { mode: p['mode'] as PoolingMode, normalize: p['normalize'] as boolean };
+}
 
 function parseRuntime(v: unknown, bad: Bad): RuntimeHints {
   const r = v as Record<string, unknown>;

@@ -1,11 +1,11 @@
 /**
- * The model registry: every model folder under the models directory, its manifest, its tokenizer and
- * its lifecycle state.
+ * The model registry: every model folder under the models directory, its manifest (ours, or derived
+ * from a Hugging Face folder as it is: hf-folder.ts), its tokenizer and its lifecycle state.
  *
  * A folder whose manifest is invalid, or whose session fails to load, is registered as `failed` with
  * the reason (shown by Query.models); the other models are served regardless.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { ExecutionProviderName } from '../config/index.ts';
 import { ErrorCode, PolyrayError } from '../errors.ts';
@@ -13,6 +13,7 @@ import type { Logger } from '../log.ts';
 import { parseManifest, type ModelManifest } from './manifest.ts';
 import { WordTokenizer, type Tokenizer } from './tokenizer.ts';
 import { WordPieceTokenizer } from './wordpiece.ts';
+import { isHfFolder, readHfFolder } from './hf-folder.ts';
 import { loadHfTokenizer } from './hf-tokenizer.ts';
 
 export type ModelState = { kind: 'loading' } | { kind: 'ready'; provider: ExecutionProviderName } | { kind: 'failed'; reason: string } | { kind: 'disposed' };
@@ -45,7 +46,12 @@ export class ModelRegistry {
     for (const folder of entries.sort()) {
       const modelDir = path.join(dir, folder);
       try {
-        const manifest = parseManifest(JSON.parse(await readFile(path.join(modelDir, 'manifest.json'), 'utf8')), `${folder}/manifest.json`);
+        // Our manifest when the folder has one; else a Hugging Face folder read as it is (hf-folder.ts).
+        const manifest = (await hasManifest(modelDir))
+          ? parseManifest(JSON.parse(await readFile(path.join(modelDir, 'manifest.json'), 'utf8')), `${folder}/manifest.json`)
+          : (await isHfFolder(modelDir))
+            ? await readHfFolder(modelDir)
+            : parseManifest(JSON.parse(await readFile(path.join(modelDir, 'manifest.json'), 'utf8')), `${folder}/manifest.json`);
         if (only && !only.includes(manifest.name)) continue;
         if (reg.#models.has(manifest.name)) throw new TypeError(`model name "${manifest.name}" is used by two folders`);
         const tokenizer = await loadTokenizer(modelDir, manifest);
@@ -80,6 +86,14 @@ export class ModelRegistry {
   ready(): boolean {
     const all = this.list();
     return all.length > 0 && all.every((m) => m.state.kind !== 'loading') && all.some((m) => m.state.kind === 'ready');
+  }
+}
+
+async function hasManifest(dir: string): Promise<boolean> {
+  try {
+    return (await stat(path.join(dir, 'manifest.json'))).isFile();
+  } catch {
+    return false;
   }
 }
 

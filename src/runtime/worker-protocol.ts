@@ -3,6 +3,7 @@
  * whose buffers are transferred, not copied.
  */
 import type { ExecutionProviderName } from '../config/index.ts';
+import type { PoolingSpec } from './pooling.ts';
 
 export interface ModelLoadSpec {
   name: string;
@@ -12,6 +13,11 @@ export interface ModelLoadSpec {
   providers: ExecutionProviderName[];
   /** Let this session's intra-op threads spin between parallel sections. */
   allowSpinning: boolean;
+  /**
+   * Pool the first output ([batch, sequence, hidden]) into [batch, hidden] in the worker, under the mask
+   * fed as `mask` (models exported without their pooling; src/runtime/pooling.ts).
+   */
+  pool?: PoolingSpec & { mask: string };
 }
 
 export interface FeedSpec {

@@ -8,12 +8,14 @@ import { getPriority, setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import type { ExecutionProviderName } from '../config/index.ts';
+import { pool } from './pooling.ts';
 import type { FromWorker, LoadResult, ModelLoadSpec, ToWorker } from './worker-protocol.ts';
 
 const port = parentPort;
 if (!port) throw new Error('worker.ts must run inside a worker thread');
 
 const sessions = new Map<string, ort.InferenceSession>();
+const pooling = new Map<string, NonNullable<ModelLoadSpec['pool']>>();
 let runChain: Promise<void> = Promise.resolve();
 
 async function createSession(spec: ModelLoadSpec, intraOpThreads: number): Promise<LoadResult> {
@@ -32,6 +34,7 @@ async function createSession(spec: ModelLoadSpec, intraOpThreads: number): Promi
         executionMode: 'sequential',
       });
       sessions.set(spec.name, session);
+      if (spec.pool) pooling.set(spec.name, spec.pool);
       return { name: spec.name, ok: true, provider, fallbacks };
     } catch (e) {
       // ORT's messages put the useful part last (after a source path and an assertion): keep the tail.
@@ -88,6 +91,15 @@ port.on('message', (msg: ToWorker) => {
             if (!tensor || !(tensor.data instanceof Float32Array)) throw new Error(`output ${name} is missing or not float32`);
             return { name, data: new Float32Array(tensor.data), dims: [...tensor.dims] };
           });
+          const spec = pooling.get(msg.model);
+          if (spec) {
+            // Pooling (and normalisation) here, off the event loop: the main thread gets [batch, hidden].
+            const mask = msg.feeds.find((f) => f.name === spec.mask);
+            if (!mask) throw new Error(`pooling needs the feed ${spec.mask}`);
+            const o = outputs[0]!;
+            o.data = pool(o.data, o.dims, mask.data, spec);
+            o.dims = [o.dims[0]!, o.dims[o.dims.length - 1]!];
+          }
           const [first, ...extra] = outputs;
           post(
             { type: 'result', id: msg.id, data: first!.data, dims: first!.dims, runMs, ...(extra.length > 0 ? { extra } : {}) },
