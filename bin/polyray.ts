@@ -1,6 +1,6 @@
 #!/usr/bin/env -S npx tsx
 /**
- * The `polyray` CLI: `serve`, `models build`, `clients add|list`, `simulate`, `accounting migrate-books`.
+ * The `polyray` CLI: `serve`, `models build|add`, `clients add|list`, `simulate`, `accounting migrate-books`.
  */
 import { parseFlags } from '../src/cli-args.ts';
 import { loadConfig } from '../src/config/index.ts';
@@ -15,6 +15,9 @@ commands:
   serve                         start the service (same as npm start)
   models build [--force] [--only NAME ...] [--dir DIR]
                                 build the bundled models into the models directory
+  models add FOLDER [--name NAME] [--dir DIR]
+                                inspect a model folder (a Hugging Face export as it is, or one with our
+                                manifest), print what it holds, copy it into the models directory
   simulate (--trace LOCATION | --synthetic zipf:...) [--grid ...] [--prices ...] [--json]
                                 replay a trace for a grid of cache settings; recommend the cheapest
 ${CLIENTS_USAGE}${ACCOUNTING_USAGE}`;
@@ -44,6 +47,14 @@ async function run(argv: string[]): Promise<number> {
     const summary = await buildModels({ modelsDir, force: values.force ?? false, ...(values.only ? { only: values.only } : {}), onProgress: bar.update });
     bar.finish();
     for (const s of summary) console.log(JSON.stringify(s));
+    return 0;
+  }
+  if (cmd === 'models' && sub === 'add') {
+    const [folder, ...flags] = rest;
+    if (!folder || folder.startsWith('--')) throw new TypeError('models add needs a FOLDER: polyray models add ./my-model [--name NAME]');
+    const values = parseFlags(flags, { strings: ['name', 'dir'] });
+    const { addModel } = await import('../src/models/add.ts');
+    await addModel(folder, { modelsDir: values.dir ?? loadConfig().models.dir, name: values.name, out: (s) => process.stdout.write(s) });
     return 0;
   }
   process.stderr.write(USAGE);

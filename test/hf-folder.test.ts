@@ -8,7 +8,7 @@
  * Oracle: transformers.js `feature-extraction` on the same folder, same pooling and normalisation.
  */
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -16,67 +16,14 @@ import { env, pipeline } from '@huggingface/transformers';
 import fc from 'fast-check';
 import { BERT_MODELS } from '../src/models/bert.ts';
 import { buildModels } from '../src/models/build.ts';
-import { OnnxModelBuilder, float32Tensor } from '../src/models/onnx-writer.ts';
+import { OnnxModelBuilder } from '../src/models/onnx-writer.ts';
 import { readHfFolder } from '../src/runtime/hf-folder.ts';
 import { type PoolingSpec, pool } from '../src/runtime/pooling.ts';
+import { HIDDEN, writeSentenceTransformersFolder } from './helpers/hf-folder.ts';
 import { MODELS_DIR, startPolyray, type TestServer } from './helpers/polyray.ts';
 
-const HIDDEN = 16;
-const VOCAB = 30522;
 const TEXTS = ['The cat sat on the mat.', 'Über den Wolken; 我们今天去公园散步!', 'def f(x):\n    return x * 2', 'a', 'emoji 🍕 and مرحبا'];
-
-/** A "transformer" whose token states are tanh(table[id] + type_table[type]): enough to test pooling. */
-function graph(): Uint8Array {
-  const model = new OnnxModelBuilder({ graphName: 'tiny', docString: 'test fixture' });
-  const g = model.graph;
-  const ids = g.input('input_ids', 'int64', ['batch', 'sequence']);
-  g.input('attention_mask', 'int64', ['batch', 'sequence']);
-  const types = g.input('token_type_ids', 'int64', ['batch', 'sequence']);
-  let s = 7;
-  const rand = (n: number) =>
-    Float32Array.from({ length: n }, () => {
-      s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-      return (s / 2 ** 32 - 0.5) * 2;
-    });
-  const table = g.initializer(float32Tensor('word_embeddings', rand(VOCAB * HIDDEN), [VOCAB, HIDDEN]));
-  const typeTable = g.initializer(float32Tensor('token_type_embeddings', rand(2 * HIDDEN), [2, HIDDEN]));
-  const words = g.op('Gather', [table, ids], {}, { name: 'words' });
-  const kinds = g.op('Gather', [typeTable, types], {}, { name: 'types' });
-  const sum = g.op('Add', [words, kinds], {}, { name: 'sum' });
-  const states = g.op('Tanh', [sum], {}, { name: 'states' });
-  g.output(states, 'float32', ['batch', 'sequence', HIDDEN], 'last_hidden_state');
-  return model.serialize();
-}
-
-async function folder(root: string, name: string, tokenizerJson: string, pooling: 'mean' | 'cls', normalize: boolean): Promise<string> {
-  const dir = path.join(root, name);
-  await mkdir(path.join(dir, 'onnx'), { recursive: true });
-  await mkdir(path.join(dir, '1_Pooling'));
-  await writeFile(path.join(dir, 'onnx', 'model.onnx'), graph());
-  await copyFile(tokenizerJson, path.join(dir, 'tokenizer.json'));
-  const write = (f: string, v: unknown) => writeFile(path.join(dir, f), JSON.stringify(v));
-  await write('tokenizer_config.json', { tokenizer_class: 'BertTokenizer', do_lower_case: true, model_max_length: 512 });
-  await write('config.json', {
-    model_type: 'bert',
-    architectures: ['BertModel'],
-    hidden_size: HIDDEN,
-    num_hidden_layers: 2,
-    max_position_embeddings: 512,
-    polyray_synthetic: true,
-  });
-  await write('modules.json', [
-    { idx: 0, name: '0', path: '', type: 'sentence_transformers.models.Transformer' },
-    { idx: 1, name: '1', path: '1_Pooling', type: 'sentence_transformers.models.Pooling' },
-    ...(normalize ? [{ idx: 2, name: '2', path: '2_Normalize', type: 'sentence_transformers.models.Normalize' }] : []),
-  ]);
-  await write('1_Pooling/config.json', {
-    word_embedding_dimension: HIDDEN,
-    pooling_mode_cls_token: pooling === 'cls',
-    pooling_mode_mean_tokens: pooling === 'mean',
-  });
-  await write('sentence_bert_config.json', { max_seq_length: 128, do_lower_case: false });
-  return dir;
-}
+const folder = writeSentenceTransformersFolder;
 
 const cosine = (a: readonly number[], b: readonly number[]) => {
   let d = 0;
@@ -98,7 +45,8 @@ describe('a sentence-transformers folder, read as it is', () => {
     const tokenizer = path.join(MODELS_DIR, BERT_MODELS.plain, 'tokenizer.json');
     tmp = await mkdtemp(path.join(os.tmpdir(), 'polyray-hf-folder-'));
     await folder(tmp, 'tiny-mean', tokenizer, 'mean', true);
-    await folder(tmp, 'tiny-cls', tokenizer, 'cls', false);
+    await folder(tmp, 'tiny-cls', tokenizer, 'cls', false, { prompts: { query: 'query: ', passage: 'passage: ' }, default_prompt_name: 'query' });
+    await folder(tmp, 'tiny-prompts', tokenizer, 'mean', true, { prompts: { query: 'query: ', passage: 'passage: ' } });
     // Broken: a graph input Polyray cannot feed.
     const bad = await folder(tmp, 'tiny-bad', tokenizer, 'mean', true);
     const model = new OnnxModelBuilder({ graphName: 'bad' });
@@ -153,6 +101,37 @@ describe('a sentence-transformers folder, read as it is', () => {
       });
     });
   }
+
+  test('prompts: named, inline or the default, prepended as sentence-transformers does; bad ones refused', async () => {
+    const q = (model: string, args: string, text: string) =>
+      server.gql<{ embed: { vector: number[] }[] }>(`query($t: String!) { embed(model: "${model}", inputs: [{ text: $t }]${args}) { vector } }`, { t: text });
+    const vec = async (model: string, args: string, text: string) => {
+      const r = await q(model, args, text);
+      assert.equal(r.errors, undefined, JSON.stringify(r.errors));
+      return r.data!.embed[0]!.vector;
+    };
+    const t = 'how do cats sleep';
+    const plain = await vec('tiny-prompts', '', `passage: ${t}`);
+    assert.deepEqual(await vec('tiny-prompts', ', promptName: "passage"', t), plain);
+    assert.deepEqual(await vec('tiny-prompts', ', prompt: "passage: "', t), plain);
+    assert.notDeepEqual(await vec('tiny-prompts', ', promptName: "query"', t), plain);
+    // A default prompt applies when the request names none; an explicit empty prompt turns it off.
+    assert.deepEqual(await vec('tiny-cls', '', t), await vec('tiny-cls', ', prompt: ""', `query: ${t}`));
+    const models = await server.gql<{ models: { name: string; prompts: string[]; defaultPromptName: string | null }[] }>(
+      '{ models { name prompts defaultPromptName } }',
+    );
+    assert.deepEqual(
+      models.data!.models.find((m) => m.name === 'tiny-cls'),
+      { name: 'tiny-cls', prompts: ['query', 'passage'], defaultPromptName: 'query' },
+    );
+    const unknown = await q('tiny-prompts', ', promptName: "nope"', t);
+    assert.equal(unknown.errors?.[0]?.extensions?.['code'], 'BAD_USER_INPUT');
+    assert.match(unknown.errors![0]!.message, /its prompts: query, passage/);
+    const both = await q('tiny-prompts', ', prompt: "x", promptName: "query"', t);
+    assert.equal(both.errors?.[0]?.extensions?.['code'], 'BAD_USER_INPUT');
+    const long = await q('tiny-prompts', `, prompt: "${'x'.repeat(1025)}"`, t);
+    assert.match(long.errors![0]!.message, /at most 1024/);
+  });
 
   test('a folder whose graph needs an input Polyray cannot feed is FAILED, naming it', () => {
     const failed = server.server.host.registry.failedFolders();

@@ -26,3 +26,43 @@ export function checkDimensions(handle: ModelHandle, dimensions: number | null |
   }
   return dimensions === full ? undefined : dimensions;
 }
+
+/** Longest prompt a request may give inline, in characters. */
+export const PROMPT_MAX_CHARS = 1024;
+
+/**
+ * The prompt to prepend to every text input (as sentence-transformers does): `promptName` picks one of the
+ * model's prompts, `prompt` gives one inline, neither means the model's default prompt (or none).
+ */
+export function checkPrompt(handle: ModelHandle, prompt: string | null | undefined, promptName: string | null | undefined): string {
+  const asked = (prompt !== null && prompt !== undefined) || (promptName !== null && promptName !== undefined);
+  if (handle.kind !== 'text') {
+    if (asked)
+      throw new PolyrayError(ErrorCode.BAD_USER_INPUT, `Prompts apply to text models; ${handle.name} is not one`, {
+        argument: prompt != null ? 'prompt' : 'promptName',
+      });
+    return '';
+  }
+  if (prompt != null && promptName != null) throw new PolyrayError(ErrorCode.BAD_USER_INPUT, 'Give "prompt" or "promptName", not both', { argument: 'prompt' });
+  if (prompt != null) {
+    if (prompt.length > PROMPT_MAX_CHARS) {
+      throw new PolyrayError(ErrorCode.BAD_USER_INPUT, `Argument "prompt" must be at most ${PROMPT_MAX_CHARS} characters, received ${prompt.length}`, {
+        argument: 'prompt',
+        limit: PROMPT_MAX_CHARS,
+      });
+    }
+    return prompt;
+  }
+  const name = promptName ?? handle.defaultPromptName;
+  if (name === undefined) return '';
+  const text = handle.prompts[name];
+  if (text === undefined) {
+    const names = Object.keys(handle.prompts);
+    throw new PolyrayError(
+      ErrorCode.BAD_USER_INPUT,
+      `Model ${handle.name} has no prompt "${name.slice(0, 64)}"; its prompts: ${names.length > 0 ? names.join(', ') : 'none'}`,
+      { argument: 'promptName', prompts: names },
+    );
+  }
+  return text;
+}

@@ -5,7 +5,7 @@
  */
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { LabelScore } from '../models/heads.ts';
-import { checkDimensions, checkModelName } from './args.ts';
+import { checkDimensions, checkModelName, checkPrompt } from './args.ts';
 import type { PolyrayContext } from './context.ts';
 import { toEmbedding, type EmbeddingParent } from './embedding.ts';
 
@@ -21,15 +21,16 @@ export const postResolvers = {
     __resolveReference: (ref: PostRepresentation): PostRepresentation => ref,
     embedding: async (
       post: PostRepresentation,
-      args: { model?: string | null; dimensions?: number | null },
+      args: { model?: string | null; dimensions?: number | null; prompt?: string | null; promptName?: string | null },
       ctx: PolyrayContext,
     ): Promise<EmbeddingParent | null> => {
       const handle = ctx.scope.model(checkModelName(args.model ?? ctx.catalog.defaultPostModel));
       const dims = checkDimensions(handle, args.dimensions);
+      const prompt = checkPrompt(handle, args.prompt, args.promptName);
       if (handle.kind === 'text') {
         // Text models read the text; a post without text has nothing for them to embed.
         if (typeof post.text !== 'string' || post.text.trim() === '') return null;
-        return toEmbedding(await ctx.scope.texts(handle).load(post.text), dims);
+        return toEmbedding(await ctx.scope.texts(handle).load(prompt + post.text), dims);
       }
       // postray and image models read the images too (one pipeline call per part for all posts of the tick).
       const result = await ctx.scope.posts(handle).load({ text: post.text ?? null, imageUrls: post.imageUrls ?? [] });

@@ -2,7 +2,7 @@
  * `Query` resolvers: `embed` and `models`.
  */
 import { ErrorCode, PolyrayError } from '../errors.ts';
-import { checkDimensions, checkModelName } from './args.ts';
+import { checkDimensions, checkModelName, checkPrompt } from './args.ts';
 import type { ModelInfo, PolyrayContext } from './context.ts';
 import { toEmbedding, type EmbeddingParent } from './embedding.ts';
 import type { ModelHandle } from '../runtime/handle.ts';
@@ -23,7 +23,11 @@ type OneInput = { text: string } | { imageUrl: string } | { imageBase64: string 
 
 export const queryResolvers = {
   Query: {
-    embed: async (_: unknown, args: { model: string; inputs: EmbedInput[]; dimensions?: number | null }, ctx: PolyrayContext): Promise<EmbeddingParent[]> => {
+    embed: async (
+      _: unknown,
+      args: { model: string; inputs: EmbedInput[]; dimensions?: number | null; prompt?: string | null; promptName?: string | null },
+      ctx: PolyrayContext,
+    ): Promise<EmbeddingParent[]> => {
       const model = checkModelName(args.model);
       const max = ctx.catalog.maxInputsPerRequest;
       if (args.inputs.length > max) {
@@ -38,6 +42,7 @@ export const queryResolvers = {
       }
       const handle = ctx.scope.model(model);
       const dims = checkDimensions(handle, args.dimensions);
+      const prompt = checkPrompt(handle, args.prompt, args.promptName);
       const kind = handle.kind;
       const inputs: OneInput[] = args.inputs.map((input, index) => {
         const set = Object.entries(input).filter(([, v]) => v !== null && v !== undefined);
@@ -61,7 +66,7 @@ export const queryResolvers = {
           if (handle.kind === 'text')
             return ctx.scope
               .texts(handle)
-              .load((input as { text: string }).text)
+              .load(prompt + (input as { text: string }).text)
               .catch(caught);
           if (handle.kind === 'image')
             return ctx.scope

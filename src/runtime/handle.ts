@@ -23,6 +23,9 @@ interface HandleBase {
 export interface TextHandle extends HandleBase {
   kind: 'text';
   tokenizer: Tokenizer;
+  /** Named prompts and the default one (manifest `prompts`, `defaultPromptName`). */
+  prompts: Readonly<Record<string, string>>;
+  defaultPromptName: string | undefined;
   queue: Batcher;
 }
 
@@ -62,4 +65,6 @@ export interface ModelInfo {
   executionProvider: string | null;
   error: string | null;
   description: string;
+  prompts: string[];
+  defaultPromptName: string | null;
 }

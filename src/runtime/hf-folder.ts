@@ -12,6 +12,7 @@
  *     says (default: mean, as sentence-transformers does for a plain transformers folder)
  *   - dimensions (`word_embedding_dimension`, else `hidden_size`), token limit (`max_seq_length`, else
  *     `model_max_length`, else `max_position_embeddings`), the tokenizer (`tokenizer.json`, any family)
+ *   - prompts (`config_sentence_transformers.json`: `prompts`, `default_prompt_name`)
  *   - the version: a content hash of every file that changes the vectors
  */
 import { createHash } from 'node:crypto';
@@ -73,6 +74,7 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
   const poolConfig = poolingModule ? await json(dir, path.join(poolingModule.path ?? '1_Pooling', 'config.json')) : {};
   const st = await json(dir, 'sentence_bert_config.json');
   const tokConfig = await json(dir, 'tokenizer_config.json');
+  const stConfig = await json(dir, 'config_sentence_transformers.json');
 
   let output: TensorSpec;
   let pooling: PoolingSpec | undefined;
@@ -116,6 +118,7 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
     outputs: [output],
     tokenizer: { kind: 'hf', file: 'tokenizer.json', lowercase: false },
     ...(pooling ? { pooling } : {}),
+    ...promptsOf(stConfig),
     description: `${arch} read from a Hugging Face folder (${file}; ${pooled ? 'sentence_embedding' : `${pooling!.mode} pooling`}${normalize ? ', normalised' : ''})`,
     source: `Hugging Face folder ${path.basename(dir)}`,
   };
@@ -135,6 +138,16 @@ function tensorSpec(v: ValueInfo): TensorSpec {
     type: ELEMENT[t?.elemType ?? 0] ?? `onnx:${t?.elemType ?? '?'}`,
     shape: (t?.shape?.dim ?? []).map((d) => d.dimValue ?? d.dimParam ?? '?'),
   };
+}
+
+/** `prompts` and `default_prompt_name` of config_sentence_transformers.json (empty prompts are dropped). */
+function promptsOf(c: Record<string, unknown>): { prompts?: Record<string, string>; defaultPromptName?: string } {
+  const p = c['prompts'];
+  if (typeof p !== 'object' || p === null || Array.isArray(p)) return {};
+  const prompts = Object.fromEntries(Object.entries(p).filter((e): e is [string, string] => typeof e[1] === 'string'));
+  if (Object.keys(prompts).length === 0) return {};
+  const d = c['default_prompt_name'];
+  return { prompts, ...(typeof d === 'string' && d in prompts ? { defaultPromptName: d } : {}) };
 }
 
 function poolingMode(c: Record<string, unknown>): PoolingMode {

@@ -76,7 +76,14 @@ export class ModelHost {
       return { kind: 'head', ...this.#base(m), head: h, queue: this.#queue(m, TensorBatcher), input };
     }
     if (m.manifest.preprocess) return { kind: 'image', ...this.#base(m), preprocess: m.manifest.preprocess, queue: this.#queue(m, TensorBatcher) };
-    return { kind: 'text', ...this.#base(m), tokenizer: m.tokenizer, queue: this.#queue(m, Batcher) };
+    return {
+      kind: 'text',
+      ...this.#base(m),
+      tokenizer: m.tokenizer,
+      prompts: m.manifest.prompts ?? {},
+      defaultPromptName: m.manifest.defaultPromptName,
+      queue: this.#queue(m, Batcher),
+    };
   }
 
   /** Every served model, `postray` included when its parts are registered. */
@@ -94,6 +101,8 @@ export class ModelHost {
         executionProvider: m.state.kind === 'ready' ? m.state.provider : null,
         error: m.state.kind === 'failed' ? m.state.reason : null,
         description: m.manifest.description,
+        prompts: Object.keys(m.manifest.prompts ?? {}),
+        defaultPromptName: m.manifest.defaultPromptName ?? null,
       }),
     );
     const text = this.#registry.get(POSTRAY_TEXT_MODEL);
@@ -118,6 +127,8 @@ export class ModelHost {
           `Post embedding: the ${POSTRAY_TEXT_MODEL} embedding of the text and the mean ${POSTRAY_IMAGE_MODEL} embedding of the images, ` +
           `fused as [t/√2, i/√2] (or one part alone), L2-normalised; ${text.manifest.dimensions} text + ${image.manifest.dimensions} image components. Computed from ` +
           'cached part embeddings; costs what its parts cost. See docs/POSTRAY.md.',
+        prompts: [],
+        defaultPromptName: null,
       },
     ];
   }

@@ -100,6 +100,12 @@ export interface ModelManifest {
    * worker pools it (src/runtime/pooling.ts). Absent: the first output is already the embedding.
    */
   pooling?: PoolingSpec;
+  /**
+   * Text models: named prompts prepended to the input (sentence-transformers' `prompts`, e.g. e5's
+   * `query: `), chosen per request with `promptName`; `defaultPromptName` applies when a request names none.
+   */
+  prompts?: Record<string, string>;
+  defaultPromptName?: string;
   /** Human readable description shown by Query.models. */
   description: string;
   /** Where the weights come from and under which licence. */
@@ -160,12 +166,23 @@ export function parseManifest(value: unknown, where: string): ModelManifest {
     ...(head ? { head } : {}),
     ...(m['runtime'] === undefined ? {} : { runtime: parseRuntime(m['runtime'], bad) }),
     ...(m['pooling'] === undefined ? {} : { pooling: parsePooling(m['pooling'], bad) }),
+    ...parsePrompts(m['prompts'], m['defaultPromptName'], bad),
     description: typeof m['description'] === 'string' ? (m['description'] as string) : '',
     source: typeof m['source'] === 'string' ? (m['source'] as string) : '',
   };
 }
 
 type Bad = (field: string, expected: string, got: unknown) => never;
+
+function parsePrompts(prompts: unknown, defaultName: unknown, bad: Bad): Pick<ModelManifest, 'prompts' | 'defaultPromptName'> {
+  if (prompts === undefined && defaultName === undefined) return {};
+  const p = (prompts ?? {}) as Record<string, unknown>;
+  if (typeof p !== 'object' || Array.isArray(p) || Object.values(p).some((v) => typeof v !== 'string'))
+    return bad('prompts', 'an object of name → prompt text', prompts);
+  if (defaultName !== undefined && defaultName !== null && (typeof defaultName !== 'string' || !(defaultName in p)))
+    return bad('defaultPromptName', "one of the prompts' names", defaultName);
+  return { prompts: p as Record<string, string>, ...(typeof defaultName === 'string' ? { defaultPromptName: defaultName } : {}) };
+}
 
 function parsePooling(v: unknown, bad: Bad): PoolingSpec {
   const p = v as Record<string, unknown>;
