@@ -47,6 +47,7 @@ describe('a sentence-transformers folder, read as it is', () => {
     await folder(tmp, 'tiny-mean', tokenizer, 'mean', true);
     await folder(tmp, 'tiny-cls', tokenizer, 'cls', false, { prompts: { query: 'query: ', passage: 'passage: ' }, default_prompt_name: 'query' });
     await folder(tmp, 'tiny-prompts', tokenizer, 'mean', true, { prompts: { query: 'query: ', passage: 'passage: ' } });
+    await folder(tmp, 'tiny-short', tokenizer, 'mean', true, undefined, 32);
     // Broken: a graph input Polyray cannot feed.
     const bad = await folder(tmp, 'tiny-bad', tokenizer, 'mean', true);
     const model = new OnnxModelBuilder({ graphName: 'bad' });
@@ -131,6 +132,36 @@ describe('a sentence-transformers folder, read as it is', () => {
     assert.equal(both.errors?.[0]?.extensions?.['code'], 'BAD_USER_INPUT');
     const long = await q('tiny-prompts', `, prompt: "${'x'.repeat(1025)}"`, t);
     assert.match(long.errors![0]!.message, /at most 1024/);
+  });
+
+  test('truncate: an over-long text is cut as Python tokenizers cut it (special tokens kept), instead of INPUT_TOO_LARGE', async () => {
+    // "wordN thing" is three WordPiece tokens (word ##N thing): 60 of them are 180 tokens.
+    const pairs = Array.from({ length: 60 }, (_, i) => `word${i % 7} thing`);
+    const long = pairs.join(' ');
+    const q = (args: string) =>
+      server.gql<{ embed: { vector: number[] }[] }>(`query($t: String!) { embed(model: "tiny-short", inputs: [{ text: $t }]${args}) { vector } }`, { t: long });
+    const refused = await q('');
+    assert.equal(refused.errors?.[0]?.extensions?.['code'], 'INPUT_TOO_LARGE');
+    const cut = await q(', truncate: true');
+    assert.equal(cut.errors, undefined, JSON.stringify(cut.errors));
+    env.allowRemoteModels = false;
+    env.localModelPath = `${tmp}/`;
+    const extractor = await pipeline('feature-extraction', 'tiny-short', { dtype: 'fp32' });
+    // Python tokenizers (what sentence-transformers runs) cut the text's tokens and keep [CLS] … [SEP]:
+    // 32 = 1 + 30 + 1, i.e. the first 10 pairs. transformers.js instead cuts after adding the special
+    // tokens and loses [SEP], so the oracle gets the text that fits.
+    const oracle = ((await extractor(pairs.slice(0, 10).join(' '), { pooling: 'mean', normalize: true })).tolist() as number[][])[0]!;
+    await extractor.dispose();
+    const c = cosine(cut.data!.embed[0]!.vector, oracle);
+    assert.ok(c >= 0.99999, `cosine ${c}`);
+    const short = await server.gql<{ embed: { vector: number[] }[] }>(
+      '{ a: embed(model: "tiny-short", inputs: [{ text: "fits" }]) { vector } b: embed(model: "tiny-short", inputs: [{ text: "fits" }], truncate: true) { vector } }',
+    );
+    assert.deepEqual(
+      (short.data as unknown as { a: { vector: number[] }[]; b: { vector: number[] }[] }).a,
+      (short.data as unknown as { b: unknown }).b,
+      'a text that fits is the same vector either way',
+    );
   });
 
   test('a folder whose graph needs an input Polyray cannot feed is FAILED, naming it', () => {

@@ -20,7 +20,7 @@ import { BERT_MODELS } from '../src/models/bert.ts';
 import { buildModels } from '../src/models/build.ts';
 import { buildGloveGraph } from '../src/models/glove.ts';
 import { HfTokenizer, loadHfTokenizer } from '../src/runtime/hf-tokenizer.ts';
-import type { Tokenizer } from '../src/runtime/tokenizer.ts';
+import { type Tokenizer, truncateEncoding } from '../src/runtime/tokenizer.ts';
 import { WordPieceTokenizer } from '../src/runtime/wordpiece.ts';
 import { MODELS_DIR, startPolyray, type TestServer } from './helpers/polyray.ts';
 
@@ -65,11 +65,28 @@ describe('tokenizer.json families', () => {
       test('is read by @huggingface/tokenizers with its tokenizer_config.json', () => {
         assert.ok(ours instanceof HfTokenizer);
         assert.ok(ours.vocabSize > 100_000);
+        // Gemma puts <bos> before a text; Qwen3's base tokenizer adds nothing.
+        assert.deepEqual(ours.specials, family.name === 'gemma3' ? { prefix: 1, suffix: 0 } : { prefix: 0, suffix: 0 });
       });
 
       test('token ids equal transformers.js AutoTokenizer on the corpus (English, German, Chinese, Arabic, emoji, code, 500 words)', async () => {
         const oracle = await AutoTokenizer.from_pretrained(family.dir);
         for (const text of CORPUS) assert.deepEqual(ours.encode(text).ids, oracle.encode(text), JSON.stringify(text.slice(0, 40)));
+      });
+
+      test('truncation keeps the special tokens and cuts the text on the side asked', () => {
+        const enc = ours.encode(CORPUS[8]!);
+        const { prefix, suffix } = ours.specials ?? { prefix: 0, suffix: 0 };
+        for (const side of ['right', 'left'] as const) {
+          const cut = truncateEncoding(enc, 20, side, ours.specials);
+          assert.equal(cut.ids.length, 20);
+          assert.deepEqual(cut.ids.slice(0, prefix), enc.ids.slice(0, prefix));
+          assert.deepEqual(cut.ids.slice(cut.ids.length - suffix), enc.ids.slice(enc.ids.length - suffix));
+          const body = cut.ids.slice(prefix, cut.ids.length - suffix);
+          const whole = enc.ids.slice(prefix, enc.ids.length - suffix);
+          assert.deepEqual(body, side === 'right' ? whole.slice(0, body.length) : whole.slice(whole.length - body.length));
+        }
+        assert.equal(truncateEncoding(enc, enc.ids.length, 'right', ours.specials), enc, 'a text that fits is untouched');
       });
 
       test('whitespace and line breaks are tokens: the text is tokenised as sent', () => {
@@ -101,6 +118,7 @@ describe('WordPiece: ours where it reads the file, measured faster and identical
 
   test('a BERT WordPiece tokenizer.json is read by our WordPiece', () => {
     assert.ok(ours instanceof WordPieceTokenizer);
+    assert.deepEqual(ours.specials, { prefix: 1, suffix: 1 }, '[CLS] … [SEP]');
   });
 
   test('property: same ids as @huggingface/tokenizers on fuzzed text', () => {

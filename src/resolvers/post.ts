@@ -21,7 +21,7 @@ export const postResolvers = {
     __resolveReference: (ref: PostRepresentation): PostRepresentation => ref,
     embedding: async (
       post: PostRepresentation,
-      args: { model?: string | null; dimensions?: number | null; prompt?: string | null; promptName?: string | null },
+      args: { model?: string | null; dimensions?: number | null; prompt?: string | null; promptName?: string | null; truncate?: boolean | null },
       ctx: PolyrayContext,
     ): Promise<EmbeddingParent | null> => {
       const handle = ctx.scope.model(checkModelName(args.model ?? ctx.catalog.defaultPostModel));
@@ -30,7 +30,7 @@ export const postResolvers = {
       if (handle.kind === 'text') {
         // Text models read the text; a post without text has nothing for them to embed.
         if (typeof post.text !== 'string' || post.text.trim() === '') return null;
-        return toEmbedding(await ctx.scope.texts(handle).load(prompt + post.text), dims);
+        return toEmbedding(await ctx.scope.texts(handle, args.truncate === true).load(prompt + post.text), dims);
       }
       // postray and image models read the images too (one pipeline call per part for all posts of the tick).
       const result = await ctx.scope.posts(handle).load({ text: post.text ?? null, imageUrls: post.imageUrls ?? [] });

@@ -25,7 +25,7 @@ export const queryResolvers = {
   Query: {
     embed: async (
       _: unknown,
-      args: { model: string; inputs: EmbedInput[]; dimensions?: number | null; prompt?: string | null; promptName?: string | null },
+      args: { model: string; inputs: EmbedInput[]; dimensions?: number | null; prompt?: string | null; promptName?: string | null; truncate?: boolean | null },
       ctx: PolyrayContext,
     ): Promise<EmbeddingParent[]> => {
       const model = checkModelName(args.model);
@@ -65,7 +65,7 @@ export const queryResolvers = {
           const caught = (e: unknown): Error => e as Error;
           if (handle.kind === 'text')
             return ctx.scope
-              .texts(handle)
+              .texts(handle, args.truncate === true)
               .load(prompt + (input as { text: string }).text)
               .catch(caught);
           if (handle.kind === 'image')

@@ -26,6 +26,8 @@ export interface TextHandle extends HandleBase {
   /** Named prompts and the default one (manifest `prompts`, `defaultPromptName`). */
   prompts: Readonly<Record<string, string>>;
   defaultPromptName: string | undefined;
+  /** Which end of an over-long input `truncate` cuts (tokenizer_config.json `truncation_side`; default right). */
+  truncationSide: 'left' | 'right';
   queue: Batcher;
 }
 

@@ -119,6 +119,7 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
     tokenizer: { kind: 'hf', file: 'tokenizer.json', lowercase: false },
     ...(pooling ? { pooling } : {}),
     ...promptsOf(stConfig),
+    ...(tokConfig['truncation_side'] === 'left' ? { truncationSide: 'left' as const } : {}),
     description: `${arch} read from a Hugging Face folder (${file}; ${pooled ? 'sentence_embedding' : `${pooling!.mode} pooling`}${normalize ? ', normalised' : ''})`,
     source: `Hugging Face folder ${path.basename(dir)}`,
   };

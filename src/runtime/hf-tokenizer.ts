@@ -25,6 +25,7 @@ const LONE_SURROGATE = /\p{Cs}/gu;
 
 export class HfTokenizer implements Tokenizer {
   readonly vocabSize: number;
+  readonly specials: { prefix: number; suffix: number };
   readonly #tok: HuggingFaceTokenizer;
 
   constructor(tokenizerJson: unknown, tokenizerConfig: Record<string, unknown> = {}) {
@@ -32,6 +33,7 @@ export class HfTokenizer implements Tokenizer {
     let max = -1;
     for (const id of this.#tok.get_vocab(true).values()) if (id > max) max = id;
     this.vocabSize = max + 1;
+    this.specials = specialsOf(this.#tok);
   }
 
   encode(text: string): Encoding {
@@ -44,6 +46,17 @@ export class HfTokenizer implements Tokenizer {
     }
     return { ids: enc.ids, mask: enc.attention_mask };
   }
+}
+
+/** Where a single text's own tokens sit among the special tokens the post-processor adds (a fixed template). */
+function specialsOf(tok: HuggingFaceTokenizer): { prefix: number; suffix: number } {
+  const probe = 'a b';
+  const full = tok.encode(probe).ids;
+  const own = tok.encode(probe, { add_special_tokens: false }).ids;
+  for (let k = 0; k + own.length <= full.length; k++) {
+    if (own.every((id: number, j: number) => full[k + j] === id)) return { prefix: k, suffix: full.length - k - own.length };
+  }
+  return { prefix: 0, suffix: 0 };
 }
 
 /**

@@ -82,6 +82,7 @@ export class ModelHost {
       tokenizer: m.tokenizer,
       prompts: m.manifest.prompts ?? {},
       defaultPromptName: m.manifest.defaultPromptName,
+      truncationSide: m.manifest.truncationSide ?? 'right',
       queue: this.#queue(m, Batcher),
     };
   }

@@ -106,6 +106,8 @@ export interface ModelManifest {
    */
   prompts?: Record<string, string>;
   defaultPromptName?: string;
+  /** Which end of an over-long input a truncating request cuts. Default "right" (keeps the start). */
+  truncationSide?: 'left' | 'right';
   /** Human readable description shown by Query.models. */
   description: string;
   /** Where the weights come from and under which licence. */
@@ -167,6 +169,14 @@ export function parseManifest(value: unknown, where: string): ModelManifest {
     ...(m['runtime'] === undefined ? {} : { runtime: parseRuntime(m['runtime'], bad) }),
     ...(m['pooling'] === undefined ? {} : { pooling: parsePooling(m['pooling'], bad) }),
     ...parsePrompts(m['prompts'], m['defaultPromptName'], bad),
+    ...(m['truncationSide'] === undefined
+      ? {}
+      : {
+          truncationSide:
+            m['truncationSide'] === 'left' || m['truncationSide'] === 'right'
+              ? m['truncationSide']
+              : bad('truncationSide', '"left" or "right"', m['truncationSide']),
+        }),
     description: typeof m['description'] === 'string' ? (m['description'] as string) : '',
     source: typeof m['source'] === 'string' ? (m['source'] as string) : '',
   };

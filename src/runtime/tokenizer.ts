@@ -48,7 +48,33 @@ export interface Tokenizer {
    * always tokenises the text as sent.
    */
   readonly normalisedKeys?: boolean;
+  /**
+   * How many special tokens the tokenizer puts before and after a single text's own tokens (BERT: [CLS]
+   * and [SEP], 1 and 1; Gemma: <bos>, 1 and 0). Truncation keeps them and cuts the text's tokens.
+   * Absent: none.
+   */
+  readonly specials?: { prefix: number; suffix: number };
   encode(text: string): Encoding;
+}
+
+/**
+ * `enc` cut to `max` tokens: the special tokens around the text stay, the text's own tokens are cut on
+ * `side` ("right" keeps the start of the text), as Hugging Face tokenizers truncate a single sequence.
+ */
+export function truncateEncoding(
+  enc: Encoding,
+  max: number,
+  side: 'left' | 'right',
+  specials: { prefix: number; suffix: number } = { prefix: 0, suffix: 0 },
+): Encoding {
+  if (enc.ids.length <= max) return enc;
+  const { prefix, suffix } = specials;
+  const keep = Math.max(0, max - prefix - suffix);
+  const cut = <T>(a: readonly T[]): T[] => {
+    const body = a.slice(prefix, a.length - suffix);
+    return [...a.slice(0, prefix), ...(side === 'right' ? body.slice(0, keep) : body.slice(body.length - keep)), ...a.slice(a.length - suffix)];
+  };
+  return { ids: cut(enc.ids), mask: cut(enc.mask) };
 }
 
 export interface WordTokenizerOptions {

@@ -120,6 +120,11 @@ export class WordPieceTokenizer implements Tokenizer {
     this.#addedRe = added.length > 0 ? new RegExp(added.map(escapeRegExp).join('|'), 'g') : undefined;
   }
 
+  /** Special tokens around a single text: the post-processor's [CLS] … [SEP]. */
+  get specials(): { prefix: number; suffix: number } {
+    return { prefix: this.#prefixIds.length, suffix: this.#suffixIds.length };
+  }
+
   /** Loads a Hugging Face `tokenizer.json`. Throws a TypeError naming what is unsupported. */
   static async load(file: string): Promise<WordPieceTokenizer> {
     return WordPieceTokenizer.fromJSON(JSON.parse(await readFile(file, 'utf8')), file);

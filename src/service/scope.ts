@@ -84,11 +84,11 @@ export class RequestScope<A extends Account = Account> {
     return h;
   }
 
-  /** Text embeddings of one text model; keys are input texts. */
-  texts(handle: TextHandle): DataLoader<string, EmbedResult> {
+  /** Text embeddings of one text model; keys are input texts. `truncate`: cut over-long inputs instead of refusing them. */
+  texts(handle: TextHandle, truncate = false): DataLoader<string, EmbedResult> {
     return this.#loader(
-      `t:${handle.name}`,
-      () => new DataLoader<string, EmbedResult>((texts) => this.#texts(handle, texts), { maxBatchSize: this.#s.limits.maxBatch }),
+      `t:${handle.name}:${truncate ? 'cut' : 'whole'}`,
+      () => new DataLoader<string, EmbedResult>((texts) => this.#texts(handle, texts, truncate), { maxBatchSize: this.#s.limits.maxBatch }),
     );
   }
 
@@ -149,8 +149,8 @@ export class RequestScope<A extends Account = Account> {
     );
   }
 
-  #texts(handle: TextHandle, texts: readonly string[]): Promise<(EmbedResult | PolyrayError)[]> {
-    return this.account.admit(handle, { kind: 'texts', texts }, () => this.#s.text.embed(handle, texts, this.account.clientId));
+  #texts(handle: TextHandle, texts: readonly string[], truncate = false): Promise<(EmbedResult | PolyrayError)[]> {
+    return this.account.admit(handle, { kind: 'texts', texts }, () => this.#s.text.embed(handle, texts, this.account.clientId, truncate));
   }
 
   #images(handle: ImageHandle, inputs: readonly ImageInput[], want: ImageWant): Promise<(ImageResult | PolyrayError)[]> {

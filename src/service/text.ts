@@ -15,6 +15,7 @@ import type { TieredCache } from '../cache/tiered.ts';
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { TextHandle } from '../runtime/handle.ts';
+import { truncateEncoding } from '../runtime/tokenizer.ts';
 import { CachedInference, type Computed, type InferenceAdapter, type Keyed } from './pipeline.ts';
 import type { EmbedResult, PipelineStats, TraceSink } from './types.ts';
 
@@ -26,14 +27,17 @@ export interface TextEmbedderOptions {
   trace?: TraceSink;
 }
 
-class TextAdapter implements InferenceAdapter<string, string, TextHandle> {
+/** A pipeline call: the model, and whether over-long inputs are cut (on the model's side) or refused. */
+type TextCall = TextHandle & { truncate: boolean };
+
+class TextAdapter implements InferenceAdapter<string, string, TextCall> {
   readonly #maxInputBytes: number;
 
   constructor(maxInputBytes: number) {
     this.#maxInputBytes = maxInputBytes;
   }
 
-  key(handle: TextHandle, texts: readonly string[]): (Keyed<string> | PolyrayError)[] {
+  key(handle: TextCall, texts: readonly string[]): (Keyed<string> | PolyrayError)[] {
     const limit = this.#maxInputBytes;
     return texts.map((text, index) => {
       if (typeof text !== 'string') return new PolyrayError(ErrorCode.BAD_USER_INPUT, `Input ${index} must be a string`, { index });
@@ -45,17 +49,20 @@ class TextAdapter implements InferenceAdapter<string, string, TextHandle> {
           limit,
         });
       }
-      const key = cacheKey(handle.name, handle.version, contentHash(handle.tokenizer.normalisedKeys ? normaliseText(text) : text));
+      const hash = contentHash(handle.tokenizer.normalisedKeys ? normaliseText(text) : text);
+      // A truncating call has keys of its own: an input cut on one side is another vector.
+      const key = cacheKey(handle.name, handle.version, handle.truncate ? `cut-${handle.truncationSide}:${hash}` : hash);
       return { read: key, flight: key, payload: text };
     });
   }
 
-  compute(handle: TextHandle, texts: readonly string[], clientId: string | undefined): Promise<Computed>[] {
+  compute(handle: TextCall, texts: readonly string[], clientId: string | undefined): Promise<Computed>[] {
     const out: Promise<Computed>[] = new Array(texts.length);
     const submit: { ids: number[]; mask: number[]; tag?: string }[] = [];
     const at: number[] = [];
     texts.forEach((text, j) => {
-      const enc = handle.tokenizer.encode(text);
+      const full = handle.tokenizer.encode(text);
+      const enc = handle.truncate ? truncateEncoding(full, handle.maxTokens, handle.truncationSide, handle.tokenizer.specials) : full;
       if (enc.ids.length > handle.maxTokens) {
         const e = new PolyrayError(
           ErrorCode.INPUT_TOO_LARGE,
@@ -63,6 +70,7 @@ class TextAdapter implements InferenceAdapter<string, string, TextHandle> {
           {
             tokens: enc.ids.length,
             limit: handle.maxTokens,
+            hint: 'truncate: true cuts it instead',
           },
         );
         out[j] = Promise.reject(e);
@@ -80,20 +88,21 @@ class TextAdapter implements InferenceAdapter<string, string, TextHandle> {
     return out;
   }
 
-  fill(_handle: TextHandle, item: Keyed<string>, computed: Computed): CacheEntry[] {
+  fill(_handle: TextCall, item: Keyed<string>, computed: Computed): CacheEntry[] {
     return [{ key: item.flight, value: computed.outputs[0]! }];
   }
 }
 
 export class TextEmbedder {
-  readonly #pipeline: CachedInference<string, string, TextHandle>;
+  readonly #pipeline: CachedInference<string, string, TextCall>;
 
   constructor(options: TextEmbedderOptions) {
     this.#pipeline = new CachedInference(new TextAdapter(options.maxInputBytes), options);
   }
 
-  async embed(handle: TextHandle, texts: readonly string[], clientId?: string): Promise<(EmbedResult | PolyrayError)[]> {
-    const answers = await this.#pipeline.run(handle, texts, clientId === undefined ? {} : { clientId });
+  /** `truncate`: cut inputs over the model's token limit on its truncation side instead of refusing them. */
+  async embed(handle: TextHandle, texts: readonly string[], clientId?: string, truncate = false): Promise<(EmbedResult | PolyrayError)[]> {
+    const answers = await this.#pipeline.run({ ...handle, truncate }, texts, clientId === undefined ? {} : { clientId });
     const results = answers.map((a): EmbedResult | PolyrayError =>
       a instanceof PolyrayError
         ? a

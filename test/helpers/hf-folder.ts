@@ -40,6 +40,7 @@ export async function writeSentenceTransformersFolder(
   pooling: 'mean' | 'cls',
   normalize: boolean,
   prompts?: { prompts: Record<string, string>; default_prompt_name?: string },
+  maxSeqLength = 128,
 ): Promise<string> {
   const dir = path.join(root, name);
   await mkdir(path.join(dir, 'onnx'), { recursive: true });
@@ -47,7 +48,7 @@ export async function writeSentenceTransformersFolder(
   await writeFile(path.join(dir, 'onnx', 'model.onnx'), graph());
   await copyFile(tokenizerJson, path.join(dir, 'tokenizer.json'));
   const write = (f: string, v: unknown) => writeFile(path.join(dir, f), JSON.stringify(v));
-  await write('tokenizer_config.json', { tokenizer_class: 'BertTokenizer', do_lower_case: true, model_max_length: 512 });
+  await write('tokenizer_config.json', { tokenizer_class: 'BertTokenizer', do_lower_case: true, model_max_length: maxSeqLength });
   await write('config.json', {
     model_type: 'bert',
     architectures: ['BertModel'],
@@ -66,7 +67,7 @@ export async function writeSentenceTransformersFolder(
     pooling_mode_cls_token: pooling === 'cls',
     pooling_mode_mean_tokens: pooling === 'mean',
   });
-  await write('sentence_bert_config.json', { max_seq_length: 128, do_lower_case: false });
+  await write('sentence_bert_config.json', { max_seq_length: maxSeqLength, do_lower_case: false });
   if (prompts) await write('config_sentence_transformers.json', { ...prompts, similarity_fn_name: 'cosine' });
   return dir;
 }
