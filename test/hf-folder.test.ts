@@ -8,7 +8,7 @@
  * Oracle: transformers.js `feature-extraction` on the same folder, same pooling and normalisation.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -162,6 +162,25 @@ describe('a sentence-transformers folder, read as it is', () => {
       (short.data as unknown as { b: unknown }).b,
       'a text that fits is the same vector either way',
     );
+  });
+
+  test('the graph variant follows the first execution provider: fp16 on GPUs, int8 on CPU when asked', async () => {
+    const dir = path.join(tmp, 'tiny-mean');
+    for (const v of ['model_quantized.onnx', 'model_fp16.onnx']) await copyFile(path.join(dir, 'onnx', 'model.onnx'), path.join(dir, 'onnx', v));
+    try {
+      const file = async (choice: Parameters<typeof readHfFolder>[2]) => (await readHfFolder(dir, 'tiny-mean', choice)).file;
+      assert.equal(await file({}), 'onnx/model.onnx');
+      assert.equal(await file({ provider: 'cpu', cpuVariant: 'int8' }), 'onnx/model_quantized.onnx');
+      assert.equal(await file({ provider: 'cuda' }), 'onnx/model_fp16.onnx');
+      assert.equal(await file({ provider: 'webgpu', cpuVariant: 'int8' }), 'onnx/model_fp16.onnx');
+      assert.notEqual(
+        (await readHfFolder(dir, 'tiny-mean', { cpuVariant: 'int8' })).version,
+        (await readHfFolder(dir)).version,
+        'each variant is its own version',
+      );
+    } finally {
+      for (const v of ['model_quantized.onnx', 'model_fp16.onnx']) await rm(path.join(dir, 'onnx', v));
+    }
   });
 
   test('a folder whose graph needs an input Polyray cannot feed is FAILED, naming it', () => {

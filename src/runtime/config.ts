@@ -85,6 +85,18 @@ export const inferenceSchema = z
       default: ['cpu'],
       doc: 'ordered execution providers (`cuda`, `webgpu`, `cpu`); falls back to CPU, logs and reports the one that runs',
     }),
+    /**
+     * Which graph of a Hugging Face folder runs when the first provider is the CPU: `fp32` (`onnx/model.onnx`)
+     * or `int8` (`onnx/model_quantized.onnx` / `model_int8.onnx` when the folder has one; about ×2 faster,
+     * cosine ≥ 0.99 in bench/RESULTS.md). GPU providers take `model_fp16.onnx` when present. `POLYRAY_CPU_VARIANT`;
+     * default fp32.
+     */
+    cpuVariant: setting(z.enum(['fp32', 'int8']), {
+      env: 'POLYRAY_CPU_VARIANT',
+      file: 'cpuVariant',
+      default: 'fp32',
+      doc: 'graph of a Hugging Face folder on CPU: `fp32` or `int8` (its quantized export, when present); GPU providers take `model_fp16.onnx` when present',
+    }),
   })
   .strict();
 

@@ -5,7 +5,8 @@
  *
  * Owns: turning such a folder into a `ModelManifest`, or a TypeError naming the missing or unsupported
  * file. What it derives:
- *   - the graph: `onnx/model.onnx` (else `model.onnx`, else the int8 or fp16 variant); its declared
+ *   - the graph: `onnx/model.onnx` (else `model.onnx`, else the int8 or fp16 variant); on a GPU provider
+ *     the fp16 export first, on CPU the int8 one first when `cpuVariant` asks for it; its declared
  *     inputs must be ones Polyray can feed (`input_ids`, `attention_mask`, `token_type_ids`, `position_ids`)
  *   - the output: `sentence_embedding` when the graph has it (normalised here when a Normalize module
  *     follows), else `last_hidden_state` / `token_embeddings` pooled in the worker as the Pooling module
@@ -22,7 +23,25 @@ import { decodeModel } from '../models/onnx-writer.ts';
 import type { ModelManifest, TensorSpec } from './manifest.ts';
 import type { PoolingMode, PoolingSpec } from './pooling.ts';
 
-const GRAPHS = ['onnx/model.onnx', 'model.onnx', 'onnx/model_quantized.onnx', 'onnx/model_int8.onnx', 'onnx/model_fp16.onnx'];
+const FP32 = ['onnx/model.onnx', 'model.onnx'];
+const INT8 = ['onnx/model_quantized.onnx', 'onnx/model_int8.onnx', 'model_quantized.onnx'];
+const FP16 = ['onnx/model_fp16.onnx', 'model_fp16.onnx'];
+const GRAPHS = [...FP32, ...INT8, ...FP16];
+
+/** Which graph variant to prefer: what the first execution provider runs best. */
+export interface VariantChoice {
+  /** The first configured provider. Default cpu. */
+  provider?: 'cpu' | 'cuda' | 'webgpu';
+  /** On CPU: the int8 export when the folder has one. Default fp32. */
+  cpuVariant?: 'fp32' | 'int8';
+}
+
+/** The variants to try, best first: fp16 on GPU providers, int8 on CPU when asked; fp32 otherwise; then any. */
+function graphOrder(v: VariantChoice): string[] {
+  const gpu = v.provider === 'cuda' || v.provider === 'webgpu';
+  const first = gpu ? FP16 : v.cpuVariant === 'int8' ? INT8 : [];
+  return [...new Set([...first, ...FP32, ...INT8, ...FP16])];
+}
 const FEEDABLE = new Set(['input_ids', 'attention_mask', 'token_type_ids', 'position_ids']);
 const TOKEN_OUTPUTS = ['last_hidden_state', 'token_embeddings'];
 /** Files that change the vectors besides the graph: all of them go into the version. */
@@ -43,11 +62,11 @@ export async function isHfFolder(dir: string): Promise<boolean> {
   return false;
 }
 
-export async function readHfFolder(dir: string, name: string = path.basename(dir).toLowerCase()): Promise<ModelManifest> {
+export async function readHfFolder(dir: string, name: string = path.basename(dir).toLowerCase(), variant: VariantChoice = {}): Promise<ModelManifest> {
   if (!NAME_RE.test(name)) throw new TypeError(`model name "${name.slice(0, 64)}" must match ${NAME_RE.source} (rename the folder or pass --name)`);
   if (!(await exists(path.join(dir, 'tokenizer.json')))) throw new TypeError('no tokenizer.json in the folder');
   let file: string | undefined;
-  for (const g of GRAPHS) {
+  for (const g of graphOrder(variant)) {
     if (await exists(path.join(dir, g))) {
       file = g;
       break;

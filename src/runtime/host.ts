@@ -142,7 +142,8 @@ export class ModelHost {
       const summary = await buildModels({ modelsDir: dir });
       for (const s of summary) logger.info(s, 'model build');
     }
-    this.#registry = await ModelRegistry.scan(dir, logger, serve.includes('*') ? undefined : serve);
+    const { providers, cpuVariant } = this.#o.inference;
+    this.#registry = await ModelRegistry.scan(dir, logger, serve.includes('*') ? undefined : serve, { provider: providers[0] ?? 'cpu', cpuVariant });
     const models = this.#registry.list();
     if (models.length === 0) throw new Error(`no models found in ${dir}; run \`npm run models:build\``);
     const { pool, inference } = this.#o;

@@ -13,7 +13,7 @@ import type { Logger } from '../log.ts';
 import { parseManifest, type ModelManifest } from './manifest.ts';
 import { WordTokenizer, type Tokenizer } from './tokenizer.ts';
 import { WordPieceTokenizer } from './wordpiece.ts';
-import { isHfFolder, readHfFolder } from './hf-folder.ts';
+import { isHfFolder, readHfFolder, type VariantChoice } from './hf-folder.ts';
 import { loadHfTokenizer } from './hf-tokenizer.ts';
 
 export type ModelState = { kind: 'loading' } | { kind: 'ready'; provider: ExecutionProviderName } | { kind: 'failed'; reason: string } | { kind: 'disposed' };
@@ -35,7 +35,7 @@ export class ModelRegistry {
   readonly #failed: FailedFolder[] = [];
 
   /** Reads every `<dir>/<folder>/manifest.json` and its tokenizer. */
-  static async scan(dir: string, logger: Logger, only?: readonly string[]): Promise<ModelRegistry> {
+  static async scan(dir: string, logger: Logger, only?: readonly string[], variant: VariantChoice = {}): Promise<ModelRegistry> {
     const reg = new ModelRegistry();
     let entries: string[] = [];
     try {
@@ -50,7 +50,7 @@ export class ModelRegistry {
         const manifest = (await hasManifest(modelDir))
           ? parseManifest(JSON.parse(await readFile(path.join(modelDir, 'manifest.json'), 'utf8')), `${folder}/manifest.json`)
           : (await isHfFolder(modelDir))
-            ? await readHfFolder(modelDir)
+            ? await readHfFolder(modelDir, undefined, variant)
             : parseManifest(JSON.parse(await readFile(path.join(modelDir, 'manifest.json'), 'utf8')), `${folder}/manifest.json`);
         if (only && !only.includes(manifest.name)) continue;
         if (reg.#models.has(manifest.name)) throw new TypeError(`model name "${manifest.name}" is used by two folders`);
