@@ -19,23 +19,12 @@ import { buildModels } from '../src/models/build.ts';
 import { OnnxModelBuilder } from '../src/models/onnx-writer.ts';
 import { readHfFolder } from '../src/runtime/hf-folder.ts';
 import { type PoolingSpec, pool } from '../src/runtime/pooling.ts';
+import { cosine } from './helpers/glove-reference.ts';
 import { HIDDEN, writeSentenceTransformersFolder } from './helpers/hf-folder.ts';
 import { MODELS_DIR, startPolyray, type TestServer } from './helpers/polyray.ts';
 
 const TEXTS = ['The cat sat on the mat.', 'Über den Wolken; 我们今天去公园散步!', 'def f(x):\n    return x * 2', 'a', 'emoji 🍕 and مرحبا'];
 const folder = writeSentenceTransformersFolder;
-
-const cosine = (a: readonly number[], b: readonly number[]) => {
-  let d = 0;
-  let x = 0;
-  let y = 0;
-  for (let i = 0; i < a.length; i++) {
-    d += a[i]! * b[i]!;
-    x += a[i]! * a[i]!;
-    y += b[i]! * b[i]!;
-  }
-  return d / Math.sqrt(x * y);
-};
 
 describe('a sentence-transformers folder, read as it is', () => {
   let tmp: string;
