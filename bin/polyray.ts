@@ -15,6 +15,9 @@ commands:
   serve                         start the service (same as npm start)
   models build [--force] [--only NAME ...] [--dir DIR]
                                 build the bundled models into the models directory
+  models pull ORG/NAME [--revision R] [--variant fp32|int8|fp16] [--name NAME] [--dir DIR]
+                                download a model from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN):
+                                resumable, checksum-verified, into the models directory
   models add FOLDER [--name NAME] [--dir DIR]
                                 inspect a model folder (a Hugging Face export as it is, or one with our
                                 manifest), print what it holds, copy it into the models directory
@@ -47,6 +50,28 @@ async function run(argv: string[]): Promise<number> {
     const summary = await buildModels({ modelsDir, force: values.force ?? false, ...(values.only ? { only: values.only } : {}), onProgress: bar.update });
     bar.finish();
     for (const s of summary) console.log(JSON.stringify(s));
+    return 0;
+  }
+  if (cmd === 'models' && sub === 'pull') {
+    const [repo, ...flags] = rest;
+    if (!repo || repo.startsWith('--')) throw new TypeError('models pull needs a repository: polyray models pull org/name [--variant int8]');
+    const values = parseFlags(flags, { strings: ['revision', 'variant', 'name', 'dir'] });
+    if (values.variant !== undefined && !['fp32', 'int8', 'fp16'].includes(values.variant))
+      throw new TypeError(`--variant must be fp32, int8 or fp16, received "${values.variant}"`);
+    const config = loadConfig();
+    const { pullModel } = await import('../src/models/pull.ts');
+    const bar = createProgressWriter({ stream: process.stderr });
+    await pullModel({
+      repo,
+      revision: values.revision,
+      variant: values.variant as 'fp32' | 'int8' | 'fp16' | undefined,
+      name: values.name,
+      modelsDir: values.dir ?? config.models.dir,
+      hubUrl: config.models.hubEndpoint,
+      token: config.models.hubToken,
+      onProgress: bar.update,
+      out: (s) => process.stdout.write(s),
+    }).finally(() => bar.finish());
     return 0;
   }
   if (cmd === 'models' && sub === 'add') {

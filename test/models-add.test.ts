@@ -3,29 +3,18 @@
  * copies it into the models directory; refuses what it cannot serve before copying anything.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { promisify } from 'node:util';
 import { BERT_MODELS } from '../src/models/bert.ts';
 import { buildModels } from '../src/models/build.ts';
 import { readHfFolder } from '../src/runtime/hf-folder.ts';
+import { polyrayCli } from './helpers/cli.ts';
 import { writeSentenceTransformersFolder } from './helpers/hf-folder.ts';
 import { MODELS_DIR } from './helpers/polyray.ts';
 
-const run = promisify(execFile);
-
-async function cli(args: string[], modelsDir: string): Promise<{ code: number; out: string; err: string }> {
-  try {
-    const r = await run(process.execPath, ['--import', 'tsx', 'bin/polyray.ts', ...args], { env: { ...process.env, POLYRAY_MODELS_DIR: modelsDir } });
-    return { code: 0, out: r.stdout, err: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, out: x.stdout, err: x.stderr };
-  }
-}
+const cli = (args: string[], modelsDir: string) => polyrayCli(args, { POLYRAY_MODELS_DIR: modelsDir });
 
 describe('polyray models add', () => {
   let tmp: string;

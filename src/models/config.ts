@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import { z } from 'zod';
-import { list, setting } from '../config/define.ts';
+import { list, maybe, setting } from '../config/define.ts';
 
 export const modelsSchema = z
   .object({
@@ -43,6 +43,21 @@ export const modelsSchema = z
       file: 'defaultPostModel',
       default: 'postray',
       doc: 'model of `Post.embedding` when the query names none',
+    }),
+    /** Hugging Face Hub endpoint `polyray models pull` downloads from (a mirror behind a firewall). `HF_ENDPOINT`; default https://huggingface.co. */
+    hubEndpoint: setting(z.string().url(), {
+      env: 'HF_ENDPOINT',
+      file: 'hubEndpoint',
+      default: 'https://huggingface.co',
+      doc: 'Hugging Face Hub (or mirror) that `polyray models pull` downloads from',
+    }),
+    /** Access token for gated or private repositories on the hub. `HF_TOKEN`; default unset. */
+    hubToken: setting(maybe(z.string().min(1)), {
+      env: 'HF_TOKEN',
+      file: 'hubToken',
+      default: undefined,
+      redact: 'secret',
+      doc: 'access token `polyray models pull` sends to the hub (gated or private repositories)',
     }),
   })
   .strict();
