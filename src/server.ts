@@ -153,6 +153,7 @@ export class PolyrayServer {
       defaultPostModel: this.config.models.defaultPostModel,
       maxInputsPerRequest: this.config.limits.maxInputsPerRequest,
       models: () => this.host.models(),
+      reloadModels: () => this.host.reload(),
     };
   }
 

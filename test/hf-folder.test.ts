@@ -180,6 +180,30 @@ describe('a sentence-transformers folder, read as it is', () => {
     );
     assert.match(failed[0]!.reason, /pixel_values/);
   });
+
+  test('reloadModels picks up added, changed and removed folders without a restart', async () => {
+    const tokenizer = path.join(MODELS_DIR, BERT_MODELS.plain, 'tokenizer.json');
+    const before = await server.gql<{ models: { name: string; version: string }[] }>('{ models { name version } }');
+    const versionOf = (r: typeof before, name: string) => r.data!.models.find((m) => m.name === name)?.version;
+    await folder(tmp, 'tiny-new', tokenizer, 'mean', true);
+    await folder(tmp, 'tiny-mean', tokenizer, 'mean', false); // Normalize module gone: a new version
+    await rm(path.join(tmp, 'tiny-short'), { recursive: true });
+    const r = await server.gql<{ reloadModels: Record<string, string[]> }>('mutation { reloadModels { added updated removed failed } }');
+    assert.equal(r.errors, undefined, JSON.stringify(r.errors));
+    assert.deepEqual(r.data!.reloadModels, { added: ['tiny-new'], updated: ['tiny-mean'], removed: ['tiny-short'], failed: ['tiny-bad'] });
+    const after = await server.gql<{ models: { name: string; version: string; state: string }[] }>('{ models { name version state } }');
+    assert.notEqual(versionOf(after, 'tiny-mean'), versionOf(before, 'tiny-mean'));
+    assert.equal(versionOf(after, 'tiny-cls'), versionOf(before, 'tiny-cls'), 'unchanged models keep their version');
+    const q = (model: string) =>
+      server.gql<{ embed: { model: string; vector: number[] }[] }>(`{ embed(model: "${model}", inputs: [{ text: "after the reload" }]) { model vector } }`);
+    const mean = await q('tiny-mean');
+    assert.equal(mean.errors, undefined, JSON.stringify(mean.errors));
+    assert.equal(mean.data!.embed[0]!.model, `tiny-mean@${versionOf(after, 'tiny-mean')}`);
+    assert.ok(Math.abs(Math.hypot(...mean.data!.embed[0]!.vector) - 1) > 1e-3, 'the new version is not normalised');
+    assert.equal((await q('tiny-new')).errors, undefined);
+    assert.equal((await q('tiny-cls')).errors, undefined);
+    assert.equal((await q('tiny-short')).errors?.[0]?.extensions?.['code'], 'MODEL_NOT_FOUND');
+  });
 });
 
 describe('pooling (unit)', () => {

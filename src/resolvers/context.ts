@@ -5,6 +5,7 @@
 import type { AccountContext } from '../accounting/request.ts';
 import type { PolicyController } from '../policy/controller.ts';
 import type { ModelInfo } from '../runtime/handle.ts';
+import type { ReloadSummary } from '../runtime/host.ts';
 import type { RequestScope } from '../service/scope.ts';
 
 export type { ModelInfo };
@@ -12,6 +13,8 @@ export type { ModelInfo };
 /** What resolvers may read besides the scope: the model list and request limits. */
 export interface Catalog {
   models(): ModelInfo[];
+  /** Rescans the models directory and loads, reloads or unloads what changed (admin). */
+  reloadModels(): Promise<ReloadSummary>;
   defaultPostModel: string;
   maxInputsPerRequest: number;
 }

@@ -8,6 +8,7 @@ import { parse, type DocumentNode } from 'graphql';
 import { buildSubgraphSchema } from '@apollo/subgraph';
 import type { GraphQLResolverMap } from '@apollo/subgraph/dist/schema-helper/resolverMap.js';
 import type { GraphQLSchema } from 'graphql';
+import { adminResolvers } from './admin.ts';
 import { embeddingResolvers } from './embedding.ts';
 import { postResolvers } from './post.ts';
 import { queryResolvers } from './query.ts';
@@ -30,6 +31,7 @@ export function buildSchema(): GraphQLSchema {
     ...postResolvers,
     ...embeddingResolvers,
     Query: { ...queryResolvers.Query, ...usageResolvers.Query, ...policyResolvers.Query },
+    ...adminResolvers,
   } as unknown as GraphQLResolverMap<unknown>;
   return buildSubgraphSchema([{ typeDefs: loadTypeDefs(), resolvers }]);
 }

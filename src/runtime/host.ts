@@ -20,8 +20,17 @@ import { Batcher } from './batcher.ts';
 import type { ImageHandle, ModelHandle, ModelInfo, PostHandle, TextHandle } from './handle.ts';
 import type { ModelManifest } from './manifest.ts';
 import type { InferencePool } from './pool.ts';
+import type { LoadResult, ModelLoadSpec } from './worker-protocol.ts';
 import { ModelRegistry, type RegisteredModel } from './registry.ts';
 import { TensorBatcher } from './tensor-batcher.ts';
+
+/** What a reload changed, by model name; `failed`: folders that could not be read. */
+export interface ReloadSummary {
+  added: string[];
+  updated: string[];
+  removed: string[];
+  failed: string[];
+}
 
 /** A model's inference queue: token sequences (text) or fixed-size tensors (images, heads). */
 export type InferenceQueue = Batcher | TensorBatcher;
@@ -49,6 +58,7 @@ export class ModelHost {
   #registry = new ModelRegistry();
   /** One queue per loaded model; the map is live (metrics read it at scrape time). */
   readonly queues = new Map<string, InferenceQueue>();
+  #reloading: Promise<ReloadSummary> | undefined;
 
   constructor(options: ModelHostOptions) {
     this.#o = options;
@@ -136,28 +146,17 @@ export class ModelHost {
 
   /** Builds what is missing (if configured), scans the models directory, loads every model into the workers. */
   async load(): Promise<void> {
-    const { dir, buildMissing, serve } = this.#o.models;
+    const { dir, buildMissing } = this.#o.models;
     const logger = this.#o.logger;
     if (buildMissing) {
       const summary = await buildModels({ modelsDir: dir });
       for (const s of summary) logger.info(s, 'model build');
     }
-    const { providers, cpuVariant } = this.#o.inference;
-    this.#registry = await ModelRegistry.scan(dir, logger, serve.includes('*') ? undefined : serve, { provider: providers[0] ?? 'cpu', cpuVariant });
+    this.#registry = await this.#scan();
     const models = this.#registry.list();
     if (models.length === 0) throw new Error(`no models found in ${dir}; run \`npm run models:build\``);
     const { pool, inference } = this.#o;
-    const spinOf = (m: ModelManifest): boolean => (inference.allowSpinning === 'auto' ? m.runtime?.allowSpinning === true : inference.allowSpinning);
-    const loaded = await pool.start(
-      models.map((m) => ({
-        name: m.manifest.name,
-        path: path.join(m.dir, m.manifest.file),
-        providers: inference.providers,
-        allowSpinning: spinOf(m.manifest),
-        // Models exported without their pooling are pooled in the worker (src/runtime/pooling.ts).
-        ...(m.manifest.pooling ? { pool: { ...m.manifest.pooling, mask: attentionMaskOf(m.manifest) } } : {}),
-      })),
-    );
+    const loaded = await pool.start(models.map((m) => this.#spec(m)));
     const actualNiceness = pool.stats().niceness;
     logger.info({ workers: inference.workers, intraOpThreads: inference.intraOpThreads, niceness: actualNiceness }, 'inference pool started');
     if (inference.niceness > 0 && actualNiceness < inference.niceness) {
@@ -166,6 +165,75 @@ export class ModelHost {
         'inference threads could not be given the configured nice value; the event loop competes with them as equals',
       );
     }
+    this.#adopt(loaded);
+    if (!this.#registry.ready()) throw new Error('no model could be loaded');
+  }
+
+  /**
+   * Picks up model folders added, changed or removed since start, without a restart: a changed model
+   * (new version) stops taking requests (MODEL_NOT_READY, retry shortly), drains its queue and is loaded
+   * again under its new version — its cache keys are new with it; a removed one drains and is unloaded;
+   * an added one is loaded. Unchanged models keep serving throughout.
+   */
+  reload(): Promise<ReloadSummary> {
+    // One reload at a time: a second call while one runs gets the same outcome.
+    this.#reloading ??= this.#reload().finally(() => {
+      this.#reloading = undefined;
+    });
+    return this.#reloading;
+  }
+
+  async #reload(): Promise<ReloadSummary> {
+    const next = await this.#scan();
+    const cur = this.#registry;
+    const summary: ReloadSummary = { added: [], updated: [], removed: [], failed: next.failedFolders().map((f) => f.folder) };
+    const incoming: RegisteredModel[] = [];
+    for (const m of next.list()) {
+      const old = cur.get(m.manifest.name);
+      if (!old) summary.added.push(m.manifest.name);
+      else if (old.manifest.version !== m.manifest.version || old.dir !== m.dir) summary.updated.push(m.manifest.name);
+      else continue;
+      incoming.push(m);
+    }
+    for (const m of cur.list()) if (!next.get(m.manifest.name)) summary.removed.push(m.manifest.name);
+    const leaving = [...summary.updated, ...summary.removed];
+    for (const name of leaving) cur.setState(name, { kind: 'loading' });
+    await Promise.all(leaving.map((name) => this.queues.get(name)?.drain()));
+    for (const name of leaving) this.queues.delete(name);
+    if (leaving.length > 0) this.#o.pool.unload(leaving);
+    for (const name of summary.removed) cur.remove(name);
+    for (const m of incoming) cur.put(m);
+    cur.setFailedFolders(next.failedFolders());
+    if (incoming.length > 0) this.#adopt(await this.#o.pool.load(incoming.map((m) => this.#spec(m))));
+    this.#o.logger.info(summary, 'models reloaded');
+    return summary;
+  }
+
+  #scan(): Promise<ModelRegistry> {
+    const { dir, serve } = this.#o.models;
+    const { providers, cpuVariant } = this.#o.inference;
+    return ModelRegistry.scan(dir, this.#o.logger, serve.includes('*') ? undefined : serve, { provider: providers[0] ?? 'cpu', cpuVariant });
+  }
+
+  #spinOf(m: ModelManifest): boolean {
+    const spin = this.#o.inference.allowSpinning;
+    return spin === 'auto' ? m.runtime?.allowSpinning === true : spin;
+  }
+
+  #spec(m: RegisteredModel): ModelLoadSpec {
+    return {
+      name: m.manifest.name,
+      path: path.join(m.dir, m.manifest.file),
+      providers: this.#o.inference.providers,
+      allowSpinning: this.#spinOf(m.manifest),
+      // Models exported without their pooling are pooled in the worker (src/runtime/pooling.ts).
+      ...(m.manifest.pooling ? { pool: { ...m.manifest.pooling, mask: attentionMaskOf(m.manifest) } } : {}),
+    };
+  }
+
+  /** Opens a queue for every model that loaded and sets each one's state; heads only beside their encoder version. */
+  #adopt(loaded: readonly LoadResult[]): void {
+    const { pool, logger } = this.#o;
     const view = this.#o.instrument ? this.#o.instrument(pool) : pool;
     for (const l of loaded) {
       const m = this.#registry.get(l.name)!;
@@ -178,7 +246,7 @@ export class ModelHost {
       const { queue, detail } = this.#openQueue(m.manifest, l.provider, view);
       this.queues.set(l.name, queue);
       this.#registry.setState(l.name, { kind: 'ready', provider: l.provider });
-      logger.info({ model: l.name, version: m.manifest.version, provider: l.provider, allowSpinning: spinOf(m.manifest), ...detail }, 'model ready');
+      logger.info({ model: l.name, version: m.manifest.version, provider: l.provider, allowSpinning: this.#spinOf(m.manifest), ...detail }, 'model ready');
     }
     for (const m of this.#registry.list()) {
       const h = m.manifest.head;
@@ -186,7 +254,6 @@ export class ModelHost {
         this.#registry.setState(m.manifest.name, { kind: 'failed', reason: `built for ${h.input}@${h.inputVersion}, which this replica does not serve` });
       }
     }
-    if (!this.#registry.ready()) throw new Error('no model could be loaded');
   }
 
   /** The batching decision: token batches for text (larger on accelerators), tensor batches for images and heads. */

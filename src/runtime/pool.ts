@@ -69,6 +69,8 @@ interface Slot {
   leased: number;
   pending: Map<number, { resolve: (r: RunResult) => void; reject: (e: Error) => void }>;
   closing: boolean;
+  /** A load sent after start (a reload) waiting for the worker's answer. */
+  loading?: ((results: LoadResult[]) => void) | undefined;
 }
 
 type PoolState = { kind: 'idle' } | { kind: 'ready'; loaded: LoadResult[] } | { kind: 'closed' };
@@ -128,6 +130,12 @@ export class InferencePool {
       } satisfies ToWorker);
     });
     worker.on('message', (m: FromWorker) => {
+      if (m.type === 'loaded') {
+        const done = slot.loading;
+        slot.loading = undefined;
+        done?.(m.results);
+        return;
+      }
       if (m.type === 'result' || m.type === 'error') {
         const p = slot.pending.get(m.id);
         if (!p) return;
@@ -208,6 +216,35 @@ export class InferencePool {
         this.#grant();
       },
     };
+  }
+
+  /**
+   * Loads more models into every worker (a reload); replacement workers load them too. Resolves with the
+   * outcome in the first worker. One load at a time.
+   */
+  async load(models: ModelLoadSpec[]): Promise<LoadResult[]> {
+    if (this.#state.kind !== 'ready') throw new Error(`InferencePool.load called in state ${this.#state.kind}`);
+    const names = new Set(models.map((m) => m.name));
+    this.#models = [...this.#models.filter((m) => !names.has(m.name)), ...models];
+    const results = await Promise.all(
+      this.#slots.map(
+        (slot) =>
+          new Promise<LoadResult[]>((resolve) => {
+            slot.loading = resolve;
+            slot.worker.postMessage({ type: 'load', models, intraOpThreads: this.#o.intraOpThreads, niceness: this.#o.niceness } satisfies ToWorker);
+          }),
+      ),
+    );
+    const loaded = results[0] ?? [];
+    this.#state = { kind: 'ready', loaded: [...this.#state.loaded.filter((l) => !names.has(l.name)), ...loaded] };
+    return loaded;
+  }
+
+  /** Releases models' sessions in every worker. Callers drain the models' queues first. */
+  unload(names: readonly string[]): void {
+    this.#models = this.#models.filter((m) => !names.includes(m.name));
+    if (this.#state.kind === 'ready') this.#state = { kind: 'ready', loaded: this.#state.loaded.filter((l) => !names.includes(l.name)) };
+    for (const slot of this.#slots) slot.worker.postMessage({ type: 'unload', names: [...names] } satisfies ToWorker);
   }
 
   /** Provider each model runs on (from the first worker), or undefined when it failed to load. */

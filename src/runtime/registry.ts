@@ -77,6 +77,19 @@ export class ModelRegistry {
     return [...this.#failed];
   }
 
+  /** Adds or replaces a model (a reload). */
+  put(model: RegisteredModel): void {
+    this.#models.set(model.manifest.name, model);
+  }
+
+  remove(name: string): void {
+    this.#models.delete(name);
+  }
+
+  setFailedFolders(failed: readonly FailedFolder[]): void {
+    this.#failed.splice(0, this.#failed.length, ...failed);
+  }
+
   setState(name: string, state: ModelState): void {
     const m = this.#models.get(name);
     if (m) m.state = state;

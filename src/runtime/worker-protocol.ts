@@ -32,6 +32,8 @@ export type ToWorker =
   | { type: 'load'; models: ModelLoadSpec[]; intraOpThreads: number; niceness: number }
   /** `output`: one output name, or several (the first is the primary result, the rest come back in `extra`). */
   | { type: 'run'; id: number; model: string; feeds: FeedSpec[]; output: string | readonly string[] }
+  /** Releases these models' sessions (after the runs queued before it). */
+  | { type: 'unload'; names: string[] }
   | { type: 'close' };
 
 export interface LoadResult {

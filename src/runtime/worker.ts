@@ -111,6 +111,16 @@ port.on('message', (msg: ToWorker) => {
       });
       return;
     }
+    case 'unload': {
+      runChain = runChain.then(async () => {
+        for (const name of msg.names) {
+          await sessions.get(name)?.release();
+          sessions.delete(name);
+          pooling.delete(name);
+        }
+      });
+      return;
+    }
     case 'close': {
       void (async () => {
         await runChain;

@@ -44,7 +44,7 @@ export async function writeSentenceTransformersFolder(
 ): Promise<string> {
   const dir = path.join(root, name);
   await mkdir(path.join(dir, 'onnx'), { recursive: true });
-  await mkdir(path.join(dir, '1_Pooling'));
+  await mkdir(path.join(dir, '1_Pooling'), { recursive: true });
   await writeFile(path.join(dir, 'onnx', 'model.onnx'), graph());
   await copyFile(tokenizerJson, path.join(dir, 'tokenizer.json'));
   const write = (f: string, v: unknown) => writeFile(path.join(dir, f), JSON.stringify(v));
