@@ -250,6 +250,11 @@ describe('clients, quotas and cost attribution across two replicas', () => {
     assert.ok(Math.abs(attributed - measured) < 1e-6 * Math.max(1, measured), `attributed ${attributed} ms vs measured ${measured} ms`);
   });
 
+  test('reloadModels is admin-only', async () => {
+    const r = await a.gql('mutation { reloadModels { added } }', {}, auth('alice'));
+    assert.equal(code(r), 'FORBIDDEN');
+  });
+
   test('usage: own figures fleet-wide; another client’s is FORBIDDEN unless admin; usageAll is admin-only', async () => {
     const own = await b.gql<UsageData>(USAGE, {}, auth('alice'));
     assert.equal(own.errors, undefined, JSON.stringify(own.errors));
