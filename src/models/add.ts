@@ -6,8 +6,9 @@
  * A folder Polyray cannot serve is refused before anything is copied, with the reason: the missing or
  * unsupported file, the graph input it cannot feed, the output it cannot use.
  */
-import { cp, readdir, readFile, stat } from 'node:fs/promises';
+import { cp, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { isDir, isFile, pathExists } from '../files.ts';
 import { readHfFolder } from '../runtime/hf-folder.ts';
 import { loadHfTokenizer } from '../runtime/hf-tokenizer.ts';
 import { type ModelManifest, parseManifest } from '../runtime/manifest.ts';
@@ -51,7 +52,7 @@ export async function addModel(folder: string, o: AddOptions): Promise<ModelMani
     o.out(`already in the models directory: ${target}\n`);
     return manifest;
   }
-  if (await exists(target)) throw new TypeError(`${target} already exists: remove it, or add this folder under another --name`);
+  if (await pathExists(target)) throw new TypeError(`${target} already exists: remove it, or add this folder under another --name`);
   await cp(dir, target, { recursive: true, errorOnExist: true, force: false });
   o.out(`registered: ${target} (served from the next start)\n`);
   return manifest;
@@ -100,7 +101,3 @@ async function json(file: string): Promise<Record<string, unknown>> {
     return {};
   }
 }
-
-const exists = async (p: string) => (await stat(p).catch(() => undefined)) !== undefined;
-const isDir = async (p: string) => (await stat(p).catch(() => undefined))?.isDirectory() === true;
-const isFile = async (p: string) => (await stat(p).catch(() => undefined))?.isFile() === true;

@@ -18,6 +18,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileDownloadInfo, type ListFileEntry, listFiles } from '@huggingface/hub';
+import { isFile, pathExists } from '../files.ts';
 import { readHfFolder } from '../runtime/hf-folder.ts';
 import type { BuildProgress } from './progress.ts';
 
@@ -61,7 +62,7 @@ export async function pullModel(o: PullOptions): Promise<{ dir: string; files: n
   const revision = o.revision ?? 'main';
   const name = o.name ?? o.repo.split('/')[1]!.toLowerCase();
   const target = path.join(o.modelsDir, name);
-  if (await exists(target)) throw new PullError(`${target} already exists: remove it, or pull under another --name`);
+  if (await pathExists(target)) throw new PullError(`${target} already exists: remove it, or pull under another --name`);
   const hub: HubTarget = {
     repo: o.repo,
     revision,
@@ -166,7 +167,7 @@ async function download(o: PullOptions, hub: HubTarget, entry: ListFileEntry, de
 
 /** True when `dest` is already there and matches the hub's checksum (a rerun skips it). */
 async function verified(dest: string, entry: ListFileEntry): Promise<boolean> {
-  if (!(await exists(dest))) return false;
+  if (!(await isFile(dest))) return false;
   return (await checksumProblem(dest, entry)) === undefined;
 }
 
@@ -196,8 +197,4 @@ function explain(e: unknown, what: string, token: string | undefined): string {
   if (status === 401 || status === 403)
     return `${what}: access refused (${status}); ${token ? 'the HF_TOKEN given is not allowed to read it' : 'set HF_TOKEN for a gated or private repository'}`;
   return `${what}: ${(e as Error).message.slice(0, 200)}`;
-}
-
-async function exists(p: string): Promise<boolean> {
-  return (await stat(p).catch(() => undefined)) !== undefined;
 }

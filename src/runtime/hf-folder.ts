@@ -17,8 +17,9 @@
  *   - the version: a content hash of every file that changes the vectors
  */
 import { createHash } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { isFile } from '../files.ts';
 import { decodeModel } from '../models/onnx-writer.ts';
 import type { ModelManifest, TensorSpec } from './manifest.ts';
 import type { PoolingMode, PoolingSpec } from './pooling.ts';
@@ -57,17 +58,17 @@ const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 
 /** True when `dir` looks like a Hugging Face folder (a tokenizer and an ONNX graph) rather than one with our manifest. */
 export async function isHfFolder(dir: string): Promise<boolean> {
-  if (!(await exists(path.join(dir, 'tokenizer.json')))) return false;
-  for (const g of GRAPHS) if (await exists(path.join(dir, g))) return true;
+  if (!(await isFile(path.join(dir, 'tokenizer.json')))) return false;
+  for (const g of GRAPHS) if (await isFile(path.join(dir, g))) return true;
   return false;
 }
 
 export async function readHfFolder(dir: string, name: string = path.basename(dir).toLowerCase(), variant: VariantChoice = {}): Promise<ModelManifest> {
   if (!NAME_RE.test(name)) throw new TypeError(`model name "${name.slice(0, 64)}" must match ${NAME_RE.source} (rename the folder or pass --name)`);
-  if (!(await exists(path.join(dir, 'tokenizer.json')))) throw new TypeError('no tokenizer.json in the folder');
+  if (!(await isFile(path.join(dir, 'tokenizer.json')))) throw new TypeError('no tokenizer.json in the folder');
   let file: string | undefined;
   for (const g of graphOrder(variant)) {
-    if (await exists(path.join(dir, g))) {
+    if (await isFile(path.join(dir, g))) {
       file = g;
       break;
     }
@@ -119,7 +120,7 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
   const hash = createHash('sha256').update(bytes);
   for (const f of [...VERSIONED, ...(poolingModule ? [path.join(poolingModule.path ?? '1_Pooling', 'config.json')] : [])]) {
     const p = path.join(dir, f);
-    if (await exists(p)) hash.update(f).update(await readFile(p));
+    if (await isFile(p)) hash.update(f).update(await readFile(p));
   }
   hash.update(JSON.stringify({ file, output: output.name, pooling }));
   const arch = Array.isArray(config['architectures']) ? String(config['architectures'][0]) : String(config['model_type'] ?? 'unknown');
@@ -182,19 +183,11 @@ function poolingMode(c: Record<string, unknown>): PoolingMode {
 
 async function json(dir: string, file: string, fallback: unknown = {}): Promise<Record<string, unknown>> {
   const p = path.join(dir, file);
-  if (!(await exists(p))) return fallback as Record<string, unknown>;
+  if (!(await isFile(p))) return fallback as Record<string, unknown>;
   try {
     return JSON.parse(await readFile(p, 'utf8')) as Record<string, unknown>;
   } catch (e) {
     throw new TypeError(`${file} is not valid JSON: ${(e as Error).message.slice(0, 120)}`);
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    return (await stat(p)).isFile();
-  } catch {
-    return false;
   }
 }
 

@@ -19,7 +19,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Tokenizer as HuggingFaceTokenizer } from '@huggingface/tokenizers';
 import type { Encoding, Tokenizer } from './tokenizer.ts';
-import { parseTokenizerJson, WordPieceTokenizer } from './wordpiece.ts';
+import { WordPieceTokenizer } from './wordpiece.ts';
 
 const LONE_SURROGATE = /\p{Cs}/gu;
 
@@ -77,8 +77,7 @@ export async function loadHfTokenizer(dir: string, file: string): Promise<Tokeni
     throw new TypeError(`tokenizer file "${file}" cannot be read as JSON: ${(e as Error).message.slice(0, 200)}`);
   }
   try {
-    parseTokenizerJson(json, file);
-    return await WordPieceTokenizer.load(full);
+    return WordPieceTokenizer.fromJSON(json, file);
   } catch {
     // Not a BERT-style WordPiece file: the general implementation reads it.
   }

@@ -71,7 +71,7 @@ export function pool(tokens: Float32Array, dims: readonly number[], mask: ArrayL
         throw new TypeError(`unknown pooling mode ${String(never)}`);
       }
     }
-    if (spec.normalize) unit(row);
+    if (spec.normalize) normalizeInPlace(row);
   }
   return out;
 }
@@ -81,11 +81,12 @@ function normalised(data: Float32Array, dims: readonly number[], normalize: bool
   if (dims.length !== 2 || data.length !== dims[0]! * dims[1]!)
     throw new TypeError(`pooling "none" needs a [batch, hidden] output, got dims [${dims.join(', ')}]`);
   const out = new Float32Array(data);
-  if (normalize) for (let b = 0; b < dims[0]!; b++) unit(out.subarray(b * dims[1]!, (b + 1) * dims[1]!));
+  if (normalize) for (let b = 0; b < dims[0]!; b++) normalizeInPlace(out.subarray(b * dims[1]!, (b + 1) * dims[1]!));
   return out;
 }
 
-function unit(row: Float32Array): void {
+/** Scales `row` to unit L2 length in place (a zero row stays zero). */
+export function normalizeInPlace(row: Float32Array): void {
   let s = 0;
   for (let h = 0; h < row.length; h++) s += row[h]! * row[h]!;
   const n = Math.sqrt(s);

@@ -5,7 +5,7 @@
  * A folder whose manifest is invalid, or whose session fails to load, is registered as `failed` with
  * the reason (shown by Query.models); the other models are served regardless.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ExecutionProviderName } from '../config/index.ts';
 import { ErrorCode, PolyrayError } from '../errors.ts';
@@ -13,6 +13,7 @@ import type { Logger } from '../log.ts';
 import { parseManifest, type ModelManifest } from './manifest.ts';
 import { WordTokenizer, type Tokenizer } from './tokenizer.ts';
 import { WordPieceTokenizer } from './wordpiece.ts';
+import { isFile } from '../files.ts';
 import { isHfFolder, readHfFolder, type VariantChoice } from './hf-folder.ts';
 import { loadHfTokenizer } from './hf-tokenizer.ts';
 
@@ -47,11 +48,10 @@ export class ModelRegistry {
       const modelDir = path.join(dir, folder);
       try {
         // Our manifest when the folder has one; else a Hugging Face folder read as it is (hf-folder.ts).
-        const manifest = (await hasManifest(modelDir))
-          ? parseManifest(JSON.parse(await readFile(path.join(modelDir, 'manifest.json'), 'utf8')), `${folder}/manifest.json`)
-          : (await isHfFolder(modelDir))
-            ? await readHfFolder(modelDir, undefined, variant)
-            : parseManifest(JSON.parse(await readFile(path.join(modelDir, 'manifest.json'), 'utf8')), `${folder}/manifest.json`);
+        const hf = !(await isFile(path.join(modelDir, 'manifest.json'))) && (await isHfFolder(modelDir));
+        const manifest = hf
+          ? await readHfFolder(modelDir, undefined, variant)
+          : parseManifest(JSON.parse(await readFile(path.join(modelDir, 'manifest.json'), 'utf8')), `${folder}/manifest.json`);
         if (only && !only.includes(manifest.name)) continue;
         if (reg.#models.has(manifest.name)) throw new TypeError(`model name "${manifest.name}" is used by two folders`);
         const tokenizer = await loadTokenizer(modelDir, manifest);
@@ -99,14 +99,6 @@ export class ModelRegistry {
   ready(): boolean {
     const all = this.list();
     return all.length > 0 && all.every((m) => m.state.kind !== 'loading') && all.some((m) => m.state.kind === 'ready');
-  }
-}
-
-async function hasManifest(dir: string): Promise<boolean> {
-  try {
-    return (await stat(path.join(dir, 'manifest.json'))).isFile();
-  } catch {
-    return false;
   }
 }
 

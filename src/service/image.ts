@@ -23,6 +23,7 @@ import type { ImageFetcher } from '../images/fetch.ts';
 import { preprocessImage } from '../images/preprocess.ts';
 import type { Logger } from '../log.ts';
 import type { ImageHandle } from '../runtime/handle.ts';
+import { normalizeInPlace } from '../runtime/pooling.ts';
 import { CachedInference, type Computed, type InferenceAdapter, type Keyed } from './pipeline.ts';
 import type { EmbedResult, PipelineStats, TraceSink } from './types.ts';
 
@@ -202,12 +203,9 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
   }
 }
 
-/** v / ‖v‖ (a zero vector stays zero). */
+/** v / ‖v‖ as a new vector (a zero vector stays zero). */
 export function unit(v: Float32Array): Float32Array {
-  let s = 0;
-  for (let i = 0; i < v.length; i++) s += v[i]! * v[i]!;
-  const n = Math.sqrt(s);
-  const out = new Float32Array(v.length);
-  if (n > 0) for (let i = 0; i < v.length; i++) out[i] = v[i]! / n;
+  const out = new Float32Array(v);
+  normalizeInPlace(out);
   return out;
 }
