@@ -26,6 +26,7 @@ import type { Catalog, PolyrayContext } from './resolvers/context.ts';
 import { makeFormatError } from './resolvers/format-error.ts';
 import { buildSchema } from './resolvers/index.ts';
 import { ModelHost } from './runtime/host.ts';
+import { TokenizerPool } from './runtime/tokenizer-pool.ts';
 import { InferencePool } from './runtime/pool.ts';
 import { ImageEmbedder } from './service/image.ts';
 import { RequestScope, type ScopeServices } from './service/scope.ts';
@@ -50,6 +51,8 @@ export class PolyrayServer {
   readonly logger: Logger;
   readonly app: FastifyInstance;
   readonly pool: InferencePool;
+  /** Tokenizer threads: cache misses are tokenised off the event loop (src/runtime/tokenizer-pool.ts). */
+  readonly tokenizers: TokenizerPool;
   /** The served models: registry, inference queues, handles (src/runtime/host.ts). */
   readonly host: ModelHost;
   readonly memory: MemoryCache;
@@ -79,11 +82,13 @@ export class PolyrayServer {
       pipelineDepth: inference.pipelineDepth,
       logger: this.logger,
     });
+    this.tokenizers = new TokenizerPool({ threads: inference.tokenizerThreads, niceness: inference.niceness, logger: this.logger });
     this.host = new ModelHost({
       models: config.models,
       inference,
       batching: config.batching,
       pool: this.pool,
+      tokenizers: this.tokenizers,
       logger: this.logger,
       instrument: (pool) => this.accounting.metrics.instrumentPool(pool),
     });
@@ -240,6 +245,7 @@ export class PolyrayServer {
       await this.app.close();
       await this.host.drain();
       await this.pool.close();
+      await this.tokenizers.close();
       await this.accounting.close();
       this.policy.stop();
       await this.tracer.close();

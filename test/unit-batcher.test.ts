@@ -192,7 +192,7 @@ describe('Batcher', () => {
           const all: { id: number; p: Promise<{ vector: Float32Array }> }[] = [];
           for (const lens of submits) {
             const items = lens.map((len) => item(++id, len));
-            for (const [i, p] of b.submit(items).entries()) all.push({ id: items[i]!.ids[0]!, p });
+            for (const [i, p] of b.submit(items).entries()) all.push({ id: Number(items[i]!.ids[0]!), p });
             await flush();
           }
           const vectors = await Promise.all(all.map((x) => x.p));

@@ -208,8 +208,8 @@ export class AccountingMetrics {
       acquire: async (): Promise<Lease> => {
         const lease = await pool.acquire();
         return {
-          run: async (model, feeds, output) => {
-            const r = await lease.run(model, feeds, output);
+          run: async (model, feeds, output, options) => {
+            const r = await lease.run(model, feeds, output, options);
             observe(model, feeds[0]?.dims[0], r.runMs);
             return r;
           },

@@ -9,7 +9,7 @@
 import { cp, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { isDir, isFile, pathExists } from '../files.ts';
-import { readHfFolder } from '../runtime/hf-folder.ts';
+import { checkVocabulary, readHfFolder } from '../runtime/hf-folder.ts';
 import { loadHfTokenizer } from '../runtime/hf-tokenizer.ts';
 import { type ModelManifest, parseManifest } from '../runtime/manifest.ts';
 
@@ -29,6 +29,7 @@ export async function addModel(folder: string, o: AddOptions): Promise<ModelMani
     throw new TypeError(`the folder's manifest names the model "${manifest.name}"; --name applies to folders without one`);
   const tok = manifest.tokenizer;
   const tokenizer = tok ? await loadHfTokenizer(dir, tok.file) : undefined;
+  if (tokenizer) checkVocabulary(manifest, tokenizer.vocabSize);
   const family = tok ? await tokenizerFamily(path.join(dir, tok.file)) : 'none';
   const config = await json(path.join(dir, 'config.json'));
   const st = await json(path.join(dir, 'config_sentence_transformers.json'));
@@ -39,10 +40,15 @@ export async function addModel(folder: string, o: AddOptions): Promise<ModelMani
     ['architecture', Array.isArray(config['architectures']) ? String(config['architectures'][0]) : String(config['model_type'] ?? 'unknown')],
     ['tokenizer', tokenizer ? `${family}, ${tokenizer.vocabSize} ids` : 'none'],
     ['graph', `${manifest.file} (inputs ${manifest.inputs.map((i) => i.name).join(', ')}; output ${manifest.outputs[0]?.name})`],
-    ['pooling', manifest.pooling ? `${manifest.pooling.mode}${manifest.pooling.normalize ? ', normalised' : ''} (in the worker)` : 'in the graph'],
+    [
+      'pooling',
+      manifest.pooling
+        ? `${manifest.pooling.mode}${manifest.pooling.normalize ? ', normalised' : ''}${manifest.pooling.includePrompt === false ? ', prompt tokens left out' : ''} (in the worker)`
+        : 'in the graph',
+    ],
     ['dimensions', String(manifest.dimensions)],
     ['max tokens', String(manifest.maxTokens)],
-    ['prompts', prompts.length > 0 ? `${prompts.join(', ')} (not applied yet)` : 'none'],
+    ['prompts', prompts.length > 0 ? `${prompts.join(', ')}${manifest.defaultPromptName ? ` (default ${manifest.defaultPromptName})` : ''}` : 'none'],
     ['variants', variants || 'none'],
     ['license', await license(dir)],
   ];

@@ -30,7 +30,9 @@ export const postResolvers = {
       if (handle.kind === 'text') {
         // Text models read the text; a post without text has nothing for them to embed.
         if (typeof post.text !== 'string' || post.text.trim() === '') return null;
-        return toEmbedding(await ctx.scope.texts(handle, args.truncate === true).load(prompt + post.text), dims);
+        const options = { prompt, truncate: args.truncate === true };
+        const text = post.text;
+        return toEmbedding(await ctx.scope.texts(handle, options).load(text), dims, () => ctx.scope.tokenCounts(handle, options).load(text));
       }
       // postray and image models read the images too (one pipeline call per part for all posts of the tick).
       const result = await ctx.scope.posts(handle).load({ text: post.text ?? null, imageUrls: post.imageUrls ?? [] });

@@ -44,6 +44,7 @@ export const queryResolvers = {
       const dims = checkDimensions(handle, args.dimensions);
       const prompt = checkPrompt(handle, args.prompt, args.promptName);
       const kind = handle.kind;
+      const textOptions = { prompt, truncate: args.truncate === true };
       const inputs: OneInput[] = args.inputs.map((input, index) => {
         const set = Object.entries(input).filter(([, v]) => v !== null && v !== undefined);
         if (set.length !== 1 || typeof set[0]![1] !== 'string') {
@@ -65,8 +66,8 @@ export const queryResolvers = {
           const caught = (e: unknown): Error => e as Error;
           if (handle.kind === 'text')
             return ctx.scope
-              .texts(handle, args.truncate === true)
-              .load(prompt + (input as { text: string }).text)
+              .texts(handle, textOptions)
+              .load((input as { text: string }).text)
               .catch(caught);
           if (handle.kind === 'image')
             return ctx.scope
@@ -84,7 +85,9 @@ export const queryResolvers = {
         }
         // A postray input with nothing to embed (an empty text) is the zero vector, as for text models.
         if (r === null) return toEmbedding(zeroResult(handle), dims);
-        return toEmbedding(r, dims);
+        if (handle.kind !== 'text') return toEmbedding(r, dims);
+        const text = (inputs[index] as { text: string }).text;
+        return toEmbedding(r, dims, () => ctx.scope.tokenCounts(handle, textOptions).load(text));
       });
     },
     models: (_: unknown, __: unknown, ctx: PolyrayContext): ModelInfo[] => ctx.catalog.models(),

@@ -38,8 +38,11 @@ export interface ModelIO {
 }
 
 export interface BatchItem {
-  ids: readonly number[];
-  mask: readonly number[];
+  /** Token ids and mask; as BigInt64Array (what the tokenizer threads return) they are copied into the batch without conversion. */
+  ids: readonly number[] | BigInt64Array;
+  mask: readonly number[] | BigInt64Array;
+  /** Leading tokens pooling leaves out (a prompt under `include_prompt: false`). Default 0. */
+  skip?: number;
   /** Opaque label from the caller (e.g. the client). The batcher does not read it; callers attribute cost themselves. */
   tag?: string;
 }
@@ -116,12 +119,22 @@ export class Batcher {
     const ids = new BigInt64Array(n * t);
     const mask = new BigInt64Array(n * t);
     let realTokens = 0;
+    let skip: Int32Array | undefined;
     batch.forEach((item, r) => {
-      for (let j = 0; j < item.ids.length; j++) {
-        ids[r * t + j] = BigInt(item.ids[j]!);
-        mask[r * t + j] = BigInt(item.mask[j]!);
+      if (item.ids instanceof BigInt64Array && item.mask instanceof BigInt64Array) {
+        ids.set(item.ids, r * t);
+        mask.set(item.mask, r * t);
+      } else {
+        for (let j = 0; j < item.ids.length; j++) {
+          ids[r * t + j] = BigInt(item.ids[j]!);
+          mask[r * t + j] = BigInt(item.mask[j]!);
+        }
       }
       realTokens += item.ids.length;
+      if (item.skip) {
+        skip ??= new Int32Array(n);
+        skip[r] = item.skip;
+      }
     });
     const feeds: FeedSpec[] = [
       { name: this.#io.inputIds, type: 'int64', data: ids, dims: [n, t] },
@@ -138,7 +151,7 @@ export class Batcher {
     this.#stats.items += n;
     this.#stats.paddedTokens += n * t;
     this.#stats.realTokens += realTokens;
-    const res = await run(this.#io.name, feeds, this.#io.output);
+    const res = await run(this.#io.name, feeds, this.#io.output, skip ? { poolSkip: skip } : undefined);
     const d = this.#io.dimensions;
     // The data length is checked as well as the dims: a short buffer would slice into short vectors.
     if (res.dims.length !== 2 || res.dims[0] !== n || res.dims[1] !== d || res.data.length !== n * d) throw batchFailed('output-shape');

@@ -50,6 +50,17 @@ export const inferenceSchema = z
     }),
     niceness,
     /**
+     * Tokenizer threads (src/runtime/tokenizer-pool.ts): cache misses are tokenised there, at the inference
+     * threads' nice value, so long texts never stall the event loop. `POLYRAY_TOKENIZER_THREADS`; default 1;
+     * 0 tokenises on the event loop (the behaviour before; bench/RESULTS.md compares the two).
+     */
+    tokenizerThreads: setting(z.number().int().min(0).max(32), {
+      env: 'POLYRAY_TOKENIZER_THREADS',
+      file: 'tokenizerThreads',
+      default: 1,
+      doc: 'threads that tokenise cache misses off the event loop; 0 tokenises on the event loop',
+    }),
+    /**
      * Batches each worker holds at once (running + queued behind it). `POLYRAY_PIPELINE_DEPTH`; default 1: a
      * batch forms when a worker is free, from everything that queued meanwhile. 2 sends a batch that is
      * already full to wait in the worker while the previous one runs, so the worker does not idle while the

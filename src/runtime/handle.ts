@@ -9,7 +9,7 @@
 import type { HeadSpec, PreprocessSpec } from './manifest.ts';
 import type { Batcher } from './batcher.ts';
 import type { TensorBatcher } from './tensor-batcher.ts';
-import type { Tokenizer } from './tokenizer.ts';
+import type { TokenizedBatch, TokenizeOptions, Tokenizer } from './tokenizer.ts';
 
 interface HandleBase {
   name: string;
@@ -22,7 +22,12 @@ interface HandleBase {
 
 export interface TextHandle extends HandleBase {
   kind: 'text';
+  /** The event loop's copy of the tokenizer: its limits and special tokens (it does not tokenise requests). */
   tokenizer: Tokenizer;
+  /** Tokenises texts for this model, off the event loop (src/runtime/tokenizer-pool.ts). */
+  tokenize(texts: readonly string[], options: TokenizeOptions): Promise<TokenizedBatch>;
+  /** False when the pooling leaves the prompt's tokens out (1_Pooling/config.json `include_prompt: false`). */
+  includePrompt: boolean;
   /** Named prompts and the default one (manifest `prompts`, `defaultPromptName`). */
   prompts: Readonly<Record<string, string>>;
   defaultPromptName: string | undefined;

@@ -75,7 +75,12 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
   }
   if (!file) throw new TypeError(`no ONNX graph in the folder (looked for ${GRAPHS.join(', ')})`);
   const bytes = await readFile(path.join(dir, file));
-  const graph = (decodeModel(bytes)['graph'] ?? {}) as { input?: ValueInfo[]; output?: ValueInfo[]; initializer?: { name?: string }[] };
+  const graph = (decodeModel(bytes)['graph'] ?? {}) as {
+    input?: ValueInfo[];
+    output?: ValueInfo[];
+    initializer?: { name?: string; dims?: (number | string)[] }[];
+    node?: { op_type?: string; input?: string[] }[];
+  };
   const initializers = new Set((graph.initializer ?? []).map((i) => i.name));
   // Older exporters list initializers among the inputs; they are not fed.
   const inputs = (graph.input ?? []).filter((i) => !initializers.has(i.name)).map(tensorSpec);
@@ -105,7 +110,8 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
     if (normalize) pooling = { mode: 'none', normalize: true };
   } else if (tokens) {
     output = tokens;
-    pooling = { mode: poolingMode(poolConfig), normalize };
+    // include_prompt: false leaves the prompt's tokens out of the pooling (its mask is cleared over them).
+    pooling = { mode: poolingMode(poolConfig), normalize, ...(poolConfig['include_prompt'] === false ? { includePrompt: false } : {}) };
   } else {
     throw new TypeError(
       `${file} has no usable output: expected sentence_embedding, ${TOKEN_OUTPUTS.join(' or ')}; found ${outputs.map((o) => o.name).join(', ') || 'none'}`,
@@ -123,6 +129,7 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
     if (await isFile(p)) hash.update(f).update(await readFile(p));
   }
   hash.update(JSON.stringify({ file, output: output.name, pooling }));
+  const rows = embeddingRows(graph) ?? positive(config['vocab_size']);
   const arch = Array.isArray(config['architectures']) ? String(config['architectures'][0]) : String(config['model_type'] ?? 'unknown');
   return {
     name,
@@ -137,6 +144,7 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
     inputs,
     outputs: [output],
     tokenizer: { kind: 'hf', file: 'tokenizer.json', lowercase: false },
+    ...(rows ? { embeddingRows: rows } : {}),
     ...(pooling ? { pooling } : {}),
     ...promptsOf(stConfig),
     ...(tokConfig['truncation_side'] === 'left' ? { truncationSide: 'left' as const } : {}),
@@ -145,19 +153,43 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
   };
 }
 
+/** Rows of the token embedding table: the initializer a Gather reads with `input_ids`, as exporters write it. */
+function embeddingRows(graph: {
+  initializer?: { name?: string; dims?: (number | string)[] }[];
+  node?: { op_type?: string; input?: string[] }[];
+}): number | undefined {
+  const gather = (graph.node ?? []).find((n) => n.op_type === 'Gather' && n.input?.[1] === 'input_ids');
+  const table = gather && (graph.initializer ?? []).find((i) => i.name === gather.input![0]);
+  const rows = table?.dims?.[0];
+  return rows === undefined ? undefined : positive(Number(rows));
+}
+
+/**
+ * Refuses a tokenizer that can emit ids beyond the model's embedding table (a tokenizer from another
+ * model): every such id would fail the batch it is in, or read another table's rows.
+ */
+export function checkVocabulary(manifest: Pick<ModelManifest, 'embeddingRows'>, tokenizerIds: number): void {
+  const rows = manifest.embeddingRows;
+  if (rows !== undefined && tokenizerIds > rows) {
+    throw new TypeError(
+      `the tokenizer has ${tokenizerIds} ids but the model's token embedding table has ${rows} rows: tokenizer.json belongs to another model`,
+    );
+  }
+}
+
 interface ValueInfo {
   name?: string;
-  type?: { tensorType?: { elemType?: number; shape?: { dim?: { dimValue?: number; dimParam?: string }[] } } };
+  type?: { tensor_type?: { elem_type?: number; shape?: { dim?: { dim_value?: number; dim_param?: string }[] } } };
 }
 
 const ELEMENT: Record<number, string> = { 1: 'float32', 6: 'int32', 7: 'int64', 10: 'float16', 11: 'float64' };
 
 function tensorSpec(v: ValueInfo): TensorSpec {
-  const t = v.type?.tensorType;
+  const t = v.type?.tensor_type;
   return {
     name: v.name ?? '',
-    type: ELEMENT[t?.elemType ?? 0] ?? `onnx:${t?.elemType ?? '?'}`,
-    shape: (t?.shape?.dim ?? []).map((d) => d.dimValue ?? d.dimParam ?? '?'),
+    type: ELEMENT[t?.elem_type ?? 0] ?? `onnx:${t?.elem_type ?? '?'}`,
+    shape: (t?.shape?.dim ?? []).map((d) => d.dim_value ?? d.dim_param ?? '?'),
   };
 }
 

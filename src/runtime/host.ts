@@ -23,6 +23,7 @@ import type { InferencePool } from './pool.ts';
 import type { LoadResult, ModelLoadSpec } from './worker-protocol.ts';
 import { ModelRegistry, type RegisteredModel } from './registry.ts';
 import { TensorBatcher } from './tensor-batcher.ts';
+import type { TokenizerPool } from './tokenizer-pool.ts';
 
 /** What a reload changed, by model name; `failed`: folders that could not be read. */
 export interface ReloadSummary {
@@ -40,6 +41,8 @@ export interface ModelHostOptions {
   inference: PolyrayConfig['inference'];
   batching: PolyrayConfig['batching'];
   pool: InferencePool;
+  /** Where text models tokenise (src/runtime/tokenizer-pool.ts). */
+  tokenizers: TokenizerPool;
   logger: Logger;
   /** The view of the pool the queues run batches through (metrics wrap it). Default: the pool itself. */
   instrument?: (pool: InferencePool) => InferencePool;
@@ -86,10 +89,13 @@ export class ModelHost {
       return { kind: 'head', ...this.#base(m), head: h, queue: this.#queue(m, TensorBatcher), input };
     }
     if (m.manifest.preprocess) return { kind: 'image', ...this.#base(m), preprocess: m.manifest.preprocess, queue: this.#queue(m, TensorBatcher) };
+    const source = { key: `${m.manifest.name}@${m.manifest.version}`, name: m.manifest.name, dir: m.dir, spec: m.manifest.tokenizer };
     return {
       kind: 'text',
       ...this.#base(m),
       tokenizer: m.tokenizer,
+      tokenize: (texts, options) => this.#o.tokenizers.tokenize(source, m.tokenizer, texts, options),
+      includePrompt: m.manifest.pooling?.includePrompt !== false,
       prompts: m.manifest.prompts ?? {},
       defaultPromptName: m.manifest.defaultPromptName,
       truncationSide: m.manifest.truncationSide ?? 'right',
@@ -200,7 +206,10 @@ export class ModelHost {
     for (const name of leaving) cur.setState(name, { kind: 'loading' });
     await Promise.all(leaving.map((name) => this.queues.get(name)?.drain()));
     for (const name of leaving) this.queues.delete(name);
-    if (leaving.length > 0) this.#o.pool.unload(leaving);
+    if (leaving.length > 0) {
+      this.#o.pool.unload(leaving);
+      this.#o.tokenizers.forget(leaving.map((name) => `${name}@${cur.get(name)!.manifest.version}`));
+    }
     for (const name of summary.removed) cur.remove(name);
     for (const m of incoming) cur.put(m);
     cur.setFailedFolders(next.failedFolders());

@@ -100,6 +100,8 @@ export interface ModelManifest {
    * worker pools it (src/runtime/pooling.ts). Absent: the first output is already the embedding.
    */
   pooling?: PoolingSpec;
+  /** Rows of the token embedding table, where the folder tells (read from the graph or config.json); tokenizers must fit in it. */
+  embeddingRows?: number;
   /**
    * Text models: named prompts prepended to the input (sentence-transformers' `prompts`, e.g. e5's
    * `query: `), chosen per request with `promptName`; `defaultPromptName` applies when a request names none.
@@ -196,10 +198,16 @@ function parsePrompts(prompts: unknown, defaultName: unknown, bad: Bad): Pick<Mo
 
 function parsePooling(v: unknown, bad: Bad): PoolingSpec {
   const p = v as Record<string, unknown>;
-  if (typeof p !== 'object' || p === null || !POOLING_MODES.includes(p['mode'] as PoolingMode) || typeof p['normalize'] !== 'boolean') {
-    return bad('pooling', `{mode: ${POOLING_MODES.map((x) => `"${x}"`).join(' | ')}, normalize: boolean}`, v);
+  if (
+    typeof p !== 'object' ||
+    p === null ||
+    !POOLING_MODES.includes(p['mode'] as PoolingMode) ||
+    typeof p['normalize'] !== 'boolean' ||
+    (p['includePrompt'] !== undefined && typeof p['includePrompt'] !== 'boolean')
+  ) {
+    return bad('pooling', `{mode: ${POOLING_MODES.map((x) => `"${x}"`).join(' | ')}, normalize: boolean, includePrompt?: boolean}`, v);
   }
-  return { mode: p['mode'] as PoolingMode, normalize: p['normalize'] as boolean };
+  return { mode: p['mode'] as PoolingMode, normalize: p['normalize'] as boolean, ...(p['includePrompt'] === false ? { includePrompt: false } : {}) };
 }
 
 function parseRuntime(v: unknown, bad: Bad): RuntimeHints {

@@ -11,7 +11,7 @@ import { Worker } from 'node:worker_threads';
 import { PolyrayError, ErrorCode } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { ExecutionProviderName } from '../config/index.ts';
-import type { ExtraOutput, FeedSpec, FromWorker, LoadResult, ModelLoadSpec, ToWorker } from './worker-protocol.ts';
+import type { ExtraOutput, FeedSpec, FromWorker, LoadResult, ModelLoadSpec, RunOptions, ToWorker } from './worker-protocol.ts';
 
 export interface InferencePoolOptions {
   /** Number of worker threads. Default 1. */
@@ -47,7 +47,7 @@ export interface RunResult {
 
 export interface Lease {
   /** Runs one batch; `output` names one output, or several (the first is `data`, the rest `extra`). */
-  run(model: string, feeds: FeedSpec[], output: string | readonly string[]): Promise<RunResult>;
+  run(model: string, feeds: FeedSpec[], output: string | readonly string[], options?: RunOptions): Promise<RunResult>;
   release(): void;
 }
 
@@ -192,7 +192,7 @@ export class InferencePool {
   #lease(slot: Slot): Lease {
     let released = false;
     return {
-      run: (model, feeds, output) => {
+      run: (model, feeds, output, options) => {
         if (released) return Promise.reject(new Error('lease already released'));
         const id = this.#nextId++;
         return new Promise<RunResult>((resolve, reject) => {
@@ -206,7 +206,8 @@ export class InferencePool {
             reject,
           });
           const transfer = feeds.map((f) => f.data.buffer as ArrayBuffer);
-          slot.worker.postMessage({ type: 'run', id, model, feeds, output } satisfies ToWorker, transfer);
+          const poolSkip = options?.poolSkip;
+          slot.worker.postMessage({ type: 'run', id, model, feeds, output, ...(poolSkip ? { poolSkip } : {}) } satisfies ToWorker, transfer);
         });
       },
       release: () => {

@@ -16,6 +16,11 @@ export interface PoolingSpec {
   mode: PoolingMode;
   /** L2-normalise the pooled vector (a `Normalize` module follows the pooling). */
   normalize: boolean;
+  /**
+   * False: the prompt's tokens take no part in pooling (1_Pooling/config.json `include_prompt: false`);
+   * the caller passes how many leading tokens of each row they are. Default true.
+   */
+  includePrompt?: boolean;
 }
 
 export const POOLING_MODES: readonly PoolingMode[] = ['cls', 'mean', 'max', 'last', 'none'];
@@ -23,8 +28,16 @@ export const POOLING_MODES: readonly PoolingMode[] = ['cls', 'mean', 'max', 'las
 /**
  * Pools `tokens` ([batch, seq, hidden], row-major) under `mask` ([batch, seq], 1 = real token).
  * Returns [batch, hidden]. A row with no real token pools to zeros (and stays zero when normalised).
+ * `skip[b]`: leading tokens of row b left out, as sentence-transformers masks a prompt out of pooling
+ * (`attention_mask[:, :prompt_length] = 0`; the rows are right-padded, so they are the row's first tokens).
  */
-export function pool(tokens: Float32Array, dims: readonly number[], mask: ArrayLike<number | bigint>, spec: PoolingSpec): Float32Array<ArrayBuffer> {
+export function pool(
+  tokens: Float32Array,
+  dims: readonly number[],
+  mask: ArrayLike<number | bigint>,
+  spec: PoolingSpec,
+  skip?: ArrayLike<number>,
+): Float32Array<ArrayBuffer> {
   if (spec.mode === 'none') return normalised(tokens, dims, spec.normalize);
   if (dims.length !== 3) throw new TypeError(`pooling needs a [batch, sequence, hidden] output, got dims [${dims.join(', ')}]`);
   const [batch, seq, hidden] = dims as [number, number, number];
@@ -34,7 +47,8 @@ export function pool(tokens: Float32Array, dims: readonly number[], mask: ArrayL
   for (let b = 0; b < batch; b++) {
     const row = out.subarray(b * hidden, (b + 1) * hidden);
     const at = (t: number): number => (b * seq + t) * hidden;
-    const real = (t: number): boolean => Number(mask[b * seq + t]) !== 0;
+    const first = skip?.[b] ?? 0;
+    const real = (t: number): boolean => t >= first && Number(mask[b * seq + t]) !== 0;
     switch (spec.mode) {
       case 'cls':
         row.set(tokens.subarray(at(0), at(0) + hidden));

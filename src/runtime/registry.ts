@@ -8,14 +8,12 @@
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ExecutionProviderName } from '../config/index.ts';
-import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { parseManifest, type ModelManifest } from './manifest.ts';
-import { WordTokenizer, type Tokenizer } from './tokenizer.ts';
-import { WordPieceTokenizer } from './wordpiece.ts';
+import type { Tokenizer } from './tokenizer.ts';
+import { loadTokenizer } from './tokenizer-load.ts';
 import { isFile } from '../files.ts';
-import { isHfFolder, readHfFolder, type VariantChoice } from './hf-folder.ts';
-import { loadHfTokenizer } from './hf-tokenizer.ts';
+import { checkVocabulary, isHfFolder, readHfFolder, type VariantChoice } from './hf-folder.ts';
 
 export type ModelState = { kind: 'loading' } | { kind: 'ready'; provider: ExecutionProviderName } | { kind: 'failed'; reason: string } | { kind: 'disposed' };
 
@@ -54,7 +52,8 @@ export class ModelRegistry {
           : parseManifest(JSON.parse(await readFile(path.join(modelDir, 'manifest.json'), 'utf8')), `${folder}/manifest.json`);
         if (only && !only.includes(manifest.name)) continue;
         if (reg.#models.has(manifest.name)) throw new TypeError(`model name "${manifest.name}" is used by two folders`);
-        const tokenizer = await loadTokenizer(modelDir, manifest);
+        const tokenizer = await loadTokenizer(modelDir, manifest.name, manifest.tokenizer);
+        checkVocabulary(manifest, tokenizer.vocabSize);
         reg.#models.set(manifest.name, { manifest, dir: modelDir, tokenizer, state: { kind: 'loading' } });
       } catch (e) {
         const reason = (e as Error).message;
@@ -100,33 +99,4 @@ export class ModelRegistry {
     const all = this.list();
     return all.length > 0 && all.every((m) => m.state.kind !== 'loading') && all.some((m) => m.state.kind === 'ready');
   }
-}
-
-async function loadTokenizer(dir: string, manifest: ModelManifest): Promise<Tokenizer> {
-  if (!manifest.tokenizer) return noTextTokenizer(manifest.name);
-  const file = path.join(dir, manifest.tokenizer.file);
-  switch (manifest.tokenizer.kind) {
-    case 'word':
-      return WordTokenizer.load(file, { lowercase: manifest.tokenizer.lowercase });
-    case 'hf':
-      // Any tokenizer.json family; tokenizer_config.json beside it is read too.
-      return loadHfTokenizer(dir, manifest.tokenizer.file);
-    case 'wordpiece':
-      // A Hugging Face tokenizer.json; its normalizer (not manifest.tokenizer.lowercase) decides casing.
-      return WordPieceTokenizer.load(file);
-    default: {
-      const never: never = manifest.tokenizer.kind;
-      throw new TypeError(`unknown tokenizer kind ${String(never)}`);
-    }
-  }
-}
-
-/** Image models and heads read no text: their tokenizer refuses every input with a client-facing error. */
-function noTextTokenizer(model: string): Tokenizer {
-  return {
-    vocabSize: 0,
-    encode: () => {
-      throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${model} does not read text; give it image inputs (imageUrl or imageBase64)`, { model });
-    },
-  };
 }

@@ -241,3 +241,45 @@ function foldAccents(word: string): string {
   const stripped = word.normalize('NFKD').replace(COMBINING_RE, '').normalize('NFC');
   return stripped === '' ? word : stripped;
 }
+
+/** How a batch of texts is tokenised for a model: its limit, the side `truncate` cuts, and the prompt before each text. */
+export interface TokenizeOptions {
+  maxTokens: number;
+  side: 'left' | 'right';
+  /** Cut texts over `maxTokens` on `side` (keeping special tokens); otherwise they keep their full length. */
+  truncate: boolean;
+  /** Prepended to every text before tokenising (sentence-transformers' prompts). Default none. */
+  prompt?: string;
+}
+
+/** One tokenised text: ids and mask as the batcher copies them into a batch, and its length before any cut. */
+export interface Tokenized {
+  ids: BigInt64Array;
+  mask: BigInt64Array;
+  /** Tokens of the whole text (prompt and special tokens included) before truncation. */
+  total: number;
+}
+
+export interface TokenizedBatch {
+  items: Tokenized[];
+  /**
+   * Leading tokens that belong to the prompt, as sentence-transformers counts them (the prompt's own
+   * encoding, special tokens included, less one): what a Pooling module with `include_prompt: false`
+   * leaves out. 0 without a prompt.
+   */
+  promptTokens: number;
+}
+
+/**
+ * Tokenises `texts` (each after `prompt`) the way the batcher needs them. Pure and synchronous: the
+ * tokenizer threads (src/runtime/tokenizer-pool.ts) run it, and so does the event loop when they are off.
+ */
+export function tokenizeBatch(tokenizer: Tokenizer, texts: readonly string[], o: TokenizeOptions): TokenizedBatch {
+  const prompt = o.prompt ?? '';
+  const items = texts.map((text): Tokenized => {
+    const full = tokenizer.encode(prompt + text);
+    const enc = o.truncate ? truncateEncoding(full, o.maxTokens, o.side, tokenizer.specials) : full;
+    return { ids: BigInt64Array.from(enc.ids, BigInt), mask: BigInt64Array.from(enc.mask, BigInt), total: full.ids.length };
+  });
+  return { items, promptTokens: prompt === '' ? 0 : Math.max(0, tokenizer.encode(prompt).ids.length - 1) };
+}

@@ -27,11 +27,16 @@ export interface FeedSpec {
   dims: number[];
 }
 
+export interface RunOptions {
+  /** Per row: leading tokens the worker's pooling leaves out (a prompt, under `include_prompt: false`). */
+  poolSkip?: Int32Array;
+}
+
 export type ToWorker =
   /** `niceness`: nice value the worker gives itself before creating sessions (0: leave it). */
   | { type: 'load'; models: ModelLoadSpec[]; intraOpThreads: number; niceness: number }
   /** `output`: one output name, or several (the first is the primary result, the rest come back in `extra`). */
-  | { type: 'run'; id: number; model: string; feeds: FeedSpec[]; output: string | readonly string[] }
+  | { type: 'run'; id: number; model: string; feeds: FeedSpec[]; output: string | readonly string[]; poolSkip?: Int32Array }
   /** Releases these models' sessions (after the runs queued before it). */
   | { type: 'unload'; names: string[] }
   | { type: 'close' };

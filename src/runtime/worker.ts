@@ -97,7 +97,7 @@ port.on('message', (msg: ToWorker) => {
             const mask = msg.feeds.find((f) => f.name === spec.mask);
             if (!mask) throw new Error(`pooling needs the feed ${spec.mask}`);
             const o = outputs[0]!;
-            o.data = pool(o.data, o.dims, mask.data, spec);
+            o.data = pool(o.data, o.dims, mask.data, spec, msg.poolSkip);
             o.dims = [o.dims[0]!, o.dims[o.dims.length - 1]!];
           }
           const [first, ...extra] = outputs;

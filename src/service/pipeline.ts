@@ -42,6 +42,8 @@ export interface Computed {
   units: number;
   /** This item's share of the batch's inference time. */
   inferenceMs: number;
+  /** Units of the whole input before truncation (text: tokens), when the adapter cut it. */
+  total?: number;
 }
 
 /** One answer of the pipeline, before the adapter shapes it. */

@@ -18,8 +18,8 @@ import type { LabelScore } from '../models/heads.ts';
 import type { HeadHandle, ImageHandle, ModelHandle, TextHandle } from '../runtime/handle.ts';
 import type { ImageEmbedder, ImageInput, ImageResult, ImageWant } from './image.ts';
 import { classifyPosts, embedPosts, type PartEmbedders, type PostInput, type PostLimits } from './posts.ts';
-import type { TextEmbedder } from './text.ts';
-import type { EmbedResult } from './types.ts';
+import type { TextEmbedder, TextOptions } from './text.ts';
+import type { EmbedResult, TokenCount } from './types.ts';
 
 /** What a pipeline call asks for, so the account can price its worst case before any work. */
 export type Demand = { kind: 'texts'; texts: readonly string[] } | { kind: 'images'; count: number };
@@ -84,11 +84,25 @@ export class RequestScope<A extends Account = Account> {
     return h;
   }
 
-  /** Text embeddings of one text model; keys are input texts. `truncate`: cut over-long inputs instead of refusing them. */
-  texts(handle: TextHandle, truncate = false): DataLoader<string, EmbedResult> {
+  /**
+   * Text embeddings of one text model; keys are input texts. `options`: the prompt before each text, and
+   * `truncate` to cut over-long inputs instead of refusing them.
+   */
+  texts(handle: TextHandle, options: TextOptions = {}): DataLoader<string, EmbedResult> {
     return this.#loader(
-      `t:${handle.name}:${truncate ? 'cut' : 'whole'}`,
-      () => new DataLoader<string, EmbedResult>((texts) => this.#texts(handle, texts, truncate), { maxBatchSize: this.#s.limits.maxBatch }),
+      `t:${handle.name}:${options.truncate === true ? 'cut' : 'whole'}:${options.prompt ?? ''}`,
+      () => new DataLoader<string, EmbedResult>((texts) => this.#texts(handle, texts, options), { maxBatchSize: this.#s.limits.maxBatch }),
+    );
+  }
+
+  /**
+   * Token counts of texts as `texts(handle, options)` reads them, for answers served from the cache
+   * (`Embedding.inputTokens`); tokenised off the event loop, uncharged (no inference runs).
+   */
+  tokenCounts(handle: TextHandle, options: TextOptions = {}): DataLoader<string, TokenCount> {
+    return this.#loader(
+      `n:${handle.name}:${options.truncate === true ? 'cut' : 'whole'}:${options.prompt ?? ''}`,
+      () => new DataLoader<string, TokenCount>((texts) => this.#s.text.tokenCounts(handle, texts, options), { maxBatchSize: this.#s.limits.maxBatch }),
     );
   }
 
@@ -149,8 +163,8 @@ export class RequestScope<A extends Account = Account> {
     );
   }
 
-  #texts(handle: TextHandle, texts: readonly string[], truncate = false): Promise<(EmbedResult | PolyrayError)[]> {
-    return this.account.admit(handle, { kind: 'texts', texts }, () => this.#s.text.embed(handle, texts, this.account.clientId, truncate));
+  #texts(handle: TextHandle, texts: readonly string[], options: TextOptions = {}): Promise<(EmbedResult | PolyrayError)[]> {
+    return this.account.admit(handle, { kind: 'texts', texts }, () => this.#s.text.embed(handle, texts, this.account.clientId, options));
   }
 
   #images(handle: ImageHandle, inputs: readonly ImageInput[], want: ImageWant): Promise<(ImageResult | PolyrayError)[]> {

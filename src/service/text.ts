@@ -3,8 +3,9 @@
  *
  *   key      `model@version:sha256(text)` of the text as sent, or of its NFC + whitespace-normalised form
  *            where the tokenizer says that normalisation cannot change its ids (`normalisedKeys`)
- *   compute  tokenise the text as sent (refusing inputs over the model's token limit) and submit the batch to the
- *            model's token queue (src/runtime/batcher.ts), which pads, batches across requests and runs
+ *   compute  tokenise prompt + text as sent, off the event loop (src/runtime/tokenizer-pool.ts), refuse inputs
+ *            over the model's token limit (or cut them, with `truncate`), and submit the rest to the model's
+ *            token queue (src/runtime/batcher.ts), which pads, batches across requests and runs
  *   fill     the vector under its key
  *
  * Results are per input: one bad input (not a string, too large) fails only itself.
@@ -15,9 +16,10 @@ import type { TieredCache } from '../cache/tiered.ts';
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { TextHandle } from '../runtime/handle.ts';
-import { truncateEncoding } from '../runtime/tokenizer.ts';
+import type { BatchItem } from '../runtime/batcher.ts';
+import type { TokenizeOptions } from '../runtime/tokenizer.ts';
 import { CachedInference, type Computed, type InferenceAdapter, type Keyed } from './pipeline.ts';
-import type { EmbedResult, PipelineStats, TraceSink } from './types.ts';
+import type { EmbedResult, PipelineStats, TokenCount, TraceSink } from './types.ts';
 
 export interface TextEmbedderOptions {
   cache: TieredCache;
@@ -27,8 +29,19 @@ export interface TextEmbedderOptions {
   trace?: TraceSink;
 }
 
-/** A pipeline call: the model, and whether over-long inputs are cut (on the model's side) or refused. */
-type TextCall = TextHandle & { truncate: boolean };
+/**
+ * A pipeline call: the model, the prompt before every text (part of the key), and whether over-long inputs
+ * are cut (on the model's side) or refused.
+ */
+type TextCall = TextHandle & { truncate: boolean; prompt: string };
+
+/** What the text pipeline is asked: a model, and per call the prompt and truncation. */
+export interface TextOptions {
+  /** Prepended to every text (sentence-transformers' prompts); part of the cache key. Default none. */
+  prompt?: string;
+  /** Cut inputs over the model's token limit on its truncation side instead of refusing them. */
+  truncate?: boolean;
+}
 
 class TextAdapter implements InferenceAdapter<string, string, TextCall> {
   readonly #maxInputBytes: number;
@@ -49,7 +62,9 @@ class TextAdapter implements InferenceAdapter<string, string, TextCall> {
           limit,
         });
       }
-      const hash = contentHash(handle.tokenizer.normalisedKeys ? normaliseText(text) : text);
+      // The model reads prompt + text; the key is taken from the same string.
+      const read = handle.prompt + text;
+      const hash = contentHash(handle.tokenizer.normalisedKeys ? normaliseText(read) : read);
       // A truncating call has keys of its own: an input cut on one side is another vector.
       const key = cacheKey(handle.name, handle.version, handle.truncate ? `cut-${handle.truncationSide}:${hash}` : hash);
       return { read: key, flight: key, payload: text };
@@ -57,40 +72,52 @@ class TextAdapter implements InferenceAdapter<string, string, TextCall> {
   }
 
   compute(handle: TextCall, texts: readonly string[], clientId: string | undefined): Promise<Computed>[] {
-    const out: Promise<Computed>[] = new Array(texts.length);
-    const submit: { ids: number[]; mask: number[]; tag?: string }[] = [];
-    const at: number[] = [];
-    texts.forEach((text, j) => {
-      const full = handle.tokenizer.encode(text);
-      const enc = handle.truncate ? truncateEncoding(full, handle.maxTokens, handle.truncationSide, handle.tokenizer.specials) : full;
-      if (enc.ids.length > handle.maxTokens) {
-        const e = new PolyrayError(
-          ErrorCode.INPUT_TOO_LARGE,
-          `An input has ${enc.ids.length} tokens; model ${handle.name} accepts at most ${handle.maxTokens}`,
-          {
-            tokens: enc.ids.length,
-            limit: handle.maxTokens,
-            hint: 'truncate: true cuts it instead',
-          },
-        );
-        out[j] = Promise.reject(e);
-        return;
-      }
-      submit.push({ ids: enc.ids, mask: enc.mask, ...(clientId ? { tag: clientId } : {}) });
-      at.push(j);
-    });
-    if (submit.length > 0) {
-      const results = handle.queue.submit(submit);
-      at.forEach((j, s) => {
-        out[j] = results[s]!.then((r) => ({ outputs: [r.vector], units: r.tokens, inferenceMs: r.inferenceMs }));
+    // One tokenisation for the call's misses, off the event loop; then one submit of those within the limit.
+    const submitted = handle.tokenize(texts, textTokenizeOptions(handle)).then((batch) => {
+      const skip = handle.includePrompt ? 0 : batch.promptTokens;
+      const out: (Promise<Computed> | PolyrayError)[] = new Array(texts.length);
+      const submit: BatchItem[] = [];
+      const at: number[] = [];
+      batch.items.forEach((enc, j) => {
+        if (enc.ids.length > handle.maxTokens) {
+          out[j] = new PolyrayError(
+            ErrorCode.INPUT_TOO_LARGE,
+            `An input has ${enc.ids.length} tokens; model ${handle.name} accepts at most ${handle.maxTokens}`,
+            {
+              tokens: enc.ids.length,
+              limit: handle.maxTokens,
+              hint: 'truncate: true cuts it instead',
+            },
+          );
+          return;
+        }
+        submit.push({ ids: enc.ids, mask: enc.mask, ...(skip > 0 ? { skip } : {}), ...(clientId ? { tag: clientId } : {}) });
+        at.push(j);
       });
-    }
-    return out;
+      if (submit.length > 0) {
+        const results = handle.queue.submit(submit);
+        at.forEach((j, s) => {
+          const total = batch.items[j]!.total;
+          out[j] = results[s]!.then((r) => ({ outputs: [r.vector], units: r.tokens, inferenceMs: r.inferenceMs, total }));
+        });
+      }
+      return out;
+    });
+    return texts.map(async (_, j) => {
+      const r = (await submitted)[j]!;
+      if (r instanceof PolyrayError) throw r;
+      return r;
+    });
   }
 
   fill(_handle: TextCall, item: Keyed<string>, computed: Computed): CacheEntry[] {
     return [{ key: item.flight, value: computed.outputs[0]! }];
   }
+}
+
+/** How a call's texts are tokenised: the model's limit and side, the call's truncation and prompt. */
+function textTokenizeOptions(call: TextHandle & TextOptions): TokenizeOptions {
+  return { maxTokens: call.maxTokens, side: call.truncationSide, truncate: call.truncate === true, prompt: call.prompt ?? '' };
 }
 
 export class TextEmbedder {
@@ -100,23 +127,33 @@ export class TextEmbedder {
     this.#pipeline = new CachedInference(new TextAdapter(options.maxInputBytes), options);
   }
 
-  /** `truncate`: cut inputs over the model's token limit on its truncation side instead of refusing them. */
-  async embed(handle: TextHandle, texts: readonly string[], clientId?: string, truncate = false): Promise<(EmbedResult | PolyrayError)[]> {
-    const answers = await this.#pipeline.run({ ...handle, truncate }, texts, clientId === undefined ? {} : { clientId });
-    const results = answers.map((a): EmbedResult | PolyrayError =>
-      a instanceof PolyrayError
-        ? a
-        : {
-            vector: a.hit ?? a.computed!.outputs[0]!,
-            source: a.source,
-            model: handle.name,
-            version: handle.version,
-            tokens: a.units,
-            inferenceMs: a.inferenceMs,
-          },
-    );
+  async embed(handle: TextHandle, texts: readonly string[], clientId?: string, options: TextOptions = {}): Promise<(EmbedResult | PolyrayError)[]> {
+    const call = { ...handle, truncate: options.truncate === true, prompt: options.prompt ?? '' };
+    const answers = await this.#pipeline.run(call, texts, clientId === undefined ? {} : { clientId });
+    const results = answers.map((a): EmbedResult | PolyrayError => {
+      if (a instanceof PolyrayError) return a;
+      const c = a.computed;
+      return {
+        vector: a.hit ?? c!.outputs[0]!,
+        source: a.source,
+        model: handle.name,
+        version: handle.version,
+        tokens: a.units,
+        inferenceMs: a.inferenceMs,
+        ...(c ? { inputTokens: { kept: c.units, total: c.total ?? c.units } } : {}),
+      };
+    });
     this.#pipeline.trace(handle.name, clientId, answers, results);
     return results;
+  }
+
+  /**
+   * Token counts of `texts` as `embed` with the same options would read them (prompt, truncation), without
+   * embedding: for answers that came from the cache. Tokenised off the event loop like a miss.
+   */
+  async tokenCounts(handle: TextHandle, texts: readonly string[], options: TextOptions = {}): Promise<TokenCount[]> {
+    const batch = await handle.tokenize(texts, textTokenizeOptions({ ...handle, ...options }));
+    return batch.items.map((t) => ({ kept: t.ids.length, total: t.total }));
   }
 
   stats(): PipelineStats {

@@ -19,6 +19,17 @@ export interface EmbedResult {
   tokens: number;
   /** Share of inference time charged to this input (0 for cache hits and joined computations). */
   inferenceMs: number;
+  /**
+   * Text computed for this answer: tokens the model read (`kept`, after truncation) and tokens of the whole
+   * input (`total`). Absent for cache hits, whose counts are taken on demand (`RequestScope.tokenCounts`).
+   */
+  inputTokens?: TokenCount;
+}
+
+/** Tokens a text model read for an input (`kept`) and tokens of the whole input before truncation (`total`). */
+export interface TokenCount {
+  kept: number;
+  total: number;
 }
 
 /** What the pipeline hands the trace sink for each input of one call. */

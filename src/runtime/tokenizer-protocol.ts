@@ -1,0 +1,24 @@
+/** Messages between the tokenizer pool (main thread) and its threads; results travel in transferred buffers. */
+import type { TokenizerSpec } from './manifest.ts';
+import type { TokenizeOptions } from './tokenizer.ts';
+
+/** Where a thread finds a model's tokenizer; `key` (name@version) names the loaded copy. */
+export interface TokenizerSource {
+  key: string;
+  name: string;
+  dir: string;
+  spec: TokenizerSpec | undefined;
+}
+
+export type ToTokenizer =
+  | { type: 'nice'; niceness: number }
+  | { type: 'tokenize'; id: number; source: TokenizerSource; texts: readonly string[]; options: TokenizeOptions }
+  /** Drops loaded tokenizers (a model reloaded or removed). */
+  | { type: 'forget'; keys: string[] }
+  | { type: 'close' };
+
+export type FromTokenizer =
+  /** Item i's ids are `ids[start_i, start_i + lengths[i])`, its length before truncation `totals[i]`. */
+  | { type: 'tokenized'; id: number; ids: BigInt64Array; mask: BigInt64Array; lengths: Int32Array; totals: Int32Array; promptTokens: number }
+  /** `code`: a client-facing error code the tokenizer raised (e.g. UNSUPPORTED_INPUT). */
+  | { type: 'error'; id: number; message: string; code?: string | undefined };
