@@ -14,6 +14,8 @@
  * `_call` does not read (it looks for last_hidden_state / logits / token_embeddings); so each call does
  * what `_call` does — `pipe.tokenizer(texts, {padding: true, truncation: true})` then `pipe.model(inputs)` —
  * and returns the `embedding` output (the same vectors as Polyray's, checked by the bench).
+ * With PEER_POOLING=mean|cls the folder's graph outputs last_hidden_state and the pipeline itself pools and
+ * normalises (`pipe(texts, {pooling, normalize: true})`), as a transformers.js user calls it.
  * PEER_KIND=ort: raw onnxruntime-node session with Polyray's WordPiece tokenizer, default session options,
  * the "naive Node server" fallback.
  */
@@ -40,6 +42,14 @@ async function loadTransformers(): Promise<EmbedFn> {
   tf.env.useBrowserCache = false;
   tf.env.useFSCache = false;
   const pipe = await tf.pipeline('feature-extraction', process.env.PEER_HF_ID ?? 'text-bert-synthetic', { dtype: 'fp32', device: 'cpu' });
+  const pooling = process.env.PEER_POOLING as 'mean' | 'cls' | undefined;
+  if (pooling) {
+    // A folder exported without pooling (last_hidden_state): the pipeline pools and normalises, as its users call it.
+    return async (texts) => {
+      const t = (await pipe(texts, { pooling, normalize: true })) as unknown as { data: Float32Array; dims: number[] };
+      return split(t.data, t.dims);
+    };
+  }
   return async (texts) => {
     const inputs = pipe.tokenizer(texts, { padding: true, truncation: true });
     const out = (await pipe.model(inputs)) as Record<string, { data: Float32Array; dims: number[] }>;

@@ -39,9 +39,16 @@ import {
   useSingleModel,
 } from './service.ts';
 import { measureGlobalHits } from './global-hit.ts';
+import { keptHfSection } from './hf-report.ts';
 import { runTransformerSection, type TransformerPlan, type TransformerResults } from './transformer-run.ts';
 
 const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
+
+/** Writes RESULTS.md, keeping the section `npm run bench:hf` wrote there (bench/hf-report.ts). */
+function writeResults(file: string, markdown: string): void {
+  const kept = keptHfSection(file);
+  writeFileSync(file, kept ? `${markdown.trimEnd()}\n\n${kept}\n` : markdown);
+}
 const ROOT = path.resolve(BENCH_DIR, '..');
 const MODEL = 'text-glove';
 
@@ -365,7 +372,7 @@ async function main(): Promise<void> {
     const results = JSON.parse(readFileSync(args.render, 'utf8')) as BenchResults;
     if (results.schema !== 'polyray-bench/1') throw new Error(`${args.render} is not a polyray-bench/1 results file`);
     mkdirSync(args.out, { recursive: true });
-    writeFileSync(path.join(args.out, 'RESULTS.md'), markdownReport(results));
+    writeResults(path.join(args.out, 'RESULTS.md'), markdownReport(results));
     console.log(stdoutReport(results));
     log(`\nwrote ${path.join(args.out, 'RESULTS.md')} from ${args.render} (figures of ${results.conditions.startedAt})`);
     return;
@@ -593,7 +600,7 @@ async function main(): Promise<void> {
 
   mkdirSync(args.out, { recursive: true });
   writeFileSync(path.join(args.out, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
-  writeFileSync(path.join(args.out, 'RESULTS.md'), markdownReport(results));
+  writeResults(path.join(args.out, 'RESULTS.md'), markdownReport(results));
   console.log(stdoutReport(results));
   log(`\nwrote ${path.join(args.out, 'RESULTS.md')} and results.json (${conditions.wallSeconds.toFixed(0)} s)`);
   clearTimeout(watchdog);

@@ -383,17 +383,14 @@ export interface Outcome {
 export type Target = (texts: string[], probe?: boolean) => Promise<Outcome>;
 
 const VECTOR_B64 = 4 * Math.ceil((384 * 4) / 3);
-const BERT_QUERY = `query($inputs:[EmbedInput!]!){ embed(model:"${BERT}", inputs:$inputs){ source base64 } }`;
+const embedQuery = (model: string): string => `query($inputs:[EmbedInput!]!){ embed(model:"${model}", inputs:$inputs){ source base64 } }`;
 
-/** Polyray: one GraphQL `embed` request. */
-export function polyrayTarget(url: string): Target {
+/** Polyray: one GraphQL `embed` request (of `model`, default text-bert-synthetic). */
+export function polyrayTarget(url: string, model = BERT): Target {
+  const query = embedQuery(model);
   return async (texts, probe) => {
     try {
-      const res = await post(
-        `${url}/graphql`,
-        JSON.stringify({ query: BERT_QUERY, variables: { inputs: texts.map((text) => ({ text })) } }),
-        probe ? probeAgent : agent,
-      );
+      const res = await post(`${url}/graphql`, JSON.stringify({ query, variables: { inputs: texts.map((text) => ({ text })) } }), probe ? probeAgent : agent);
       const body = JSON.parse(res.text) as {
         data?: { embed?: { source: string; base64: string }[] };
         errors?: { message: string; extensions?: { code?: string } }[];
@@ -431,10 +428,10 @@ export function peerTarget(url: string, endpoint: '/embed' | '/embed-batched'): 
 }
 
 /** Raw vectors of one request (for the peer-vs-Polyray equality check). */
-export async function vectorsOf(url: string, kind: 'polyray' | 'peer', texts: string[]): Promise<Float32Array[]> {
+export async function vectorsOf(url: string, kind: 'polyray' | 'peer', texts: string[], model = BERT): Promise<Float32Array[]> {
   const res =
     kind === 'polyray'
-      ? await post(`${url}/graphql`, JSON.stringify({ query: BERT_QUERY, variables: { inputs: texts.map((text) => ({ text })) } }))
+      ? await post(`${url}/graphql`, JSON.stringify({ query: embedQuery(model), variables: { inputs: texts.map((text) => ({ text })) } }))
       : await post(`${url}/embed`, JSON.stringify({ texts }));
   const body = JSON.parse(res.text) as { data?: { embed?: { base64: string }[] }; vectors?: string[] };
   const b64 = kind === 'polyray' ? (body.data?.embed ?? []).map((x) => x.base64) : (body.vectors ?? []);

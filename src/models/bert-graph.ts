@@ -302,6 +302,12 @@ export interface BertGraphOptions {
   metadata?: Readonly<Record<string, string>>;
   /** 'fp16' is supported for the plain variant only. Default 'fp32'. */
   precision?: BertPrecision;
+  /**
+   * 'embedding' (default): mean-pooled, L2-normalised [batch, hidden]. 'last_hidden_state': the encoder's
+   * token states [batch, sequence, hidden] (float32), as Optimum exports a sentence-transformers model,
+   * pooled by whoever runs it.
+   */
+  output?: 'embedding' | 'last_hidden_state';
 }
 
 /** Builds the ONNX model of one variant over `weights`. */
@@ -322,8 +328,13 @@ export function buildBertGraph(weights: BertWeights, variant: BertVariant, optio
   const mask = g.input('attention_mask', 'int64', ['batch', 'sequence']);
   const types = g.input('token_type_ids', 'int64', ['batch', 'sequence']);
   const hidden = variant === 'plain' ? plainEncoder(g, weights, ids, mask, types, fp16) : fusedEncoder(g, weights, ids, mask, types, variant === 'int8');
+  const states = fp16 ? g.op('Cast', [hidden], { to: attr.int(FLOAT) }, { name: 'hidden_float32' }) : hidden;
+  if (options.output === 'last_hidden_state') {
+    g.output(states, 'float32', ['batch', 'sequence', weights.config.hidden], 'last_hidden_state');
+    return model;
+  }
   // Pooling and normalisation in float32 for accuracy (sums over up to 512 positions).
-  const embedding = meanPoolNormalise(g, fp16 ? g.op('Cast', [hidden], { to: attr.int(FLOAT) }, { name: 'hidden_float32' }) : hidden, mask);
+  const embedding = meanPoolNormalise(g, states, mask);
   g.output(embedding, 'float32', ['batch', weights.config.hidden], 'embedding');
   return model;
 }
