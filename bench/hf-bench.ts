@@ -16,13 +16,14 @@
  * Writes bench/hf-results.json and the "Hugging Face folders" section of bench/RESULTS.md (between markers;
  * `npm run bench` keeps it). Options: --quick (short phases), --out DIR.
  */
-import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { performance as perf } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { createLogger } from '../src/log.ts';
-import { MINILM_L6_CONFIG, buildBertGraph, generateBertWeights } from '../src/models/bert-graph.ts';
-import { BERT_MODELS, WEIGHT_SEED } from '../src/models/bert.ts';
+import { MINILM_L6_CONFIG } from '../src/models/bert-graph.ts';
+import { BERT_MODELS } from '../src/models/bert.ts';
+import { MAX_SEQ, NAME, writeBertSmallFolder } from './hf-folder.ts';
 import { buildModels } from '../src/models/build.ts';
 import type { TokenizerSpec } from '../src/runtime/manifest.ts';
 import { tokenizeBatch } from '../src/runtime/tokenizer.ts';
@@ -35,51 +36,12 @@ import { BertCorpus, cosine, peerTarget, polyrayTarget, runLoad, type Target, ve
 
 const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(BENCH_DIR, '..');
-const NAME = 'bert-small-hf';
-const MAX_SEQ = 256;
 const log = (s: string): void => void process.stderr.write(`${s}\n`);
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const outArg = args.indexOf('--out');
 const OUT = outArg >= 0 ? path.resolve(args[outArg + 1]!) : quick ? path.join(BENCH_DIR, 'out', 'quick') : BENCH_DIR;
-
-/** The Optimum / sentence-transformers layout of a generated MiniLM-L6-shaped BERT (token states out). */
-function writeBertSmallFolder(root: string, tokenizerJson: string): string {
-  const dir = path.join(root, NAME);
-  mkdirSync(path.join(dir, 'onnx'), { recursive: true });
-  mkdirSync(path.join(dir, '1_Pooling'), { recursive: true });
-  const c = MINILM_L6_CONFIG;
-  const graph = buildBertGraph(generateBertWeights(c, WEIGHT_SEED), 'plain', {
-    graphName: NAME,
-    producerVersion: 'bench',
-    output: 'last_hidden_state',
-  });
-  writeFileSync(path.join(dir, 'onnx', 'model.onnx'), graph.serialize());
-  copyFileSync(tokenizerJson, path.join(dir, 'tokenizer.json'));
-  const write = (f: string, v: unknown): void => writeFileSync(path.join(dir, f), JSON.stringify(v));
-  write('tokenizer_config.json', { tokenizer_class: 'BertTokenizer', do_lower_case: true, model_max_length: MAX_SEQ });
-  write('config.json', {
-    model_type: 'bert',
-    architectures: ['BertModel'],
-    hidden_size: c.hidden,
-    num_hidden_layers: c.layers,
-    num_attention_heads: c.heads,
-    intermediate_size: c.intermediate,
-    max_position_embeddings: c.maxPositions,
-    vocab_size: c.vocabSize,
-    type_vocab_size: c.typeVocabSize,
-    polyray_synthetic: true,
-  });
-  write('modules.json', [
-    { idx: 0, name: '0', path: '', type: 'sentence_transformers.models.Transformer' },
-    { idx: 1, name: '1', path: '1_Pooling', type: 'sentence_transformers.models.Pooling' },
-    { idx: 2, name: '2', path: '2_Normalize', type: 'sentence_transformers.models.Normalize' },
-  ]);
-  write('1_Pooling/config.json', { word_embedding_dimension: c.hidden, pooling_mode_mean_tokens: true });
-  write('sentence_bert_config.json', { max_seq_length: MAX_SEQ, do_lower_case: false });
-  return dir;
-}
 
 /** Part 1: event-loop time per tokenised item, on the event loop vs in a thread. */
 async function tokenisationCost(tokenizers: { label: string; dir: string; spec: TokenizerSpec }[], corpus: BertCorpus): Promise<TokenizeRow[]> {
@@ -213,6 +175,8 @@ async function main(): Promise<void> {
     const sample = Array.from({ length: 16 }, () => corpus.mixed(16, 120));
     const a = await vectorsOf(poly.url, 'polyray', sample, NAME);
     const b = await vectorsOf(peer.url, 'peer', sample);
+    if (a.length !== sample.length || b.length !== sample.length)
+      throw new Error(`vectors: Polyray gave ${a.length}, the peer ${b.length} of ${sample.length}:\n${peer.tail()}`);
     const minCosine = Math.min(...a.map((v, i) => cosine(v, b[i]!)));
     log(`  vectors: min cosine ${minCosine.toFixed(6)} over ${sample.length} texts`);
     const targets: { label: string; target: Target; pid: number | undefined; ns: number[] }[] = [
