@@ -16,7 +16,7 @@
  * `inputTokens` / `truncated` on computed answers and on cache hits.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -96,6 +96,11 @@ describe('model families through their folders, against transformers.js', () => 
       prompts: { prompts: GEMMA_PROMPTS },
       maxSeqLength: MAX,
     });
+    // EmbeddingGemma's card declares its Matryoshka sizes the way sentence-transformers writes a MatryoshkaLoss.
+    await writeFile(
+      path.join(tmp, 'gemma-embed', 'README.md'),
+      '---\nlicense: gemma\n---\n# gemma-embed\n\n```json\n{\n    "loss": "MultipleNegativesRankingLoss",\n    "matryoshka_dims": [\n        16,\n        64,\n        8,\n        4\n    ],\n    "matryoshka_weights": [1, 1, 1, 1]\n}\n```\n',
+    );
     await writeHfFolder(tmp, 'bert-noprompt', {
       family: 'bert',
       tokenizer: path.join(MODELS_DIR, BERT_MODELS.plain, 'tokenizer.json'),
@@ -143,6 +148,18 @@ describe('model families through their folders, against transformers.js', () => 
       server.server.host.registry.get('qwen3-embed')!.manifest.inputs.map((i) => `${i.name}:${i.type}[${i.shape.join(',')}]`),
       ['input_ids:int64[batch,sequence]', 'attention_mask:int64[batch,sequence]', 'position_ids:int64[batch,sequence]'],
     );
+  });
+
+  test('Query.models: Matryoshka sizes from the model card (within the model size, largest first), the similarity function', async () => {
+    const r = await server.gql<{ models: { name: string; matryoshkaDimensions: number[]; similarity: string }[] }>(
+      '{ models { name matryoshkaDimensions similarity } }',
+    );
+    const by = (n: string) => r.data!.models.find((m) => m.name === n);
+    assert.deepEqual(by('gemma-embed'), { name: 'gemma-embed', matryoshkaDimensions: [16, 8, 4], similarity: 'cosine' });
+    assert.deepEqual(by('bert-noprompt')?.matryoshkaDimensions, []);
+    const [cut] = await embed('gemma-embed', ['a matryoshka cut'], ', dimensions: 8');
+    assert.equal(cut!.vector.length, 8);
+    assert.ok(Math.abs(Math.hypot(...cut!.vector) - 1) < 1e-5, 're-normalised');
   });
 
   test('a tokenizer with more ids than the graph has embedding rows is FAILED with the reason; the others serve', () => {

@@ -49,6 +49,8 @@ export async function addModel(folder: string, o: AddOptions): Promise<ModelMani
     ['dimensions', String(manifest.dimensions)],
     ['max tokens', String(manifest.maxTokens)],
     ['prompts', prompts.length > 0 ? `${prompts.join(', ')}${manifest.defaultPromptName ? ` (default ${manifest.defaultPromptName})` : ''}` : 'none'],
+    ['matryoshka', manifest.matryoshkaDimensions?.join(', ') ?? 'not declared'],
+    ['similarity', manifest.similarity ?? 'cosine'],
     ['variants', variants || 'none'],
     ['license', await license(dir)],
   ];

@@ -74,4 +74,8 @@ export interface ModelInfo {
   description: string;
   prompts: string[];
   defaultPromptName: string | null;
+  /** Sizes the model was trained to be cut to (Matryoshka), largest first; empty when not declared. */
+  matryoshkaDimensions: number[];
+  /** How its vectors are compared: cosine (default), dot, euclidean or manhattan. */
+  similarity: string;
 }

@@ -21,7 +21,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { isFile } from '../files.ts';
 import { decodeModel } from '../models/onnx-writer.ts';
-import type { ModelManifest, TensorSpec } from './manifest.ts';
+import { type ModelManifest, SIMILARITIES, type Similarity, type TensorSpec } from './manifest.ts';
 import type { PoolingMode, PoolingSpec } from './pooling.ts';
 
 const FP32 = ['onnx/model.onnx', 'model.onnx'];
@@ -130,6 +130,7 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
   }
   hash.update(JSON.stringify({ file, output: output.name, pooling }));
   const rows = embeddingRows(graph) ?? positive(config['vocab_size']);
+  const matryoshka = await matryoshkaDims(dir, dimensions);
   const arch = Array.isArray(config['architectures']) ? String(config['architectures'][0]) : String(config['model_type'] ?? 'unknown');
   return {
     name,
@@ -147,6 +148,8 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
     ...(rows ? { embeddingRows: rows } : {}),
     ...(pooling ? { pooling } : {}),
     ...promptsOf(stConfig),
+    ...(matryoshka.length > 0 ? { matryoshkaDimensions: matryoshka } : {}),
+    ...(SIMILARITIES.includes(stConfig['similarity_fn_name'] as Similarity) ? { similarity: stConfig['similarity_fn_name'] as Similarity } : {}),
     ...(tokConfig['truncation_side'] === 'left' ? { truncationSide: 'left' as const } : {}),
     description: `${arch} read from a Hugging Face folder (${file}; ${pooled ? 'sentence_embedding' : `${pooling!.mode} pooling`}${normalize ? ', normalised' : ''})`,
     source: `Hugging Face folder ${path.basename(dir)}`,
@@ -191,6 +194,27 @@ function tensorSpec(v: ValueInfo): TensorSpec {
     type: ELEMENT[t?.elem_type ?? 0] ?? `onnx:${t?.elem_type ?? '?'}`,
     shape: (t?.shape?.dim ?? []).map((d) => d.dim_value ?? d.dim_param ?? '?'),
   };
+}
+
+/**
+ * The Matryoshka sizes the model card declares: sentence-transformers writes the training loss's parameters
+ * into README.md, `"matryoshka_dims": [768, 512, 256, 128, 64]` for a MatryoshkaLoss. Sizes above the
+ * model's own are dropped; largest first.
+ */
+async function matryoshkaDims(dir: string, dimensions: number): Promise<number[]> {
+  let card: string;
+  try {
+    card = await readFile(path.join(dir, 'README.md'), 'utf8');
+  } catch {
+    return [];
+  }
+  const m = /"matryoshka_dims"\s*:\s*\[([\d,\s]*)\]/.exec(card.slice(0, 1_000_000));
+  if (!m) return [];
+  const dims = m[1]!
+    .split(',')
+    .map((x) => Number(x.trim()))
+    .filter((d) => Number.isSafeInteger(d) && d > 0 && d <= dimensions);
+  return [...new Set(dims)].sort((a, b) => b - a);
 }
 
 /** `prompts` and `default_prompt_name` of config_sentence_transformers.json (empty prompts are dropped). */

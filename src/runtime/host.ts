@@ -120,6 +120,8 @@ export class ModelHost {
         description: m.manifest.description,
         prompts: Object.keys(m.manifest.prompts ?? {}),
         defaultPromptName: m.manifest.defaultPromptName ?? null,
+        matryoshkaDimensions: m.manifest.matryoshkaDimensions ?? [],
+        similarity: m.manifest.similarity ?? 'cosine',
       }),
     );
     const text = this.#registry.get(POSTRAY_TEXT_MODEL);
@@ -146,6 +148,8 @@ export class ModelHost {
           'cached part embeddings; costs what its parts cost. See docs/POSTRAY.md.',
         prompts: [],
         defaultPromptName: null,
+        matryoshkaDimensions: [],
+        similarity: 'cosine',
       },
     ];
   }

@@ -68,6 +68,10 @@ export interface RuntimeHints {
   allowSpinning?: boolean;
 }
 
+/** sentence-transformers' similarity functions. */
+export const SIMILARITIES = ['cosine', 'dot', 'euclidean', 'manhattan'] as const;
+export type Similarity = (typeof SIMILARITIES)[number];
+
 export interface ModelManifest {
   /** Public name clients use: "text-glove". */
   name: string;
@@ -110,6 +114,13 @@ export interface ModelManifest {
   defaultPromptName?: string;
   /** Which end of an over-long input a truncating request cuts. Default "right" (keeps the start). */
   truncationSide?: 'left' | 'right';
+  /**
+   * Sizes the model was trained to be cut to (Matryoshka), largest first, as its model card declares them
+   * (`matryoshka_dims`); advertised by Query.models. Any `dimensions` up to the full size is still served.
+   */
+  matryoshkaDimensions?: number[];
+  /** How its vectors are compared (sentence-transformers' `similarity_fn_name`). Default cosine. */
+  similarity?: Similarity;
   /** Human readable description shown by Query.models. */
   description: string;
   /** Where the weights come from and under which licence. */
@@ -171,6 +182,21 @@ export function parseManifest(value: unknown, where: string): ModelManifest {
     ...(m['runtime'] === undefined ? {} : { runtime: parseRuntime(m['runtime'], bad) }),
     ...(m['pooling'] === undefined ? {} : { pooling: parsePooling(m['pooling'], bad) }),
     ...parsePrompts(m['prompts'], m['defaultPromptName'], bad),
+    ...(m['matryoshkaDimensions'] === undefined
+      ? {}
+      : {
+          matryoshkaDimensions:
+            Array.isArray(m['matryoshkaDimensions']) && m['matryoshkaDimensions'].every((d) => Number.isSafeInteger(d) && (d as number) > 0)
+              ? (m['matryoshkaDimensions'] as number[])
+              : bad('matryoshkaDimensions', 'an array of positive integers', m['matryoshkaDimensions']),
+        }),
+    ...(m['similarity'] === undefined
+      ? {}
+      : {
+          similarity: SIMILARITIES.includes(m['similarity'] as Similarity)
+            ? (m['similarity'] as Similarity)
+            : bad('similarity', SIMILARITIES.map((x) => `"${x}"`).join(' | '), m['similarity']),
+        }),
     ...(m['truncationSide'] === undefined
       ? {}
       : {
