@@ -172,6 +172,22 @@ describe('a sentence-transformers folder, read as it is', () => {
     }
   });
 
+  test('external data beside the graph (model.onnx_data) is part of the version', async () => {
+    const dir = path.join(tmp, 'tiny-cls');
+    const before = (await readHfFolder(dir)).version;
+    const data = path.join(dir, 'onnx', 'model.onnx_data');
+    try {
+      await writeFile(data, 'weights v1');
+      const v1 = (await readHfFolder(dir)).version;
+      await writeFile(data, 'weights v2');
+      const v2 = (await readHfFolder(dir)).version;
+      assert.equal(new Set([before, v1, v2]).size, 3, 'each change of the external weights is a new version');
+    } finally {
+      await rm(data, { force: true });
+    }
+    assert.equal((await readHfFolder(dir)).version, before);
+  });
+
   test('a folder whose graph needs an input Polyray cannot feed is FAILED, naming it', () => {
     const failed = server.server.host.registry.failedFolders();
     assert.deepEqual(

@@ -17,7 +17,8 @@
  *   - the version: a content hash of every file that changes the vectors
  */
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { isFile } from '../files.ts';
 import { decodeModel } from '../models/onnx-writer.ts';
@@ -124,6 +125,11 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
   const layers = positive(config['num_hidden_layers']) ?? 6;
 
   const hash = createHash('sha256').update(bytes);
+  // Weights stored beside the graph (external data: model.onnx_data, model.onnx.data, model.onnx_data_1 …).
+  for (const f of await externalData(dir, file)) {
+    hash.update(f);
+    for await (const chunk of createReadStream(path.join(dir, f))) hash.update(chunk as Buffer);
+  }
   for (const f of [...VERSIONED, ...(poolingModule ? [path.join(poolingModule.path ?? '1_Pooling', 'config.json')] : [])]) {
     const p = path.join(dir, f);
     if (await isFile(p)) hash.update(f).update(await readFile(p));
@@ -154,6 +160,22 @@ export async function readHfFolder(dir: string, name: string = path.basename(dir
     description: `${arch} read from a Hugging Face folder (${file}; ${pooled ? 'sentence_embedding' : `${pooling!.mode} pooling`}${normalize ? ', normalised' : ''})`,
     source: `Hugging Face folder ${path.basename(dir)}`,
   };
+}
+
+/** Files holding `graph`'s external data (the names Optimum and onnx-community export), sorted. */
+async function externalData(dir: string, graph: string): Promise<string[]> {
+  const base = path.basename(graph);
+  const sub = path.dirname(graph);
+  let names: string[];
+  try {
+    names = await readdir(path.join(dir, sub));
+  } catch {
+    return [];
+  }
+  return names
+    .filter((n) => n.startsWith(`${base}_data`) || n.startsWith(`${base}.data`))
+    .sort()
+    .map((n) => path.join(sub, n));
 }
 
 /** Rows of the token embedding table: the initializer a Gather reads with `input_ids`, as exporters write it. */
