@@ -413,7 +413,7 @@ async function main(): Promise<void> {
           .map((d) => d.name)
           .join(', ')})`
       : `${MODEL} only (a temporary models folder of symlinks to models/${MODEL}; --all-models loads them all)`,
-    serviceEnv: `NODE_ENV=production HOST=127.0.0.1 LOG_LEVEL=warn POLYRAY_BUILD_MISSING=false POLYRAY_TRACE_DIR=<temporary folder, removed after>${args.allModels ? '' : ' POLYRAY_MODELS_DIR=<temporary folder>'} (everything else: service defaults; inherited POLYRAY_*/REDIS_* variables are dropped)`,
+    serviceEnv: `NODE_ENV=production POLYRAY_ALLOW_ANONYMOUS=true HOST=127.0.0.1 LOG_LEVEL=warn POLYRAY_BUILD_MISSING=false POLYRAY_TRACE_DIR=<temporary folder, removed after>${args.allModels ? '' : ' POLYRAY_MODELS_DIR=<temporary folder>'} (everything else: service defaults; inherited POLYRAY_*/REDIS_* variables are dropped)`,
   };
   log(`polyray bench (${conditions.mode}) — ${conditions.host.cpuModel}, ${conditions.host.cores} cores, load ${conditions.loadAvgBefore.join(' ')}`);
   // How busy is the machine without us? One second of /proc/stat before anything starts.

@@ -103,6 +103,8 @@ export function childEnv(overrides: Record<string, string>, port: number): Recor
   return {
     ...env,
     NODE_ENV: 'production',
+    // The bench measures the service, not authentication: production without a clients file, on purpose.
+    POLYRAY_ALLOW_ANONYMOUS: 'true',
     HOST: '127.0.0.1',
     PORT: String(port),
     LOG_LEVEL: 'warn',

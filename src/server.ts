@@ -23,6 +23,7 @@ import { ImageFetcher, readCaFile } from './images/fetch.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createPolicyController, createTracer, withTtlControl, type PolicyController, type Tracer } from './policy/index.ts';
 import type { Catalog, PolyrayContext } from './resolvers/context.ts';
+import { operationLimitsPlugin } from './resolvers/limits.ts';
 import { makeFormatError } from './resolvers/format-error.ts';
 import { buildSchema } from './resolvers/index.ts';
 import { ModelHost } from './runtime/host.ts';
@@ -113,6 +114,7 @@ export class PolyrayServer {
       maxPixels: img.maxPixels,
       urlCacheTtlMs: img.urlCacheTtlMs,
       urlCacheMaxEntries: img.urlCacheMaxEntries,
+      urlCacheMaxBytes: img.urlCacheMaxBytes,
     });
     this.#scopes = {
       resolve: (name) => this.host.resolve(name),
@@ -137,6 +139,15 @@ export class PolyrayServer {
       plugins: [
         fastifyApolloDrainPlugin(this.app),
         this.accounting.apolloPlugin(),
+        operationLimitsPlugin(
+          {
+            maxInputs: config.limits.maxInputsPerOperation,
+            maxResponseBytes: config.limits.maxResponseBytes,
+            maxFields: config.limits.maxFields,
+            maxDepth: config.limits.maxDepth,
+          },
+          this.catalog(),
+        ),
         config.env === 'production'
           ? ApolloServerPluginLandingPageProductionDefault({ footer: false })
           : ApolloServerPluginLandingPageLocalDefault({ footer: false }),
@@ -192,6 +203,7 @@ export class PolyrayServer {
       return payload;
     });
     this.accounting.metrics.instrumentTiers(() => this.cache.stats());
+    this.accounting.metrics.instrumentMemos(() => [...this.text.memos(), ...this.images.memos()]);
     this.accounting.registerRoutes(this.app);
     registerDashboardRoutes(this.app, {
       authenticate: (headers) => this.accounting.directory().authenticate(headers),

@@ -199,11 +199,22 @@ describe('accounting configuration', () => {
         redis: d.redis,
         keyPrefix: d.keyPrefix,
         failureMode: d.failureMode,
+        replicas: d.replicas,
+        allowAnonymous: d.allowAnonymous,
         memoryHitCost: d.memoryHitCost,
         globalHitCost: d.globalHitCost,
         ledgerFlushMs: d.ledgerFlushMs,
       },
-      { redis: { kind: 'none' }, keyPrefix: 'polyray:acct:v2:', failureMode: 'open', memoryHitCost: 0.01, globalHitCost: 0.05, ledgerFlushMs: 5000 },
+      {
+        redis: { kind: 'none' },
+        keyPrefix: 'polyray:acct:v2:',
+        failureMode: 'share',
+        replicas: 2,
+        allowAnonymous: false,
+        memoryHitCost: 0.01,
+        globalHitCost: 0.05,
+        ledgerFlushMs: 5000,
+      },
     );
     const store = (env: Record<string, string>) => loadConfig(env).accounting.redis;
     assert.deepEqual(store({ POLYRAY_QUOTA_REDIS_URL: 'redis://q:6379' }), { kind: 'standalone', url: 'redis://q:6379' });

@@ -128,7 +128,7 @@ describe('quotas and the usage ledger on a Redis Cluster, two replicas', () => {
 
   const keySlot = async (key: string): Promise<number> => Number(await admins[0]!.cluster('KEYSLOT', key));
   const ownerOf = async (key: string): Promise<Redis> => admins[(await slotOwners())[await keySlot(key)]!]!;
-  const scrape = async (t: TestServer): Promise<string> => (await fetch(`${t.url}/metrics`)).text();
+  const scrape = async (t: TestServer): Promise<string> => (await fetch(`${t.url}/metrics`, { headers: auth('admin') })).text();
   const metric = async (t: TestServer, store: string): Promise<number> =>
     Number(new RegExp(`polyray_quota_store\\{store="${store}"\\} (\\d+)`).exec(await scrape(t))?.[1]);
   const nodesDown = async (t: TestServer): Promise<number> => Number(/polyray_quota_store_nodes_down (\d+)/.exec(await scrape(t))?.[1]);

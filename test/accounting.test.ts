@@ -315,8 +315,14 @@ describe('clients, quotas and cost attribution across two replicas', () => {
     }
   });
 
+  test('/metrics takes an admin key (a client key is FORBIDDEN, none is UNAUTHENTICATED)', async () => {
+    assert.equal((await fetch(`${a.url}/metrics`)).status, 401);
+    assert.equal((await fetch(`${a.url}/metrics`, { headers: auth('alice') })).status, 403);
+    assert.equal((await fetch(`${a.url}/metrics`, { headers: auth('admin') })).status, 200);
+  });
+
   test('/metrics exposes the series on a per-server registry, client-labelled', async () => {
-    const res = await fetch(`${a.url}/metrics`);
+    const res = await fetch(`${a.url}/metrics`, { headers: auth('admin') });
     assert.equal(res.status, 200);
     assert.match(res.headers.get('content-type') ?? '', /text\/plain/);
     const text = await res.text();
@@ -342,7 +348,7 @@ describe('clients, quotas and cost attribution across two replicas', () => {
     const labels = new Set([...text.matchAll(/client="([^"]*)"/g)].map((m) => m[1]));
     for (const l of labels) assert.ok(['admin', 'alice', 'bob', 'carol', 'dave', 'erin', 'other'].includes(l!), l);
     // Separate registries: replica B's counters are its own.
-    const textB = await (await fetch(`${b.url}/metrics`)).text();
+    const textB = await (await fetch(`${b.url}/metrics`, { headers: auth('admin') })).text();
     assert.notEqual(/polyray_auth_failures_total (\d+)/.exec(textB)?.[1], /polyray_auth_failures_total (\d+)/.exec(text)?.[1]);
   });
 });

@@ -94,7 +94,7 @@ describe('bad values are TypeErrors naming the setting, the value and what is ex
     assert.match(failure({ POLYRAY_BATCH_MAX_ITEMS: '0' }).message, /^Configuration POLYRAY_BATCH_MAX_ITEMS must be an integer in \[1, 4096\], received "0"$/);
     assert.match(failure({ POLYRAY_POLICY_INTERVAL_S: '0.5' }).message, /POLYRAY_POLICY_INTERVAL_S must be an integer ≥ 1, received "0.5"/);
     assert.match(failure({ POLYRAY_MEMORY_CACHE_MB: '0' }).message, /POLYRAY_MEMORY_CACHE_MB must be an integer in \[1, 1048576\]/);
-    assert.match(failure({ POLYRAY_QUOTA_FAILURE_MODE: 'maybe' }).message, /must be one of open, closed, received "maybe"/);
+    assert.match(failure({ POLYRAY_QUOTA_FAILURE_MODE: 'maybe' }).message, /must be one of share, open, closed, received "maybe"/);
     assert.match(failure({ POLYRAY_BUILD_MISSING: 'perhaps' }).message, /POLYRAY_BUILD_MISSING must be true or false, received "perhaps"/);
     assert.match(failure({ REDIS_CLUSTER_NODES: 'a:1,b' }).message, /REDIS_CLUSTER_NODES entries must look like host:port, received "b"/);
   });

@@ -27,6 +27,31 @@ describe('withDeadline', () => {
     });
   });
 
+  test('a stalled event loop is not a slow Redis: a reply that arrived during the stall wins; a silent call still times out', async () => {
+    const busy = (ms: number): void => {
+      const until = performance.now() + ms;
+      while (performance.now() < until) {
+        // a synchronous task holding the event loop
+      }
+    };
+    // The reply is due at 30 ms, the deadline at 20 ms; the loop is stalled for 200 ms from the start.
+    const reply = new Promise<string>((r) => setTimeout(() => r('answered'), 30));
+    const bounded = withDeadline(reply, 20, { what: 'x' });
+    busy(200);
+    assert.equal(await bounded, 'answered');
+    // An I/O reply read in the poll phase after the timer phase also wins (the verdict waits for setImmediate).
+    const io = new Promise<string>((r) => {
+      const t0 = performance.now();
+      const poll = (): void => void (performance.now() - t0 > 25 ? r('io') : setImmediate(poll));
+      poll();
+    });
+    assert.equal(await withDeadline(io, 40, { what: 'x' }), 'io');
+    // Without a stall, silence is still a timeout, on time.
+    const t0 = performance.now();
+    await assert.rejects(withDeadline(new Promise<never>(() => undefined), 20, { what: 'x' }), DeadlineExceeded);
+    assert.ok(performance.now() - t0 < 200);
+  });
+
   test('no deadline: the call as it is', async () => {
     const p = Promise.resolve('same');
     assert.equal(withDeadline(p, undefined, { what: 'x' }), p);

@@ -36,6 +36,18 @@ export interface Client {
   models: string[] | '*';
   quota: { rate: number; burst: number };
   keys: ClientKey[];
+  /**
+   * `shared` (default): this client's inputs share cache entries with every other shared client (compute
+   * saved once for all). `private`: its cache keys are its own, so nothing it sends is served to, or
+   * joined with, another client's request, and hit timings say nothing about what others sent.
+   */
+  cacheScope?: 'shared' | 'private';
+  /**
+   * Whether answers tell this client where they came from (`Embedding.source`). A shared-cache hit reveals
+   * that some client embedded the same input before; `false` hides it (source null). Default true; admins
+   * always see it.
+   */
+  showSource?: boolean;
 }
 
 export interface ClientsFile {
@@ -97,6 +109,10 @@ export function parseClientsFile(value: unknown, where: string): ClientsFile {
     const burst = q['burst'];
     if (typeof rate !== 'number' || !(rate > 0) || !Number.isFinite(rate)) bad(`clients[${i}].quota.rate must be a number > 0 (units per second)`);
     if (typeof burst !== 'number' || !(burst > 0) || !Number.isFinite(burst)) bad(`clients[${i}].quota.burst must be a number > 0 (units)`);
+    const cacheScope = o['cacheScope'] ?? 'shared';
+    if (cacheScope !== 'shared' && cacheScope !== 'private') bad(`clients[${i}].cacheScope must be "shared" or "private"`);
+    const showSource = o['showSource'] ?? true;
+    if (typeof showSource !== 'boolean') bad(`clients[${i}].showSource must be true or false`);
     const keys = o['keys'] ?? [];
     if (!Array.isArray(keys)) return bad(`clients[${i}].keys must be a list`);
     const parsedKeys = keys.map((k, j): ClientKey => {
@@ -112,6 +128,8 @@ export function parseClientsFile(value: unknown, where: string): ClientsFile {
       models: models as string[] | '*',
       quota: { rate: rate as number, burst: burst as number },
       keys: parsedKeys,
+      ...(cacheScope === 'private' ? { cacheScope: 'private' as const } : {}),
+      ...(showSource === false ? { showSource: false } : {}),
     };
   });
   return { clients };
@@ -177,13 +195,14 @@ export class ClientDirectory {
 
 function keyFromHeaders(headers: Record<string, string | string[] | undefined>): string | undefined {
   const first = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
+  // A Bearer token when there is one; any other Authorization scheme (Basic from a proxy, say) does not
+  // hide an x-api-key sent beside it.
   const auth = first(headers['authorization']);
-  if (auth) {
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
-    return m ? m[1] : '';
-  }
+  const bearer = auth ? /^Bearer\s+(\S+)\s*$/i.exec(auth) : null;
+  if (bearer) return bearer[1];
   const k = first(headers['x-api-key']);
-  return k ? k.trim() : undefined;
+  if (k?.trim()) return k.trim();
+  return auth ? '' : undefined;
 }
 
 export interface AddClientSpec {

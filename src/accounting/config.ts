@@ -79,12 +79,24 @@ export const accountingSchema = z
       z.string().refine((p) => !p.includes('{}'), { error: 'must not contain an empty hash tag "{}" (a client\'s keys would spread over Cluster slots)' }),
       { env: 'POLYRAY_QUOTA_KEY_PREFIX', file: 'quotaKeyPrefix', default: 'polyray:acct:v2:', doc: 'prefix of bucket and ledger keys (no `{}` in it)' },
     ),
-    /** When the quota Redis is unreachable: `open` = per-replica in-memory buckets, `closed` = refuse. `POLYRAY_QUOTA_FAILURE_MODE`; default open. */
-    failureMode: setting(z.enum(['open', 'closed']), {
+    /**
+     * When the quota Redis is unreachable: `share` = per-replica in-memory buckets holding this replica's
+     * share of each quota (quota / `POLYRAY_QUOTA_REPLICAS`), so the fleet grants about one quota in all;
+     * `open` = per-replica buckets with the whole quota each (the fleet may grant replicas × quota);
+     * `closed` = refuse. `POLYRAY_QUOTA_FAILURE_MODE`; default share.
+     */
+    failureMode: setting(z.enum(['share', 'open', 'closed']), {
       env: 'POLYRAY_QUOTA_FAILURE_MODE',
       file: 'quotaFailureMode',
-      default: 'open',
-      doc: '`open`: per-replica buckets while Redis is down; `closed`: refuse',
+      default: 'share',
+      doc: 'while Redis is down: `share` = per-replica buckets with quota / replicas each; `open` = the whole quota per replica; `closed` = refuse',
+    }),
+    /** Replicas that share the quotas, for `share`: each grants 1 / replicas of a quota while Redis is down. `POLYRAY_QUOTA_REPLICAS`; default 2. */
+    replicas: setting(z.number().int().min(1).max(10_000), {
+      env: 'POLYRAY_QUOTA_REPLICAS',
+      file: 'quotaReplicas',
+      default: 2,
+      doc: 'replicas sharing the quotas: with `share`, each grants quota / replicas while Redis is down',
     }),
     /** Longest wait for a quota Redis command before it counts as unreachable. `POLYRAY_QUOTA_REDIS_TIMEOUT_MS`; default 200 ms. */
     redisTimeoutMs: setting(z.number().int().min(1).max(60_000), {
@@ -106,15 +118,26 @@ export const accountingSchema = z
     }),
     /**
      * Bearer token `/metrics` requires (`Authorization: Bearer <token>`, Prometheus' `authorization` scrape
-     * setting), at least 16 characters. `POLYRAY_METRICS_TOKEN`; default unset: `/metrics` is open — keep it
-     * off the public network then.
+     * setting), at least 16 characters; an admin API key is accepted too. `POLYRAY_METRICS_TOKEN`; default
+     * unset: with a clients file `/metrics` takes an admin key, without one (development) it is open.
      */
+    /**
+     * Let `NODE_ENV=production` run without a clients file, every caller an anonymous admin (a deliberate
+     * choice: behind a gateway that authenticates, say). `POLYRAY_ALLOW_ANONYMOUS`; default false: such a
+     * start is refused.
+     */
+    allowAnonymous: setting(z.boolean(), {
+      env: 'POLYRAY_ALLOW_ANONYMOUS',
+      file: 'allowAnonymous',
+      default: false,
+      doc: 'let production run with no clients file (every caller an anonymous admin); otherwise refused at start',
+    }),
     metricsToken: setting(maybe(z.string().min(16, { error: 'must be at least 16 characters' })), {
       env: 'POLYRAY_METRICS_TOKEN',
       file: 'metricsToken',
       default: undefined,
       redact: 'secret',
-      doc: 'bearer token `/metrics` requires (≥ 16 characters); unset = open',
+      doc: 'bearer token `/metrics` accepts (≥ 16 characters) besides an admin key; unset and no clients file = open',
     }),
   })
   .strict();

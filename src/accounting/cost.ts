@@ -6,7 +6,10 @@
  *              = globalHitCost                when served from the global Redis tier  (default 0.05)
  *
  * An item that joined an identical computation already running for another request, or that repeats an
- * input of the same call, has 0 computed tokens and costs 0: the request that started it pays.
+ * input of the same operation, computed nothing for this request: the request account books it as a
+ * memory hit (source MEMORY, memoryHitCost; src/accounting/request.ts). The request that started the
+ * computation pays for it, and every item delivered costs something, so repeating one input thousands of
+ * times is not free.
  *
  * Worst case, charged up front (before the cache is even read):
  *

@@ -71,6 +71,7 @@ export class Accounting implements AccountingCore {
     this.quota = new QuotaManager({
       redis: this.redis ? new RedisBuckets(this.redis, c.keyPrefix, { timeoutMs: c.redisTimeoutMs }) : undefined,
       failureMode: c.failureMode,
+      replicas: c.replicas,
       logger: this.logger,
     });
     this.metrics.instrumentQuota(this.quota);
@@ -167,18 +168,32 @@ export class Accounting implements AccountingCore {
   registerRoutes(app: FastifyInstance): void {
     const token = this.#o.config.metricsToken;
     const expected = token === undefined ? undefined : createHash('sha256').update(`Bearer ${token}`).digest();
-    app.get('/metrics', async (req, reply) => {
+    // Who may scrape: the metrics token's holder, an admin key, or anyone in development (no clients file,
+    // no token). A client key is refused: the series name every client and model.
+    const allowed = (headers: Record<string, string | string[] | undefined>): 'yes' | 'unauthenticated' | 'forbidden' => {
       if (expected) {
         // Compared as digests: constant time whatever the length of what was sent.
         const got = createHash('sha256')
-          .update(req.headers.authorization ?? '')
+          .update(typeof headers['authorization'] === 'string' ? headers['authorization'] : '')
           .digest();
-        if (!timingSafeEqual(got, expected)) {
-          return reply
-            .code(401)
-            .header('www-authenticate', 'Bearer realm="polyray-metrics"')
-            .send({ error: 'UNAUTHENTICATED', message: '/metrics needs the metrics bearer token (POLYRAY_METRICS_TOKEN)' });
-        }
+        if (timingSafeEqual(got, expected)) return 'yes';
+      }
+      const directory = this.#directory;
+      if (directory.open) return expected ? 'unauthenticated' : 'yes';
+      try {
+        return directory.authenticate(headers).role === 'admin' ? 'yes' : 'forbidden';
+      } catch {
+        return 'unauthenticated';
+      }
+    };
+    app.get('/metrics', async (req, reply) => {
+      const verdict = allowed(req.headers);
+      if (verdict !== 'yes') {
+        const how = expected ? 'the metrics bearer token (POLYRAY_METRICS_TOKEN) or an admin API key' : 'an admin API key';
+        return reply
+          .code(verdict === 'forbidden' ? 403 : 401)
+          .header('www-authenticate', 'Bearer realm="polyray-metrics"')
+          .send({ error: verdict === 'forbidden' ? 'FORBIDDEN' : 'UNAUTHENTICATED', message: `/metrics needs ${how}` });
       }
       const body = await this.metrics.registry.metrics();
       return reply.header('content-type', this.metrics.registry.contentType).send(body);

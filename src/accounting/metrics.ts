@@ -11,7 +11,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { ErrorCode } from '../errors.ts';
 import type { InferenceQueue } from '../runtime/host.ts';
 import type { InferencePool, Lease } from '../runtime/pool.ts';
-import type { Source } from '../service/types.ts';
+import type { MemoStats, Source } from '../service/types.ts';
 import type { QuotaStore } from './quota.ts';
 
 export const MAX_CLIENT_LABELS = 100;
@@ -171,6 +171,25 @@ export class AccountingMetrics {
     gauge('polyray_cache_tier_bytes', 'Bytes a tier holds, where it can tell', (t) => t.bytes);
     gauge('polyray_cache_tier_entries', 'Entries a tier holds, where it can tell', (t) => t.entries);
     gauge('polyray_cache_tier_read_seconds_mean', 'Mean read latency of a tier since start', (t) => (t.reads > 0 ? t.readMsTotal / t.reads / 1000 : 0));
+  }
+
+  /** Gauges of the in-process memos (bytes held, their bound, entries), read at scrape time. */
+  instrumentMemos(stats: () => readonly MemoStats[]): void {
+    const registers = [this.registry];
+    const gauge = (name: string, help: string, pick: (m: MemoStats) => number): void => {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['memo'],
+        registers,
+        collect() {
+          for (const m of stats()) this.set({ memo: m.memo }, pick(m));
+        },
+      });
+    };
+    gauge('polyray_memo_bytes', 'Bytes an in-process memo holds (recent computations, image URL → hash)', (m) => m.bytes);
+    gauge('polyray_memo_max_bytes', 'The byte bound of an in-process memo', (m) => m.maxBytes);
+    gauge('polyray_memo_entries', 'Entries an in-process memo holds', (m) => m.entries);
   }
 
   /** Sets which client ids get their own label (the first MAX_CLIENT_LABELS configured ones). */

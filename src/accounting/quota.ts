@@ -10,9 +10,10 @@
  * Buckets live in Redis when one is configured (shared by every replica), else in this process. Redis'
  * health is kept per node (src/redis/health.ts): a standalone server is one node; on a Cluster, the master
  * that serves the client's bucket slot. When that node does not answer (error or `redisTimeoutMs`),
- * `failureMode` decides for the clients it serves, and for them only: `open` falls back to a per-replica
- * in-memory bucket (each replica then enforces the full quota on its own, so the fleet may admit up to
- * replicas × quota for those clients until the node is back); `closed` refuses with QUOTA_EXCEEDED
+ * `failureMode` decides for the clients it serves, and for them only: `share` (default) falls back to a
+ * per-replica in-memory bucket holding 1 / `replicas` of the quota (rate and burst), so the fleet admits
+ * about one quota in all while the node is down; `open` gives each replica's bucket the whole quota (the
+ * fleet may admit up to replicas × quota); `closed` refuses with QUOTA_EXCEEDED
  * (`reason: QUOTA_STORE_UNAVAILABLE`). Clients on the other masters keep the shared bucket. Each node's
  * outage is logged once, and one call at a time probes it, `retryMs` after the failure, then backing off
  * to `maxRetryMs`. A settle goes to the store its reservation came from; a settle that fails, or whose
@@ -45,7 +46,9 @@ export interface Reservation {
 
 export interface QuotaManagerOptions {
   redis?: RedisBuckets | undefined;
-  failureMode: 'open' | 'closed';
+  failureMode: 'share' | 'open' | 'closed';
+  /** For `share`: the replicas a quota is split between while the store is down. Default 1. */
+  replicas?: number;
   logger: Logger;
   /** How long a node is left alone after its first failure before one call probes it. Default 1000 ms. */
   retryMs?: number;
@@ -77,10 +80,12 @@ export class QuotaManager {
         const mode = this.#o.failureMode;
         if (to === 'down') {
           this.#o.logger.warn(
-            { node, reason: (d.error as Error | undefined)?.message, failureMode: mode, nodesDown: d.nodesDown },
-            mode === 'open'
-              ? "quota store (Redis) node unreachable: its clients are falling back to per-replica in-memory buckets (POLYRAY_QUOTA_FAILURE_MODE=open); other nodes' clients are unaffected"
-              : "quota store (Redis) node unreachable: refusing its clients' metered work until it answers (POLYRAY_QUOTA_FAILURE_MODE=closed); other nodes' clients are unaffected",
+            { node, reason: (d.error as Error | undefined)?.message, failureMode: mode, replicas: this.#o.replicas ?? 1, nodesDown: d.nodesDown },
+            mode === 'share'
+              ? "quota store (Redis) node unreachable: its clients fall back to per-replica in-memory buckets holding 1/POLYRAY_QUOTA_REPLICAS of their quota (POLYRAY_QUOTA_FAILURE_MODE=share); other nodes' clients are unaffected"
+              : mode === 'open'
+                ? "quota store (Redis) node unreachable: its clients are falling back to per-replica in-memory buckets with their whole quota (POLYRAY_QUOTA_FAILURE_MODE=open); other nodes' clients are unaffected"
+                : "quota store (Redis) node unreachable: refusing its clients' metered work until it answers (POLYRAY_QUOTA_FAILURE_MODE=closed); other nodes' clients are unaffected",
           );
         } else {
           this.#o.logger.info(
@@ -116,24 +121,24 @@ export class QuotaManager {
 
   /** Takes `amount` units or throws QUOTA_EXCEEDED (nothing taken). */
   async reserve(clientId: string, limits: BucketLimits, amount: number): Promise<Reservation> {
-    const { outcome, store } = await this.#apply(clientId, limits, { kind: 'take', amount });
+    const { outcome, store, applied } = await this.#apply(clientId, limits, { kind: 'take', amount });
     const snapshot = { remaining: outcome.tokens, resetMs: outcome.resetMs };
     if (!outcome.allowed) {
       const available = Math.max(0, outcome.tokens);
       if (outcome.retryAfterMs < 0) {
         throw new PolyrayError(
           ErrorCode.QUOTA_EXCEEDED,
-          `This operation may cost up to ${fmt(amount)} units, more than this client's burst of ${fmt(limits.burst)}: split it into smaller requests`,
-          { estimated: amount, burst: limits.burst, rate: limits.rate, remaining: available },
+          `This operation may cost up to ${fmt(amount)} units, more than this client's burst of ${fmt(applied.burst)}: split it into smaller requests`,
+          { estimated: amount, burst: applied.burst, rate: applied.rate, remaining: available },
         );
       }
       throw new PolyrayError(
         ErrorCode.QUOTA_EXCEEDED,
         `Quota exceeded: this operation may cost up to ${fmt(amount)} units and ${fmt(available)} are available; retry after ${outcome.retryAfterMs} ms`,
-        { retryAfterMs: outcome.retryAfterMs, estimated: amount, remaining: available, burst: limits.burst, rate: limits.rate },
+        { retryAfterMs: outcome.retryAfterMs, estimated: amount, remaining: available, burst: applied.burst, rate: applied.rate },
       );
     }
-    return { clientId, limits, amount, store, snapshot };
+    return { clientId, limits: applied, amount, store, snapshot };
   }
 
   /** Charges the actual cost: refunds `amount - actual` (or charges the excess). */
@@ -168,7 +173,7 @@ export class QuotaManager {
     clientId: string,
     limits: BucketLimits,
     op: { kind: 'take' | 'adjust'; amount: number },
-  ): Promise<{ outcome: BucketOutcome; store: 'redis' | 'local' }> {
+  ): Promise<{ outcome: BucketOutcome; store: 'redis' | 'local'; applied: BucketLimits }> {
     if (this.#redis) {
       const node = this.#redis.node(clientId);
       const attempt = this.#health.admit(node);
@@ -176,7 +181,7 @@ export class QuotaManager {
         try {
           const outcome = await this.#redis.apply(clientId, limits, op);
           this.#health.succeeded(attempt);
-          return { outcome, store: 'redis' };
+          return { outcome, store: 'redis', applied: limits };
         } catch (e) {
           this.#health.failed(attempt, e);
         }
@@ -188,11 +193,13 @@ export class QuotaManager {
         });
       }
     }
-    return { outcome: this.#local.apply(clientId, limits, op), store: 'local' };
+    // Standing in for a store the replicas share: with `share`, this replica's part of the quota only.
+    const applied = this.#redis && this.#o.failureMode === 'share' ? shareOf(limits, this.#o.replicas ?? 1) : limits;
+    return { outcome: this.#local.apply(clientId, applied, op), store: 'local', applied };
   }
 
   #failureStore(): QuotaStore {
-    return this.#o.failureMode === 'open' ? 'local' : 'unavailable';
+    return this.#o.failureMode === 'closed' ? 'unavailable' : 'local';
   }
 
   #downNodes(): string[] {
@@ -208,6 +215,12 @@ export class QuotaManager {
     this.#store = store;
     this.#o.onStoreChange?.(store);
   }
+}
+
+/** One replica's part of a quota: rate and burst divided by the replicas. */
+function shareOf(limits: BucketLimits, replicas: number): BucketLimits {
+  const n = Math.max(1, replicas);
+  return { rate: limits.rate / n, burst: limits.burst / n };
 }
 
 function snap(o: BucketOutcome): QuotaSnapshot {

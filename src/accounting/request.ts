@@ -30,6 +30,11 @@ export interface CostSummary {
   estimated: number;
   /** Actual cost charged. */
   charged: number;
+  /**
+   * Units taken from the quota for inputs refused as too large (each what the longest accepted input costs),
+   * so that sending them is not a free stall; not in the usage books, which hold delivered work.
+   */
+  refused: number;
   /** Units left in the client's bucket after this request. */
   remaining: number;
   /** Milliseconds until the bucket is full again. */
@@ -90,6 +95,7 @@ export class RequestAccount implements AccountContext {
   readonly #work = new Set<Promise<void>>();
   #estimated = 0;
   #charged = 0;
+  #refused = 0;
   #snapshot: QuotaSnapshot | undefined;
 
   constructor(core: AccountingCore, client: Client) {
@@ -99,6 +105,14 @@ export class RequestAccount implements AccountContext {
 
   get clientId(): string {
     return this.client.id;
+  }
+
+  get cacheNamespace(): string | undefined {
+    return this.client.cacheScope === 'private' ? this.client.id : undefined;
+  }
+
+  get showSource(): boolean {
+    return this.client.role === 'admin' || this.client.showSource !== false;
   }
 
   mayUse(model: string): boolean {
@@ -141,6 +155,7 @@ export class RequestAccount implements AccountContext {
     }
     this.#snapshot = reservation.snapshot;
     let actual = 0;
+    let refused = 0;
     try {
       await Promise.all(
         calls.map(async (call) => {
@@ -152,13 +167,24 @@ export class RequestAccount implements AccountContext {
             return;
           }
           actual += this.#record(call.handle, results);
+          refused += this.#refusals(call.handle, results);
           call.resolve(results);
         }),
       );
     } finally {
       this.#charged += actual;
-      this.#snapshot = await quota.settle(reservation, actual);
+      this.#refused += refused;
+      this.#snapshot = await quota.settle(reservation, actual + refused);
     }
+  }
+
+  /** What the inputs refused as too large take from the quota: each what the longest accepted input costs. */
+  #refusals(m: TextHandle | ImageHandle, results: readonly (EmbedResult | PolyrayError)[]): number {
+    let n = 0;
+    for (const r of results) if (r instanceof PolyrayError && (r.code === ErrorCode.INPUT_TOO_LARGE || r.code === ErrorCode.IMAGE_TOO_LARGE)) n++;
+    if (n === 0) return 0;
+    const { costModel } = this.#core;
+    return m.kind === 'text' ? n * m.maxTokens * m.costFactor : costModel.imageEstimate(m, n);
   }
 
   /** Ledger + metrics for one pipeline call's results; returns their cost. */
@@ -172,15 +198,18 @@ export class RequestAccount implements AccountContext {
       // Image results count model input pixels where text results count tokens.
       const pixels = 'pixels' in r ? (r as EmbedResult & { pixels: number }).pixels : undefined;
       const units = pixels ?? r.tokens;
-      const cost = pixels === undefined ? costModel.itemCost(m, r.source, r.tokens) : costModel.imageItemCost(m, r.source, pixels);
+      // Computed by another request (a joined computation) or earlier in this one (a repeat): this request
+      // computed nothing, and is charged and booked as a memory hit.
+      const source: Source = r.source === 'COMPUTED' && units === 0 ? 'MEMORY' : r.source;
+      const cost = pixels === undefined ? costModel.itemCost(m, source, r.tokens) : costModel.imageItemCost(m, source, pixels);
       total += cost;
-      const f = bySource.get(r.source) ?? { items: 0, tokens: 0, inferenceMs: 0, cost: 0 };
+      const f = bySource.get(source) ?? { items: 0, tokens: 0, inferenceMs: 0, cost: 0 };
       f.items++;
       f.tokens += units;
       f.inferenceMs += r.inferenceMs;
       f.cost += cost;
-      bySource.set(r.source, f);
-      metrics.item(this.client.id, model, r.source, units, r.inferenceMs, cost);
+      bySource.set(source, f);
+      metrics.item(this.client.id, model, source, units, r.inferenceMs, cost);
     }
     for (const [source, f] of bySource) ledger.record(this.client.id, model, source, f);
     return total;
@@ -189,7 +218,13 @@ export class RequestAccount implements AccountContext {
   async finish(): Promise<CostSummary> {
     while (this.#work.size > 0) await Promise.allSettled([...this.#work]);
     this.#snapshot ??= await this.#core.quota.peek(this.client.id, this.client.quota);
-    return { estimated: round(this.#estimated), charged: round(this.#charged), remaining: round(this.#snapshot.remaining), resetMs: this.#snapshot.resetMs };
+    return {
+      estimated: round(this.#estimated),
+      charged: round(this.#charged),
+      refused: round(this.#refused),
+      remaining: round(this.#snapshot.remaining),
+      resetMs: this.#snapshot.resetMs,
+    };
   }
 
   async usage(clientId?: string | null): Promise<ClientUsage> {

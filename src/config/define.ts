@@ -21,6 +21,8 @@ export type Get = <S extends z.ZodType>(setting: S) => z.output<S>;
 export interface Host {
   cores: number;
   platform: NodeJS.Platform;
+  /** Running in a container (Docker's /.dockerenv, Podman's /run/.containerenv, or `container` set). */
+  container: boolean;
 }
 
 /** A default computed from other settings or the host must say in words what it is (for the README). */

@@ -8,7 +8,7 @@
  * variables are errors naming the closest valid name. Every problem found is reported in one TypeError.
  * Defaults run embedded: no Redis, CPU inference, models built into `./models`.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import { declaration, type SettingMeta } from './define.ts';
@@ -44,7 +44,7 @@ export function loadConfig(env: Env = process.env, overrides: DeepPartial<Polyra
       errors.push(`Unknown environment variable ${name}${didYouMean(name, ENV_NAMES, '')}`);
     }
   }
-  const resolver = new Resolver({ env, file, filePath }, { cores: availableParallelism(), platform: process.platform });
+  const resolver = new Resolver({ env, file, filePath }, { cores: availableParallelism(), platform: process.platform, container: inContainer(env) });
   const base = resolver.build(OPTIONS.fields);
   errors.push(...resolver.errors);
   if (base !== undefined && resolver.errors.length === 0) {
@@ -142,4 +142,9 @@ function deepMerge<T extends Record<string, unknown>>(base: T, over: Record<stri
     }
   }
   return out as T;
+}
+
+/** Docker writes /.dockerenv, Podman /run/.containerenv; both set `container` for systemd-style detection. */
+function inContainer(env: Env): boolean {
+  return Boolean(env['container']) || existsSync('/.dockerenv') || existsSync('/run/.containerenv');
 }

@@ -34,6 +34,15 @@ export const polyrayConfigSchema = z
   })
   .strict()
   .superRefine((c, ctx) => {
+    if (c.env === 'production' && c.accounting.clientsFile === undefined && !c.accounting.allowAnonymous) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['accounting', 'clientsFile'],
+        message:
+          'NODE_ENV=production with no POLYRAY_CLIENTS_FILE would make every caller an anonymous admin: create one ' +
+          '(npm run polyray -- clients add --id NAME --file clients.json) and set POLYRAY_CLIENTS_FILE, or set POLYRAY_ALLOW_ANONYMOUS=1 to run open on purpose',
+      });
+    }
     if (c.limits.maxInputsPerRequest > c.batching.maxQueueItems) {
       ctx.addIssue({
         code: 'custom',

@@ -7,8 +7,17 @@ import { setting } from '../config/define.ts';
 
 export const httpSchema = z
   .object({
-    /** Address the listener binds. `HOST`; default 0.0.0.0. */
-    host: setting(z.string(), { env: 'HOST', file: 'host', default: '0.0.0.0', doc: 'HTTP listen address' }),
+    /**
+     * Address the listener binds. `HOST`; default 127.0.0.1 (this machine only), 0.0.0.0 inside a container,
+     * where the port is published by the container runtime.
+     */
+    host: setting(z.string(), {
+      env: 'HOST',
+      file: 'host',
+      default: (_get, host) => (host.container ? '0.0.0.0' : '127.0.0.1'),
+      defaultDoc: '127.0.0.1; 0.0.0.0 in a container',
+      doc: 'HTTP listen address',
+    }),
     /** Listener port (0: any free port). `PORT`; default 4000. */
     port: setting(z.number().int().min(0).max(65535), {
       env: 'PORT',
@@ -38,6 +47,39 @@ export const limitsSchema = z
       file: 'maxInputs',
       default: 2048,
       doc: 'inputs per `embed` call (`TOO_MANY_INPUTS`)',
+    }),
+    /**
+     * Inputs in one operation over all its fields and aliases (`embed` inputs, `_entities` representations ×
+     * embedding/classify fields, 64 per `usage`/`models` read): `TOO_MANY_INPUTS` before any work.
+     * `POLYRAY_MAX_OPERATION_INPUTS`; default 4096.
+     */
+    maxInputsPerOperation: setting(z.number().int().min(1).max(10_000_000), {
+      env: 'POLYRAY_MAX_OPERATION_INPUTS',
+      file: 'maxOperationInputs',
+      default: 4096,
+      doc: 'inputs per operation over all aliases (`TOO_MANY_INPUTS`, before any work)',
+    }),
+    /** Largest reply an operation may ask for, estimated from its arguments: `RESPONSE_TOO_LARGE`. Default 32 MiB. */
+    maxResponseBytes: setting(z.number().int().min(1024), {
+      env: 'POLYRAY_MAX_RESPONSE_BYTES',
+      file: 'maxResponseBytes',
+      default: 32 * 1024 * 1024,
+      defaultDoc: '32 MiB',
+      doc: 'largest reply an operation may ask for (`RESPONSE_TOO_LARGE`, before any work)',
+    }),
+    /** Fields one operation selects, fragments expanded: `QUERY_TOO_COMPLEX`. Default 2000. */
+    maxFields: setting(z.number().int().min(10), {
+      env: 'POLYRAY_MAX_FIELDS',
+      file: 'maxFields',
+      default: 2000,
+      doc: 'fields selected per operation, fragments expanded (`QUERY_TOO_COMPLEX`)',
+    }),
+    /** Selection depth: `QUERY_TOO_COMPLEX`. Default 24 (introspection needs about 15). */
+    maxDepth: setting(z.number().int().min(4).max(1000), {
+      env: 'POLYRAY_MAX_DEPTH',
+      file: 'maxDepth',
+      default: 24,
+      doc: 'selection nesting depth (`QUERY_TOO_COMPLEX`)',
     }),
     /** Longest input text in bytes (UTF-8), `INPUT_TOO_LARGE` beyond. `POLYRAY_MAX_INPUT_BYTES`; default 64 KiB. */
     maxInputBytes: setting(z.number().int().min(1), {

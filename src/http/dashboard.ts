@@ -122,14 +122,18 @@ export async function dashboardData(src: DashboardSources): Promise<DashboardDat
   };
 }
 
-const ASSETS: Record<string, { file: () => string; type: string }> = {
-  'app.js': { file: () => path.join(DASHBOARD_DIR, 'app.js'), type: 'text/javascript; charset=utf-8' },
-  'style.css': { file: () => path.join(DASHBOARD_DIR, 'style.css'), type: 'text/css; charset=utf-8' },
-  'chart.umd.min.js': {
-    file: () => path.join(path.dirname(createRequire(import.meta.url).resolve('chart.js')), 'chart.umd.min.js'),
-    type: 'text/javascript; charset=utf-8',
-  },
-};
+/** A Map, not an object: a name such as `constructor` or `__proto__` must be unknown, not a prototype's member. */
+const ASSETS = new Map<string, { file: () => string; type: string }>([
+  ['app.js', { file: () => path.join(DASHBOARD_DIR, 'app.js'), type: 'text/javascript; charset=utf-8' }],
+  ['style.css', { file: () => path.join(DASHBOARD_DIR, 'style.css'), type: 'text/css; charset=utf-8' }],
+  [
+    'chart.umd.min.js',
+    {
+      file: () => path.join(path.dirname(createRequire(import.meta.url).resolve('chart.js')), 'chart.umd.min.js'),
+      type: 'text/javascript; charset=utf-8',
+    },
+  ],
+]);
 
 function authorize(src: DashboardSources, req: FastifyRequest, reply: FastifyReply): boolean {
   const headers: Record<string, string | string[] | undefined> = { ...req.headers };
@@ -154,7 +158,7 @@ export function registerDashboardRoutes(app: FastifyInstance, src: DashboardSour
   const asset = async (name: string): Promise<Buffer> => {
     let b = cache.get(name);
     if (!b) {
-      b = await readFile(ASSETS[name]!.file());
+      b = await readFile(ASSETS.get(name)!.file());
       cache.set(name, b);
     }
     return b;
@@ -171,7 +175,7 @@ export function registerDashboardRoutes(app: FastifyInstance, src: DashboardSour
     return reply.header('cache-control', 'no-store').send(await dashboardData(src));
   });
   app.get<{ Params: { name: string } }>('/dashboard/assets/:name', async (req, reply) => {
-    const a = ASSETS[req.params.name];
+    const a = ASSETS.get(req.params.name);
     if (!a) return reply.code(404).send({ error: 'NOT_FOUND' });
     return reply
       .header('content-type', a.type)

@@ -78,6 +78,21 @@ export const imagesSchema = z
       default: 100_000,
       doc: 'most URLs remembered that way',
     }),
+    /** Bytes the URL → hash memory may hold, keys included. `POLYRAY_IMAGE_URL_CACHE_MB`; default 16 MiB. */
+    urlCacheMaxBytes: setting(
+      z
+        .number()
+        .int()
+        .min(1024 * 1024),
+      {
+        env: 'POLYRAY_IMAGE_URL_CACHE_MB',
+        file: 'imageUrlCacheMb',
+        unit: 1024 * 1024,
+        default: 16 * 1024 * 1024,
+        defaultDoc: '16 MiB',
+        doc: 'bytes the URL → content-hash memory may hold (data: URLs are never remembered)',
+      },
+    ),
     /** Most images read per post. `POLYRAY_MAX_IMAGES_PER_POST`; default 16. */
     maxImagesPerPost: setting(z.number().int().min(1).max(1024), {
       env: 'POLYRAY_MAX_IMAGES_PER_POST',

@@ -55,8 +55,9 @@ export function checkPrompt(handle: ModelHandle, prompt: string | null | undefin
   }
   const name = promptName ?? handle.defaultPromptName;
   if (name === undefined) return '';
-  const text = handle.prompts[name];
-  if (text === undefined) {
+  // Own keys only: "constructor" or "__proto__" must be unknown names, not members of Object.prototype.
+  const text = Object.hasOwn(handle.prompts, name) ? handle.prompts[name] : undefined;
+  if (typeof text !== 'string') {
     const names = Object.keys(handle.prompts);
     throw new PolyrayError(
       ErrorCode.BAD_USER_INPUT,

@@ -3,6 +3,7 @@
  */
 import type { EmbedResult, TokenCount } from '../service/types.ts';
 import { encodeWire, type WireEncoding } from '../cache/codec.ts';
+import type { PolyrayContext } from './context.ts';
 import { truncate } from './shape.ts';
 
 export interface EmbeddingParent {
@@ -27,7 +28,7 @@ export const embeddingResolvers = {
     dimensions: (p: EmbeddingParent): number => p.vector.length,
     vector: (p: EmbeddingParent): number[] => Array.from(p.vector),
     base64: (p: EmbeddingParent, args: { encoding?: WireEncoding }): string => encodeWire(p.vector, args.encoding ?? 'FLOAT32'),
-    source: (p: EmbeddingParent): string => p.result.source,
+    source: (p: EmbeddingParent, _: unknown, ctx: PolyrayContext): string | null => (ctx.scope.account.showSource ? p.result.source : null),
     inputTokens: async (p: EmbeddingParent): Promise<number | null> => (await tokensOf(p))?.kept ?? null,
     truncated: async (p: EmbeddingParent): Promise<boolean | null> => {
       const t = await tokensOf(p);

@@ -16,9 +16,35 @@ export interface PostRepresentation {
   imageUrls?: string[] | null;
 }
 
+/**
+ * A representation as the gateway sent it, checked field by field: a wrong type is BAD_USER_INPUT naming
+ * the field, at this entity's own path (the other entities of the batch are served), never a silent null
+ * and never an internal error.
+ */
+function checkRepresentation(ref: PostRepresentation): PostRepresentation {
+  const bad = (field: string, expected: string, got: unknown): never => {
+    const type = Array.isArray(got) ? 'an array' : got === null ? 'null' : typeof got;
+    throw new PolyrayError(ErrorCode.BAD_USER_INPUT, `Post representation field "${field}" must be ${expected}, received ${type}`, { field });
+  };
+  const r = ref as unknown as Record<string, unknown>;
+  if (typeof r['id'] !== 'string' && typeof r['id'] !== 'number') bad('id', 'a string', r['id']);
+  if (String(r['id']).length > 1024)
+    throw new PolyrayError(ErrorCode.BAD_USER_INPUT, 'Post representation field "id" is longer than 1024 characters', { field: 'id' });
+  const text = r['text'];
+  if (text !== undefined && text !== null && typeof text !== 'string') bad('text', 'a string or null', text);
+  const urls = r['imageUrls'];
+  if (urls !== undefined && urls !== null) {
+    if (!Array.isArray(urls)) bad('imageUrls', 'a list of strings or null', urls);
+    (urls as unknown[]).forEach((u, i) => {
+      if (typeof u !== 'string') bad(`imageUrls[${i}]`, 'a string', u);
+    });
+  }
+  return ref;
+}
+
 export const postResolvers = {
   Post: {
-    __resolveReference: (ref: PostRepresentation): PostRepresentation => ref,
+    __resolveReference: (ref: PostRepresentation): PostRepresentation => checkRepresentation(ref),
     embedding: async (
       post: PostRepresentation,
       args: { model?: string | null; dimensions?: number | null; prompt?: string | null; promptName?: string | null; truncate?: boolean | null },

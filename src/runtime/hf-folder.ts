@@ -246,7 +246,7 @@ function promptsOf(c: Record<string, unknown>): { prompts?: Record<string, strin
   const prompts = Object.fromEntries(Object.entries(p).filter((e): e is [string, string] => typeof e[1] === 'string'));
   if (Object.keys(prompts).length === 0) return {};
   const d = c['default_prompt_name'];
-  return { prompts, ...(typeof d === 'string' && d in prompts ? { defaultPromptName: d } : {}) };
+  return { prompts, ...(typeof d === 'string' && Object.hasOwn(prompts, d) ? { defaultPromptName: d } : {}) };
 }
 
 function poolingMode(c: Record<string, unknown>): PoolingMode {

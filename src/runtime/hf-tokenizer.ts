@@ -26,13 +26,23 @@ const LONE_SURROGATE = /\p{Cs}/gu;
 export class HfTokenizer implements Tokenizer {
   readonly vocabSize: number;
   readonly specials: { prefix: number; suffix: number };
+  readonly maxPieceChars?: number;
   readonly #tok: HuggingFaceTokenizer;
 
   constructor(tokenizerJson: unknown, tokenizerConfig: Record<string, unknown> = {}) {
     this.#tok = new HuggingFaceTokenizer(tokenizerJson as object, tokenizerConfig);
     let max = -1;
-    for (const id of this.#tok.get_vocab(true).values()) if (id > max) max = id;
+    let longest = 1;
+    for (const [piece, id] of this.#tok.get_vocab(true)) {
+      if (id > max) max = id;
+      if (piece.length > longest) longest = piece.length;
+    }
     this.vocabSize = max + 1;
+    // Byte-level pieces are at least as long as the text they stand for; a WordPiece word over
+    // max_input_chars_per_word is one unknown token; fused unknown runs have no bound at all.
+    const model = ((tokenizerJson as { model?: Record<string, unknown> }).model ?? {}) as Record<string, unknown>;
+    const perWord = typeof model['max_input_chars_per_word'] === 'number' ? 2 * (model['max_input_chars_per_word'] as number) : 0;
+    if (model['fuse_unk'] !== true) this.maxPieceChars = Math.max(longest, perWord);
     this.specials = specialsOf(this.#tok);
   }
 

@@ -217,7 +217,7 @@ function parsePrompts(prompts: unknown, defaultName: unknown, bad: Bad): Pick<Mo
   const p = (prompts ?? {}) as Record<string, unknown>;
   if (typeof p !== 'object' || Array.isArray(p) || Object.values(p).some((v) => typeof v !== 'string'))
     return bad('prompts', 'an object of name → prompt text', prompts);
-  if (defaultName !== undefined && defaultName !== null && (typeof defaultName !== 'string' || !(defaultName in p)))
+  if (defaultName !== undefined && defaultName !== null && (typeof defaultName !== 'string' || !Object.hasOwn(p, defaultName)))
     return bad('defaultPromptName', "one of the prompts' names", defaultName);
   return { prompts: p as Record<string, string>, ...(typeof defaultName === 'string' ? { defaultPromptName: defaultName } : {}) };
 }

@@ -54,6 +54,13 @@ export interface Tokenizer {
    * Absent: none.
    */
   readonly specials?: { prefix: number; suffix: number };
+  /**
+   * Most UTF-16 code units one token can stand for (the longest vocabulary piece, or the longest word read
+   * as one unknown token), so that `maxTokens` tokens never come from more than `maxTokens × maxPieceChars`
+   * characters of text (whitespace and characters the normalizer drops aside). Absent when no such bound
+   * exists (a word tokenizer, fused unknown runs): then the whole text is always tokenised.
+   */
+  readonly maxPieceChars?: number;
   encode(text: string): Encoding;
 }
 
@@ -242,6 +249,9 @@ function foldAccents(word: string): string {
   return stripped === '' ? word : stripped;
 }
 
+/** Extra tokens a probe must find beyond the limit before the rest of a text is left unread (a word cut at the probe's end). */
+const PROBE_MARGIN_TOKENS = 16;
+
 /** How a batch of texts is tokenised for a model: its limit, the side `truncate` cuts, and the prompt before each text. */
 export interface TokenizeOptions {
   maxTokens: number;
@@ -256,8 +266,13 @@ export interface TokenizeOptions {
 export interface Tokenized {
   ids: BigInt64Array;
   mask: BigInt64Array;
-  /** Tokens of the whole text (prompt and special tokens included) before truncation. */
+  /**
+   * Tokens of the whole text (prompt and special tokens included) before truncation; when `partial`, of the
+   * part read (a lower bound).
+   */
   total: number;
+  /** True when only part of an over-long text was read (it has at least `total` tokens). */
+  partial?: boolean;
 }
 
 export interface TokenizedBatch {
@@ -276,10 +291,31 @@ export interface TokenizedBatch {
  */
 export function tokenizeBatch(tokenizer: Tokenizer, texts: readonly string[], o: TokenizeOptions): TokenizedBatch {
   const prompt = o.prompt ?? '';
+  // Refuse before work: of a text longer than `maxTokens` tokens could come from, only the end that is kept
+  // (the start, or with left truncation the end) is read first. Enough tokens there — more than the limit
+  // plus a margin for the word the cut splits — settle it: refused, or cut from those tokens, which are the
+  // whole text's (tokenizers split at whitespace and punctuation before anything else). Too few (runs of
+  // whitespace or characters the normalizer drops): the whole text is read after all.
+  const probe = tokenizer.maxPieceChars === undefined ? Number.POSITIVE_INFINITY : (o.maxTokens + PROBE_MARGIN_TOKENS) * tokenizer.maxPieceChars;
   const items = texts.map((text): Tokenized => {
-    const full = tokenizer.encode(prompt + text);
+    const whole = prompt + text;
+    let full: Encoding | undefined;
+    let partial = false;
+    if (whole.length > probe) {
+      const part = tokenizer.encode(o.truncate && o.side === 'left' ? whole.slice(whole.length - probe) : whole.slice(0, probe));
+      if (part.ids.length > o.maxTokens + PROBE_MARGIN_TOKENS) {
+        full = part;
+        partial = true;
+      }
+    }
+    full ??= tokenizer.encode(whole);
     const enc = o.truncate ? truncateEncoding(full, o.maxTokens, o.side, tokenizer.specials) : full;
-    return { ids: BigInt64Array.from(enc.ids, BigInt), mask: BigInt64Array.from(enc.mask, BigInt), total: full.ids.length };
+    return {
+      ids: BigInt64Array.from(enc.ids, BigInt),
+      mask: BigInt64Array.from(enc.mask, BigInt),
+      total: full.ids.length,
+      ...(partial ? { partial: true } : {}),
+    };
   });
   return { items, promptTokens: prompt === '' ? 0 : Math.max(0, tokenizer.encode(prompt).ids.length - 1) };
 }

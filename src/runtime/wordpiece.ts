@@ -76,6 +76,7 @@ const PRINTABLE_ASCII_RE = /^[\x20-\x7e]*$/;
 /** WordPiece tokenizer; immutable, safe to share between requests. */
 export class WordPieceTokenizer implements Tokenizer {
   readonly vocabSize: number;
+  readonly maxPieceChars: number;
   readonly unkId: number;
   readonly #unkToken: string;
   readonly #vocab: ReadonlyMap<string, number>;
@@ -116,6 +117,9 @@ export class WordPieceTokenizer implements Tokenizer {
     }
     this.#maxPiece = maxPiece;
     this.vocabSize = maxId + 1;
+    // Code points to UTF-16 units (×2); a word over maxInputCharsPerWord is one [UNK]; added tokens are whole.
+    const longestAdded = Math.max(0, ...[...this.#added.keys()].map((t) => t.length));
+    this.maxPieceChars = Math.max(2 * maxPiece, 2 * this.#maxChars, longestAdded);
     const added = [...this.#added.keys()].filter((t) => t.length > 0).sort((a, b) => b.length - a.length);
     this.#addedRe = added.length > 0 ? new RegExp(added.map(escapeRegExp).join('|'), 'g') : undefined;
   }

@@ -25,7 +25,7 @@ import type { Logger } from '../log.ts';
 import type { ImageHandle } from '../runtime/handle.ts';
 import { normalizeInPlace } from '../runtime/pooling.ts';
 import { CachedInference, type Computed, type InferenceAdapter, type Keyed } from './pipeline.ts';
-import type { EmbedResult, PipelineStats, TraceSink } from './types.ts';
+import type { EmbedResult, MemoStats, PipelineStats, TraceSink } from './types.ts';
 
 export type ImageInput = { kind: 'url'; url: string } | { kind: 'bytes'; bytes: Uint8Array };
 
@@ -50,6 +50,8 @@ export interface ImageEmbedderOptions {
   /** URL → content hash memory: time to live and size. */
   urlCacheTtlMs: number;
   urlCacheMaxEntries: number;
+  /** Bytes the URL → hash memory may hold (keys included). */
+  urlCacheMaxBytes: number;
   /** Most URL fetches one call runs at once. Default 16. */
   fetchConcurrency?: number;
   /** Request-stream sampling (pixels stand in for tokens). */
@@ -74,7 +76,15 @@ interface Resolved {
   url?: string;
 }
 
-type ImageCall = ImageHandle & { want: ImageWant };
+type ImageCall = ImageHandle & { want: ImageWant; namespace: string | undefined };
+
+/** Longest URL remembered; longer ones (and data: URLs) are fetched or decoded each time. */
+const URL_MEMO_MAX_CHARS = 4096;
+/** Per-entry bookkeeping assumed by the byte bound. */
+const URL_MEMO_OVERHEAD_BYTES = 96;
+
+/** The content hash under the call's private namespace, if it has one. */
+const scopedHash = (call: ImageCall, hash: string): string => (call.namespace === undefined ? hash : `private-${call.namespace}:${hash}`);
 
 export function featureKey(model: string, version: string, hash: string): string {
   return cacheKey(model, version, `feature:${hash}`);
@@ -89,7 +99,14 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
 
   constructor(options: ImageEmbedderOptions) {
     this.#o = options;
-    this.#urls = new LRUCache<string, string>({ max: options.urlCacheMaxEntries, ...(options.urlCacheTtlMs > 0 ? { ttl: options.urlCacheTtlMs } : {}) });
+    // Bounded in entries and in bytes (URLs can be long); a URL over URL_MEMO_MAX_CHARS is not remembered.
+    this.#urls = new LRUCache<string, string>({
+      max: options.urlCacheMaxEntries,
+      maxSize: options.urlCacheMaxBytes,
+      sizeCalculation: (hash, url) => 2 * (url.length + hash.length) + URL_MEMO_OVERHEAD_BYTES,
+      maxEntrySize: 2 * URL_MEMO_MAX_CHARS + 2 * 64 + URL_MEMO_OVERHEAD_BYTES,
+      ...(options.urlCacheTtlMs > 0 ? { ttl: options.urlCacheTtlMs } : {}),
+    });
     this.#pipeline = new CachedInference(this, options);
   }
 
@@ -98,9 +115,16 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
     return this.#o.fetcher.maxBytes;
   }
 
-  async embed(handle: ImageHandle, inputs: readonly ImageInput[], want: ImageWant = 'embedding', clientId?: string): Promise<(ImageResult | PolyrayError)[]> {
+  /** `namespace`: a private cache namespace (a client with `cacheScope: private`). */
+  async embed(
+    handle: ImageHandle,
+    inputs: readonly ImageInput[],
+    want: ImageWant = 'embedding',
+    clientId?: string,
+    namespace?: string,
+  ): Promise<(ImageResult | PolyrayError)[]> {
     const resolved = await this.#resolve(inputs);
-    const answers = await this.#pipeline.run({ ...handle, want }, resolved, clientId === undefined ? {} : { clientId });
+    const answers = await this.#pipeline.run({ ...handle, want, namespace }, resolved, clientId === undefined ? {} : { clientId });
     const results = answers.map((a, index): ImageResult | PolyrayError => {
       if (a instanceof PolyrayError) return new PolyrayError(a.code, a.message, { ...a.extensions, index });
       const r = resolved[index] as Resolved;
@@ -126,8 +150,9 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
   key(call: ImageCall, inputs: readonly (Resolved | PolyrayError)[]): (Keyed<Resolved> | PolyrayError)[] {
     return inputs.map((r) => {
       if (r instanceof PolyrayError) return r;
-      const content = cacheKey(call.name, call.version, r.hash);
-      return { read: call.want === 'feature' ? featureKey(call.name, call.version, r.hash) : content, flight: content, payload: r };
+      const hash = scopedHash(call, r.hash);
+      const content = cacheKey(call.name, call.version, hash);
+      return { read: call.want === 'feature' ? featureKey(call.name, call.version, hash) : content, flight: content, payload: r };
     });
   }
 
@@ -139,7 +164,7 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
     const [embedding, feature] = computed.outputs;
     return [
       { key: item.flight, value: embedding! },
-      { key: featureKey(call.name, call.version, item.payload.hash), value: feature ?? embedding! },
+      { key: featureKey(call.name, call.version, scopedHash(call, item.payload.hash)), value: feature ?? embedding! },
     ];
   }
 
@@ -174,7 +199,8 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
         try {
           const bytes = await this.#fetch(url);
           r = { hash: contentHash(bytes), bytes, url };
-          this.#urls.set(url, r.hash);
+          // data: URLs carry their image: remembering them would keep the image (as its URL) in memory.
+          if (!/^data:/i.test(url) && url.length <= URL_MEMO_MAX_CHARS) this.#urls.set(url, r.hash);
         } catch (e) {
           r = e instanceof PolyrayError ? e : new PolyrayError(ErrorCode.IMAGE_FETCH_FAILED, 'Image could not be fetched');
         }
@@ -200,6 +226,13 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
 
   stats(): ImageStats {
     return { ...this.#pipeline.stats(), ...this.#counts };
+  }
+
+  memos(): MemoStats[] {
+    return [
+      this.#pipeline.memo('image_recent'),
+      { memo: 'image_urls', entries: this.#urls.size, bytes: this.#urls.calculatedSize, maxBytes: this.#urls.maxSize },
+    ];
   }
 }
 

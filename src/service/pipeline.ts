@@ -22,7 +22,7 @@ import type { CacheEntry } from '../cache/cache.ts';
 import type { TieredCache } from '../cache/tiered.ts';
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { emptyBySource, type PipelineStats, type Source, type TracedResult, type TraceSink } from './types.ts';
+import { emptyBySource, type MemoStats, type PipelineStats, type Source, type TracedResult, type TraceSink } from './types.ts';
 
 /** One keyed input. */
 export interface Keyed<P> {
@@ -233,6 +233,11 @@ export class CachedInference<I, P, H extends { name: string }> {
       this.#stats.byModel[model] = m;
     }
     m[source]++;
+  }
+
+  /** The recent-computations table (joins of computations just finished), as `name`. */
+  memo(name: string): MemoStats {
+    return { memo: name, entries: this.#recent.size, bytes: this.#recent.calculatedSize, maxBytes: this.#recent.maxSize };
   }
 
   stats(): PipelineStats {

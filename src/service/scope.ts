@@ -7,7 +7,9 @@
  *   texts / images / posts / classify(handle)
  *                      DataLoaders: every load of one tick becomes one pipeline call (one cache read,
  *                      one submit); loaders are per request, so nothing one client loads is memoised
- *                      for another
+ *                      for another. They do not memoise within the request either: a repeated input
+ *                      reaches the pipeline, which computes it once and answers every copy, and each
+ *                      copy delivered is charged (as a memory hit), so repeats are not free
  *   every pipeline call goes through `account.admit`, which prices it, reserves, runs it and charges the
  *   work the results report; services never see the account.
  */
@@ -27,6 +29,10 @@ export type Demand = { kind: 'texts'; texts: readonly string[] } | { kind: 'imag
 /** The request's account, as the scope needs it (src/accounting/request.ts implements it). */
 export interface Account {
   readonly clientId: string;
+  /** Set for a client whose cache entries are its own (`cacheScope: private`): keys are namespaced by it. */
+  readonly cacheNamespace?: string | undefined;
+  /** Whether this client may see where answers came from (`Embedding.source`). */
+  readonly showSource: boolean;
   mayUse(model: string): boolean;
   /** Prices `demand` on `handle`, reserves it (with the rest of the tick), runs `run`, charges what its results report. */
   admit<R extends EmbedResult>(handle: TextHandle | ImageHandle, demand: Demand, run: () => Promise<(R | PolyrayError)[]>): Promise<(R | PolyrayError)[]>;
@@ -43,7 +49,7 @@ export interface ScopeServices {
   };
 }
 
-/** A post as the loaders see it; equal posts within the request share one load. */
+/** A post as the loaders see it. */
 export interface PostKey {
   text?: string | null;
   imageUrls?: readonly string[] | null;
@@ -54,8 +60,6 @@ export interface PostKey {
 /** An image input of `Query.embed`. */
 export type ImageKey = { imageUrl: string } | { imageBase64: string };
 
-const postCacheKey = (p: PostKey): string => JSON.stringify([p.text ?? null, p.imageUrls ?? [], p.imageBase64 ?? null]);
-const imageCacheKey = (k: ImageKey): string => ('imageUrl' in k ? `u:${k.imageUrl}` : `b:${k.imageBase64}`);
 const urls = (p: PostKey): ImageInput[] => (p.imageUrls ?? []).map((url) => ({ kind: 'url' as const, url }));
 
 export class RequestScope<A extends Account = Account> {
@@ -91,7 +95,7 @@ export class RequestScope<A extends Account = Account> {
   texts(handle: TextHandle, options: TextOptions = {}): DataLoader<string, EmbedResult> {
     return this.#loader(
       `t:${handle.name}:${options.truncate === true ? 'cut' : 'whole'}:${options.prompt ?? ''}`,
-      () => new DataLoader<string, EmbedResult>((texts) => this.#texts(handle, texts, options), { maxBatchSize: this.#s.limits.maxBatch }),
+      () => new DataLoader<string, EmbedResult>((texts) => this.#texts(handle, texts, options), { maxBatchSize: this.#s.limits.maxBatch, cache: false }),
     );
   }
 
@@ -116,7 +120,7 @@ export class RequestScope<A extends Account = Account> {
             const inputs = keys.map((k): ImageInput | PolyrayError => ('imageUrl' in k ? { kind: 'url', url: k.imageUrl } : this.#inline(k.imageBase64)));
             return this.#partial(inputs, (ok) => this.#images(handle, ok, 'embedding'));
           },
-          { maxBatchSize: this.#s.limits.maxBatch, cacheKeyFn: imageCacheKey },
+          { maxBatchSize: this.#s.limits.maxBatch, cache: false },
         ),
     );
   }
@@ -139,7 +143,7 @@ export class RequestScope<A extends Account = Account> {
             });
             return this.#partial(inputs, (ok) => embedPosts(handle, ok, this.#parts, this.#s.limits));
           },
-          { maxBatchSize: this.#s.limits.maxBatch, cacheKeyFn: postCacheKey },
+          { maxBatchSize: this.#s.limits.maxBatch, cache: false },
         ),
     );
   }
@@ -158,17 +162,22 @@ export class RequestScope<A extends Account = Account> {
               this.#s.limits,
               this.account.clientId,
             ),
-          { maxBatchSize: this.#s.limits.maxBatch, cacheKeyFn: postCacheKey },
+          { maxBatchSize: this.#s.limits.maxBatch, cache: false },
         ),
     );
   }
 
   #texts(handle: TextHandle, texts: readonly string[], options: TextOptions = {}): Promise<(EmbedResult | PolyrayError)[]> {
-    return this.account.admit(handle, { kind: 'texts', texts }, () => this.#s.text.embed(handle, texts, this.account.clientId, options));
+    const ns = this.account.cacheNamespace;
+    return this.account.admit(handle, { kind: 'texts', texts }, () =>
+      this.#s.text.embed(handle, texts, this.account.clientId, ns === undefined ? options : { ...options, namespace: ns }),
+    );
   }
 
   #images(handle: ImageHandle, inputs: readonly ImageInput[], want: ImageWant): Promise<(ImageResult | PolyrayError)[]> {
-    return this.account.admit(handle, { kind: 'images', count: inputs.length }, () => this.#s.images.embed(handle, inputs, want, this.account.clientId));
+    return this.account.admit(handle, { kind: 'images', count: inputs.length }, () =>
+      this.#s.images.embed(handle, inputs, want, this.account.clientId, this.account.cacheNamespace),
+    );
   }
 
   /** An inline image as an input; one that cannot be decoded is that input's error. */

@@ -19,7 +19,7 @@ import type { TextHandle } from '../runtime/handle.ts';
 import type { BatchItem } from '../runtime/batcher.ts';
 import type { TokenizeOptions } from '../runtime/tokenizer.ts';
 import { CachedInference, type Computed, type InferenceAdapter, type Keyed } from './pipeline.ts';
-import type { EmbedResult, PipelineStats, TokenCount, TraceSink } from './types.ts';
+import type { EmbedResult, MemoStats, PipelineStats, TokenCount, TraceSink } from './types.ts';
 
 export interface TextEmbedderOptions {
   cache: TieredCache;
@@ -33,7 +33,7 @@ export interface TextEmbedderOptions {
  * A pipeline call: the model, the prompt before every text (part of the key), and whether over-long inputs
  * are cut (on the model's side) or refused.
  */
-type TextCall = TextHandle & { truncate: boolean; prompt: string };
+type TextCall = TextHandle & { truncate: boolean; prompt: string; namespace: string | undefined };
 
 /** What the text pipeline is asked: a model, and per call the prompt and truncation. */
 export interface TextOptions {
@@ -41,6 +41,8 @@ export interface TextOptions {
   prompt?: string;
   /** Cut inputs over the model's token limit on its truncation side instead of refusing them. */
   truncate?: boolean;
+  /** A private cache namespace (a client with `cacheScope: private`): keys, joins and hits of its own. */
+  namespace?: string | undefined;
 }
 
 class TextAdapter implements InferenceAdapter<string, string, TextCall> {
@@ -66,7 +68,8 @@ class TextAdapter implements InferenceAdapter<string, string, TextCall> {
       const read = handle.prompt + text;
       const hash = contentHash(handle.tokenizer.normalisedKeys ? normaliseText(read) : read);
       // A truncating call has keys of its own: an input cut on one side is another vector.
-      const key = cacheKey(handle.name, handle.version, handle.truncate ? `cut-${handle.truncationSide}:${hash}` : hash);
+      const cut = handle.truncate ? `cut-${handle.truncationSide}:${hash}` : hash;
+      const key = cacheKey(handle.name, handle.version, handle.namespace === undefined ? cut : `private-${handle.namespace}:${cut}`);
       return { read: key, flight: key, payload: text };
     });
   }
@@ -82,7 +85,7 @@ class TextAdapter implements InferenceAdapter<string, string, TextCall> {
         if (enc.ids.length > handle.maxTokens) {
           out[j] = new PolyrayError(
             ErrorCode.INPUT_TOO_LARGE,
-            `An input has ${enc.ids.length} tokens; model ${handle.name} accepts at most ${handle.maxTokens}`,
+            `An input has ${enc.partial ? 'at least ' : ''}${enc.ids.length} tokens; model ${handle.name} accepts at most ${handle.maxTokens}`,
             {
               tokens: enc.ids.length,
               limit: handle.maxTokens,
@@ -128,7 +131,7 @@ export class TextEmbedder {
   }
 
   async embed(handle: TextHandle, texts: readonly string[], clientId?: string, options: TextOptions = {}): Promise<(EmbedResult | PolyrayError)[]> {
-    const call = { ...handle, truncate: options.truncate === true, prompt: options.prompt ?? '' };
+    const call = { ...handle, truncate: options.truncate === true, prompt: options.prompt ?? '', namespace: options.namespace };
     const answers = await this.#pipeline.run(call, texts, clientId === undefined ? {} : { clientId });
     const results = answers.map((a): EmbedResult | PolyrayError => {
       if (a instanceof PolyrayError) return a;
@@ -158,5 +161,9 @@ export class TextEmbedder {
 
   stats(): PipelineStats {
     return this.#pipeline.stats();
+  }
+
+  memos(): MemoStats[] {
+    return [this.#pipeline.memo('text_recent')];
   }
 }

@@ -56,6 +56,14 @@ export interface PipelineStats {
   errors: Record<string, number>;
 }
 
+/** A bounded in-process memo (a join table, a URL → hash memory): what it holds now and its bound. */
+export interface MemoStats {
+  memo: string;
+  entries: number;
+  bytes: number;
+  maxBytes: number;
+}
+
 /** The counters the cache policy reads of the text pipeline. */
 export type ServiceStats = Omit<PipelineStats, 'errors'>;
 
