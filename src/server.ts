@@ -24,6 +24,7 @@ import { createLogger, type Logger } from './log.ts';
 import { createPolicyController, createTracer, withTtlControl, type PolicyController, type Tracer } from './policy/index.ts';
 import type { Catalog, PolyrayContext } from './resolvers/context.ts';
 import { operationLimitsPlugin } from './resolvers/limits.ts';
+import { JsonBodyParser, LARGE_BODY_BYTES } from './http/json-body.ts';
 import { makeFormatError } from './resolvers/format-error.ts';
 import { buildSchema } from './resolvers/index.ts';
 import { ModelHost } from './runtime/host.ts';
@@ -68,6 +69,7 @@ export class PolyrayServer {
   readonly tracer: Tracer;
   readonly policy: PolicyController;
   readonly #scopes: ScopeServices;
+  readonly #jsonBodies: JsonBodyParser;
   readonly #apollo: ApolloServer<PolyrayContext>;
   #state: Lifecycle = { kind: 'created' };
   #ready: Promise<void> | undefined;
@@ -75,6 +77,7 @@ export class PolyrayServer {
   constructor(config: PolyrayConfig, deps: PolyrayDeps = {}) {
     this.config = config;
     this.logger = deps.logger ?? createLogger(config.log.level);
+    this.#jsonBodies = new JsonBodyParser(LARGE_BODY_BYTES, this.logger, config.inference.niceness);
     const { inference } = config;
     this.pool = new InferencePool({
       workers: inference.workers,
@@ -130,11 +133,13 @@ export class PolyrayServer {
       logController: new LogController({ disableRequestLogging: true }),
       bodyLimit: config.http.bodyLimitBytes,
     });
+    this.#jsonBodies.register(this.app, config.http.bodyLimitBytes);
     this.#apollo = new ApolloServer<PolyrayContext>({
       schema: buildSchema(),
       formatError: makeFormatError(this.logger),
       logger: this.logger,
       includeStacktraceInErrorResponses: false,
+      parseOptions: { maxTokens: config.limits.maxDocumentTokens },
       introspection: true,
       plugins: [
         fastifyApolloDrainPlugin(this.app),
@@ -203,6 +208,7 @@ export class PolyrayServer {
       return payload;
     });
     this.accounting.metrics.instrumentTiers(() => this.cache.stats());
+    this.accounting.metrics.instrumentEventLoop();
     this.accounting.metrics.instrumentMemos(() => [...this.text.memos(), ...this.images.memos()]);
     this.accounting.registerRoutes(this.app);
     registerDashboardRoutes(this.app, {
@@ -258,6 +264,7 @@ export class PolyrayServer {
       await this.host.drain();
       await this.pool.close();
       await this.tokenizers.close();
+      await this.#jsonBodies.close();
       await this.accounting.close();
       this.policy.stop();
       await this.tracer.close();

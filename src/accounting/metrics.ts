@@ -7,6 +7,7 @@
  * refused before anything is counted); `source` and `code` come from closed sets.
  */
 import type { TierStats } from '../cache/cache.ts';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { ErrorCode } from '../errors.ts';
 import type { InferenceQueue } from '../runtime/host.ts';
@@ -171,6 +172,27 @@ export class AccountingMetrics {
     gauge('polyray_cache_tier_bytes', 'Bytes a tier holds, where it can tell', (t) => t.bytes);
     gauge('polyray_cache_tier_entries', 'Entries a tier holds, where it can tell', (t) => t.entries);
     gauge('polyray_cache_tier_read_seconds_mean', 'Mean read latency of a tier since start', (t) => (t.reads > 0 ? t.readMsTotal / t.reads / 1000 : 0));
+  }
+
+  /**
+   * The event loop's delay (perf_hooks.monitorEventLoopDelay, 10 ms resolution) since the previous scrape:
+   * p50, p99 and max, in seconds. What every request waits for besides its own work; a stall shows here.
+   */
+  instrumentEventLoop(): void {
+    const h = monitorEventLoopDelay({ resolution: 10 });
+    h.enable();
+    new Gauge({
+      name: 'polyray_event_loop_delay_seconds',
+      help: 'Event loop delay since the previous scrape (p50, p99, max)',
+      labelNames: ['quantile'],
+      registers: [this.registry],
+      collect() {
+        this.set({ quantile: '0.5' }, h.percentile(50) / 1e9);
+        this.set({ quantile: '0.99' }, h.percentile(99) / 1e9);
+        this.set({ quantile: 'max' }, h.max / 1e9);
+        h.reset();
+      },
+    });
   }
 
   /** Gauges of the in-process memos (bytes held, their bound, entries), read at scrape time. */

@@ -4,11 +4,10 @@
  * accounting call runs under.
  *
  * The client connects lazily (construction never touches the network) and fails fast instead of queueing
- * while disconnected, so the quota manager falls back at once. A standalone command is bounded by
- * ioredis' `commandTimeout`; a Cluster client also retries internally, so there `commandTimeout` alone
- * does not bound a call. `withDeadline(p, redisTimeoutMs, ACCOUNTING_DEADLINE)` (src/redis/deadline.ts)
- * does, on both, so a call that has not answered after `redisTimeoutMs` counts as Redis being down either
- * way. (As with a standalone timeout, a command already sent may still be applied later: that only ever
+ * while disconnected, so the quota manager falls back at once. `withDeadline(p, redisTimeoutMs,
+ * ACCOUNTING_DEADLINE)` (src/redis/deadline.ts) bounds every call, standalone or Cluster (whose client
+ * retries internally), so a call that has not answered after `redisTimeoutMs` of a running event loop
+ * counts as Redis being down; ioredis' `commandTimeout` is only a backstop, well beyond it. (As with a standalone timeout, a command already sent may still be applied later: that only ever
  * errs against the client, by charging a reservation it was not served.)
  */
 import type { PolyrayConfig } from '../config/index.ts';
@@ -27,12 +26,22 @@ export interface AccountingRedisOptions {
   connectTimeoutMs?: number;
 }
 
+/** ioredis' command timeout as a multiple of the accounting deadline (at least 5 s). */
+const STALL_BACKSTOP = 10;
+
 /** How an accounting call past its deadline is reported: it names the setting to change. */
 export const ACCOUNTING_DEADLINE: DeadlineLabel = { what: 'accounting Redis', option: 'POLYRAY_QUOTA_REDIS_TIMEOUT_MS' };
 
 /** A client that connects on `connect()` (lazy), so construction never touches the network. */
 export function createAccountingRedis(target: AccountingRedisTarget, o: AccountingRedisOptions): AccountingRedis {
-  return createRedisClient(redisTarget(target), { connectTimeoutMs: o.connectTimeoutMs ?? 2000, commandTimeoutMs: o.timeoutMs, lazyConnect: true });
+  // Every accounting call runs under withDeadline(timeoutMs), which tells a stalled event loop from a slow
+  // Redis. ioredis' own command timeout is a plain timer that a stall would fire with the reply already
+  // waiting unread, so it is only the backstop that drops commands of a hung connection: STALL_BACKSTOP × the deadline.
+  return createRedisClient(redisTarget(target), {
+    connectTimeoutMs: o.connectTimeoutMs ?? 2000,
+    commandTimeoutMs: Math.max(STALL_BACKSTOP * o.timeoutMs, 5000),
+    lazyConnect: true,
+  });
 }
 
 function redisTarget(target: AccountingRedisTarget): RedisTarget {

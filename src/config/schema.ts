@@ -38,9 +38,10 @@ export const polyrayConfigSchema = z
       ctx.addIssue({
         code: 'custom',
         path: ['accounting', 'clientsFile'],
+        params: { whole: true },
         message:
           'NODE_ENV=production with no POLYRAY_CLIENTS_FILE would make every caller an anonymous admin: create one ' +
-          '(npm run polyray -- clients add --id NAME --file clients.json) and set POLYRAY_CLIENTS_FILE, or set POLYRAY_ALLOW_ANONYMOUS=1 to run open on purpose',
+          '(npm run polyray -- clients add --id NAME --file clients.json) and set POLYRAY_CLIENTS_FILE, or set POLYRAY_ALLOW_ANONYMOUS=true to run open on purpose',
       });
     }
     if (c.limits.maxInputsPerRequest > c.batching.maxQueueItems) {

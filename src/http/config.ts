@@ -25,13 +25,17 @@ export const httpSchema = z
       default: 4000,
       doc: 'HTTP port (`/graphql`, `/healthz`, `/readyz`)',
     }),
-    /** Largest accepted request body in bytes. `POLYRAY_BODY_LIMIT_BYTES`; default 16 MiB. */
+    /**
+     * Largest accepted request body in bytes (413 beyond, counted while it streams in, before anything is
+     * parsed). Bodies from 256 KiB are parsed off the event loop (src/http/json-body.ts). Inline images up to
+     * about 6 MiB fit; larger ones are fetched by URL (POLYRAY_IMAGE_MAX_BYTES). `POLYRAY_BODY_LIMIT_BYTES`; default 8 MiB.
+     */
     bodyLimitBytes: setting(z.number().int().min(1024), {
       env: 'POLYRAY_BODY_LIMIT_BYTES',
       file: 'bodyLimitBytes',
-      default: 16 * 1024 * 1024,
-      defaultDoc: '16 MiB',
-      doc: 'HTTP request body limit',
+      default: 8 * 1024 * 1024,
+      defaultDoc: '8 MiB',
+      doc: 'HTTP request body limit (413 beyond, before parsing)',
     }),
   })
   .strict();
@@ -66,6 +70,17 @@ export const limitsSchema = z
       default: 32 * 1024 * 1024,
       defaultDoc: '32 MiB',
       doc: 'largest reply an operation may ask for (`RESPONSE_TOO_LARGE`, before any work)',
+    }),
+    /**
+     * Tokens in one GraphQL document, counted while parsing (graphql-js `maxTokens`): a larger document is
+     * refused (GRAPHQL_PARSE_FAILED) before it is parsed further or validated, which on a huge document would
+     * hold the event loop. Inputs belong in variables, which do not count. `POLYRAY_MAX_DOCUMENT_TOKENS`; default 5000.
+     */
+    maxDocumentTokens: setting(z.number().int().min(100), {
+      env: 'POLYRAY_MAX_DOCUMENT_TOKENS',
+      file: 'maxDocumentTokens',
+      default: 5000,
+      doc: 'tokens per GraphQL document (parse refused beyond; put inputs in variables)',
     }),
     /** Fields one operation selects, fragments expanded: `QUERY_TOO_COMPLEX`. Default 2000. */
     maxFields: setting(z.number().int().min(10), {

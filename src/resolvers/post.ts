@@ -44,7 +44,9 @@ function checkRepresentation(ref: PostRepresentation): PostRepresentation {
 
 export const postResolvers = {
   Post: {
-    __resolveReference: (ref: PostRepresentation): PostRepresentation => checkRepresentation(ref),
+    // Async on purpose: @apollo/subgraph maps the representations synchronously, so a throw here would fail
+    // the whole `_entities` list; a rejected promise fails only this entity, at its own path.
+    __resolveReference: async (ref: PostRepresentation): Promise<PostRepresentation> => checkRepresentation(ref),
     embedding: async (
       post: PostRepresentation,
       args: { model?: string | null; dimensions?: number | null; prompt?: string | null; promptName?: string | null; truncate?: boolean | null },
