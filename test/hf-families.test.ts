@@ -198,7 +198,10 @@ describe('model families through their folders, against transformers.js', () => 
           texts.forEach((text, k) => {
             const whole: number[] = oracle.encode(prompt + text);
             const got = Array.from(ours.items[k]!.ids, Number);
-            assert.equal(ours.items[k]!.total, whole.length);
+            const item = ours.items[k]!;
+            // A text far over the limit is read only in part (its kept end, probed): its total is then a lower bound.
+            if (item.partial) assert.ok(item.total > MAX && item.total <= whole.length, `${item.total} of ${whole.length}`);
+            else assert.equal(item.total, whole.length);
             // Python tokenizers (what sentence-transformers runs) cut the text's tokens and keep the special
             // ones: for Qwen3-Embedding the <|endoftext|> at the end, for Gemma the <bos> at the start.
             const { prefix, suffix } = handle.tokenizer.specials ?? { prefix: 0, suffix: 0 };

@@ -51,13 +51,18 @@ describe('TokenizerPool', () => {
           for (const g of got) {
             assert.equal(g.promptTokens, want.promptTokens);
             assert.deepEqual(
-              g.items.map((i) => [Array.from(i.ids), Array.from(i.mask), i.total]),
-              want.items.map((i) => [Array.from(i.ids), Array.from(i.mask), i.total]),
+              g.items.map((i) => [Array.from(i.ids), Array.from(i.mask), i.total, i.partial === true]),
+              want.items.map((i) => [Array.from(i.ids), Array.from(i.mask), i.total, i.partial === true]),
             );
           }
         }
       }
       assert.equal(tokenizeBatch(local, ['x'], { maxTokens: 8, side: 'right', truncate: false, prompt: 'query: ' }).promptTokens, 3, '[CLS] query :');
+      // 400 words against a 16-token limit: only the start is read (the probe), and the item says so.
+      const long = tokenizeBatch(local, ['word '.repeat(4000)], { maxTokens: 16, side: 'right', truncate: true });
+      assert.equal(long.items[0]!.partial, true);
+      assert.equal(long.items[0]!.ids.length, 16);
+      assert.ok(long.items[0]!.total > 16 && long.items[0]!.total < 4002);
       assert.equal(pools[1]!.stats().threads, 2);
       assert.equal(pools[1]!.stats().inFlight, 0);
     } finally {

@@ -126,6 +126,8 @@ export class Ledger {
   #flushing: Promise<void> | undefined;
   #timer: NodeJS.Timeout | undefined;
   #failing = false;
+  /** Reads of the books from Redis are failing (logged once until one succeeds again). */
+  #readFailing = false;
 
   readonly #keys: AccountingKeys;
 
@@ -245,6 +247,8 @@ export class Ledger {
       }
       // One HGETALL per key, not one pipeline: a Cluster pipeline must stay on one node.
       const hashes = await withDeadline(Promise.all(clientIds.map((id) => redis.hgetall(this.#keys.usage(id)))), this.#o.timeoutMs, ACCOUNTING_DEADLINE);
+      if (this.#readFailing) this.#o.logger.info('usage read from Redis again');
+      this.#readFailing = false;
       return clientIds.map((id, i) => {
         const rows: Rows = snapshot.get(id)!;
         for (const [field, value] of Object.entries(hashes[i] ?? {})) {
@@ -259,7 +263,10 @@ export class Ledger {
         return toBook(id, rows, true);
       });
     } catch (e) {
-      this.#o.logger.warn({ reason: (e as Error)?.message }, "usage could not be read from Redis; answering with this replica's figures");
+      // Once per failing period, not once per read: a client can ask for usage many times in one operation.
+      if (!this.#readFailing)
+        this.#o.logger.warn({ reason: (e as Error)?.message }, "usage could not be read from Redis; answering with this replica's figures");
+      this.#readFailing = true;
       return clientIds.map((id) => this.local(id));
     }
   }

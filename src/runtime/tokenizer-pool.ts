@@ -154,7 +154,7 @@ function unpack(m: Extract<FromTokenizer, { type: 'tokenized' }>): TokenizedBatc
   let at = 0;
   for (let i = 0; i < m.lengths.length; i++) {
     const n = m.lengths[i]!;
-    items[i] = { ids: m.ids.subarray(at, at + n), mask: m.mask.subarray(at, at + n), total: m.totals[i]! };
+    items[i] = { ids: m.ids.subarray(at, at + n), mask: m.mask.subarray(at, at + n), total: m.totals[i]!, ...(m.partials[i] ? { partial: true } : {}) };
     at += n;
   }
   return { items, promptTokens: m.promptTokens };

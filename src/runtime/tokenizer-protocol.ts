@@ -19,6 +19,16 @@ export type ToTokenizer =
 
 export type FromTokenizer =
   /** Item i's ids are `ids[start_i, start_i + lengths[i])`, its length before truncation `totals[i]`. */
-  | { type: 'tokenized'; id: number; ids: BigInt64Array; mask: BigInt64Array; lengths: Int32Array; totals: Int32Array; promptTokens: number }
+  | {
+      type: 'tokenized';
+      id: number;
+      ids: BigInt64Array;
+      mask: BigInt64Array;
+      lengths: Int32Array;
+      totals: Int32Array;
+      /** 1 where only part of the text was read (its total is a lower bound). */
+      partials: Uint8Array;
+      promptTokens: number;
+    }
   /** `code`: a client-facing error code the tokenizer raised (e.g. UNSUPPORTED_INPUT). */
   | { type: 'error'; id: number; message: string; code?: string | undefined };

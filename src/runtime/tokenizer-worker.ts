@@ -44,19 +44,22 @@ port.on('message', (msg: ToTokenizer) => {
             const mask = new BigInt64Array(size);
             const lengths = new Int32Array(batch.items.length);
             const totals = new Int32Array(batch.items.length);
+            const partials = new Uint8Array(batch.items.length);
             let at = 0;
             batch.items.forEach((it, i) => {
               ids.set(it.ids, at);
               mask.set(it.mask, at);
               lengths[i] = it.ids.length;
               totals[i] = it.total;
+              partials[i] = it.partial ? 1 : 0;
               at += it.ids.length;
             });
-            post({ type: 'tokenized', id, ids, mask, lengths, totals, promptTokens: batch.promptTokens }, [
+            post({ type: 'tokenized', id, ids, mask, lengths, totals, partials, promptTokens: batch.promptTokens }, [
               ids.buffer,
               mask.buffer,
               lengths.buffer,
               totals.buffer,
+              partials.buffer,
             ]);
           } catch (e) {
             post({ type: 'error', id, message: (e as Error).message.slice(0, 300), code: (e as { code?: string }).code });
