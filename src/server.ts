@@ -25,6 +25,7 @@ import { createPolicyController, createTracer, withTtlControl, type PolicyContro
 import type { Catalog, PolyrayContext } from './resolvers/context.ts';
 import { operationLimitsPlugin } from './resolvers/limits.ts';
 import { JsonBodyParser, LARGE_BODY_BYTES } from './http/json-body.ts';
+import { registerOpenAiRoutes } from './http/openai.ts';
 import { makeFormatError } from './resolvers/format-error.ts';
 import { buildSchema } from './resolvers/index.ts';
 import { ModelHost } from './runtime/host.ts';
@@ -211,6 +212,11 @@ export class PolyrayServer {
     this.accounting.metrics.instrumentEventLoop();
     this.accounting.metrics.instrumentMemos(() => [...this.text.memos(), ...this.images.memos()]);
     this.accounting.registerRoutes(this.app);
+    registerOpenAiRoutes(this.app, {
+      scope: (headers) => this.requestScope(headers),
+      models: () => this.host.models(),
+      maxInputs: this.config.limits.maxInputsPerRequest,
+    });
     registerDashboardRoutes(this.app, {
       authenticate: (headers) => this.accounting.directory().authenticate(headers),
       policy: this.policy,
