@@ -26,6 +26,7 @@ import type { Catalog, PolyrayContext } from './resolvers/context.ts';
 import { operationLimitsPlugin } from './resolvers/limits.ts';
 import { JsonBodyParser, LARGE_BODY_BYTES } from './http/json-body.ts';
 import { registerOpenAiRoutes } from './http/openai.ts';
+import { registerTeiRoutes } from './http/tei.ts';
 import { makeFormatError } from './resolvers/format-error.ts';
 import { buildSchema } from './resolvers/index.ts';
 import { ModelHost } from './runtime/host.ts';
@@ -215,6 +216,11 @@ export class PolyrayServer {
     registerOpenAiRoutes(this.app, {
       scope: (headers) => this.requestScope(headers),
       models: () => this.host.models(),
+      maxInputs: this.config.limits.maxInputsPerRequest,
+    });
+    registerTeiRoutes(this.app, {
+      scope: (headers) => this.requestScope(headers),
+      defaultModel: this.config.models.defaultPostModel,
       maxInputs: this.config.limits.maxInputsPerRequest,
     });
     registerDashboardRoutes(this.app, {

@@ -94,7 +94,7 @@ export class RequestScope<A extends Account = Account> {
    */
   texts(handle: TextHandle, options: TextOptions = {}): DataLoader<string, EmbedResult> {
     return this.#loader(
-      `t:${handle.name}:${options.truncate === true ? 'cut' : 'whole'}:${options.prompt ?? ''}`,
+      `t:${handle.name}:${options.truncate === true ? `cut-${options.side ?? ''}` : 'whole'}:${options.prompt ?? ''}`,
       () => new DataLoader<string, EmbedResult>((texts) => this.#texts(handle, texts, options), { maxBatchSize: this.#s.limits.maxBatch, cache: false }),
     );
   }
@@ -105,7 +105,7 @@ export class RequestScope<A extends Account = Account> {
    */
   tokenCounts(handle: TextHandle, options: TextOptions = {}): DataLoader<string, TokenCount> {
     return this.#loader(
-      `n:${handle.name}:${options.truncate === true ? 'cut' : 'whole'}:${options.prompt ?? ''}`,
+      `n:${handle.name}:${options.truncate === true ? `cut-${options.side ?? ''}` : 'whole'}:${options.prompt ?? ''}`,
       () => new DataLoader<string, TokenCount>((texts) => this.#s.text.tokenCounts(handle, texts, options), { maxBatchSize: this.#s.limits.maxBatch }),
     );
   }

@@ -43,6 +43,8 @@ export interface TextOptions {
   truncate?: boolean;
   /** A private cache namespace (a client with `cacheScope: private`): keys, joins and hits of its own. */
   namespace?: string | undefined;
+  /** Which end `truncate` cuts; default the model's (tokenizer_config.json `truncation_side`). */
+  side?: 'left' | 'right' | undefined;
 }
 
 class TextAdapter implements InferenceAdapter<string, string, TextCall> {
@@ -120,7 +122,7 @@ class TextAdapter implements InferenceAdapter<string, string, TextCall> {
 
 /** How a call's texts are tokenised: the model's limit and side, the call's truncation and prompt. */
 function textTokenizeOptions(call: TextHandle & TextOptions): TokenizeOptions {
-  return { maxTokens: call.maxTokens, side: call.truncationSide, truncate: call.truncate === true, prompt: call.prompt ?? '' };
+  return { maxTokens: call.maxTokens, side: call.side ?? call.truncationSide, truncate: call.truncate === true, prompt: call.prompt ?? '' };
 }
 
 export class TextEmbedder {
@@ -131,7 +133,13 @@ export class TextEmbedder {
   }
 
   async embed(handle: TextHandle, texts: readonly string[], clientId?: string, options: TextOptions = {}): Promise<(EmbedResult | PolyrayError)[]> {
-    const call = { ...handle, truncate: options.truncate === true, prompt: options.prompt ?? '', namespace: options.namespace };
+    const call = {
+      ...handle,
+      truncate: options.truncate === true,
+      prompt: options.prompt ?? '',
+      namespace: options.namespace,
+      truncationSide: options.side ?? handle.truncationSide,
+    };
     const answers = await this.#pipeline.run(call, texts, clientId === undefined ? {} : { clientId });
     const results = answers.map((a): EmbedResult | PolyrayError => {
       if (a instanceof PolyrayError) return a;

@@ -1,0 +1,84 @@
+/**
+ * TEI-compatible `POST /embed` with plain fetch on TEI's documented request and response shapes: vectors
+ * equal GraphQL's, `normalize`, `truncate` with `truncation_direction`, `dimensions`, TEI's headers, and
+ * errors as `{error, error_type}`.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { startPolyray, type TestServer } from './helpers/polyray.ts';
+
+describe('TEI-compatible /embed', () => {
+  let t: TestServer;
+  before(async () => {
+    t = await startPolyray({ models: { defaultPostModel: 'text-glove' } });
+  });
+  after(async () => {
+    await t?.stop();
+  });
+
+  const embed = async (body: unknown, headers: Record<string, string> = {}) => {
+    const res = await fetch(`${t.url}/embed`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+    return { status: res.status, headers: res.headers, body: (await res.json()) as unknown };
+  };
+  const graphql = async (text: string, args = ''): Promise<number[]> => {
+    const r = await t.gql<{ embed: { vector: number[] }[] }>(`query($t: String!) { embed(model: "text-glove", inputs: [{ text: $t }]${args}) { vector } }`, {
+      t: text,
+    });
+    assert.equal(r.errors, undefined, JSON.stringify(r.errors));
+    return r.data!.embed[0]!.vector;
+  };
+  const close = (a: readonly number[], b: readonly number[]) => {
+    assert.equal(a.length, b.length);
+    for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i]! - b[i]!) < 1e-6);
+  };
+
+  test('inputs as a string or a list: one vector per input, equal to GraphQL; TEI headers', async () => {
+    const one = await embed({ inputs: 'the cat sat' });
+    assert.equal(one.status, 200);
+    const vectors = one.body as number[][];
+    assert.equal(vectors.length, 1);
+    close(vectors[0]!, await graphql('the cat sat'));
+    const two = await embed({ inputs: ['the cat sat', 'a dog ran'] }, { 'x-polyray-model': 'text-glove' });
+    close((two.body as number[][])[1]!, await graphql('a dog ran'));
+    for (const h of ['x-compute-tokens', 'x-compute-time', 'x-inference-time', 'x-queue-time', 'x-polyray-cost', 'x-polyray-cache-hits']) {
+      assert.ok(two.headers.get(h) !== null, h);
+    }
+    assert.equal(two.headers.get('x-polyray-cache-hits'), '1', 'the first text was cached by the call before');
+  });
+
+  test('dimensions cut and re-normalise; truncate cuts on the direction asked', async () => {
+    const r = await embed({ inputs: 'a matryoshka cut', dimensions: 8 });
+    close((r.body as number[][])[0]!, await graphql('a matryoshka cut', ', dimensions: 8'));
+    const long = Array.from({ length: 600 }, (_, i) => (i % 2 ? 'cat' : 'dog')).join(' ') + ' end';
+    const refused = await embed({ inputs: long });
+    assert.equal(refused.status, 413);
+    assert.equal((refused.body as { error_type: string }).error_type, 'Validation');
+    const right = await embed({ inputs: long, truncate: true });
+    const left = await embed({ inputs: long, truncate: true, truncation_direction: 'Left' });
+    assert.equal(right.status, 200);
+    assert.equal(left.status, 200);
+    assert.notDeepEqual(right.body, left.body, 'cutting the other end is another vector');
+  });
+
+  test('errors as {error, error_type}; the server keeps serving', async () => {
+    for (const body of [
+      { inputs: 42 },
+      { inputs: [] },
+      { inputs: ['ok', 1] },
+      { inputs: 'x', normalize: 'yes' },
+      { inputs: 'x', truncation_direction: 'Up' },
+      { inputs: 'x', dimensions: 'four' },
+    ]) {
+      const r = await embed(body);
+      assert.equal(r.status, 400, JSON.stringify(body));
+      assert.equal((r.body as { error_type: string }).error_type, 'Validation');
+      assert.equal(typeof (r.body as { error: string }).error, 'string');
+    }
+    const unknown = await embed({ inputs: 'x' }, { 'x-polyray-model': 'nope' });
+    assert.equal(unknown.status, 404);
+    const broken = await fetch(`${t.url}/embed`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"inputs": ' });
+    assert.equal(broken.status, 400);
+    assert.equal(((await broken.json()) as { error_type: string }).error_type, 'Validation');
+    assert.equal((await embed({ inputs: 'still here' })).status, 200);
+  });
+});
