@@ -49,7 +49,7 @@ describe('TEI-compatible /embed', () => {
   test('dimensions cut and re-normalise; truncate cuts on the direction asked', async () => {
     const r = await embed({ inputs: 'a matryoshka cut', dimensions: 8 });
     close((r.body as number[][])[0]!, await graphql('a matryoshka cut', ', dimensions: 8'));
-    const long = Array.from({ length: 600 }, (_, i) => (i % 2 ? 'cat' : 'dog')).join(' ') + ' end';
+    const long = `${Array.from({ length: 600 }, (_, i) => (i % 2 ? 'cat' : 'dog')).join(' ')} end`;
     const refused = await embed({ inputs: long });
     assert.equal(refused.status, 413);
     assert.equal((refused.body as { error_type: string }).error_type, 'Validation');
