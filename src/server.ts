@@ -25,7 +25,7 @@ import { createPolicyController, createTracer, withTtlControl, type PolicyContro
 import type { Catalog, PolyrayContext } from './resolvers/context.ts';
 import { operationLimitsPlugin } from './resolvers/limits.ts';
 import { JsonBodyParser, LARGE_BODY_BYTES } from './http/json-body.ts';
-import { registerOpenAiRoutes } from './http/openai.ts';
+import { aliasMap, registerOpenAiRoutes } from './http/openai.ts';
 import { registerTeiRoutes } from './http/tei.ts';
 import { makeFormatError } from './resolvers/format-error.ts';
 import { buildSchema } from './resolvers/index.ts';
@@ -213,15 +213,18 @@ export class PolyrayServer {
     this.accounting.metrics.instrumentEventLoop();
     this.accounting.metrics.instrumentMemos(() => [...this.text.memos(), ...this.images.memos()]);
     this.accounting.registerRoutes(this.app);
+    const aliases = aliasMap(this.config.models.aliases);
     registerOpenAiRoutes(this.app, {
       scope: (headers) => this.requestScope(headers),
       models: () => this.host.models(),
       maxInputs: this.config.limits.maxInputsPerRequest,
+      aliases,
     });
     registerTeiRoutes(this.app, {
       scope: (headers) => this.requestScope(headers),
       defaultModel: this.config.models.defaultPostModel,
       maxInputs: this.config.limits.maxInputsPerRequest,
+      aliases,
     });
     registerDashboardRoutes(this.app, {
       authenticate: (headers) => this.accounting.directory().authenticate(headers),

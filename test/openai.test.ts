@@ -28,10 +28,11 @@ describe('OpenAI-compatible /v1', () => {
       { id: 'app', rate: 1e6, burst: 1e9 },
       { id: 'narrow', models: ['image-mobilenet'] },
       { id: 'tight', models: ['text-glove'], rate: 40, burst: 40 },
+      { id: 'second', rate: 1e6, burst: 1e9 },
     ]) {
       keys[spec.id] = (await addClient(file, spec)).key;
     }
-    t = await startPolyray({ accounting: { clientsFile: file } });
+    t = await startPolyray({ accounting: { clientsFile: file }, models: { aliases: ['text-embedding-3-small=text-glove'] } });
   });
   after(async () => {
     await t?.stop();
@@ -74,6 +75,56 @@ describe('OpenAI-compatible /v1', () => {
     assert.equal(b64.usage.total_tokens, b64.usage.prompt_tokens);
     const one = await openai.embeddings.create({ model: 'text-glove', input: 'hello world' });
     assert.equal(one.data.length, 1);
+  });
+
+  test('a model alias (POLYRAY_MODEL_ALIASES) serves the model it names, and answers under the alias', async () => {
+    const r = await client('app').embeddings.create({ model: 'text-embedding-3-small', input: 'an aliased call', encoding_format: 'float' });
+    assert.equal(r.model, 'text-embedding-3-small');
+    close(r.data[0]!.embedding, await graphqlVector('an aliased call'));
+    const ids = (await client('app').models.list()).data.map((m) => m.id);
+    assert.ok(ids.includes('text-embedding-3-small'));
+    assert.equal((await client('app').models.retrieve('text-embedding-3-small')).id, 'text-embedding-3-small');
+  });
+
+  test('GraphQL _entities and /v1/embeddings for the same new text at once: one computation, the books split exactly', async () => {
+    const text = words(7);
+    // Computations run: answers computed, less those that joined a computation already running.
+    const computations = () => t.server.text.stats().bySource.COMPUTED - t.server.text.stats().joined;
+    const computedBefore = computations();
+    const usage = async (id: string) =>
+      (
+        await t.gql<{ usage: { totals: { items: number; tokens: number; cost: number } } }>(
+          '{ usage { totals { items tokens cost } } }',
+          {},
+          { authorization: `Bearer ${keys[id]}` },
+        )
+      ).data!.usage.totals;
+    const [appBefore, otherBefore] = [await usage('app'), await usage('second')];
+    const [entities, rest] = await Promise.all([
+      t.gql<{ _entities: { embedding: { source: string } }[] }>(
+        'query($r: [_Any!]!) { _entities(representations: $r) { ... on Post { embedding(model: "text-glove") { source } } } }',
+        { r: [{ __typename: 'Post', id: 'p1', text }] },
+        { authorization: `Bearer ${keys['app']}` },
+      ),
+      client('second').embeddings.create({ model: 'text-glove', input: text }),
+    ]);
+    assert.equal(entities.errors, undefined);
+    assert.equal(rest.data.length, 1);
+    assert.equal(computations() - computedBefore, 1, 'computed once for both');
+    const [appAfter, otherAfter] = [await usage('app'), await usage('second')];
+    const delta = (a: { items: number; tokens: number; cost: number }, b: typeof a) => ({
+      items: a.items - b.items,
+      tokens: a.tokens - b.tokens,
+      cost: a.cost - b.cost,
+    });
+    const d = [delta(appAfter, appBefore), delta(otherAfter, otherBefore)];
+    // One of the two computed 7 tokens (costFactor 1); the other was served that computation as a memory hit.
+    assert.deepEqual(
+      d.map((x) => x.items),
+      [1, 1],
+    );
+    assert.deepEqual([...d.map((x) => x.tokens)].sort(), [0, 7]);
+    assert.ok(Math.abs(d[0]!.cost + d[1]!.cost - 7.01) < 1e-6, JSON.stringify(d));
   });
 
   test('dimensions: the first components, re-normalised, as GraphQL cuts them', async () => {

@@ -33,6 +33,13 @@ export interface OpenAiDeps {
   models(): ModelInfo[];
   /** Most inputs per call (POLYRAY_MAX_INPUTS). */
   maxInputs: number;
+  /** Other names for served models (POLYRAY_MODEL_ALIASES): alias → model. */
+  aliases: ReadonlyMap<string, string>;
+}
+
+/** `alias=model` entries as a map (the config has checked their form). */
+export function aliasMap(entries: readonly string[]): Map<string, string> {
+  return new Map(entries.map((e) => e.split('=', 2) as [string, string]));
 }
 
 const TYPES: Partial<Record<number, string>> = {
@@ -138,7 +145,7 @@ export function registerOpenAiRoutes(app: FastifyInstance, deps: OpenAiDeps): vo
     }
     try {
       const p = parse(req.body, deps.maxInputs);
-      const handle = scope.model(p.model);
+      const handle = scope.model(deps.aliases.get(p.model) ?? p.model);
       if (handle.kind !== 'text') {
         throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${handle.name} does not read text; /v1/embeddings takes text models`, { param: 'model' });
       }
@@ -164,7 +171,8 @@ export function registerOpenAiRoutes(app: FastifyInstance, deps: OpenAiDeps): vo
             const v = truncate(r.vector, dims);
             return { object: 'embedding', index, embedding: p.base64 ? encodeWire(v, 'FLOAT32') : Array.from(v) };
           }),
-          model: handle.name,
+          // The name the caller used (an alias stays an alias, as the caller's code expects it back).
+          model: p.model,
           usage: { prompt_tokens: tokens, total_tokens: tokens },
         });
     } catch (e) {
@@ -178,7 +186,10 @@ export function registerOpenAiRoutes(app: FastifyInstance, deps: OpenAiDeps): vo
     try {
       const scope = deps.scope(req.headers);
       const mine = deps.models().filter((m) => m.modality === 'TEXT' && scope.account.mayUse(m.name));
-      return reply.send({ object: 'list', data: mine.map(modelView) });
+      const aliases = [...deps.aliases]
+        .filter(([, target]) => mine.some((m) => m.name === target))
+        .map(([alias]) => ({ id: alias, object: 'model', created: 0, owned_by: 'polyray' }));
+      return reply.send({ object: 'list', data: [...mine.map(modelView), ...aliases] });
     } catch (e) {
       return sendError(reply, e);
     }
@@ -186,10 +197,11 @@ export function registerOpenAiRoutes(app: FastifyInstance, deps: OpenAiDeps): vo
   app.get<{ Params: { id: string } }>('/v1/models/:id', async (req, reply) => {
     try {
       const scope = deps.scope(req.headers);
-      const m = deps.models().find((x) => x.name === req.params.id && x.modality === 'TEXT');
+      const name = deps.aliases.get(req.params.id) ?? req.params.id;
+      const m = deps.models().find((x) => x.name === name && x.modality === 'TEXT');
       if (!m) throw new PolyrayError(ErrorCode.MODEL_NOT_FOUND, `The model "${req.params.id.slice(0, 64)}" does not exist`, { param: 'model' });
       if (!scope.account.mayUse(m.name)) throw new PolyrayError(ErrorCode.FORBIDDEN, `This client may not use model "${m.name}"`, { param: 'model' });
-      return reply.send(modelView(m));
+      return reply.send({ ...modelView(m), id: req.params.id });
     } catch (e) {
       return sendError(reply, e);
     }

@@ -27,6 +27,8 @@ export interface TeiDeps {
   scope(headers: Record<string, string | string[] | undefined>): RequestScope<AccountContext>;
   defaultModel: string;
   maxInputs: number;
+  /** Other names for served models (POLYRAY_MODEL_ALIASES): alias → model. */
+  aliases: ReadonlyMap<string, string>;
 }
 
 function errorType(status: number): string {
@@ -91,7 +93,8 @@ export function registerTeiRoutes(app: FastifyInstance, deps: TeiDeps): void {
           throw bad('"dimensions" must be an integer', 'dimensions');
         const q = req.query as Record<string, unknown>;
         const named = req.headers['x-polyray-model'] ?? q['model'];
-        const handle = scope.model(typeof named === 'string' && named !== '' ? named : deps.defaultModel);
+        const asked = typeof named === 'string' && named !== '' ? named : deps.defaultModel;
+        const handle = scope.model(deps.aliases.get(asked) ?? asked);
         if (handle.kind !== 'text') throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${handle.name} does not read text`, { field: 'model' });
         const size = checkDimensions(handle, typeof dims === 'number' ? dims : null);
         const options = {

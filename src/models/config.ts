@@ -37,6 +37,18 @@ export const modelsSchema = z
       default: ['*'],
       doc: 'comma-separated models this replica loads (`*` = every folder)',
     }),
+    /**
+     * Other names REST callers may use for served models, as `alias=model` pairs, e.g.
+     * `text-embedding-3-small=bge-small-en-v1.5`, so code written for another service runs unchanged.
+     * `POLYRAY_MODEL_ALIASES` (comma-separated); default none. Applies to `/v1/embeddings` and `/embed`.
+     */
+    aliases: setting(z.array(z.string().regex(/^[^=\s]{1,128}=[^=\s]{1,128}$/, { error: 'entries must look like alias=model' })), {
+      env: 'POLYRAY_MODEL_ALIASES',
+      file: 'modelAliases',
+      read: list,
+      default: [],
+      doc: 'comma-separated `alias=model` pairs for REST callers (e.g. `text-embedding-3-small=text-glove`)',
+    }),
     /** Model `Post.embedding` uses when the query names none. `POLYRAY_DEFAULT_POST_MODEL`; default `postray` (text + images). */
     defaultPostModel: setting(z.string(), {
       env: 'POLYRAY_DEFAULT_POST_MODEL',
