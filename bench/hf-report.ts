@@ -112,18 +112,29 @@ export function renderHfSection(r: HfResults): string {
 
 /** Puts `section` into the markdown file `file`, replacing the previous one, else appending it. */
 export function writeHfSection(file: string, section: string): void {
+  writeMarked(file, HF_START, HF_END, section);
+}
+
+/** Puts `body` into `file` between the markers of section `name` (bench/rest-bench.ts and others). */
+export function writeSection(file: string, name: string, body: string): void {
+  const start = `<!-- ${name}:start -->`;
+  const end = `<!-- ${name}:end -->`;
+  writeMarked(file, start, end, `${start}\n${body}\n${end}`);
+}
+
+function writeMarked(file: string, start: string, end: string, section: string): void {
   const text = existsSync(file) ? readFileSync(file, 'utf8') : '';
-  const a = text.indexOf(HF_START);
-  const b = text.indexOf(HF_END);
-  const next = a >= 0 && b > a ? text.slice(0, a) + section + text.slice(b + HF_END.length) : `${text.trimEnd()}\n\n${section}\n`;
+  const a = text.indexOf(start);
+  const b = text.indexOf(end);
+  const next = a >= 0 && b > a ? text.slice(0, a) + section + text.slice(b + end.length) : `${text.trimEnd()}\n\n${section}\n`;
   writeFileSync(file, next);
 }
 
-/** The section as it is in `file`, for a report that rewrites the rest of the file; '' when absent. */
-export function keptHfSection(file: string): string {
+/** Every marked section in `file` (`<!-- name:start -->` … `<!-- name:end -->`), for a report that rewrites the rest. */
+export function keptSections(file: string): string {
   if (!existsSync(file)) return '';
   const text = readFileSync(file, 'utf8');
-  const a = text.indexOf(HF_START);
-  const b = text.indexOf(HF_END);
-  return a >= 0 && b > a ? text.slice(a, b + HF_END.length) : '';
+  const kept: string[] = [];
+  for (const m of text.matchAll(/<!-- ([a-z-]+):start -->[\s\S]*?<!-- \1:end -->/g)) kept.push(m[0]);
+  return kept.join('\n\n');
 }

@@ -39,14 +39,14 @@ import {
   useSingleModel,
 } from './service.ts';
 import { measureGlobalHits } from './global-hit.ts';
-import { keptHfSection } from './hf-report.ts';
+import { keptSections } from './hf-report.ts';
 import { runTransformerSection, type TransformerPlan, type TransformerResults } from './transformer-run.ts';
 
 const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
 
-/** Writes RESULTS.md, keeping the section `npm run bench:hf` wrote there (bench/hf-report.ts). */
+/** Writes RESULTS.md, keeping the sections `npm run bench:hf` and `bench:rest` wrote there (bench/hf-report.ts). */
 function writeResults(file: string, markdown: string): void {
-  const kept = keptHfSection(file);
+  const kept = keptSections(file);
   writeFileSync(file, kept ? `${markdown.trimEnd()}\n\n${kept}\n` : markdown);
 }
 const ROOT = path.resolve(BENCH_DIR, '..');
