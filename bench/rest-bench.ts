@@ -10,7 +10,9 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gitState, hostInfo } from './conditions.ts';
-import { SentenceSource } from './corpus.ts';
+import { BERT_MODELS } from '../src/models/bert.ts';
+import { buildModels } from '../src/models/build.ts';
+import { BertCorpus } from './transformer.ts';
 import { type Latency, postHttp, summarise } from './load.ts';
 import { childEnv, freePort, removeScratch, removeStaleScratch, ServiceProcess } from './service.ts';
 import { writeSection } from './hf-report.ts';
@@ -38,12 +40,12 @@ function request(url: string, surface: Surface, text: string): { url: string; bo
     case 'graphql':
       return {
         url: `${url}/graphql`,
-        body: JSON.stringify({ query: '{ embed(model: "text-glove", inputs: [{ text: $t }]) { base64 } }'.replace('$t', JSON.stringify(text)) }),
+        body: JSON.stringify({ query: 'query($t: String!) { embed(model: "text-glove", inputs: [{ text: $t }]) { base64 } }', variables: { t: text } }),
       };
     case 'openai':
       return { url: `${url}/v1/embeddings`, body: JSON.stringify({ model: 'text-glove', input: text, encoding_format: 'base64' }) };
     case 'tei':
-      return { url: `${url}/embed`, body: JSON.stringify({ inputs: text }) };
+      return { url: `${url}/embed?model=text-glove`, body: JSON.stringify({ inputs: text }) };
     default: {
       const never: never = surface;
       throw new Error(String(never));
@@ -85,7 +87,7 @@ export function renderRestSection(r: { startedAt: string; git: string; cpu: stri
     '',
     `Measured ${r.startedAt} by \`npm run bench:rest\`${r.quick ? ' --quick' : ''} on ${r.cpu}, ${r.cores} cores; source ${r.git}. One service ` +
       '(text-glove, defaults), the load generator on the same machine; one text per request, N closed-loop clients. Misses: every text new. ' +
-      'Hits: 64 texts cached before the window, drawn in turn. GraphQL asks for `base64`; /v1 for `encoding_format: "base64"`; /embed answers JSON floats.',
+      'Hits: 64 texts cached before the window, drawn in turn. GraphQL asks for `base64` (the text in a variable); /v1 for `encoding_format: "base64"`; /embed answers JSON floats.',
     '',
     '| surface | requests | N | items/s | p50 ms | p99 ms | errors |',
     '| --- | --- | ---: | ---: | ---: | ---: | ---: |',
@@ -103,8 +105,10 @@ async function main(): Promise<void> {
   const port = await freePort();
   const svc = await ServiceProcess.start(ROOT, childEnv({ POLYRAY_SERVE_MODELS: 'text-glove' }, port), port, 180_000, () => {});
   try {
-    const words = ['alpha', 'river', 'stone', 'quiet', 'market', 'garden', 'light', 'paper', 'window', 'silver', 'forest', 'engine'];
-    const src = SentenceSource.fromWords(words, 7);
+    // Sentences of BERT-vocabulary words (real English words, which GloVe knows too).
+    await buildModels({ modelsDir: path.join(ROOT, 'models'), only: [BERT_MODELS.plain] });
+    const corpus = await BertCorpus.load(path.join(ROOT, 'models', BERT_MODELS.plain, 'tokenizer.json'));
+    const src = { next: (n: number) => corpus.text(n) };
     const cached = Array.from({ length: 64 }, () => src.next(12));
     for (const t of cached) await postHttp(`${svc.url}/v1/embeddings`, JSON.stringify({ model: 'text-glove', input: t }));
     let k = 0;
