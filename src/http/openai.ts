@@ -17,14 +17,14 @@
  * which a Polyray model does not share.
  */
 import type { FastifyInstance, FastifyReply } from 'fastify';
-import { GraphQLError } from 'graphql';
 import { encodeWire } from '../cache/codec.ts';
-import { ErrorCode, httpStatusOf, isPolyrayError, PolyrayError } from '../errors.ts';
+import { ErrorCode, httpStatusOf, PolyrayError } from '../errors.ts';
 import type { AccountContext } from '../accounting/request.ts';
 import { checkDimensions, checkPrompt } from '../resolvers/args.ts';
 import { truncate } from '../resolvers/shape.ts';
 import type { ModelInfo, TextHandle } from '../runtime/handle.ts';
 import type { RequestScope } from '../service/scope.ts';
+import { embedAll, polyrayErrorOf, setRetryHeaders } from './rest.ts';
 import type { EmbedResult } from '../service/types.ts';
 
 export interface OpenAiDeps {
@@ -54,15 +54,13 @@ const TYPES: Partial<Record<number, string>> = {
 
 /** Sends `e` in OpenAI's error shape; anything not a PolyrayError is a masked 500. */
 function sendError(reply: FastifyReply, e: unknown, param: string | null = null): FastifyReply {
-  const original = e instanceof GraphQLError && isPolyrayError(e.originalError) ? e.originalError : e;
-  if (!isPolyrayError(original)) {
-    reply.log.error({ err: original instanceof Error ? original.message : String(original) }, 'internal error in /v1');
+  const original = polyrayErrorOf(e);
+  if (!original) {
+    reply.log.error({ err: e instanceof Error ? e.message : String(e) }, 'internal error in /v1');
     return reply.code(500).send({ error: { message: 'Internal server error', type: 'server_error', param: null, code: 'internal_server_error' } });
   }
   const status = httpStatusOf[original.code];
-  const retry = original.extensions['retryAfterMs'];
-  if (typeof retry === 'number' && retry >= 0)
-    reply.header('retry-after-ms', String(Math.ceil(retry))).header('retry-after', String(Math.max(1, Math.ceil(retry / 1000))));
+  setRetryHeaders(reply, original);
   return reply.code(status).send({
     error: {
       message: original.message,
@@ -152,13 +150,7 @@ export function registerOpenAiRoutes(app: FastifyInstance, deps: OpenAiDeps): vo
       const dims = checkDimensions(handle, p.dimensions ?? null);
       const options = { prompt: checkPrompt(handle, undefined, undefined) };
       const loader = scope.texts(handle, options);
-      const results = await Promise.all(p.texts.map((t) => loader.load(t).catch((e: unknown) => e as Error)));
-      const failed = results.findIndex((r) => r instanceof Error);
-      if (failed >= 0) {
-        const e = results[failed] as Error;
-        throw isPolyrayError(e) ? new PolyrayError(e.code, e.message, { ...e.extensions, index: failed }) : e;
-      }
-      const ok = results as EmbedResult[];
+      const ok = await embedAll(loader, p.texts);
       const tokens = await promptTokens(scope, handle as TextHandle, options, p.texts, ok);
       const cost = await scope.account.finish();
       const hits = ok.filter((r) => r.source !== 'COMPUTED').length;

@@ -14,14 +14,13 @@
  * `Overloaded` (429, with Retry-After), `Unhealthy` (503), `Backend` otherwise.
  */
 import type { FastifyInstance, FastifyReply } from 'fastify';
-import { GraphQLError } from 'graphql';
 import type { AccountContext } from '../accounting/request.ts';
-import { ErrorCode, httpStatusOf, isPolyrayError, PolyrayError } from '../errors.ts';
+import { ErrorCode, httpStatusOf, PolyrayError } from '../errors.ts';
 import { checkDimensions, checkPrompt } from '../resolvers/args.ts';
 import { truncate as cut } from '../resolvers/shape.ts';
 import { normalizeInPlace } from '../runtime/pooling.ts';
 import type { RequestScope } from '../service/scope.ts';
-import type { EmbedResult } from '../service/types.ts';
+import { embedAll, polyrayErrorOf, setRetryHeaders } from './rest.ts';
 
 export interface TeiDeps {
   scope(headers: Record<string, string | string[] | undefined>): RequestScope<AccountContext>;
@@ -40,15 +39,13 @@ function errorType(status: number): string {
 }
 
 function sendError(reply: FastifyReply, e: unknown): FastifyReply {
-  const original = e instanceof GraphQLError && isPolyrayError(e.originalError) ? e.originalError : e;
-  if (!isPolyrayError(original)) {
-    reply.log.error({ err: original instanceof Error ? original.message : String(original) }, 'internal error in /embed');
+  const original = polyrayErrorOf(e);
+  if (!original) {
+    reply.log.error({ err: e instanceof Error ? e.message : String(e) }, 'internal error in /embed');
     return reply.code(500).send({ error: 'Internal server error', error_type: 'Backend' });
   }
   const status = httpStatusOf[original.code];
-  const retry = original.extensions['retryAfterMs'];
-  if (typeof retry === 'number' && retry >= 0)
-    reply.header('retry-after-ms', String(Math.ceil(retry))).header('retry-after', String(Math.max(1, Math.ceil(retry / 1000))));
+  setRetryHeaders(reply, original);
   return reply.code(status).send({ error: original.message, error_type: errorType(status) });
 }
 
@@ -103,10 +100,7 @@ export function registerTeiRoutes(app: FastifyInstance, deps: TeiDeps): void {
           ...(typeof dir === 'string' ? { side: dir.toLowerCase() as 'left' | 'right' } : {}),
         };
         const loader = scope.texts(handle, options);
-        const results = await Promise.all((texts as string[]).map((t) => loader.load(t).catch((e: unknown) => e as Error)));
-        const failed = results.findIndex((r) => r instanceof Error);
-        if (failed >= 0) throw results[failed];
-        const ok = results as EmbedResult[];
+        const ok = await embedAll(loader, texts as string[]);
         const cost = await scope.account.finish();
         const computeTokens = ok.reduce((s, r) => s + r.tokens, 0);
         const inferenceMs = ok.reduce((s, r) => s + r.inferenceMs, 0);

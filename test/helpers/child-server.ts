@@ -8,7 +8,7 @@
  * records latencies between `start()` and `stop()`.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createServer } from 'node:net';
+import { freePort } from './redis-server.ts';
 
 export interface ChildServer {
   url: string;
@@ -16,18 +16,6 @@ export interface ChildServer {
   stop(): Promise<void>;
   /** The Prometheus text of /metrics, read with `headers`. */
   metrics(headers: Record<string, string>): Promise<string>;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** Starts src/main.ts with `env` (plus HOST, PORT, LOG_LEVEL) and resolves once /readyz answers 200. */
