@@ -136,11 +136,22 @@ export interface EmbedOutcome {
 const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
 
 /** POSTs a JSON body with node:http on a keep-alive agent (the transformer bench passes its own agents and timeout). */
-export function postHttp(url: string, body: string, via: http.Agent = agent, timeoutMs = 20_000): Promise<{ status: number; text: string }> {
+export function postHttp(
+  url: string,
+  body: string,
+  via: http.Agent = agent,
+  timeoutMs = 20_000,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
     const req = http.request(
       url,
-      { method: 'POST', agent: via, timeout: timeoutMs, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+      {
+        method: 'POST',
+        agent: via,
+        timeout: timeoutMs,
+        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers },
+      },
       (res) => {
         let text = '';
         res.setEncoding('utf8');

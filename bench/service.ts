@@ -270,10 +270,11 @@ export class ServiceProcess {
     timeoutMs: number,
     register: (c: ChildProcess) => void,
     script = 'src/main.ts',
+    nodeArgs: readonly string[] = [],
   ): Promise<ServiceProcess> {
     const t0 = performance.now();
     const guard = new URL('./orphan-guard.mjs', import.meta.url).href;
-    const child = spawn(process.execPath, ['--import', 'tsx', '--import', guard, script], { cwd: root, env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', '--import', guard, script], { cwd: root, env, stdio: ['pipe', 'pipe', 'pipe'] });
     register(child);
     const tail: string[] = [];
     const keep = (d: Buffer): void => {

@@ -18,6 +18,8 @@ export const ErrorCode = {
   QUERY_TOO_COMPLEX: 'QUERY_TOO_COMPLEX',
   UNSUPPORTED_INPUT: 'UNSUPPORTED_INPUT',
   OVERLOADED: 'OVERLOADED',
+  /** The request's deadline passed (or its caller went away) before its inputs were computed; nothing was charged. */
+  DEADLINE_EXCEEDED: 'DEADLINE_EXCEEDED',
   SHUTTING_DOWN: 'SHUTTING_DOWN',
   UNAUTHENTICATED: 'UNAUTHENTICATED',
   FORBIDDEN: 'FORBIDDEN',
@@ -48,6 +50,7 @@ export const httpStatusOf: Record<ErrorCode, number> = {
   QUERY_TOO_COMPLEX: 400,
   UNSUPPORTED_INPUT: 400,
   OVERLOADED: 503,
+  DEADLINE_EXCEEDED: 504,
   SHUTTING_DOWN: 503,
   UNAUTHENTICATED: 401,
   FORBIDDEN: 403,

@@ -7,11 +7,14 @@
  * `stop()` refuses new work, lets in-flight requests and queued batches finish, then closes workers
  * and cache connections.
  */
+import type { ServerResponse } from 'node:http';
 import { ApolloServer } from '@apollo/server';
+import { ApolloServerPluginCacheControlDisabled } from '@apollo/server/plugin/disabled';
 import { ApolloServerPluginLandingPageLocalDefault, ApolloServerPluginLandingPageProductionDefault } from '@apollo/server/plugin/landingPage/default';
 import fastifyApollo, { fastifyApolloDrainPlugin } from '@as-integrations/fastify';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { Accounting, type AccountContext } from './accounting/index.ts';
+import type { Surface } from './accounting/metrics.ts';
 import type { Cache } from './cache/cache.ts';
 import { lowerTiersFromConfig } from './cache/from-config.ts';
 import { MemoryCache } from './cache/memory.ts';
@@ -27,6 +30,9 @@ import { operationLimitsPlugin } from './resolvers/limits.ts';
 import { JsonBodyParser, LARGE_BODY_BYTES } from './http/json-body.ts';
 import { aliasMap, registerOpenAiRoutes } from './http/openai.ts';
 import { registerTeiRoutes } from './http/tei.ts';
+import { registerOpenApi } from './http/openapi.ts';
+import { AJV_OPTIONS } from './http/validation.ts';
+import { serveOptions } from './http/serve.ts';
 import { makeFormatError } from './resolvers/format-error.ts';
 import { buildSchema } from './resolvers/index.ts';
 import { ModelHost } from './runtime/host.ts';
@@ -134,6 +140,7 @@ export class PolyrayServer {
       loggerInstance: this.logger as FastifyBaseLogger,
       logController: new LogController({ disableRequestLogging: true }),
       bodyLimit: config.http.bodyLimitBytes,
+      ajv: { customOptions: AJV_OPTIONS },
     });
     this.#jsonBodies.register(this.app, config.http.bodyLimitBytes);
     this.#apollo = new ApolloServer<PolyrayContext>({
@@ -155,6 +162,9 @@ export class PolyrayServer {
           },
           this.catalog(),
         ),
+        // Cache control (on by default) wraps every field resolver to collect hints nobody reads here: an
+        // entity's embedding is computed per request scope, never cached by HTTP (bench:hit, issue 27).
+        ApolloServerPluginCacheControlDisabled(),
         config.env === 'production'
           ? ApolloServerPluginLandingPageProductionDefault({ footer: false })
           : ApolloServerPluginLandingPageLocalDefault({ footer: false }),
@@ -184,8 +194,9 @@ export class PolyrayServer {
    * The request scope of one operation, from its headers (UNAUTHENTICATED for a missing or wrong key).
    * Every entry point builds one: the GraphQL context here, a REST route the same way.
    */
-  requestScope(headers: Record<string, string | string[] | undefined>): RequestScope<AccountContext> {
-    return new RequestScope(this.#scopes, this.accounting.authenticate(headers));
+  requestScope(headers: Record<string, string | string[] | undefined>, surface: Surface = 'graphql', response?: ServerResponse): RequestScope<AccountContext> {
+    const account = this.accounting.authenticate(headers, surface);
+    return new RequestScope(this.#scopes, account, serveOptions(account.client, headers, this.config.limits.requestTimeoutMs, response, performance.now()));
   }
 
   /** Listens, then loads models in the background; returns the listening URL. */
@@ -198,8 +209,8 @@ export class PolyrayServer {
       path: '/graphql',
       // Authentication happens here (UNAUTHENTICATED before any resolver runs); the request scope admits
       // every pipeline call through the request's account (reserve → run → settle).
-      context: async (request): Promise<PolyrayContext> => {
-        const scope = this.requestScope(request.headers);
+      context: async (request, reply): Promise<PolyrayContext> => {
+        const scope = this.requestScope(request.headers, 'graphql', reply.raw);
         return { scope, catalog, policy: this.policy };
       },
     });
@@ -213,17 +224,19 @@ export class PolyrayServer {
     this.accounting.metrics.instrumentEventLoop();
     this.accounting.metrics.instrumentMemos(() => [...this.text.memos(), ...this.images.memos()]);
     this.accounting.registerRoutes(this.app);
+    await registerOpenApi(this.app);
     const aliases = aliasMap(this.config.models.aliases);
     registerOpenAiRoutes(this.app, {
-      scope: (headers) => this.requestScope(headers),
+      scope: (headers, response) => this.requestScope(headers, 'openai', response),
       models: () => this.host.models(),
       maxInputs: this.config.limits.maxInputsPerRequest,
       aliases,
     });
     registerTeiRoutes(this.app, {
-      scope: (headers) => this.requestScope(headers),
+      scope: (headers, response) => this.requestScope(headers, 'tei', response),
       defaultModel: this.config.models.defaultPostModel,
       maxInputs: this.config.limits.maxInputsPerRequest,
+      maxInputBytes: this.config.limits.maxInputBytes,
       aliases,
     });
     registerDashboardRoutes(this.app, {

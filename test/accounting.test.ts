@@ -327,16 +327,16 @@ describe('clients, quotas and cost attribution across two replicas', () => {
     assert.match(res.headers.get('content-type') ?? '', /text\/plain/);
     const text = await res.text();
     for (const series of [
-      /polyray_requests_total\{client="alice",code="OK"\} \d+/,
-      /polyray_requests_total\{client="alice",code="QUOTA_EXCEEDED"\} \d+/,
-      /polyray_items_total\{client="carol",model="text-glove",source="COMPUTED"\} \d+/,
+      /polyray_requests_total\{client="alice",code="OK",surface="graphql"\} \d+/,
+      /polyray_requests_total\{client="alice",code="QUOTA_EXCEEDED",surface="graphql"\} \d+/,
+      /polyray_items_total\{client="carol",model="text-glove",source="COMPUTED",surface="graphql"\} \d+/,
       /polyray_cache_hits_total\{client="carol",model="text-glove",tier="memory"\} \d+/,
       /polyray_tokens_computed_total\{client="dave",model="text-glove"\} \d+/,
       /polyray_batch_size_bucket\{le="\d+",model="text-glove"\} \d+/,
       /polyray_queue_depth\{model="text-glove"\} 0/,
       /polyray_inference_batch_seconds_count\{model="text-glove"\} \d+/,
       /polyray_inference_milliseconds_total\{client="admin",model="text-glove"\} [\d.e+-]+/,
-      /polyray_cost_units_total\{client="alice",model="text-glove",source="COMPUTED"\} \d+/,
+      /polyray_cost_units_total\{client="alice",model="text-glove",source="COMPUTED",surface="graphql"\} \d+/,
       /polyray_quota_rejections_total\{client="alice"\} \d+/,
       /polyray_auth_failures_total \d+/,
       /polyray_quota_store\{store="redis"\} 1/,

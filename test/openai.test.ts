@@ -32,7 +32,10 @@ describe('OpenAI-compatible /v1', () => {
     ]) {
       keys[spec.id] = (await addClient(file, spec)).key;
     }
-    t = await startPolyray({ accounting: { clientsFile: file }, models: { aliases: ['text-embedding-3-small=text-glove'] } });
+    t = await startPolyray({
+      accounting: { clientsFile: file },
+      models: { aliases: ['text-embedding-3-small=text-glove'], serve: ['text-glove', 'image-mobilenet', 'head-nsfw', 'text-bert-synthetic'] },
+    });
   });
   after(async () => {
     await t?.stop();
@@ -127,6 +130,44 @@ describe('OpenAI-compatible /v1', () => {
     assert.ok(Math.abs(d[0]!.cost + d[1]!.cost - 7.01) < 1e-6, JSON.stringify(d));
   });
 
+  test('token-id inputs: the ids /tokenize gives embed as their text does; one list or many; usage counts the ids', async () => {
+    const texts = ['the quick brown fox', 'Ünïcödé and 漢字 too'];
+    const res = await fetch(`${t.url}/tokenize?model=text-bert-synthetic`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${keys['app']}` },
+      body: JSON.stringify({ inputs: texts }),
+    });
+    assert.equal(res.status, 200);
+    const ids = ((await res.json()) as { id: number }[][]).map((tokens) => tokens.map((x) => x.id));
+    const byText = await client('app').embeddings.create({ model: 'text-bert-synthetic', input: texts, encoding_format: 'float' });
+    const byIds = await client('app').embeddings.create({ model: 'text-bert-synthetic', input: ids, encoding_format: 'float' });
+    assert.equal(byIds.data.length, 2);
+    for (let i = 0; i < 2; i++) close(byIds.data[i]!.embedding, byText.data[i]!.embedding);
+    assert.equal(byIds.usage.prompt_tokens, ids[0]!.length + ids[1]!.length);
+    assert.equal(byText.usage.prompt_tokens, byIds.usage.prompt_tokens, 'the same tokens, counted alike');
+    // One flat list is one input; base64 (the SDK default) decodes to the same vector.
+    const one = await client('app').embeddings.create({ model: 'text-bert-synthetic', input: ids[0]! });
+    assert.equal(one.data.length, 1);
+    close(one.data[0]!.embedding, byText.data[0]!.embedding);
+    // Ids outside the vocabulary, or more than the model reads, name the input.
+    const outside = await fetch(`${t.url}/v1/embeddings`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${keys['app']}` },
+      body: JSON.stringify({ model: 'text-bert-synthetic', input: [ids[0], [101, 9_999_999, 102]] }),
+    });
+    assert.equal(outside.status, 400);
+    const err = ((await outside.json()) as { error: { param: string; message: string } }).error;
+    assert.equal(err.param, 'input[1]');
+    assert.match(err.message, /not a token id of model text-bert-synthetic/);
+    const long = await fetch(`${t.url}/v1/embeddings`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${keys['app']}` },
+      body: JSON.stringify({ model: 'text-bert-synthetic', input: [Array.from({ length: 5000 }, () => 1000)] }),
+    });
+    assert.equal(long.status, 413);
+    assert.equal(((await long.json()) as { error: { param: string } }).error.param, 'input[0]');
+  });
+
   test('dimensions: the first components, re-normalised, as GraphQL cuts them', async () => {
     const r = await client('app').embeddings.create({ model: 'text-glove', input: 'a matryoshka cut', dimensions: 8, encoding_format: 'float' });
     close(r.data[0]!.embedding, await graphqlVector('a matryoshka cut', 8));
@@ -165,7 +206,13 @@ describe('OpenAI-compatible /v1', () => {
       [{ model: 'text-glove', input: 42 }, 'input'],
       [{ model: 'text-glove', input: [] }, 'input'],
       [{ model: 'text-glove', input: ['ok', 7] }, 'input[1]'],
-      [{ model: 'text-glove', input: [[1, 2, 3]] }, 'input'],
+      [{ model: 'text-glove', input: [[1, -2]] }, 'input[0][1]'],
+      [{ model: 'text-glove', input: [[1, 2], 'x'] }, 'input[1]'],
+      [{ model: 'text-glove', input: [1.5] }, 'input[0]'],
+      [{ model: 'text-glove', input: [[1, 2], [4_000_000]] }, 'input[1]'],
+      [{ model: 'text-glove', input: [[]] }, 'input[0]'],
+      [{ model: 7, input: 'x' }, 'model'],
+      [{ model: 'text-glove', input: 'x', encoding_format: null }, 'encoding_format'],
       [{ model: 'text-glove', input: 'x', encoding_format: 'int4' }, 'encoding_format'],
       [{ model: 'text-glove', input: 'x', dimensions: 'eight' }, 'dimensions'],
       [{ model: 'text-glove', input: 'x', dimensions: -1 }, 'dimensions'],

@@ -1,6 +1,7 @@
 /**
- * TEI-compatible `POST /embed` with plain fetch on TEI's documented request and response shapes: vectors
- * equal GraphQL's, `normalize`, `truncate` with `truncation_direction`, `dimensions`, TEI's headers, and
+ * TEI-compatible `POST /embed` and `POST /tokenize` with plain fetch on TEI's documented request and
+ * response shapes: vectors equal GraphQL's, `normalize`, `truncate` with `truncation_direction`,
+ * `dimensions`, TEI's headers, token lists with byte offsets whose ids embed as their text does, and
  * errors as `{error, error_type}`.
  */
 import assert from 'node:assert/strict';
@@ -10,7 +11,7 @@ import { startPolyray, type TestServer } from './helpers/polyray.ts';
 describe('TEI-compatible /embed', () => {
   let t: TestServer;
   before(async () => {
-    t = await startPolyray({ models: { defaultPostModel: 'text-glove' } });
+    t = await startPolyray({ models: { defaultPostModel: 'text-glove', serve: ['text-glove', 'image-mobilenet', 'head-nsfw', 'text-bert-synthetic'] } });
   });
   after(async () => {
     await t?.stop();
@@ -65,6 +66,10 @@ describe('TEI-compatible /embed', () => {
       { inputs: 42 },
       { inputs: [] },
       { inputs: ['ok', 1] },
+      { inputs: [[1, -1]] },
+      { inputs: 'x', prompt_name: 3 },
+      { inputs: 'x', truncate: 'yes' },
+      {},
       { inputs: 'x', normalize: 'yes' },
       { inputs: 'x', truncation_direction: 'Up' },
       { inputs: 'x', dimensions: 'four' },
@@ -80,5 +85,76 @@ describe('TEI-compatible /embed', () => {
     assert.equal(broken.status, 400);
     assert.equal(((await broken.json()) as { error_type: string }).error_type, 'Validation');
     assert.equal((await embed({ inputs: 'still here' })).status, 200);
+  });
+
+  const tokenize = async (body: unknown, model = 'text-bert-synthetic') => {
+    const res = await fetch(`${t.url}/tokenize`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-polyray-model': model },
+      body: JSON.stringify(body),
+    });
+    return { status: res.status, body: (await res.json()) as unknown };
+  };
+  interface SimpleToken {
+    id: number;
+    text: string;
+    special: boolean;
+    start: number | null;
+    stop: number | null;
+  }
+
+  test('/tokenize: TEI token lists with byte offsets; add_special_tokens; the ids embed as their text does', async () => {
+    const text = 'Café au lait, 漢字 and an emoji 🙂!';
+    const r = await tokenize({ inputs: text });
+    assert.equal(r.status, 200);
+    const [tokens] = r.body as SimpleToken[][];
+    assert.ok(tokens && tokens.length > 4);
+    assert.deepEqual(
+      [tokens[0]!.special, tokens.at(-1)!.special, tokens[0]!.start, tokens[0]!.text],
+      [true, true, null, '[CLS]'],
+      'BERT puts [CLS] … [SEP] around a text',
+    );
+    const bytes = Buffer.from(text);
+    let last = 0;
+    for (const tok of tokens.slice(1, -1)) {
+      assert.equal(tok.special, false);
+      assert.ok(tok.start !== null && tok.stop !== null && tok.start >= last && tok.stop > tok.start, JSON.stringify(tok));
+      assert.equal(tok.text, bytes.subarray(tok.start, tok.stop).toString(), 'text is the input between the offsets');
+      last = tok.stop;
+    }
+    const cafe = tokens.find((x) => x.text === 'Café');
+    assert.ok(cafe, 'the uncased "cafe" piece points at "Café" in the input');
+    const bare = await tokenize({ inputs: [text, 'second'], add_special_tokens: false });
+    const lists = bare.body as SimpleToken[][];
+    assert.equal(lists.length, 2);
+    assert.deepEqual(
+      lists[0]!.map((x) => x.id),
+      tokens.slice(1, -1).map((x) => x.id),
+    );
+    // The ids with their special tokens are what the model reads: /embed with them equals /embed with the text.
+    const hdr = { 'x-polyray-model': 'text-bert-synthetic' };
+    const byText = (await embed({ inputs: text }, hdr)).body as number[][];
+    const byIds = await embed({ inputs: tokens.map((x) => x.id) }, hdr);
+    assert.equal(byIds.status, 200);
+    close((byIds.body as number[][])[0]!, byText[0]!);
+  });
+
+  test('/tokenize refuses what /embed refuses, in TEI shape; the server keeps serving', async () => {
+    for (const [body, status] of [
+      [{ inputs: 42 }, 400],
+      [{ inputs: [] }, 400],
+      [{ inputs: [[1, 2]] }, 400],
+      [{ inputs: 'x', add_special_tokens: 'no' }, 400],
+      [{ inputs: Array.from({ length: 10_000 }, () => 'x') }, 413],
+      [{ inputs: 'x'.repeat(70_000) }, 413],
+      [{ inputs: 'word '.repeat(600) }, 413],
+    ] as const) {
+      const r = await tokenize(body);
+      assert.equal(r.status, status, JSON.stringify(body).slice(0, 80));
+      assert.equal((r.body as { error_type: string }).error_type, 'Validation');
+    }
+    assert.equal((await tokenize({ inputs: 'x' }, 'no-such-model')).status, 404);
+    assert.equal((await tokenize({ inputs: 'x' }, 'image-mobilenet')).status, 400);
+    assert.equal((await tokenize({ inputs: 'still here' })).status, 200);
   });
 });

@@ -6,7 +6,8 @@ import { parseFlags, positiveNumber } from '../cli-args.ts';
 import { addClient, readClientsFileSync, type Role } from './clients.ts';
 
 export const CLIENTS_USAGE = `  clients add --id ID --name NAME [--role admin|client] [--models a,b | --models '*']
-              [--rate UNITS_PER_S --burst UNITS] [--replace-keys] [--file PATH]
+              [--rate UNITS_PER_S --burst UNITS] [--weight W] [--priority interactive|batch]
+              [--replace-keys] [--file PATH]
                                 create or update a client and print a new API key (shown once)
   clients list [--file PATH]    list clients (never keys)
 `;
@@ -18,7 +19,7 @@ export interface CliIO {
 
 /** Runs `clients <sub> ...`; returns the exit code. `defaultFile` is POLYRAY_CLIENTS_FILE. */
 export async function clientsCommand(sub: string | undefined, args: string[], defaultFile: string | undefined, io: CliIO): Promise<number> {
-  const values = parseFlags(args, { strings: ['id', 'name', 'role', 'models', 'rate', 'burst', 'file'], booleans: ['replace-keys'] });
+  const values = parseFlags(args, { strings: ['id', 'name', 'role', 'models', 'rate', 'burst', 'weight', 'priority', 'file'], booleans: ['replace-keys'] });
   const file = values.file ?? defaultFile;
   if (!file) {
     io.err('no clients file: set POLYRAY_CLIENTS_FILE or pass --file PATH\n');
@@ -40,6 +41,9 @@ export async function clientsCommand(sub: string | undefined, args: string[], de
               .split(',')
               .map((m) => m.trim())
               .filter(Boolean);
+    if (values.priority !== undefined && values.priority !== 'interactive' && values.priority !== 'batch')
+      throw new TypeError(`--priority must be interactive or batch, received "${values.priority}"`);
+    const weight = positiveNumber(values.weight, 'weight');
     const rate = positiveNumber(values.rate, 'rate');
     const burst = positiveNumber(values.burst, 'burst');
     const { key, client, created } = await addClient(file, {
@@ -49,6 +53,8 @@ export async function clientsCommand(sub: string | undefined, args: string[], de
       ...(models !== undefined ? { models } : {}),
       ...(rate !== undefined ? { rate } : {}),
       ...(burst !== undefined ? { burst } : {}),
+      ...(weight !== undefined ? { weight } : {}),
+      ...(values.priority !== undefined ? { priority: values.priority as 'interactive' | 'batch' } : {}),
       replaceKeys: values['replace-keys'] ?? false,
     });
     io.err(

@@ -48,6 +48,16 @@ export interface Client {
    * always see it.
    */
   showSource?: boolean;
+  /**
+   * This client's share of a model's queue relative to other backlogged clients (weighted fair queuing).
+   * Default 1.
+   */
+  weight?: number;
+  /**
+   * `interactive` (default) or `batch`: batch work only fills the capacity interactive work leaves. A
+   * request may lower its own priority (`x-polyray-priority: batch`), never raise it.
+   */
+  priority?: 'interactive' | 'batch';
 }
 
 export interface ClientsFile {
@@ -113,6 +123,10 @@ export function parseClientsFile(value: unknown, where: string): ClientsFile {
     if (cacheScope !== 'shared' && cacheScope !== 'private') bad(`clients[${i}].cacheScope must be "shared" or "private"`);
     const showSource = o['showSource'] ?? true;
     if (typeof showSource !== 'boolean') bad(`clients[${i}].showSource must be true or false`);
+    const weight = o['weight'] ?? 1;
+    if (typeof weight !== 'number' || !(weight > 0) || weight > 1000) bad(`clients[${i}].weight must be a number > 0 and at most 1000`);
+    const priority = o['priority'] ?? 'interactive';
+    if (priority !== 'interactive' && priority !== 'batch') bad(`clients[${i}].priority must be "interactive" or "batch"`);
     const keys = o['keys'] ?? [];
     if (!Array.isArray(keys)) return bad(`clients[${i}].keys must be a list`);
     const parsedKeys = keys.map((k, j): ClientKey => {
@@ -130,6 +144,8 @@ export function parseClientsFile(value: unknown, where: string): ClientsFile {
       keys: parsedKeys,
       ...(cacheScope === 'private' ? { cacheScope: 'private' as const } : {}),
       ...(showSource === false ? { showSource: false } : {}),
+      ...(weight !== 1 ? { weight: weight as number } : {}),
+      ...(priority === 'batch' ? { priority: 'batch' as const } : {}),
     };
   });
   return { clients };
@@ -212,6 +228,9 @@ export interface AddClientSpec {
   models?: string[] | '*';
   rate?: number;
   burst?: number;
+  /** Share of a model's queue against other backlogged clients (default 1). */
+  weight?: number;
+  priority?: 'interactive' | 'batch';
   /** Drop the client's existing keys (rotation); otherwise the new key is added beside them. */
   replaceKeys?: boolean;
 }
@@ -227,6 +246,7 @@ export async function addClient(file: string, spec: AddClientSpec, now: Date = n
   for (const [k, v] of [
     ['rate', spec.rate],
     ['burst', spec.burst],
+    ['weight', spec.weight],
   ] as const) {
     if (v !== undefined && !(Number.isFinite(v) && v > 0)) throw new TypeError(`--${k} must be a number > 0, received "${String(v)}"`);
   }
@@ -249,6 +269,8 @@ export async function addClient(file: string, spec: AddClientSpec, now: Date = n
   if (spec.models !== undefined) client.models = spec.models;
   if (spec.rate !== undefined) client.quota.rate = spec.rate;
   if (spec.burst !== undefined) client.quota.burst = spec.burst;
+  if (spec.weight !== undefined) client.weight = spec.weight;
+  if (spec.priority !== undefined) client.priority = spec.priority;
   client.keys = spec.replaceKeys ? [entry] : [...client.keys, entry];
   await mkdir(path.dirname(file), { recursive: true });
   const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;

@@ -26,7 +26,7 @@
  *   cost(image) = pixels / 1000 × costFactor(model)   when COMPUTED; hit costs as above
  *   estimate(image) = size² / 1000 × costFactor(model) (the model's fixed input size)
  */
-import type { Source } from '../service/types.ts';
+import type { Source, TextInput } from '../service/types.ts';
 
 export interface CostRates {
   memoryHitCost: number;
@@ -48,11 +48,11 @@ export class CostModel {
   }
 
   /** Upper bound of what embedding `texts` with `model` can cost. */
-  estimate(model: ModelCost, texts: readonly string[]): number {
+  estimate(model: ModelCost, texts: readonly TextInput[]): number {
     const floor = Math.max(this.rates.memoryHitCost, this.rates.globalHitCost);
     let sum = 0;
     for (const t of texts) {
-      const tokens = Math.min(model.maxTokens, (typeof t === 'string' ? t.length : 0) + 2);
+      const tokens = Math.min(model.maxTokens, lengthOf(t) + 2);
       sum += Math.max(floor, tokens * model.costFactor);
     }
     return sum;
@@ -83,4 +83,10 @@ export class CostModel {
       }
     }
   }
+}
+
+/** UTF-16 code units of a text, ids of a token input (each id one token); 0 for anything else. */
+function lengthOf(t: TextInput): number {
+  if (typeof t === 'string') return t.length;
+  return typeof t === 'object' && t !== null && Array.isArray(t.ids) ? t.ids.length : 0;
 }

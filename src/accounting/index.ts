@@ -23,7 +23,7 @@ import type { InferenceQueue } from '../runtime/host.ts';
 import { ClientDirectory, DEV_CLIENT, readClientsFileSync } from './clients.ts';
 import { CostModel } from './cost.ts';
 import { Ledger } from './ledger.ts';
-import { AccountingMetrics } from './metrics.ts';
+import { AccountingMetrics, type Surface } from './metrics.ts';
 import { QuotaManager } from './quota.ts';
 import { RedisBuckets } from './redis-bucket.ts';
 import { createAccountingRedis, type AccountingRedis } from './redis-client.ts';
@@ -133,9 +133,9 @@ export class Accounting implements AccountingCore {
    * The request's account, from its headers. Throws a GraphQLError with code UNAUTHENTICATED (HTTP 401)
    * for a missing or wrong key; the PolyrayError inside carries the public message.
    */
-  authenticate(headers: Record<string, string | string[] | undefined>): RequestAccount {
+  authenticate(headers: Record<string, string | string[] | undefined>, surface: Surface = 'graphql'): RequestAccount {
     try {
-      return new RequestAccount(this, this.#directory.authenticate(headers));
+      return new RequestAccount(this, this.#directory.authenticate(headers), surface);
     } catch (e) {
       if (!isPolyrayError(e)) throw e;
       this.metrics.authFailures.inc();
@@ -145,7 +145,6 @@ export class Accounting implements AccountingCore {
 
   /** Adds `extensions.cost` to every response and counts requests by client and outcome. */
   apolloPlugin(): ApolloServerPlugin<PolyrayContext> {
-    const metrics = this.metrics;
     return {
       async requestDidStart() {
         return {
@@ -153,12 +152,11 @@ export class Accounting implements AccountingCore {
             // No scope when the context function refused the request (UNAUTHENTICATED).
             const account = (contextValue as Partial<PolyrayContext>).scope?.account;
             if (!account) return;
-            const cost = await account.finish();
             if (response.body.kind === 'single') {
               const r = response.body.singleResult;
+              const cost = await account.close(String(r.errors?.[0]?.extensions?.['code'] ?? 'OK'));
               r.extensions = { ...r.extensions, cost };
-              metrics.requests.inc({ client: metrics.clientLabel(account.client.id), code: metrics.codeLabel(r.errors?.[0]?.extensions?.['code'] ?? 'OK') });
-            }
+            } else await account.finish();
           },
         };
       },

@@ -16,17 +16,20 @@ import type { MemoStats, Source } from '../service/types.ts';
 import type { QuotaStore } from './quota.ts';
 
 export const MAX_CLIENT_LABELS = 100;
+
+/** Which entry point a request came through: GraphQL, the OpenAI-compatible /v1 routes, or TEI's /embed and /tokenize. */
+export type Surface = 'graphql' | 'openai' | 'tei';
 const KNOWN_CODES = new Set<string>([...Object.values(ErrorCode), 'OK', 'GRAPHQL_PARSE_FAILED', 'GRAPHQL_VALIDATION_FAILED', 'BAD_REQUEST']);
 
 export class AccountingMetrics {
   readonly registry = new Registry();
   #labelled = new Set<string>();
-  readonly requests: Counter<'client' | 'code'>;
-  readonly items: Counter<'client' | 'model' | 'source'>;
+  readonly requests: Counter<'client' | 'code' | 'surface'>;
+  readonly items: Counter<'client' | 'model' | 'source' | 'surface'>;
   readonly cacheHits: Counter<'client' | 'model' | 'tier'>;
   readonly tokens: Counter<'client' | 'model'>;
   readonly inferenceMs: Counter<'client' | 'model'>;
-  readonly cost: Counter<'client' | 'model' | 'source'>;
+  readonly cost: Counter<'client' | 'model' | 'source' | 'surface'>;
   readonly quotaRejections: Counter<'client'>;
   readonly authFailures: Counter;
   readonly batchSize: Histogram<'model'>;
@@ -37,14 +40,14 @@ export class AccountingMetrics {
     const registers = [this.registry];
     this.requests = new Counter({
       name: 'polyray_requests_total',
-      help: 'GraphQL requests by client and outcome (OK or the first error code)',
-      labelNames: ['client', 'code'],
+      help: 'Requests by client, outcome (OK or the first error code) and surface (graphql, openai, tei)',
+      labelNames: ['client', 'code', 'surface'],
       registers,
     });
     this.items = new Counter({
       name: 'polyray_items_total',
-      help: 'Embeddings served, by client, model and source (MEMORY, GLOBAL, COMPUTED)',
-      labelNames: ['client', 'model', 'source'],
+      help: 'Embeddings served, by client, model, source (MEMORY, GLOBAL, COMPUTED) and surface',
+      labelNames: ['client', 'model', 'source', 'surface'],
       registers,
     });
     this.cacheHits = new Counter({
@@ -67,8 +70,8 @@ export class AccountingMetrics {
     });
     this.cost = new Counter({
       name: 'polyray_cost_units_total',
-      help: 'Cost units charged, by client, model and source',
-      labelNames: ['client', 'model', 'source'],
+      help: 'Cost units charged, by client, model, source and surface',
+      labelNames: ['client', 'model', 'source', 'surface'],
       registers,
     });
     this.quotaRejections = new Counter({
@@ -227,13 +230,14 @@ export class AccountingMetrics {
     return typeof code === 'string' && KNOWN_CODES.has(code) ? code : 'OTHER';
   }
 
-  item(clientId: string, model: string, source: Source, tokens: number, inferenceMs: number, cost: number): void {
+  /** `items` answers of one source in one pipeline call, with their tokens, inference time and cost (one update per series). */
+  served(clientId: string, surface: Surface, model: string, source: Source, items: number, tokens: number, inferenceMs: number, cost: number): void {
     const client = this.clientLabel(clientId);
-    this.items.inc({ client, model, source });
-    if (source !== 'COMPUTED') this.cacheHits.inc({ client, model, tier: source === 'MEMORY' ? 'memory' : 'global' });
+    this.items.inc({ client, model, source, surface }, items);
+    if (source !== 'COMPUTED') this.cacheHits.inc({ client, model, tier: source === 'MEMORY' ? 'memory' : 'global' }, items);
     if (tokens > 0) this.tokens.inc({ client, model }, tokens);
     if (inferenceMs > 0) this.inferenceMs.inc({ client, model }, inferenceMs);
-    if (cost > 0) this.cost.inc({ client, model, source }, cost);
+    if (cost > 0) this.cost.inc({ client, model, source, surface }, cost);
   }
 
   /**

@@ -22,7 +22,7 @@ import type { EmbedResult, Source } from '../service/types.ts';
 import { mayUseModel, type Client, type ClientDirectory, type Role } from './clients.ts';
 import type { CostModel } from './cost.ts';
 import type { Figures, Ledger, UsageRow } from './ledger.ts';
-import type { AccountingMetrics } from './metrics.ts';
+import type { AccountingMetrics, Surface } from './metrics.ts';
 import type { QuotaManager, QuotaSnapshot, Reservation } from './quota.ts';
 
 export interface CostSummary {
@@ -75,6 +75,8 @@ export interface AccountContext extends Account {
   usage(clientId?: string | null): Promise<ClientUsage>;
   usageAll(): Promise<ClientUsage[]>;
   finish(): Promise<CostSummary>;
+  /** `finish()`, then counts the request once under `outcome` (OK or its error code) and its surface. */
+  close(outcome: string): Promise<CostSummary>;
 }
 
 /** One pipeline call waiting in a wave: how to price it, run it, and what it returned. */
@@ -98,9 +100,13 @@ export class RequestAccount implements AccountContext {
   #refused = 0;
   #snapshot: QuotaSnapshot | undefined;
 
-  constructor(core: AccountingCore, client: Client) {
+  /** The entry point the request came through (a label of the request and item metrics). */
+  readonly surface: Surface;
+
+  constructor(core: AccountingCore, client: Client, surface: Surface = 'graphql') {
     this.#core = core;
     this.client = client;
+    this.surface = surface;
   }
 
   get clientId(): string {
@@ -209,9 +215,12 @@ export class RequestAccount implements AccountContext {
       f.inferenceMs += r.inferenceMs;
       f.cost += cost;
       bySource.set(source, f);
-      metrics.item(this.client.id, model, source, units, r.inferenceMs, cost);
     }
-    for (const [source, f] of bySource) ledger.record(this.client.id, model, source, f);
+    // One update per source, not per item: a call of 64 hits is one metrics update and one ledger record.
+    for (const [source, f] of bySource) {
+      metrics.served(this.client.id, this.surface, model, source, f.items, f.tokens, f.inferenceMs, f.cost);
+      ledger.record(this.client.id, model, source, f);
+    }
     return total;
   }
 
@@ -225,6 +234,15 @@ export class RequestAccount implements AccountContext {
       remaining: round(this.#snapshot.remaining),
       resetMs: this.#snapshot.resetMs,
     };
+  }
+
+  async close(outcome: string): Promise<CostSummary> {
+    try {
+      return await this.finish();
+    } finally {
+      const { metrics } = this.#core;
+      metrics.requests.inc({ client: metrics.clientLabel(this.client.id), code: metrics.codeLabel(outcome), surface: this.surface });
+    }
   }
 
   async usage(clientId?: string | null): Promise<ClientUsage> {

@@ -51,6 +51,13 @@ export const polyrayConfigSchema = z
         params: { whole: true },
         message: `POLYRAY_MAX_INPUTS (${c.limits.maxInputsPerRequest}) must not exceed POLYRAY_QUEUE_MAX_ITEMS (${c.batching.maxQueueItems}): one request could never be queued`,
       });
+    } else if (c.limits.maxInputsPerRequest > c.batching.maxQueueItemsPerClient) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['batching', 'maxQueueItemsPerClient'],
+        params: { whole: true },
+        message: `POLYRAY_QUEUE_MAX_ITEMS_PER_CLIENT (${c.batching.maxQueueItemsPerClient}) must be at least POLYRAY_MAX_INPUTS (${c.limits.maxInputsPerRequest}): one request could never be queued`,
+      });
     }
   });
 

@@ -40,17 +40,30 @@ export const httpSchema = z
   })
   .strict();
 
+/**
+ * Most inputs in one `embed` call (`TOO_MANY_INPUTS` beyond). Must not exceed `POLYRAY_QUEUE_MAX_ITEMS_PER_CLIENT`,
+ * or one request could never be queued. `POLYRAY_MAX_INPUTS`; default 2048.
+ */
+export const maxInputsPerRequest = setting(z.number().int().min(1).max(1_000_000), {
+  env: 'POLYRAY_MAX_INPUTS',
+  file: 'maxInputs',
+  default: 2048,
+  doc: 'inputs per `embed` call (`TOO_MANY_INPUTS`)',
+});
+
 export const limitsSchema = z
   .object({
+    maxInputsPerRequest,
     /**
-     * Most inputs in one `embed` call (`TOO_MANY_INPUTS` beyond). Must not exceed `POLYRAY_QUEUE_MAX_ITEMS`,
-     * or one request could never be queued. `POLYRAY_MAX_INPUTS`; default 2048.
+     * How long a request's inputs may wait for inference, in ms: still queued after it, they are dropped
+     * (DEADLINE_EXCEEDED, not charged). A caller may ask for less with `x-request-timeout-ms`, never more.
+     * `POLYRAY_REQUEST_TIMEOUT_MS`; default 30000; 0 means no deadline.
      */
-    maxInputsPerRequest: setting(z.number().int().min(1).max(1_000_000), {
-      env: 'POLYRAY_MAX_INPUTS',
-      file: 'maxInputs',
-      default: 2048,
-      doc: 'inputs per `embed` call (`TOO_MANY_INPUTS`)',
+    requestTimeoutMs: setting(z.number().int().min(0).max(3_600_000), {
+      env: 'POLYRAY_REQUEST_TIMEOUT_MS',
+      file: 'requestTimeoutMs',
+      default: 30_000,
+      doc: 'longest wait of a request for inference (`DEADLINE_EXCEEDED`, not charged; `x-request-timeout-ms` may ask for less; 0: none)',
     }),
     /**
      * Inputs in one operation over all its fields and aliases (`embed` inputs, `_entities` representations ×

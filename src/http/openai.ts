@@ -5,31 +5,40 @@
  * headers like a GraphQL operation's, and settles its account before it answers.
  *
  * Wire shape (OpenAI's): `{input, model, encoding_format?, dimensions?, user?}` → `{object: "list", data:
- * [{object: "embedding", index, embedding}], model, usage: {prompt_tokens, total_tokens}}`. `embedding` is a
- * list of floats, or with `encoding_format: "base64"` (the SDKs' default) little-endian float32 as base64.
- * `prompt_tokens` counts the tokens the model reads for every input, computed or served from the cache
- * (cache hits are counted by tokenising again, off the event loop). `user` is accepted and ignored for
- * billing (the key decides who pays).
+ * [{object: "embedding", index, embedding}], model, usage: {prompt_tokens, total_tokens}}`. `input` is a
+ * text, a list of texts, a list of token ids or a list of lists of token ids; token ids are ids of the
+ * model's own tokenizer (what `POST /tokenize` returns), read as they are: special tokens included, no
+ * prompt added, keyed in the cache apart from texts. `embedding` is a list of floats, or with
+ * `encoding_format: "base64"` (the SDKs' default) little-endian float32 as base64. `prompt_tokens` counts
+ * the tokens the model reads for every input, computed or served from the cache (cache hits are counted by
+ * tokenising again, off the event loop). `user` is accepted and ignored for billing (the key decides who
+ * pays).
+ *
+ * The body is validated by Ajv against `embeddingsRequestSchema`, the schema /openapi.json publishes
+ * (src/http/validation.ts); what a schema cannot say (one kind of input per request, how many inputs, the
+ * model's dimensions and vocabulary) is checked here and in the pipeline.
  *
  * Errors in OpenAI's shape `{error: {message, type, param, code}}` with the status of the Polyray code
- * (src/errors.ts `httpStatusOf`); 429 carries `Retry-After` (seconds) and `retry-after-ms`, which the SDKs
- * honour. Token-id inputs (arrays of integers) are refused for now: they are ids of OpenAI's tokenizer,
- * which a Polyray model does not share.
+ * (src/http/rest.ts `restStatusOf`); 429 (quota, or a full queue) carries `Retry-After` (seconds) and `retry-after-ms`, which the SDKs
+ * honour.
  */
+import type { ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { encodeWire } from '../cache/codec.ts';
-import { ErrorCode, httpStatusOf, PolyrayError } from '../errors.ts';
+import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { AccountContext } from '../accounting/request.ts';
 import { checkDimensions, checkPrompt } from '../resolvers/args.ts';
 import { truncate } from '../resolvers/shape.ts';
 import type { ModelInfo, TextHandle } from '../runtime/handle.ts';
 import type { RequestScope } from '../service/scope.ts';
-import { embedAll, polyrayErrorOf, setRetryHeaders } from './rest.ts';
-import type { EmbedResult } from '../service/types.ts';
+import { embedAll, restStatusOf, type InputField, inputSchema, inputsOf, polyrayErrorOf, setRetryHeaders, stringify } from './rest.ts';
+import type { EmbedResult, TextInput } from '../service/types.ts';
+import { SECURITY } from './openapi.ts';
+import { describeIssues, type ValidationIssue } from './validation.ts';
 
 export interface OpenAiDeps {
   /** The request scope of a call, from its headers (throws UNAUTHENTICATED). */
-  scope(headers: Record<string, string | string[] | undefined>): RequestScope<AccountContext>;
+  scope(headers: Record<string, string | string[] | undefined>, response?: ServerResponse): RequestScope<AccountContext>;
   models(): ModelInfo[];
   /** Most inputs per call (POLYRAY_MAX_INPUTS). */
   maxInputs: number;
@@ -59,7 +68,7 @@ function sendError(reply: FastifyReply, e: unknown, param: string | null = null)
     reply.log.error({ err: e instanceof Error ? e.message : String(e) }, 'internal error in /v1');
     return reply.code(500).send({ error: { message: 'Internal server error', type: 'server_error', param: null, code: 'internal_server_error' } });
   }
-  const status = httpStatusOf[original.code];
+  const status = restStatusOf(original.code);
   setRetryHeaders(reply, original);
   return reply.code(status).send({
     error: {
@@ -78,50 +87,121 @@ function paramOf(ext: Record<string, unknown>): string | null {
   return typeof ext['index'] === 'number' ? `input[${ext['index']}]` : null;
 }
 
-const bad = (message: string, param: string): PolyrayError => new PolyrayError(ErrorCode.BAD_USER_INPUT, message, { param });
+/** The body of `POST /v1/embeddings` (OpenAI's CreateEmbeddingRequest), as Ajv validates it and /openapi.json shows it. */
+export function embeddingsRequestSchema(maxInputs: number) {
+  return {
+    type: 'object',
+    required: ['input', 'model'],
+    properties: {
+      input: inputSchema(maxInputs),
+      model: { type: 'string', minLength: 1, maxLength: 256, description: 'a served model, or an alias of one (POLYRAY_MODEL_ALIASES)' },
+      encoding_format: { type: 'string', enum: ['float', 'base64'], description: 'float (default): lists of numbers; base64: little-endian float32' },
+      dimensions: { type: ['integer', 'null'], minimum: 1, description: "the first components only, re-normalised (at most the model's dimensions)" },
+      user: { type: 'string', maxLength: 1024, description: 'an end-user id; accepted, never used for billing (the key decides who pays)' },
+    },
+  } as const;
+}
+
+const ERROR_SCHEMA = {
+  type: 'object',
+  required: ['error'],
+  properties: {
+    error: {
+      type: 'object',
+      required: ['message', 'type'],
+      properties: {
+        message: { type: 'string' },
+        type: { type: 'string' },
+        param: { type: ['string', 'null'], description: 'the request field at fault' },
+        code: { type: ['string', 'null'], description: 'the Polyray error code, lower-case' },
+      },
+    },
+  },
+} as const;
+
+const MODEL_SCHEMA = {
+  type: 'object',
+  required: ['id', 'object', 'created', 'owned_by'],
+  properties: { id: { type: 'string' }, object: { type: 'string', enum: ['model'] }, created: { type: 'integer' }, owned_by: { type: 'string' } },
+} as const;
+
+const EMBEDDINGS_RESPONSE = {
+  type: 'object',
+  required: ['object', 'data', 'model', 'usage'],
+  properties: {
+    object: { type: 'string', enum: ['list'] },
+    data: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['object', 'index', 'embedding'],
+        properties: {
+          object: { type: 'string', enum: ['embedding'] },
+          index: { type: 'integer' },
+          embedding: {
+            anyOf: [
+              { type: 'array', items: { type: 'number' } },
+              { type: 'string', description: 'base64 of little-endian float32' },
+            ],
+          },
+        },
+      },
+    },
+    model: { type: 'string', description: 'the name the request used (an alias stays an alias)' },
+    usage: {
+      type: 'object',
+      required: ['prompt_tokens', 'total_tokens'],
+      properties: {
+        prompt_tokens: { type: 'integer', description: 'tokens the model reads for every input, computed or served from the cache' },
+        total_tokens: { type: 'integer' },
+      },
+    },
+  },
+} as const;
+
+/** Errors in OpenAI's shape, for every status a route may answer with. */
+const ERRORS = { '4XX': ERROR_SCHEMA, '5XX': ERROR_SCHEMA } as const;
 
 interface Parsed {
-  texts: string[];
+  inputs: TextInput[];
   model: string;
   base64: boolean;
   dimensions: number | undefined;
 }
 
-/** The request body, checked field by field; a BAD_USER_INPUT names the field (its `param`). */
-function parse(body: unknown, maxInputs: number): Parsed {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw bad('The request body must be a JSON object', 'body');
-  const b = body as Record<string, unknown>;
-  const model = b['model'];
-  if (typeof model !== 'string' || model === '' || model.length > 256) throw bad('"model" must be a model name (a non-empty string)', 'model');
-  const input = b['input'];
-  let texts: string[];
-  if (typeof input === 'string') texts = [input];
-  else if (Array.isArray(input)) {
-    if (input.length === 0) throw bad('"input" must not be empty', 'input');
-    if (input.every((x) => typeof x === 'number') || input.every((x) => Array.isArray(x))) {
-      throw bad('Token-id inputs are not supported: send the text (ids of another tokenizer mean nothing to this model)', 'input');
-    }
-    const at = input.findIndex((x) => typeof x !== 'string');
-    if (at >= 0) throw bad(`"input[${at}]" must be a string`, `input[${at}]`);
-    texts = input as string[];
-  } else throw bad('"input" must be a string or a list of strings', 'input');
-  if (texts.length > maxInputs) {
-    throw new PolyrayError(ErrorCode.TOO_MANY_INPUTS, `"input" has ${texts.length} items; the limit is ${maxInputs} per request (POLYRAY_MAX_INPUTS)`, {
+/** The body after schema validation: the checks a schema cannot say (one kind of input, how many). */
+function parse(body: EmbeddingsBody, maxInputs: number): Parsed {
+  const inputs = inputsOf(body.input);
+  if (inputs.length > maxInputs) {
+    throw new PolyrayError(ErrorCode.TOO_MANY_INPUTS, `"input" has ${inputs.length} items; the limit is ${maxInputs} per request (POLYRAY_MAX_INPUTS)`, {
       param: 'input',
       limit: maxInputs,
     });
   }
-  const format = b['encoding_format'] ?? 'float';
-  if (format !== 'float' && format !== 'base64') throw bad('"encoding_format" must be "float" or "base64"', 'encoding_format');
-  const dims = b['dimensions'];
-  if (dims !== undefined && dims !== null && (typeof dims !== 'number' || !Number.isInteger(dims))) throw bad('"dimensions" must be an integer', 'dimensions');
-  const user = b['user'];
-  if (user !== undefined && typeof user !== 'string') throw bad('"user" must be a string', 'user');
-  return { texts, model, base64: format === 'base64', dimensions: typeof dims === 'number' ? dims : undefined };
+  return { inputs, model: body.model, base64: body.encoding_format === 'base64', dimensions: body.dimensions ?? undefined };
 }
 
-/** Errors before the handler (a body that is not JSON, over the body limit): OpenAI's shape too. */
-function transportError(err: { statusCode?: number; code?: string; message: string }, _req: unknown, reply: FastifyReply): FastifyReply {
+interface EmbeddingsBody {
+  input: InputField;
+  model: string;
+  encoding_format?: 'float' | 'base64';
+  dimensions?: number | null;
+  user?: string;
+}
+
+/**
+ * Errors before the handler, in OpenAI's shape too: a body that fails the schema (400, naming the field), is
+ * not JSON, is over the body limit (413) or has another content type (415).
+ */
+function transportError(
+  err: { statusCode?: number; code?: string; message: string; validation?: ValidationIssue[] },
+  _req: unknown,
+  reply: FastifyReply,
+): FastifyReply {
+  if (err.validation) {
+    const { param, message } = describeIssues(err.validation);
+    return reply.code(400).send({ error: { message, type: 'invalid_request_error', param, code: 'bad_user_input' } });
+  }
   const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
   return reply.code(status).send({
     error: {
@@ -134,70 +214,119 @@ function transportError(err: { statusCode?: number; code?: string; message: stri
 }
 
 export function registerOpenAiRoutes(app: FastifyInstance, deps: OpenAiDeps): void {
-  app.post('/v1/embeddings', { errorHandler: transportError }, async (req, reply) => {
-    let scope: RequestScope<AccountContext>;
-    try {
-      scope = deps.scope(req.headers);
-    } catch (e) {
-      return sendError(reply, e);
-    }
-    try {
-      const p = parse(req.body, deps.maxInputs);
-      const handle = scope.model(deps.aliases.get(p.model) ?? p.model);
-      if (handle.kind !== 'text') {
-        throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${handle.name} does not read text; /v1/embeddings takes text models`, { param: 'model' });
+  app.post<{ Body: EmbeddingsBody }>(
+    '/v1/embeddings',
+    {
+      errorHandler: transportError,
+      serializerCompiler: stringify,
+      schema: {
+        tags: ['openai'],
+        summary: 'Create embeddings (OpenAI-compatible)',
+        description:
+          "Embeds texts or token ids of the model's own tokenizer on the same cache, batches, quotas and books as GraphQL. Token ids are read as they are (special tokens included, no prompt added).",
+        security: SECURITY,
+        body: embeddingsRequestSchema(deps.maxInputs),
+        response: { 200: EMBEDDINGS_RESPONSE, ...ERRORS },
+      },
+    },
+    async (req, reply) => {
+      let scope: RequestScope<AccountContext>;
+      try {
+        scope = deps.scope(req.headers, reply.raw);
+      } catch (e) {
+        return sendError(reply, e);
       }
-      const dims = checkDimensions(handle, p.dimensions ?? null);
-      const options = { prompt: checkPrompt(handle, undefined, undefined) };
-      const loader = scope.texts(handle, options);
-      const ok = await embedAll(loader, p.texts);
-      const tokens = await promptTokens(scope, handle as TextHandle, options, p.texts, ok);
-      const cost = await scope.account.finish();
-      const hits = ok.filter((r) => r.source !== 'COMPUTED').length;
-      return reply
-        .header('x-polyray-cost', String(cost.charged))
-        .header('x-polyray-cache-hits', String(hits))
-        .send({
-          object: 'list',
-          data: ok.map((r, index) => {
-            const v = truncate(r.vector, dims);
-            return { object: 'embedding', index, embedding: p.base64 ? encodeWire(v, 'FLOAT32') : Array.from(v) };
-          }),
-          // The name the caller used (an alias stays an alias, as the caller's code expects it back).
-          model: p.model,
-          usage: { prompt_tokens: tokens, total_tokens: tokens },
-        });
-    } catch (e) {
-      await scope.account.finish().catch(() => undefined);
-      return sendError(reply, e);
-    }
-  });
+      try {
+        const p = parse(req.body, deps.maxInputs);
+        const handle = scope.model(deps.aliases.get(p.model) ?? p.model);
+        if (handle.kind !== 'text') {
+          throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${handle.name} does not read text; /v1/embeddings takes text models`, { param: 'model' });
+        }
+        const dims = checkDimensions(handle, p.dimensions ?? null);
+        const options = { prompt: checkPrompt(handle, undefined, undefined) };
+        const loader = scope.texts(handle, options);
+        const ok = await embedAll(loader, p.inputs);
+        const tokens = await promptTokens(scope, handle, options, p.inputs, ok);
+        const cost = await scope.account.close('OK');
+        const hits = ok.filter((r) => r.source !== 'COMPUTED').length;
+        return reply
+          .header('x-polyray-cost', String(cost.charged))
+          .header('x-polyray-cache-hits', String(hits))
+          .send({
+            object: 'list',
+            data: ok.map((r, index) => {
+              const v = truncate(r.vector, dims);
+              return { object: 'embedding', index, embedding: p.base64 ? encodeWire(v, 'FLOAT32') : Array.from(v) };
+            }),
+            // The name the caller used (an alias stays an alias, as the caller's code expects it back).
+            model: p.model,
+            usage: { prompt_tokens: tokens, total_tokens: tokens },
+          });
+      } catch (e) {
+        await scope.account.close(polyrayErrorOf(e)?.code ?? ErrorCode.INTERNAL_SERVER_ERROR).catch(() => undefined);
+        return sendError(reply, e);
+      }
+    },
+  );
 
   const modelView = (m: ModelInfo) => ({ id: m.name, object: 'model', created: 0, owned_by: 'polyray' });
-  app.get('/v1/models', async (req, reply) => {
-    try {
-      const scope = deps.scope(req.headers);
-      const mine = deps.models().filter((m) => m.modality === 'TEXT' && scope.account.mayUse(m.name));
-      const aliases = [...deps.aliases]
-        .filter(([, target]) => mine.some((m) => m.name === target))
-        .map(([alias]) => ({ id: alias, object: 'model', created: 0, owned_by: 'polyray' }));
-      return reply.send({ object: 'list', data: [...mine.map(modelView), ...aliases] });
-    } catch (e) {
-      return sendError(reply, e);
-    }
-  });
-  app.get<{ Params: { id: string } }>('/v1/models/:id', async (req, reply) => {
-    try {
-      const scope = deps.scope(req.headers);
-      const name = deps.aliases.get(req.params.id) ?? req.params.id;
-      const m = deps.models().find((x) => x.name === name && x.modality === 'TEXT');
-      if (!m) throw new PolyrayError(ErrorCode.MODEL_NOT_FOUND, `The model "${req.params.id.slice(0, 64)}" does not exist`, { param: 'model' });
-      if (!scope.account.mayUse(m.name)) throw new PolyrayError(ErrorCode.FORBIDDEN, `This client may not use model "${m.name}"`, { param: 'model' });
-      return reply.send({ ...modelView(m), id: req.params.id });
-    } catch (e) {
-      return sendError(reply, e);
-    }
-  });
+  app.get(
+    '/v1/models',
+    {
+      serializerCompiler: stringify,
+      schema: {
+        tags: ['openai'],
+        summary: 'List the text models this key may use, and their aliases',
+        security: SECURITY,
+        response: {
+          200: {
+            type: 'object',
+            required: ['object', 'data'],
+            properties: { object: { type: 'string', enum: ['list'] }, data: { type: 'array', items: MODEL_SCHEMA } },
+          },
+          ...ERRORS,
+        },
+      },
+    },
+    async (req, reply) => {
+      try {
+        const scope = deps.scope(req.headers, reply.raw);
+        const mine = deps.models().filter((m) => m.modality === 'TEXT' && scope.account.mayUse(m.name));
+        const aliases = [...deps.aliases]
+          .filter(([, target]) => mine.some((m) => m.name === target))
+          .map(([alias]) => ({ id: alias, object: 'model', created: 0, owned_by: 'polyray' }));
+        return reply.send({ object: 'list', data: [...mine.map(modelView), ...aliases] });
+      } catch (e) {
+        return sendError(reply, e);
+      }
+    },
+  );
+  app.get<{ Params: { id: string } }>(
+    '/v1/models/:id',
+    {
+      serializerCompiler: stringify,
+      schema: {
+        tags: ['openai'],
+        summary: 'One text model (or alias)',
+        security: SECURITY,
+        params: { type: 'object', required: ['id'], properties: { id: { type: 'string', maxLength: 256 } } },
+        response: { 200: MODEL_SCHEMA, ...ERRORS },
+      },
+      errorHandler: transportError,
+    },
+    async (req, reply) => {
+      try {
+        const scope = deps.scope(req.headers, reply.raw);
+        const name = deps.aliases.get(req.params.id) ?? req.params.id;
+        const m = deps.models().find((x) => x.name === name && x.modality === 'TEXT');
+        if (!m) throw new PolyrayError(ErrorCode.MODEL_NOT_FOUND, `The model "${req.params.id.slice(0, 64)}" does not exist`, { param: 'model' });
+        if (!scope.account.mayUse(m.name)) throw new PolyrayError(ErrorCode.FORBIDDEN, `This client may not use model "${m.name}"`, { param: 'model' });
+        return reply.send({ ...modelView(m), id: req.params.id });
+      } catch (e) {
+        return sendError(reply, e);
+      }
+    },
+  );
 }
 
 /** Tokens the model reads for every input: counted when computed, tokenised again (off the loop) for cache hits. */
@@ -205,10 +334,16 @@ async function promptTokens(
   scope: RequestScope<AccountContext>,
   handle: TextHandle,
   options: { prompt: string },
-  texts: readonly string[],
+  inputs: readonly TextInput[],
   results: readonly EmbedResult[],
 ): Promise<number> {
   const counts = scope.tokenCounts(handle, options);
-  const per = await Promise.all(results.map((r, i) => (r.inputTokens ? r.inputTokens.kept : counts.load(texts[i]!).then((c) => c.kept))));
+  const per = await Promise.all(
+    results.map((r, i) => {
+      const input = inputs[i]!;
+      if (typeof input !== 'string') return input.ids.length;
+      return r.inputTokens ? r.inputTokens.kept : counts.load(input).then((c) => c.kept);
+    }),
+  );
   return per.reduce((a, b) => a + b, 0);
 }

@@ -1,18 +1,27 @@
 /**
  * What the REST routes (src/http/openai.ts, tei.ts) share: the PolyrayError behind an error (the request
- * scope's authentication throws it wrapped in a GraphQLError), the retry headers a refusal carries, and
- * one text loader call for a list of inputs that fails as a whole, naming the first input that failed.
+ * scope's authentication throws it wrapped in a GraphQLError), the retry headers a refusal carries, one
+ * text loader call for a list of inputs that fails as a whole, naming the first input that failed, and the
+ * input field both protocols take (texts or token ids), its schema and its reading.
  */
 import type DataLoader from 'dataloader';
 import type { FastifyReply } from 'fastify';
 import { GraphQLError } from 'graphql';
-import { isPolyrayError, PolyrayError } from '../errors.ts';
-import type { EmbedResult } from '../service/types.ts';
+import { type ErrorCode, httpStatusOf, isPolyrayError, PolyrayError } from '../errors.ts';
+import type { EmbedResult, TextInput } from '../service/types.ts';
 
 /** The PolyrayError `e` is or wraps; undefined for anything else (an internal error). */
 export function polyrayErrorOf(e: unknown): PolyrayError | undefined {
   const original = e instanceof GraphQLError && isPolyrayError(e.originalError) ? e.originalError : e;
   return isPolyrayError(original) ? original : undefined;
+}
+
+/**
+ * The HTTP status of a code on the REST routes: GraphQL's (src/errors.ts), except that a full queue is 429
+ * (with Retry-After), as OpenAI and TEI answer overload, so their clients back off and retry.
+ */
+export function restStatusOf(code: ErrorCode): number {
+  return code === 'OVERLOADED' ? 429 : httpStatusOf[code];
 }
 
 /** `Retry-After` (seconds, at least 1) and `retry-after-ms` when the refusal says when to retry. */
@@ -23,7 +32,7 @@ export function setRetryHeaders(reply: FastifyReply, e: PolyrayError): void {
 }
 
 /** Every text through `loader` (one pipeline call); the first input that failed fails the request, its index named. */
-export async function embedAll(loader: DataLoader<string, EmbedResult>, texts: readonly string[]): Promise<EmbedResult[]> {
+export async function embedAll<K>(loader: DataLoader<K, EmbedResult>, texts: readonly K[]): Promise<EmbedResult[]> {
   const results = await Promise.all(texts.map((t) => loader.load(t).catch((e: unknown) => e as Error)));
   const failed = results.findIndex((r) => r instanceof Error);
   if (failed >= 0) {
@@ -32,3 +41,36 @@ export async function embedAll(loader: DataLoader<string, EmbedResult>, texts: r
   }
   return results as EmbedResult[];
 }
+
+const TOKEN_ID = { type: 'integer', minimum: 0, maximum: 2 ** 31 - 1 } as const;
+
+/**
+ * The schema of an input field: a text, texts, token ids (one input) or lists of token ids. One branch per
+ * kind (not a list of "text or id" items): a list of a million ids is then checked id by id without trying
+ * each against the other kinds.
+ */
+export function inputSchema(maxInputs: number) {
+  return {
+    description: `a text, a list of texts, a list of token ids, or a list of lists of token ids (at most ${maxInputs} inputs)`,
+    anyOf: [
+      { type: 'string' },
+      { type: 'array', minItems: 1, items: { type: 'string' } },
+      { type: 'array', minItems: 1, items: TOKEN_ID },
+      { type: 'array', minItems: 1, items: { type: 'array', minItems: 1, items: TOKEN_ID } },
+    ],
+  } as const;
+}
+
+/** A value `inputSchema` accepted. */
+export type InputField = string | readonly string[] | readonly number[] | readonly (readonly number[])[];
+
+/** The inputs of a validated input field: texts, or token-id inputs (a flat list of ids is one input). */
+export function inputsOf(input: InputField): TextInput[] {
+  if (typeof input === 'string') return [input];
+  if (typeof input[0] === 'string') return input as string[];
+  if (typeof input[0] === 'number') return [{ ids: input as number[] }];
+  return (input as number[][]).map((ids) => ({ ids }));
+}
+
+/** Responses are sent as JSON.stringify writes them: the response schemas are for /openapi.json only. */
+export const stringify = () => (data: unknown) => JSON.stringify(data);

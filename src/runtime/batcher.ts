@@ -9,7 +9,7 @@
  * long ones and no item starves. The queue is bounded: a submit that does not fit fails with OVERLOADED.
  * A failed batch rejects every item in it and nothing of it reaches a cache.
  */
-import { batchFailed, type ClockOption, checkQueueOptions, DispatchQueue, systemClock, type Waiting } from './dispatch-queue.ts';
+import { batchFailed, type ClockOption, checkQueueOptions, DispatchQueue, type SubmitOptions, systemClock, type Waiting } from './dispatch-queue.ts';
 import type { InferencePool, Lease } from './pool.ts';
 import type { FeedSpec } from './worker-protocol.ts';
 
@@ -22,6 +22,8 @@ export interface BatcherOptions {
   maxWaitUs: number;
   /** Most items queued; beyond it submits fail with OVERLOADED. Default 8192. */
   maxQueueItems: number;
+  /** Most items one client may have queued. Default: `maxQueueItems`. */
+  maxQueueItemsPerClient?: number;
 }
 
 export const DEFAULT_BATCHER_OPTIONS: BatcherOptions = { maxItems: 64, maxTokens: 1024, maxWaitUs: 0, maxQueueItems: 8192 };
@@ -63,6 +65,8 @@ export interface BatcherStats {
   realTokens: number;
   rejected: number;
   failedBatches: number;
+  /** Items dropped before inference: deadline passed or caller gone. */
+  expired: number;
 }
 
 const lengthOf = (item: BatchItem): number => Math.max(1, item.ids.length);
@@ -71,7 +75,7 @@ export class Batcher {
   readonly #o: BatcherOptions;
   readonly #io: ModelIO;
   readonly #queue: DispatchQueue<BatchItem, ItemResult>;
-  readonly #stats: BatcherStats = { queued: 0, batches: 0, items: 0, paddedTokens: 0, realTokens: 0, rejected: 0, failedBatches: 0 };
+  readonly #stats: BatcherStats = { queued: 0, batches: 0, items: 0, paddedTokens: 0, realTokens: 0, rejected: 0, failedBatches: 0, expired: 0 };
 
   /**
    * `clock` drives `maxWaitUs`: a `Clock` (tests pass a fake one), or only a `now` function in
@@ -80,13 +84,13 @@ export class Batcher {
   constructor(io: ModelIO, pool: Pick<InferencePool, 'acquire'>, options: Partial<BatcherOptions> = {}, clock: ClockOption = systemClock) {
     this.#o = checkQueueOptions('Batcher', { ...DEFAULT_BATCHER_OPTIONS, ...options }, ['maxItems', 'maxTokens', 'maxQueueItems']);
     this.#io = io;
-    const policy = { name: io.name, full: this.#full.bind(this), take: this.#take.bind(this), run: this.#run.bind(this) };
+    const policy = { name: io.name, full: this.#full.bind(this), take: this.#take.bind(this), run: this.#run.bind(this), cost: lengthOf };
     this.#queue = new DispatchQueue(policy, pool, this.#o, clock);
   }
 
-  /** Queues items; each promise settles with its own vector or the error of its batch. */
-  submit(items: readonly BatchItem[]): Promise<ItemResult>[] {
-    return this.#queue.submit(items);
+  /** Queues items (for one client, priority and deadline); each promise settles with its own vector or the error of its batch. */
+  submit(items: readonly BatchItem[], options?: SubmitOptions): Promise<ItemResult>[] {
+    return this.#queue.submit(items, options);
   }
 
   #full(queue: readonly Waiting<BatchItem>[]): boolean {
@@ -96,15 +100,22 @@ export class Batcher {
     return maxLen * queue.length >= this.#o.maxTokens;
   }
 
-  /** The next batch: the oldest item plus the items nearest to it in length. */
+  /**
+   * The next batch: the head item (the oldest of a lone client; the fair order's first otherwise) plus the
+   * items nearest to it in length, none longer than twice its length (+16): a short item is never padded to
+   * a long one's length, so its batch runs as fast as its own length allows, however long the items queued
+   * beside it are.
+   */
   #take(queue: readonly Waiting<BatchItem>[]): Set<number> {
     const anchor = lengthOf(queue[0]!.item);
+    const longest = Math.max(2 * anchor, anchor + 16);
     const order = queue.map((q, i) => ({ len: lengthOf(q.item), i, d: Math.abs(lengthOf(q.item) - anchor) }));
     order.sort((a, b) => a.d - b.d || a.i - b.i);
     const picked = new Set<number>();
     let maxLen = 0;
     for (const { len, i } of order) {
       if (picked.size >= this.#o.maxItems) break;
+      if (picked.size > 0 && len > longest) break;
       const nextMax = Math.max(maxLen, len);
       if (picked.size > 0 && nextMax * (picked.size + 1) > this.#o.maxTokens) continue;
       picked.add(i);
@@ -170,6 +181,12 @@ export class Batcher {
   }
 
   stats(): BatcherStats {
-    return { ...this.#stats, queued: this.#queue.length, rejected: this.#queue.rejected, failedBatches: this.#queue.failedBatches };
+    return {
+      ...this.#stats,
+      queued: this.#queue.length,
+      rejected: this.#queue.rejected,
+      failedBatches: this.#queue.failedBatches,
+      expired: this.#queue.expired,
+    };
   }
 }

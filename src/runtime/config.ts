@@ -6,9 +6,18 @@
 import { z } from 'zod';
 import { list, setting } from '../config/define.ts';
 import { parseBool } from '../config/describe.ts';
+import { maxInputsPerRequest } from '../http/config.ts';
 
 const PROVIDERS = ['cpu', 'cuda', 'webgpu'] as const;
 export type ExecutionProviderName = (typeof PROVIDERS)[number];
+/** Most items waiting per model; beyond it requests fail with OVERLOADED. `POLYRAY_QUEUE_MAX_ITEMS`; default 8192. */
+const queueMaxItems = setting(z.number().int().min(1), {
+  env: 'POLYRAY_QUEUE_MAX_ITEMS',
+  file: 'queueMaxItems',
+  default: 8192,
+  doc: 'queued items per model; beyond it `OVERLOADED`',
+});
+
 export const EXECUTION_PROVIDERS: readonly ExecutionProviderName[] = PROVIDERS;
 
 /** Worker threads, each holding a session per model. `POLYRAY_WORKERS`; default 1. */
@@ -154,12 +163,18 @@ export const batchingSchema = z
       default: 0,
       doc: 'longest wait of the oldest queued item for company (0: dispatch when a worker is free; batches form from what queues meanwhile)',
     }),
-    /** Most items waiting per model; beyond it requests fail with OVERLOADED. `POLYRAY_QUEUE_MAX_ITEMS`; default 8192. */
-    maxQueueItems: setting(z.number().int().min(1), {
-      env: 'POLYRAY_QUEUE_MAX_ITEMS',
-      file: 'queueMaxItems',
-      default: 8192,
-      doc: 'queued items per model; beyond it `OVERLOADED`',
+    maxQueueItems: queueMaxItems,
+    /**
+     * Most items one client may have queued per model; beyond it that client gets OVERLOADED while others keep
+     * their place (fair queuing serves clients by weight). `POLYRAY_QUEUE_MAX_ITEMS_PER_CLIENT`; default half
+     * of `POLYRAY_QUEUE_MAX_ITEMS`, at least `POLYRAY_MAX_INPUTS`.
+     */
+    maxQueueItemsPerClient: setting(z.number().int().min(1), {
+      env: 'POLYRAY_QUEUE_MAX_ITEMS_PER_CLIENT',
+      file: 'queueMaxItemsPerClient',
+      default: (get) => Math.min(get(queueMaxItems), Math.max(get(maxInputsPerRequest), Math.ceil(get(queueMaxItems) / 2))),
+      defaultDoc: 'half of `POLYRAY_QUEUE_MAX_ITEMS`, at least `POLYRAY_MAX_INPUTS`',
+      doc: "queued items per client per model; beyond it that client's `OVERLOADED`",
     }),
     /** Image models: most input pixels (items × height × width) in one run. `POLYRAY_BATCH_MAX_PIXELS`; default 16 images of 224×224. */
     maxPixels: setting(z.number().int().min(1), {

@@ -2,13 +2,26 @@
  * The dispatch loop shared by every batcher: a bounded queue of pending items, the wait-for-company
  * timer, worker-lease acquisition, settling each item from its batch's results, and drain.
  *
- * A batch is dispatched when the policy says the queue is full or when the oldest item has waited
+ * A batch is dispatched when the policy says the queue is full or when the head item has waited
  * `maxWaitUs`. Dispatch first acquires a worker lease; items that arrive while it waits still join,
  * which is what makes batches grow under load. What a batch is (which items, how they are padded or
  * stacked, how results are split) belongs to the policy: the token batcher groups by length, the tensor
- * batcher takes FIFO by cost. The policy returns one result per item; settling is done here, in one
+ * batcher takes in order by cost. The policy returns one result per item; settling is done here, in one
  * place, so a policy cannot leave a waiter hanging: a run that throws, or that returns a different
  * number of results than it was given items, rejects every item of its batch.
+ *
+ * Many clients, one queue (fair serving):
+ * - Each client has its own FIFO; the policy sees the queue in *fair order*: start-time fair queuing over
+ *   the policy's cost (tokens, pixels) divided by the client's weight, so a client that floods the queue
+ *   waits behind its own backlog, not in front of everyone else's. Only the first `window` items of that
+ *   order are offered to the policy, so a batch fills with the clients at the front, not with whoever
+ *   queued most; batches still mix clients.
+ * - Priority classes: `batch` items come after every `interactive` one in that order, so batch work only
+ *   fills capacity interactive work leaves.
+ * - Bounds: a client may queue at most `maxQueueItemsPerClient` (the flooding client gets OVERLOADED), and
+ *   everything together at most `maxQueueItems`.
+ * - Deadlines: a submit may carry a deadline and an abort signal; its items still queued when either fires
+ *   are removed and rejected (DEADLINE_EXCEEDED), so a caller who gave up is never computed.
  */
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { InferencePool, Lease } from './pool.ts';
@@ -20,9 +33,43 @@ export interface Waiting<T> {
   readonly enqueuedAt: number;
 }
 
+/** Who a submit is for and how urgent it is. */
+export interface SubmitOptions {
+  /** The client (fair share and per-client bound). Default: one shared anonymous client. */
+  client?: string | undefined;
+  /** The client's share relative to others (clients file `weight`). Default 1. */
+  weight?: number | undefined;
+  /** `batch` work waits while `interactive` work is queued. Default interactive. */
+  priority?: Priority | undefined;
+  /** `Clock.now()` after which the items are not worth computing; still queued then, they are rejected. */
+  deadline?: number | undefined;
+  /** The caller went away (HTTP request closed): items still queued are rejected. */
+  signal?: AbortSignal | undefined;
+}
+
+export type Priority = 'interactive' | 'batch';
+
 interface Pending<T, R> extends Waiting<T> {
   resolve: (r: R) => void;
   reject: (e: Error) => void;
+  readonly client: ClientQueue<T, R>;
+  /** 0 interactive, 1 batch. */
+  readonly rank: number;
+  /** Virtual start and finish times: the fair order. */
+  readonly start: number;
+  readonly finish: number;
+  readonly seq: number;
+  /** Set once the item has left the queue (taken, expired or aborted). */
+  gone?: boolean;
+  /** Called when it leaves the queue. */
+  onGone?: () => void;
+}
+
+interface ClientQueue<T, R> {
+  id: string;
+  items: Pending<T, R>[];
+  /** Virtual finish time of the client's last queued item. */
+  last: number;
 }
 
 /** Time source and timer of a queue; tests pass a fake one to drive `maxWaitUs` without sleeping. */
@@ -58,6 +105,10 @@ export interface QueueOptions {
   maxWaitUs: number;
   /** Most items queued; beyond it submits fail with OVERLOADED. */
   maxQueueItems: number;
+  /** Most items one client may have queued; beyond it that client's submits fail with OVERLOADED. Default `maxQueueItems`. */
+  maxQueueItemsPerClient?: number;
+  /** How many items of the fair order the policy may choose a batch from. Default 256. */
+  window?: number;
 }
 
 /**
@@ -85,6 +136,8 @@ export interface BatchPolicy<T, R> {
   take(queue: readonly Waiting<T>[]): Iterable<number>;
   /** Runs one batch on a leased worker; one result per item, in the order given. */
   run(items: T[], run: Lease['run']): Promise<R[]>;
+  /** What an item costs in fair-share terms (tokens, pixels). Default 1. */
+  cost?(item: T): number;
 }
 
 type QueueState = { kind: 'open' } | { kind: 'draining'; done: Promise<void> } | { kind: 'closed' };
@@ -93,12 +146,20 @@ type QueueState = { kind: 'open' } | { kind: 'draining'; done: Promise<void> } |
 export const batchFailed = (reason?: string): PolyrayError =>
   new PolyrayError(ErrorCode.INFERENCE_FAILED, 'Inference failed for this batch; the request can be retried', reason ? { reason } : undefined);
 
+const ANONYMOUS = '';
+
 export class DispatchQueue<T, R> {
   readonly #policy: BatchPolicy<T, R>;
   readonly #pool: Pick<InferencePool, 'acquire'>;
-  readonly #options: QueueOptions;
+  readonly #options: Required<QueueOptions>;
   readonly #clock: Clock;
-  #queue: Pending<T, R>[] = [];
+  /** Clients with items queued. */
+  readonly #clients = new Map<string, ClientQueue<T, R>>();
+  #size = 0;
+  /** System virtual time: the start of the item at the head of the last batch taken. */
+  #virtual = 0;
+  #seq = 0;
+  #expired = 0;
   #cancelTimer: (() => void) | undefined;
   #acquiring = false;
   #inFlight = 0;
@@ -110,12 +171,22 @@ export class DispatchQueue<T, R> {
   constructor(policy: BatchPolicy<T, R>, pool: Pick<InferencePool, 'acquire'>, options: QueueOptions, clock: ClockOption = systemClock) {
     this.#policy = policy;
     this.#pool = pool;
-    this.#options = { maxWaitUs: options.maxWaitUs, maxQueueItems: options.maxQueueItems };
+    this.#options = {
+      maxWaitUs: options.maxWaitUs,
+      maxQueueItems: options.maxQueueItems,
+      maxQueueItemsPerClient: options.maxQueueItemsPerClient ?? options.maxQueueItems,
+      window: options.window ?? 256,
+    };
     this.#clock = toClock(clock);
   }
 
   get length(): number {
-    return this.#queue.length;
+    return this.#size;
+  }
+
+  /** Items removed before inference because their deadline passed or their caller went away. */
+  get expired(): number {
+    return this.#expired;
   }
 
   /** Items refused because the queue was full. */
@@ -129,30 +200,128 @@ export class DispatchQueue<T, R> {
   }
 
   /** Queues items; each promise settles with its own result or the error of its batch. */
-  submit(items: readonly T[]): Promise<R>[] {
+  submit(items: readonly T[], options: SubmitOptions = {}): Promise<R>[] {
     if (this.#state.kind !== 'open') {
       const e = new PolyrayError(ErrorCode.SHUTTING_DOWN, 'The service is shutting down; retry on another replica');
       return items.map(() => Promise.reject(e));
     }
-    const max = this.#options.maxQueueItems;
-    if (this.#queue.length + items.length > max) {
+    const refuse = (e: PolyrayError): Promise<R>[] => {
       this.#rejected += items.length;
-      const e = new PolyrayError(ErrorCode.OVERLOADED, `The ${this.#policy.name} queue is full (${max} items); retry later`, { retryAfterMs: 100 });
+      return items.map(() => Promise.reject(e));
+    };
+    const id = options.client ?? ANONYMOUS;
+    const queued = this.#clients.get(id)?.items.length ?? 0;
+    const { maxQueueItems: max, maxQueueItemsPerClient: perClient } = this.#options;
+    if (perClient < max && queued + items.length > perClient) {
+      return refuse(
+        new PolyrayError(ErrorCode.OVERLOADED, `This client has ${queued} items queued for ${this.#policy.name} (at most ${perClient}); retry later`, {
+          retryAfterMs: 100,
+        }),
+      );
+    }
+    if (this.#size + items.length > max) {
+      return refuse(new PolyrayError(ErrorCode.OVERLOADED, `The ${this.#policy.name} queue is full (${max} items); retry later`, { retryAfterMs: 100 }));
+    }
+    if (options.signal?.aborted || (options.deadline !== undefined && this.#clock.now() >= options.deadline)) {
+      this.#expired += items.length;
+      const e = expiredError(options);
       return items.map(() => Promise.reject(e));
     }
+    let client = this.#clients.get(id);
+    if (!client) {
+      client = { id, items: [], last: 0 };
+      this.#clients.set(id, client);
+    }
+    const weight = options.weight !== undefined && options.weight > 0 && Number.isFinite(options.weight) ? options.weight : 1;
+    const rank = options.priority === 'batch' ? 1 : 0;
     const enqueuedAt = this.#clock.now();
-    const promises = items.map((item) => new Promise<R>((resolve, reject) => this.#queue.push({ item, enqueuedAt, resolve, reject })));
+    // Start-time fair queuing: a client's items follow each other in virtual time; one that was idle starts
+    // at the current virtual time (no credit saved up while away).
+    let start = Math.max(this.#virtual, client.last);
+    const mine: Pending<T, R>[] = [];
+    const promises = items.map(
+      (item) =>
+        new Promise<R>((resolve, reject) => {
+          const finish = start + Math.max(1, this.#policy.cost?.(item) ?? 1) / weight;
+          const p: Pending<T, R> = { item, enqueuedAt, resolve, reject, client: client!, rank, start, finish, seq: this.#seq++ };
+          start = finish;
+          mine.push(p);
+          client!.items.push(p);
+        }),
+    );
+    client.last = start;
+    this.#size += mine.length;
+    this.#watch(mine, options);
     this.#schedule();
     return promises;
   }
 
+  /** Rejects `mine` still queued when the deadline passes or the signal aborts. */
+  #watch(mine: Pending<T, R>[], options: SubmitOptions): void {
+    if (options.deadline === undefined && !options.signal) return;
+    let cancelTimer: (() => void) | undefined;
+    const expire = (): void => {
+      cancelTimer?.();
+      options.signal?.removeEventListener('abort', expire);
+      const e = expiredError(options);
+      const left = mine.filter((p) => !p.gone);
+      for (const p of left) this.#remove(p);
+      this.#expired += left.length;
+      for (const p of left) p.reject(e);
+      this.#notifyIdle();
+    };
+    if (options.deadline !== undefined) cancelTimer = this.#clock.after(Math.max(0, options.deadline - this.#clock.now()), expire);
+    options.signal?.addEventListener('abort', expire, { once: true });
+    // Once every item has left the queue, the watch has nothing left to do.
+    let left = mine.length;
+    const gone = (): void => {
+      if (--left > 0) return;
+      cancelTimer?.();
+      options.signal?.removeEventListener('abort', expire);
+    };
+    for (const p of mine) p.onGone = gone;
+  }
+
+  /** Takes `p` out of its client's queue (not settling it). */
+  #remove(p: Pending<T, R>): void {
+    if (p.gone) return;
+    p.gone = true;
+    p.onGone?.();
+    const c = p.client;
+    const i = c.items.indexOf(p);
+    if (i >= 0) c.items.splice(i, 1);
+    this.#size--;
+    if (c.items.length === 0 && this.#clients.get(c.id) === c) this.#clients.delete(c.id);
+  }
+
+  /** The first `window` queued items in fair order: class, then virtual finish time, then arrival. */
+  #view(): Pending<T, R>[] {
+    const heads = [...this.#clients.values()].map((c) => ({ c, at: 0 }));
+    const out: Pending<T, R>[] = [];
+    const limit = this.#options.window;
+    while (out.length < limit) {
+      let best: { c: ClientQueue<T, R>; at: number } | undefined;
+      for (const h of heads) {
+        const p = h.c.items[h.at];
+        if (!p) continue;
+        const b = best && best.c.items[best.at]!;
+        if (!b || p.rank < b.rank || (p.rank === b.rank && (p.finish < b.finish || (p.finish === b.finish && p.seq < b.seq)))) best = h;
+      }
+      if (!best) break;
+      out.push(best.c.items[best.at]!);
+      best.at++;
+    }
+    return out;
+  }
+
   #schedule(): void {
-    if (this.#queue.length === 0 || this.#acquiring) return;
-    const full = this.#policy.full(this.#queue);
+    if (this.#size === 0 || this.#acquiring) return;
+    const view = this.#view();
+    const full = this.#policy.full(view);
     // While a batch of this queue runs, only a full batch is sent after it (to wait in the worker, where
     // the pool allows it): a partial one waits for the run to end and grows meanwhile.
     if (this.#inFlight > 0 && !full && this.#state.kind !== 'draining') return;
-    const waitedUs = (this.#clock.now() - this.#queue[0]!.enqueuedAt) * 1000;
+    const waitedUs = (this.#clock.now() - view[0]!.enqueuedAt) * 1000;
     const maxWaitUs = this.#options.maxWaitUs;
     if (full || waitedUs >= maxWaitUs || this.#state.kind === 'draining') {
       this.#cancelTimer?.();
@@ -171,7 +340,7 @@ export class DispatchQueue<T, R> {
     this.#pool.acquire().then(
       (lease) => {
         this.#acquiring = false;
-        if (this.#queue.length === 0) {
+        if (this.#size === 0) {
           lease.release();
           this.#notifyIdle();
           return;
@@ -188,23 +357,23 @@ export class DispatchQueue<T, R> {
       },
       (err: Error) => {
         this.#acquiring = false;
-        const batch = this.#queue;
-        this.#queue = [];
+        const batch = [...this.#clients.values()].flatMap((c) => c.items);
+        for (const q of batch) this.#remove(q);
         for (const q of batch) q.reject(err);
         this.#notifyIdle();
       },
     );
   }
 
-  /** Removes the policy's next batch from the queue, keeping queue order. */
+  /** Removes the policy's next batch from the queue (chosen from the fair order's window), keeping that order. */
   #take(): Pending<T, R>[] {
-    const picked = new Set(this.#policy.take(this.#queue));
-    // A policy that picks nothing would leave the queue stuck; the oldest item always goes.
+    const view = this.#view();
+    const picked = new Set(this.#policy.take(view));
+    // A policy that picks nothing would leave the queue stuck; the head item always goes.
     if (picked.size === 0) picked.add(0);
-    const batch: Pending<T, R>[] = [];
-    const rest: Pending<T, R>[] = [];
-    for (const [i, q] of this.#queue.entries()) (picked.has(i) ? batch : rest).push(q);
-    this.#queue = rest;
+    const batch = view.filter((_, i) => picked.has(i));
+    this.#virtual = Math.max(this.#virtual, view[0]!.start);
+    for (const q of batch) this.#remove(q);
     return batch;
   }
 
@@ -227,7 +396,7 @@ export class DispatchQueue<T, R> {
   }
 
   #notifyIdle(): void {
-    if (this.#queue.length === 0 && this.#inFlight === 0 && !this.#acquiring) {
+    if (this.#size === 0 && this.#inFlight === 0 && !this.#acquiring) {
       const w = this.#idleWaiters;
       this.#idleWaiters = [];
       for (const f of w) f();
@@ -246,4 +415,14 @@ export class DispatchQueue<T, R> {
     this.#notifyIdle();
     return done;
   }
+}
+
+function expiredError(options: SubmitOptions): PolyrayError {
+  return options.signal?.aborted
+    ? new PolyrayError(ErrorCode.DEADLINE_EXCEEDED, 'The request was closed by its caller before its inputs were computed; nothing was run or charged', {
+        reason: 'aborted',
+      })
+    : new PolyrayError(ErrorCode.DEADLINE_EXCEEDED, "The request's deadline passed before its inputs were computed; nothing was run or charged", {
+        reason: 'deadline',
+      });
 }

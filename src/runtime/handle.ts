@@ -10,6 +10,7 @@ import type { HeadSpec, PreprocessSpec } from './manifest.ts';
 import type { Batcher } from './batcher.ts';
 import type { TensorBatcher } from './tensor-batcher.ts';
 import type { TokenizedBatch, TokenizeOptions, Tokenizer } from './tokenizer.ts';
+import type { ViewedBatch, ViewOptions } from './view-batch.ts';
 
 interface HandleBase {
   name: string;
@@ -26,6 +27,8 @@ export interface TextHandle extends HandleBase {
   tokenizer: Tokenizer;
   /** Tokenises texts for this model, off the event loop (src/runtime/tokenizer-pool.ts). */
   tokenize(texts: readonly string[], options: TokenizeOptions): Promise<TokenizedBatch>;
+  /** `POST /tokenize`: each text's tokens with offsets, as JSON, off the event loop. */
+  viewTokens(texts: readonly string[], options: ViewOptions): Promise<ViewedBatch>;
   /** False when the pooling leaves the prompt's tokens out (1_Pooling/config.json `include_prompt: false`). */
   includePrompt: boolean;
   /** Named prompts and the default one (manifest `prompts`, `defaultPromptName`). */

@@ -4,7 +4,8 @@
  * post-processor (special tokens), for model folders whose manifest says `tokenizer.kind: "hf"`.
  *
  * Owns: choosing the implementation and holding it to the `Tokenizer` contract (never throws, every id
- * in [0, vocabSize)).
+ * in [0, vocabSize)), and reading from the file how its pieces write text (`pieces`, for the offsets of
+ * src/runtime/token-view.ts: `@huggingface/tokenizers` reports none).
  * - A BERT-style WordPiece file is read by our own WordPiece (src/runtime/wordpiece.ts): measured
  *   ×1.3 (short texts) to ×2.7 (500 words) faster than `@huggingface/tokenizers` 0.2.0, with the same ids on
  *   50,000 fuzzed texts (test/hf-tokenizer.test.ts). Where the two differ, ours follows the Rust
@@ -17,8 +18,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { Tokenizer as HuggingFaceTokenizer } from '@huggingface/tokenizers';
-import type { Encoding, Tokenizer } from './tokenizer.ts';
+import { type AddedToken, Tokenizer as HuggingFaceTokenizer } from '@huggingface/tokenizers';
+import type { Encoding, Piece, PieceNotation, Pieces, Tokenizer } from './tokenizer.ts';
 import { WordPieceTokenizer } from './wordpiece.ts';
 
 const LONE_SURROGATE = /\p{Cs}/gu;
@@ -28,6 +29,9 @@ export class HfTokenizer implements Tokenizer {
   readonly specials: { prefix: number; suffix: number };
   readonly maxPieceChars?: number;
   readonly #tok: HuggingFaceTokenizer;
+  readonly #notation: PieceNotation;
+  /** Added tokens by id, for `pieces`. */
+  #added: Map<number, AddedToken> | undefined;
 
   constructor(tokenizerJson: unknown, tokenizerConfig: Record<string, unknown> = {}) {
     this.#tok = new HuggingFaceTokenizer(tokenizerJson as object, tokenizerConfig);
@@ -44,6 +48,24 @@ export class HfTokenizer implements Tokenizer {
     const perWord = typeof model['max_input_chars_per_word'] === 'number' ? 2 * (model['max_input_chars_per_word'] as number) : 0;
     if (model['fuse_unk'] !== true) this.maxPieceChars = Math.max(longest, perWord);
     this.specials = specialsOf(this.#tok);
+    this.#notation = notationOf(tokenizerJson, tokenizerConfig);
+  }
+
+  /** Each id's vocabulary string; added tokens are special as the file marks them, the model's unknown token never. */
+  pieces(ids: readonly number[]): Pieces {
+    // Read on the first call only: just /tokenize needs them.
+    const added = this.#added ?? this.#tok.get_added_tokens_decoder();
+    this.#added = added;
+    const unk = this.#tok.model?.unk_token_id;
+    return {
+      notation: this.#notation,
+      pieces: ids.map((id): Piece => {
+        const piece = this.#tok.id_to_token(id) ?? '';
+        const a = added.get(id);
+        if (id === unk) return { piece, special: false, added: a !== undefined, unknown: true };
+        return a ? { piece, special: a.special, added: true } : { piece, special: false };
+      }),
+    };
   }
 
   encode(text: string): Encoding {
@@ -67,6 +89,84 @@ function specialsOf(tok: HuggingFaceTokenizer): { prefix: number; suffix: number
     if (own.every((id: number, j: number) => full[k + j] === id)) return { prefix: k, suffix: full.length - k - own.length };
   }
   return { prefix: 0, suffix: 0 };
+}
+
+/**
+ * How the file's pieces write text (see `PieceNotation`), from its decoder, pre-tokenizer, normalizer and model,
+ * and from tokenizer_config.json's `do_lowercase_and_remove_accent` (which @huggingface/tokenizers applies).
+ */
+function notationOf(tokenizerJson: unknown, tokenizerConfig: Record<string, unknown>): PieceNotation {
+  const root = asRecord(tokenizerJson);
+  const model = asRecord(root['model']);
+  const steps = [...stepsOf(root['decoder'], 'decoders'), ...stepsOf(root['pre_tokenizer'], 'pretokenizers'), ...stepsOf(root['normalizer'], 'normalizers')];
+  const n: PieceNotation = {};
+  if (tokenizerConfig['do_lowercase_and_remove_accent'] === true) {
+    n.lowercase = true;
+    n.stripAccents = true;
+  }
+  for (const step of steps) {
+    switch (step['type']) {
+      case 'ByteLevel':
+        n.byteLevel = true;
+        break;
+      case 'ByteFallback':
+        n.byteFallback = true;
+        break;
+      case 'Metaspace':
+        n.space = typeof step['replacement'] === 'string' ? step['replacement'] : '\u2581';
+        break;
+      case 'Replace': {
+        // Gemma and Llama write spaces as "▁" with a Replace normalizer (" " → "▁") and decoder ("▁" → " ").
+        const from = asRecord(step['pattern'])['String'];
+        const to = step['content'];
+        if (from === ' ' && typeof to === 'string' && [...to].length === 1 && to !== ' ') n.space = to;
+        if (to === ' ' && typeof from === 'string' && [...from].length === 1 && from !== ' ') n.space = from;
+        break;
+      }
+      case 'WordPiece':
+        n.continuingPrefix = typeof step['prefix'] === 'string' ? step['prefix'] : '##';
+        break;
+      case 'BertPreTokenizer':
+        n.bertWords = true;
+        break;
+      case 'Lowercase':
+        n.lowercase = true;
+        break;
+      case 'BertNormalizer':
+        if (step['lowercase'] !== false) n.lowercase = true;
+        // strip_accents null or absent follows lowercase, as in `tokenizers`.
+        if (step['strip_accents'] === true || (typeof step['strip_accents'] !== 'boolean' && step['lowercase'] !== false)) n.stripAccents = true;
+        break;
+      case 'StripAccents':
+        n.stripAccents = true;
+        break;
+      case 'NFC':
+      case 'NFKC':
+        n.composition = step['type'];
+        break;
+      case 'Precompiled':
+        // SentencePiece's compiled normalizer (T5, XLM-R files): NFKC, by default.
+        n.composition = 'NFKC';
+        break;
+    }
+  }
+  if (model['byte_fallback'] === true) n.byteFallback = true;
+  if (model['type'] === 'WordPiece') n.continuingPrefix ??= '##';
+  if (typeof model['continuing_subword_prefix'] === 'string' && model['continuing_subword_prefix'] !== '')
+    n.continuingPrefix = model['continuing_subword_prefix'];
+  if (typeof model['end_of_word_suffix'] === 'string' && model['end_of_word_suffix'] !== '') n.endOfWordSuffix = model['end_of_word_suffix'];
+  return n;
+}
+
+/** A decoder / pre-tokenizer / normalizer and, for a Sequence, its members. */
+function stepsOf(step: unknown, members: string): Record<string, unknown>[] {
+  const s = asRecord(step);
+  const list = s[members];
+  return Array.isArray(list) ? [s, ...list.flatMap((m) => stepsOf(m, members))] : [s];
+}
+
+function asRecord(v: unknown): Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
 }
 
 /**

@@ -95,6 +95,7 @@ export class ModelHost {
       ...this.#base(m),
       tokenizer: m.tokenizer,
       tokenize: (texts, options) => this.#o.tokenizers.tokenize(source, m.tokenizer, texts, options),
+      viewTokens: (texts, options) => this.#o.tokenizers.view(source, m.tokenizer, texts, options),
       includePrompt: m.manifest.pooling?.includePrompt !== false,
       prompts: m.manifest.prompts ?? {},
       defaultPromptName: m.manifest.defaultPromptName,
@@ -280,7 +281,13 @@ export class ModelHost {
         .map((o) => ({ name: o.name, width: o.shape[1] as number }));
       const itemShape = pre ? (pre.layout === 'nchw' ? [3, pre.size, pre.size] : [pre.size, pre.size, 3]) : input.shape.slice(1).map(Number);
       // Image batches are bounded by pixels; head inputs cost 1 each, so only maxItems bounds them.
-      const options = { maxItems: b.maxItems, maxWaitUs: b.maxWaitUs, maxQueueItems: b.maxQueueItems, maxCost: pre ? b.maxPixels : b.maxItems };
+      const options = {
+        maxItems: b.maxItems,
+        maxWaitUs: b.maxWaitUs,
+        maxQueueItems: b.maxQueueItems,
+        maxQueueItemsPerClient: b.maxQueueItemsPerClient,
+        maxCost: pre ? b.maxPixels : b.maxItems,
+      };
       return { queue: new TensorBatcher({ name: manifest.name, input: input.name, itemShape, outputs }, pool, options), detail: {} };
     }
     const names = manifest.inputs.map((i) => i.name);

@@ -12,7 +12,7 @@
  * A run may read several outputs (image-mobilenet: the unit `embedding` and the raw `feature`); each
  * item's result holds its row of every output. Inference time is apportioned by cost share.
  */
-import { batchFailed, type ClockOption, checkQueueOptions, DispatchQueue, systemClock, type Waiting } from './dispatch-queue.ts';
+import { batchFailed, type ClockOption, checkQueueOptions, DispatchQueue, type SubmitOptions, systemClock, type Waiting } from './dispatch-queue.ts';
 import type { InferencePool, Lease } from './pool.ts';
 import type { FeedSpec } from './worker-protocol.ts';
 
@@ -25,6 +25,8 @@ export interface TensorBatcherOptions {
   maxWaitUs: number;
   /** Most items queued; beyond it submits fail with OVERLOADED. Default 8192. */
   maxQueueItems: number;
+  /** Most items one client may have queued. Default: `maxQueueItems`. */
+  maxQueueItemsPerClient?: number;
 }
 
 export const DEFAULT_TENSOR_BATCHER_OPTIONS: TensorBatcherOptions = { maxItems: 64, maxCost: 16 * 224 * 224, maxWaitUs: 0, maxQueueItems: 8192 };
@@ -64,6 +66,8 @@ export interface TensorBatcherStats {
   cost: number;
   rejected: number;
   failedBatches: number;
+  /** Items dropped before inference: deadline passed or caller gone. */
+  expired: number;
 }
 
 export class TensorBatcher {
@@ -71,7 +75,7 @@ export class TensorBatcher {
   readonly #io: TensorModelIO;
   readonly #itemSize: number;
   readonly #queue: DispatchQueue<TensorItem, TensorItemResult>;
-  readonly #stats: TensorBatcherStats = { queued: 0, batches: 0, items: 0, cost: 0, rejected: 0, failedBatches: 0 };
+  readonly #stats: TensorBatcherStats = { queued: 0, batches: 0, items: 0, cost: 0, rejected: 0, failedBatches: 0, expired: 0 };
 
   /** `clock` drives `maxWaitUs`, as for `Batcher`. Default: `performance.now()` and Node's timers. */
   constructor(io: TensorModelIO, pool: Pick<InferencePool, 'acquire'>, options: Partial<TensorBatcherOptions> = {}, clock: ClockOption = systemClock) {
@@ -79,7 +83,7 @@ export class TensorBatcher {
     if (io.outputs.length === 0) throw new TypeError(`TensorBatcher for ${io.name} needs at least one output`);
     this.#io = io;
     this.#itemSize = io.itemShape.reduce((a, b) => a * b, 1);
-    const policy = { name: io.name, full: this.#full.bind(this), take: this.#take.bind(this), run: this.#run.bind(this) };
+    const policy = { name: io.name, full: this.#full.bind(this), take: this.#take.bind(this), run: this.#run.bind(this), cost: (it: TensorItem) => it.cost };
     this.#queue = new DispatchQueue(policy, pool, this.#o, clock);
   }
 
@@ -87,13 +91,13 @@ export class TensorBatcher {
     return this.#io;
   }
 
-  /** Queues items; each promise settles with the item's outputs or its batch's error. */
-  submit(items: readonly TensorItem[]): Promise<TensorItemResult>[] {
+  /** Queues items (for one client, priority and deadline); each promise settles with the item's outputs or its batch's error. */
+  submit(items: readonly TensorItem[], options?: SubmitOptions): Promise<TensorItemResult>[] {
     for (const it of items) {
       if (it.data.length !== this.#itemSize)
         throw new TypeError(`TensorBatcher ${this.#io.name}: item has ${it.data.length} values, expected ${this.#itemSize}`);
     }
-    return this.#queue.submit(items);
+    return this.#queue.submit(items, options);
   }
 
   #full(queue: readonly Waiting<TensorItem>[]): boolean {
@@ -150,6 +154,12 @@ export class TensorBatcher {
   }
 
   stats(): TensorBatcherStats {
-    return { ...this.#stats, queued: this.#queue.length, rejected: this.#queue.rejected, failedBatches: this.#queue.failedBatches };
+    return {
+      ...this.#stats,
+      queued: this.#queue.length,
+      rejected: this.#queue.rejected,
+      failedBatches: this.#queue.failedBatches,
+      expired: this.#queue.expired,
+    };
   }
 }

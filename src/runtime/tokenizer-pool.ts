@@ -15,6 +15,7 @@ import { ErrorCode, type ErrorCode as Code, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { type Tokenized, type TokenizedBatch, type TokenizeOptions, type Tokenizer, tokenizeBatch } from './tokenizer.ts';
 import type { FromTokenizer, ToTokenizer, TokenizerSource } from './tokenizer-protocol.ts';
+import { type ViewedBatch, type ViewOptions, viewBatch } from './view-batch.ts';
 
 export type { TokenizerSource } from './tokenizer-protocol.ts';
 
@@ -37,7 +38,7 @@ export interface TokenizerPoolStats {
 }
 
 interface Pending {
-  resolve: (b: TokenizedBatch) => void;
+  resolve: (b: TokenizedBatch | ViewedBatch) => void;
   reject: (e: Error) => void;
 }
 
@@ -69,12 +70,30 @@ export class TokenizerPool {
    * tokenizer, used when the pool has no threads.
    */
   tokenize(source: TokenizerSource, local: Tokenizer, texts: readonly string[], options: TokenizeOptions): Promise<TokenizedBatch> {
+    return this.#run(
+      texts.length,
+      () => tokenizeBatch(local, texts, options),
+      (id) => ({ type: 'tokenize', id, source, texts, options }),
+    );
+  }
+
+  /** `POST /tokenize`'s answer for `texts`: each one's tokens with offsets, as JSON (src/runtime/view-batch.ts). */
+  view(source: TokenizerSource, local: Tokenizer, texts: readonly string[], options: ViewOptions): Promise<ViewedBatch> {
+    return this.#run(
+      texts.length,
+      () => viewBatch(local, texts, options),
+      (id) => ({ type: 'view', id, source, texts, options }),
+    );
+  }
+
+  /** Runs one batch on the least busy thread (`message`), or here (`inline`) when the pool has no threads. */
+  #run<R extends TokenizedBatch | ViewedBatch>(texts: number, inline: () => R, message: (id: number) => ToTokenizer): Promise<R> {
     this.#stats.batches++;
-    this.#stats.texts += texts.length;
+    this.#stats.texts += texts;
     if (this.#closed) return Promise.reject(new PolyrayError(ErrorCode.SHUTTING_DOWN, 'The service is shutting down'));
     if (this.#threads.length === 0) {
       try {
-        return Promise.resolve(tokenizeBatch(local, texts, options));
+        return Promise.resolve(inline());
       } catch (e) {
         return Promise.reject(e as Error);
       }
@@ -82,9 +101,9 @@ export class TokenizerPool {
     let thread = this.#threads[0]!;
     for (const t of this.#threads) if (t.pending.size < thread.pending.size) thread = t;
     const id = this.#nextId++;
-    return new Promise<TokenizedBatch>((resolve, reject) => {
-      thread.pending.set(id, { resolve, reject });
-      thread.worker.postMessage({ type: 'tokenize', id, source, texts, options } satisfies ToTokenizer);
+    return new Promise<R>((resolve, reject) => {
+      thread.pending.set(id, { resolve: resolve as Pending['resolve'], reject });
+      thread.worker.postMessage(message(id));
     });
   }
 
@@ -122,6 +141,7 @@ export class TokenizerPool {
       if (!p) return;
       thread.pending.delete(m.id);
       if (m.type === 'tokenized') p.resolve(unpack(m));
+      else if (m.type === 'viewed') p.resolve({ json: m.json, counts: m.counts });
       else if (m.code !== undefined && CODES.has(m.code)) p.reject(new PolyrayError(m.code as Code, m.message));
       else {
         this.#o.logger.error({ err: m.message }, 'tokenisation failed');

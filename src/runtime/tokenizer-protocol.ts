@@ -1,6 +1,7 @@
 /** Messages between the tokenizer pool (main thread) and its threads; results travel in transferred buffers. */
 import type { TokenizerSpec } from './manifest.ts';
 import type { TokenizeOptions } from './tokenizer.ts';
+import type { ViewOptions } from './view-batch.ts';
 
 /** Where a thread finds a model's tokenizer; `key` (name@version) names the loaded copy. */
 export interface TokenizerSource {
@@ -13,6 +14,8 @@ export interface TokenizerSource {
 export type ToTokenizer =
   | { type: 'nice'; niceness: number }
   | { type: 'tokenize'; id: number; source: TokenizerSource; texts: readonly string[]; options: TokenizeOptions }
+  /** `POST /tokenize`: each text's tokens with offsets, as JSON (src/runtime/view-batch.ts). */
+  | { type: 'view'; id: number; source: TokenizerSource; texts: readonly string[]; options: ViewOptions }
   /** Drops loaded tokenizers (a model reloaded or removed). */
   | { type: 'forget'; keys: string[] }
   | { type: 'close' };
@@ -30,5 +33,6 @@ export type FromTokenizer =
       partials: Uint8Array;
       promptTokens: number;
     }
+  | { type: 'viewed'; id: number; json: string[]; counts: number[] }
   /** `code`: a client-facing error code the tokenizer raised (e.g. UNSUPPORTED_INPUT). */
   | { type: 'error'; id: number; message: string; code?: string | undefined };

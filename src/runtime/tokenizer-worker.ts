@@ -8,12 +8,25 @@ import { setPriority } from 'node:os';
 import type { Tokenizer } from './tokenizer.ts';
 import { tokenizeBatch } from './tokenizer.ts';
 import { loadTokenizer } from './tokenizer-load.ts';
-import type { FromTokenizer, ToTokenizer } from './tokenizer-protocol.ts';
+import type { FromTokenizer, ToTokenizer, TokenizerSource } from './tokenizer-protocol.ts';
+import { viewBatch } from './view-batch.ts';
 
 const port = parentPort;
 if (!port) throw new Error('tokenizer-worker.ts runs as a worker thread');
 const tokenizers = new Map<string, Promise<Tokenizer>>();
 const post = (m: FromTokenizer, transfer: ArrayBuffer[] = []): void => port.postMessage(m, transfer);
+
+/** The thread's copy of a model's tokenizer, loaded on first use. */
+function tokenizerOf(source: TokenizerSource): Promise<Tokenizer> {
+  let tok = tokenizers.get(source.key);
+  if (!tok) {
+    tok = loadTokenizer(source.dir, source.name, source.spec);
+    tokenizers.set(source.key, tok);
+    // A load that failed is tried again by the next batch (the file may have been fixed).
+    tok.catch(() => tokenizers.delete(source.key));
+  }
+  return tok;
+}
 
 port.on('message', (msg: ToTokenizer) => {
   switch (msg.type) {
@@ -25,16 +38,23 @@ port.on('message', (msg: ToTokenizer) => {
         // Not permitted or not supported: the thread keeps the default priority.
       }
       return;
+    case 'view': {
+      const { id } = msg;
+      tokenizerOf(msg.source).then(
+        (t) => {
+          try {
+            post({ type: 'viewed', id, ...viewBatch(t, msg.texts, msg.options) });
+          } catch (e) {
+            post({ type: 'error', id, message: (e as Error).message.slice(0, 300) });
+          }
+        },
+        (e: unknown) => post({ type: 'error', id, message: `the tokenizer could not be loaded: ${(e as Error).message.slice(0, 300)}` }),
+      );
+      return;
+    }
     case 'tokenize': {
-      const { id, source } = msg;
-      let tok = tokenizers.get(source.key);
-      if (!tok) {
-        tok = loadTokenizer(source.dir, source.name, source.spec);
-        tokenizers.set(source.key, tok);
-        // A load that failed is tried again by the next batch (the file may have been fixed).
-        tok.catch(() => tokenizers.delete(source.key));
-      }
-      tok.then(
+      const { id } = msg;
+      tokenizerOf(msg.source).then(
         (t) => {
           try {
             const batch = tokenizeBatch(t, msg.texts, msg.options);

@@ -62,6 +62,53 @@ export interface Tokenizer {
    */
   readonly maxPieceChars?: number;
   encode(text: string): Encoding;
+  /**
+   * The vocabulary pieces of `ids` (as `encode` returned them: one each, in order) and how they write text, so
+   * that src/runtime/token-view.ts can find each token's offsets in the input. Absent: tokens have no offsets.
+   */
+  pieces?(ids: readonly number[]): Pieces;
+}
+
+/** One token as its vocabulary writes it. */
+export interface Piece {
+  /** The vocabulary string: "##ing", "Ġfox", "▁fox", "<0xE4>", "[CLS]". */
+  piece: string;
+  /** A special token: the template's [CLS] / <s> / <bos>, or an added token marked special. */
+  special: boolean;
+  /** An added token: it may also stand for its own content, written literally in the input. */
+  added?: boolean;
+  /** The unknown token ([UNK], <unk>): it stands for text the vocabulary lacks, of unknown length. Never special. */
+  unknown?: boolean;
+}
+
+/**
+ * How a vocabulary's pieces write the text they stand for, and what the tokenizer did to the text first. With no
+ * field set, a piece is the text itself, unchanged but for Unicode compatibility forms.
+ */
+export interface PieceNotation {
+  /** GPT-2 byte-level: each character stands for one byte ("Ġ" for a space), so a piece may hold part of a character. */
+  byteLevel?: boolean;
+  /** SentencePiece byte fallback: pieces "<0x00>" to "<0xFF>" stand for one byte. */
+  byteFallback?: boolean;
+  /** The character written for a space (SentencePiece's "▁"). */
+  space?: string;
+  /** The prefix of a word's continuation pieces, not part of the text (WordPiece's "##"). */
+  continuingPrefix?: string;
+  /** The suffix of a word's last piece, not part of the text (CLIP's "</w>"). */
+  endOfWordSuffix?: string;
+  /** Words were split as BERT's pre-tokenizer does (spaces; each punctuation character alone), so an unknown token is one whole word. */
+  bertWords?: boolean;
+  /** The tokenizer lower-cases text (BERT uncased), so pieces are matched to the text without regard to case. */
+  lowercase?: boolean;
+  /** The tokenizer strips accents (BERT uncased), so a piece may lack the text's accents. */
+  stripAccents?: boolean;
+  /** The Unicode composition the tokenizer applies first (Qwen: NFC; XLM-R, T5: NFKC), so no piece ends inside it. */
+  composition?: 'NFC' | 'NFKC';
+}
+
+export interface Pieces {
+  notation: PieceNotation;
+  pieces: Piece[];
 }
 
 /**
@@ -111,6 +158,8 @@ export class WordTokenizer implements Tokenizer {
   readonly normalisedKeys = true;
   readonly lowercase: boolean;
   readonly #ids: Map<string, number>;
+  /** Words by id, for `pieces`; built on its first call, since only /tokenize needs them. */
+  #words: string[] | undefined;
 
   // biome-ignore lint/style/useConsistentMemberAccessibility: JavaScript has no #constructor; instances come only from the static loaders.
   private constructor(ids: Map<string, number>, vocabSize: number, options: WordTokenizerOptions) {
@@ -165,6 +214,23 @@ export class WordTokenizer implements Tokenizer {
       mask.push(id === UNKNOWN_ID ? 0 : 1);
     });
     return { ids, mask };
+  }
+
+  /**
+   * Each id's vocabulary word, written as looked up (lower-cased; accents stripped where the lookup fell back to
+   * that); the reserved id 0 is the unknown token.
+   */
+  pieces(ids: readonly number[]): Pieces {
+    if (!this.#words) {
+      const words = new Array<string>(this.vocabSize).fill('');
+      for (const [word, id] of this.#ids) words[id] = word;
+      this.#words = words;
+    }
+    const words = this.#words;
+    return {
+      notation: { lowercase: this.lowercase, stripAccents: true, composition: 'NFC' },
+      pieces: ids.map((id): Piece => (id === UNKNOWN_ID ? { piece: '<unk>', special: false, unknown: true } : { piece: words[id] ?? '', special: false })),
+    };
   }
 
   /** Splits `text` and calls `emit` once per token, with the token's id (0 when unknown). */

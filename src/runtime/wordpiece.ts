@@ -32,7 +32,7 @@
 
 import { readFile } from 'node:fs/promises';
 
-import type { Encoding, Tokenizer } from './tokenizer.ts';
+import type { Encoding, Piece, Pieces, Tokenizer } from './tokenizer.ts';
 
 export interface WordPieceOptions {
   /** token → id. */
@@ -89,6 +89,8 @@ export class WordPieceTokenizer implements Tokenizer {
   readonly #suffixIds: readonly number[];
   readonly #added: ReadonlyMap<string, number>;
   readonly #addedRe: RegExp | undefined;
+  /** Tokens by id and the special ids, for `pieces`; built on its first call, since only /tokenize needs them. */
+  #byId: { tokens: string[]; special: Set<number> } | undefined;
 
   constructor(options: WordPieceOptions) {
     const unk = options.vocab.get(options.unkToken);
@@ -163,6 +165,34 @@ export class WordPieceTokenizer implements Tokenizer {
     this.#scan(toText(text), (_piece, id) => ids.push(id));
     for (const id of this.#suffixIds) ids.push(id);
     return { ids, mask: new Array<number>(ids.length).fill(1) };
+  }
+
+  /**
+   * Each id's vocabulary string. The post-processor's and the added tokens are special (a BERT file's added
+   * tokens are [PAD] [UNK] [CLS] [SEP] [MASK]), except the unknown token, which stands for a word.
+   */
+  pieces(ids: readonly number[]): Pieces {
+    if (!this.#byId) {
+      const tokens = new Array<string>(this.vocabSize).fill('');
+      for (const [token, id] of this.#vocab) tokens[id] = token;
+      for (const [token, id] of this.#added) tokens[id] = token;
+      this.#byId = { tokens, special: new Set([...this.#prefixIds, ...this.#suffixIds, ...this.#added.values()]) };
+    }
+    const { tokens, special } = this.#byId;
+    return {
+      notation: {
+        continuingPrefix: this.#prefix,
+        bertWords: true,
+        lowercase: this.#norm.lowercase,
+        stripAccents: this.#norm.stripAccents,
+        ...(this.#norm.unicode === 'NFC' || this.#norm.unicode === 'NFKC' ? { composition: this.#norm.unicode } : {}),
+      },
+      pieces: ids.map((id): Piece => {
+        const piece = tokens[id] ?? '';
+        if (id === this.unkId) return { piece, special: false, added: this.#added.has(piece), unknown: true };
+        return special.has(id) ? { piece, special: true, added: true } : { piece, special: false };
+      }),
+    };
   }
 
   /** Emits each piece (string, or undefined for an added token) with its id. */

@@ -13,6 +13,7 @@
  * Results are per input: an image that cannot be fetched or decoded fails only itself, with an IMAGE_*
  * code and its `index`.
  */
+import type { SubmitOptions } from '../runtime/dispatch-queue.ts';
 import { LRUCache } from 'lru-cache';
 import type { CacheEntry } from '../cache/cache.ts';
 import { cacheKey, contentHash } from '../cache/keys.ts';
@@ -122,9 +123,13 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
     want: ImageWant = 'embedding',
     clientId?: string,
     namespace?: string,
+    serve?: SubmitOptions,
   ): Promise<(ImageResult | PolyrayError)[]> {
     const resolved = await this.#resolve(inputs);
-    const answers = await this.#pipeline.run({ ...handle, want, namespace }, resolved, clientId === undefined ? {} : { clientId });
+    const answers = await this.#pipeline.run({ ...handle, want, namespace }, resolved, {
+      ...(clientId === undefined ? {} : { clientId }),
+      ...(serve ? { serve } : {}),
+    });
     const results = answers.map((a, index): ImageResult | PolyrayError => {
       if (a instanceof PolyrayError) return new PolyrayError(a.code, a.message, { ...a.extensions, index });
       const r = resolved[index] as Resolved;
@@ -156,8 +161,8 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
     });
   }
 
-  compute(call: ImageCall, items: readonly Resolved[], clientId: string | undefined): Promise<Computed>[] {
-    return items.map((r) => this.#encode(call, r, clientId));
+  compute(call: ImageCall, items: readonly Resolved[], serve: SubmitOptions): Promise<Computed>[] {
+    return items.map((r) => this.#encode(call, r, serve));
   }
 
   fill(call: ImageCall, item: Keyed<Resolved>, computed: Computed): CacheEntry[] {
@@ -168,13 +173,13 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
     ];
   }
 
-  async #encode(call: ImageCall, r: Resolved, clientId: string | undefined): Promise<Computed> {
+  async #encode(call: ImageCall, r: Resolved, serve: SubmitOptions): Promise<Computed> {
     const bytes = r.bytes ?? (await this.#fetch(r.url!));
     this.#counts.decodes++;
     const img = await preprocessImage(bytes, call.preprocess, { maxPixels: this.#o.maxPixels });
     const size = call.preprocess.size;
     this.#counts.encoded++;
-    const [p] = call.queue.submit([{ data: img.tensor, cost: size * size, ...(clientId ? { tag: clientId } : {}) }]);
+    const [p] = call.queue.submit([{ data: img.tensor, cost: size * size, ...(serve.client ? { tag: serve.client } : {}) }], serve);
     const out = await p!;
     return { outputs: [out.outputs[0]!, out.outputs[1] ?? out.outputs[0]!], units: out.cost, inferenceMs: out.inferenceMs };
   }

@@ -22,6 +22,7 @@ import type { CacheEntry } from '../cache/cache.ts';
 import type { TieredCache } from '../cache/tiered.ts';
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import type { SubmitOptions } from '../runtime/dispatch-queue.ts';
 import { emptyBySource, type MemoStats, type PipelineStats, type Source, type TracedResult, type TraceSink } from './types.ts';
 
 /** One keyed input. */
@@ -62,8 +63,8 @@ export interface Answer {
 export interface InferenceAdapter<I, P, H extends { name: string }> {
   /** Keys the inputs (synchronously: I/O such as fetching an image belongs before the pipeline). One entry per input. */
   key(handle: H, inputs: readonly I[]): (Keyed<P> | PolyrayError)[];
-  /** Starts one computation per item; returns exactly one promise per item. */
-  compute(handle: H, items: readonly P[], clientId: string | undefined): Promise<Computed>[];
+  /** Starts one computation per item (queued as `serve` says: client, priority, deadline); exactly one promise per item. */
+  compute(handle: H, items: readonly P[], serve: SubmitOptions): Promise<Computed>[];
   /** What a computation stores: at least the entry under its flight key. */
   fill(handle: H, item: Keyed<P>, computed: Computed): CacheEntry[];
 }
@@ -85,6 +86,8 @@ export interface CachedInferenceOptions {
 export interface RunOptions {
   /** Who asked: carried to the queue with each item. */
   clientId?: string;
+  /** How its computations queue (priority, deadline, abort signal, weight); the client is `clientId`. */
+  serve?: SubmitOptions;
 }
 
 const SOURCE_OF_TIER: Record<string, Source> = { memory: 'MEMORY' };
@@ -142,8 +145,18 @@ export class CachedInference<I, P, H extends { name: string }> {
       else if (recent && read <= recent.reads) computing.set(k.flight, { promise: Promise.resolve(recent.computed), owner: false });
       else fresh.set(k.flight, k);
     }
-    if (fresh.size > 0) this.#start(handle, [...fresh.values()], options.clientId, computing);
-    const computed = await this.#settle(computing);
+    const serve: SubmitOptions = { ...options.serve, client: options.clientId };
+    if (fresh.size > 0) this.#start(handle, [...fresh.values()], serve, computing);
+    let computed = await this.#settle(computing);
+    // A computation this call joined was dropped for its owner's deadline (or its owner went away); this
+    // call's own deadline decides for it: it computes those itself, once.
+    const orphaned = [...computing].filter(([flight, c]) => !c.owner && isExpired(computed.get(flight))).map(([flight]) => flight);
+    if (orphaned.length > 0) {
+      const again = new Map<string, { promise: Promise<Computed>; owner: boolean }>();
+      const items = keyed.filter((k): k is Keyed<P> => !(k instanceof PolyrayError) && orphaned.includes(k.flight));
+      this.#start(handle, [...new Map(items.map((k) => [k.flight, k])).values()], serve, again);
+      computed = new Map([...computed, ...(await this.#settle(again))]);
+    }
 
     // 6. Assemble in input order.
     const charged = new Set<string>();
@@ -175,13 +188,13 @@ export class CachedInference<I, P, H extends { name: string }> {
     );
   }
 
-  #start(handle: H, fresh: readonly Keyed<P>[], clientId: string | undefined, computing: Map<string, { promise: Promise<Computed>; owner: boolean }>): void {
+  #start(handle: H, fresh: readonly Keyed<P>[], serve: SubmitOptions, computing: Map<string, { promise: Promise<Computed>; owner: boolean }>): void {
     let promises: Promise<Computed>[];
     try {
       promises = this.#adapter.compute(
         handle,
         fresh.map((k) => k.payload),
-        clientId,
+        serve,
       );
       if (promises.length !== fresh.length) throw new Error(`adapter started ${promises.length} computations for ${fresh.length} items`);
     } catch (e) {
@@ -245,4 +258,8 @@ export class CachedInference<I, P, H extends { name: string }> {
     for (const [k, v] of Object.entries(this.#stats.byModel)) byModel[k] = { ...v };
     return { ...this.#stats, bySource: { ...this.#stats.bySource }, byModel, errors: { ...this.#stats.errors } };
   }
+}
+
+function isExpired(r: { value: Computed; owner: boolean } | PolyrayError | undefined): boolean {
+  return r instanceof PolyrayError && r.code === ErrorCode.DEADLINE_EXCEEDED;
 }

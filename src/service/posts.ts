@@ -12,6 +12,7 @@
  * A post whose image cannot be fetched or decoded fails only itself, with the image's error code and
  * `imageIndex` (its position in `imageUrls`).
  */
+import type { SubmitOptions } from '../runtime/dispatch-queue.ts';
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import { maxPerLabel, type LabelScore } from '../models/heads.ts';
 import { fusePost, meanImage } from '../models/postray.ts';
@@ -99,6 +100,7 @@ export async function classifyPosts(
   parts: PartEmbedders,
   limits: PostLimits,
   clientId: string | undefined,
+  serve: SubmitOptions = {},
 ): Promise<(LabelScore[] | null | PolyrayError)[]> {
   const { head, input } = handle;
   // Each post's head inputs: image features (or embeddings), or its text embedding.
@@ -119,7 +121,10 @@ export async function classifyPosts(
   const distinct = new Map<Float32Array, Promise<Float32Array>>();
   const fresh = [...new Set(rows.flatMap((r) => (r instanceof PolyrayError ? [] : r)))];
   if (fresh.length > 0) {
-    const results = handle.queue.submit(fresh.map((data) => ({ data, cost: 1, ...(clientId ? { tag: clientId } : {}) })));
+    const results = handle.queue.submit(
+      fresh.map((data) => ({ data, cost: 1, ...(clientId ? { tag: clientId } : {}) })),
+      { ...serve, client: clientId },
+    );
     fresh.forEach((v, j) => {
       distinct.set(
         v,

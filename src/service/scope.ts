@@ -17,14 +17,15 @@ import DataLoader from 'dataloader';
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import { decodeBase64Image } from '../images/fetch.ts';
 import type { LabelScore } from '../models/heads.ts';
+import type { SubmitOptions } from '../runtime/dispatch-queue.ts';
 import type { HeadHandle, ImageHandle, ModelHandle, TextHandle } from '../runtime/handle.ts';
 import type { ImageEmbedder, ImageInput, ImageResult, ImageWant } from './image.ts';
 import { classifyPosts, embedPosts, type PartEmbedders, type PostInput, type PostLimits } from './posts.ts';
 import type { TextEmbedder, TextOptions } from './text.ts';
-import type { EmbedResult, TokenCount } from './types.ts';
+import type { EmbedResult, TextInput, TokenCount } from './types.ts';
 
 /** What a pipeline call asks for, so the account can price its worst case before any work. */
-export type Demand = { kind: 'texts'; texts: readonly string[] } | { kind: 'images'; count: number };
+export type Demand = { kind: 'texts'; texts: readonly TextInput[] } | { kind: 'images'; count: number };
 
 /** The request's account, as the scope needs it (src/accounting/request.ts implements it). */
 export interface Account {
@@ -68,10 +69,13 @@ export class RequestScope<A extends Account = Account> {
   readonly #handles = new Map<string, ModelHandle>();
   readonly #loaders = new Map<string, unknown>();
   readonly #parts: PartEmbedders;
+  /** How this request's computations queue: priority, deadline, abort signal, weight (the client is the account's). */
+  readonly serve: SubmitOptions;
 
-  constructor(services: ScopeServices, account: A) {
+  constructor(services: ScopeServices, account: A, serve: SubmitOptions = {}) {
     this.#s = services;
     this.account = account;
+    this.serve = serve;
     this.#parts = { texts: (h, t) => this.#texts(h, t), images: (h, i, w) => this.#images(h, i, w) };
   }
 
@@ -89,13 +93,14 @@ export class RequestScope<A extends Account = Account> {
   }
 
   /**
-   * Text embeddings of one text model; keys are input texts. `options`: the prompt before each text, and
-   * `truncate` to cut over-long inputs instead of refusing them.
+   * Text embeddings of one text model; keys are input texts (or token ids of the model's tokenizer, read as
+   * they are). `options`: the prompt before each text, and `truncate` to cut over-long inputs instead of
+   * refusing them.
    */
-  texts(handle: TextHandle, options: TextOptions = {}): DataLoader<string, EmbedResult> {
+  texts(handle: TextHandle, options: TextOptions = {}): DataLoader<TextInput, EmbedResult> {
     return this.#loader(
       `t:${handle.name}:${options.truncate === true ? `cut-${options.side ?? ''}` : 'whole'}:${options.prompt ?? ''}`,
-      () => new DataLoader<string, EmbedResult>((texts) => this.#texts(handle, texts, options), { maxBatchSize: this.#s.limits.maxBatch, cache: false }),
+      () => new DataLoader<TextInput, EmbedResult>((texts) => this.#texts(handle, texts, options), { maxBatchSize: this.#s.limits.maxBatch, cache: false }),
     );
   }
 
@@ -161,22 +166,23 @@ export class RequestScope<A extends Account = Account> {
               this.#parts,
               this.#s.limits,
               this.account.clientId,
+              this.serve,
             ),
           { maxBatchSize: this.#s.limits.maxBatch, cache: false },
         ),
     );
   }
 
-  #texts(handle: TextHandle, texts: readonly string[], options: TextOptions = {}): Promise<(EmbedResult | PolyrayError)[]> {
+  #texts(handle: TextHandle, texts: readonly TextInput[], options: TextOptions = {}): Promise<(EmbedResult | PolyrayError)[]> {
     const ns = this.account.cacheNamespace;
     return this.account.admit(handle, { kind: 'texts', texts }, () =>
-      this.#s.text.embed(handle, texts, this.account.clientId, ns === undefined ? options : { ...options, namespace: ns }),
+      this.#s.text.embed(handle, texts, this.account.clientId, { ...options, ...(ns === undefined ? {} : { namespace: ns }), serve: this.serve }),
     );
   }
 
   #images(handle: ImageHandle, inputs: readonly ImageInput[], want: ImageWant): Promise<(ImageResult | PolyrayError)[]> {
     return this.account.admit(handle, { kind: 'images', count: inputs.length }, () =>
-      this.#s.images.embed(handle, inputs, want, this.account.clientId, this.account.cacheNamespace),
+      this.#s.images.embed(handle, inputs, want, this.account.clientId, this.account.cacheNamespace, this.serve),
     );
   }
 

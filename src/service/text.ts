@@ -8,6 +8,9 @@
  *            token queue (src/runtime/batcher.ts), which pads, batches across requests and runs
  *   fill     the vector under its key
  *
+ * Token-id inputs (`TokenIds`, from /v1/embeddings) skip tokenisation: checked against the vocabulary and
+ * the token limit, keyed by their ids (apart from every text), read with no prompt.
+ *
  * Results are per input: one bad input (not a string, too large) fails only itself.
  */
 import type { CacheEntry } from '../cache/cache.ts';
@@ -17,9 +20,10 @@ import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { TextHandle } from '../runtime/handle.ts';
 import type { BatchItem } from '../runtime/batcher.ts';
+import type { SubmitOptions } from '../runtime/dispatch-queue.ts';
 import type { TokenizeOptions } from '../runtime/tokenizer.ts';
 import { CachedInference, type Computed, type InferenceAdapter, type Keyed } from './pipeline.ts';
-import type { EmbedResult, MemoStats, PipelineStats, TokenCount, TraceSink } from './types.ts';
+import type { EmbedResult, MemoStats, PipelineStats, TextInput, TokenCount, TokenIds, TraceSink } from './types.ts';
 
 export interface TextEmbedderOptions {
   cache: TieredCache;
@@ -45,79 +49,150 @@ export interface TextOptions {
   namespace?: string | undefined;
   /** Which end `truncate` cuts; default the model's (tokenizer_config.json `truncation_side`). */
   side?: 'left' | 'right' | undefined;
+  /** How the computations queue: priority, deadline, abort signal, weight (the request scope's). */
+  serve?: SubmitOptions | undefined;
 }
 
-class TextAdapter implements InferenceAdapter<string, string, TextCall> {
+/** A token-id input after its checks: the ids the model reads (cut, with `truncate`) and how many were sent. */
+interface IdsPayload {
+  ids: readonly number[];
+  total: number;
+}
+
+type Payload = string | IdsPayload;
+
+class TextAdapter implements InferenceAdapter<TextInput, Payload, TextCall> {
   readonly #maxInputBytes: number;
 
   constructor(maxInputBytes: number) {
     this.#maxInputBytes = maxInputBytes;
   }
 
-  key(handle: TextCall, texts: readonly string[]): (Keyed<string> | PolyrayError)[] {
-    const limit = this.#maxInputBytes;
-    return texts.map((text, index) => {
-      if (typeof text !== 'string') return new PolyrayError(ErrorCode.BAD_USER_INPUT, `Input ${index} must be a string`, { index });
-      const bytes = Buffer.byteLength(text, 'utf8');
-      if (bytes > limit) {
-        return new PolyrayError(ErrorCode.INPUT_TOO_LARGE, `Input ${index} is ${bytes} bytes; the limit is ${limit} bytes (POLYRAY_MAX_INPUT_BYTES)`, {
-          index,
-          bytes,
-          limit,
-        });
-      }
-      // The model reads prompt + text; the key is taken from the same string.
-      const read = handle.prompt + text;
-      const hash = contentHash(handle.tokenizer.normalisedKeys ? normaliseText(read) : read);
+  key(handle: TextCall, inputs: readonly TextInput[]): (Keyed<Payload> | PolyrayError)[] {
+    return inputs.map((input, index) => {
+      const checked = typeof input === 'string' ? this.#text(handle, input, index) : idsOf(handle, input, index);
+      if (checked instanceof PolyrayError) return checked;
       // A truncating call has keys of its own: an input cut on one side is another vector.
-      const cut = handle.truncate ? `cut-${handle.truncationSide}:${hash}` : hash;
+      const cut = handle.truncate ? `cut-${handle.truncationSide}:${checked.hash}` : checked.hash;
       const key = cacheKey(handle.name, handle.version, handle.namespace === undefined ? cut : `private-${handle.namespace}:${cut}`);
-      return { read: key, flight: key, payload: text };
+      return { read: key, flight: key, payload: checked.payload };
     });
   }
 
-  compute(handle: TextCall, texts: readonly string[], clientId: string | undefined): Promise<Computed>[] {
-    // One tokenisation for the call's misses, off the event loop; then one submit of those within the limit.
-    const submitted = handle.tokenize(texts, textTokenizeOptions(handle)).then((batch) => {
-      const skip = handle.includePrompt ? 0 : batch.promptTokens;
-      const out: (Promise<Computed> | PolyrayError)[] = new Array(texts.length);
+  #text(handle: TextCall, text: string, index: number): { hash: string; payload: Payload } | PolyrayError {
+    const limit = this.#maxInputBytes;
+    const bytes = Buffer.byteLength(text, 'utf8');
+    if (bytes > limit) {
+      return new PolyrayError(ErrorCode.INPUT_TOO_LARGE, `Input ${index} is ${bytes} bytes; the limit is ${limit} bytes (POLYRAY_MAX_INPUT_BYTES)`, {
+        index,
+        bytes,
+        limit,
+      });
+    }
+    // The model reads prompt + text; the key is taken from the same string.
+    const read = handle.prompt + text;
+    return { hash: contentHash(handle.tokenizer.normalisedKeys ? normaliseText(read) : read), payload: text };
+  }
+
+  compute(handle: TextCall, items: readonly Payload[], serve: SubmitOptions): Promise<Computed>[] {
+    // One tokenisation for the call's text misses, off the event loop; then one submit of every input within
+    // the limit (token-id inputs go straight to the queue).
+    const texts: string[] = [];
+    const textAt: number[] = [];
+    items.forEach((p, j) => {
+      if (typeof p === 'string') {
+        texts.push(p);
+        textAt.push(j);
+      }
+    });
+    const tokenized = texts.length > 0 ? handle.tokenize(texts, textTokenizeOptions(handle)) : Promise.resolve(undefined);
+    const submitted = tokenized.then((batch) => {
+      const out: (Promise<Computed> | PolyrayError)[] = new Array(items.length);
       const submit: BatchItem[] = [];
-      const at: number[] = [];
-      batch.items.forEach((enc, j) => {
-        if (enc.ids.length > handle.maxTokens) {
-          out[j] = new PolyrayError(
-            ErrorCode.INPUT_TOO_LARGE,
-            `An input has ${enc.partial ? 'at least ' : ''}${enc.ids.length} tokens; model ${handle.name} accepts at most ${handle.maxTokens}`,
-            {
-              tokens: enc.ids.length,
-              limit: handle.maxTokens,
-              hint: 'truncate: true cuts it instead',
-            },
-          );
-          return;
-        }
-        submit.push({ ids: enc.ids, mask: enc.mask, ...(skip > 0 ? { skip } : {}), ...(clientId ? { tag: clientId } : {}) });
-        at.push(j);
+      const at: { j: number; total: number }[] = [];
+      const tag = serve.client ? { tag: serve.client } : {};
+      if (batch) {
+        const skip = handle.includePrompt ? 0 : batch.promptTokens;
+        batch.items.forEach((enc, t) => {
+          const j = textAt[t]!;
+          if (enc.ids.length > handle.maxTokens) {
+            out[j] = new PolyrayError(
+              ErrorCode.INPUT_TOO_LARGE,
+              `An input has ${enc.partial ? 'at least ' : ''}${enc.ids.length} tokens; model ${handle.name} accepts at most ${handle.maxTokens}`,
+              {
+                tokens: enc.ids.length,
+                limit: handle.maxTokens,
+                hint: 'truncate: true cuts it instead',
+              },
+            );
+            return;
+          }
+          submit.push({ ids: enc.ids, mask: enc.mask, ...(skip > 0 ? { skip } : {}), ...tag });
+          at.push({ j, total: enc.total });
+        });
+      }
+      items.forEach((p, j) => {
+        if (typeof p === 'string') return;
+        const ids = BigInt64Array.from(p.ids, BigInt);
+        submit.push({ ids, mask: new BigInt64Array(ids.length).fill(1n), ...tag });
+        at.push({ j, total: p.total });
       });
       if (submit.length > 0) {
-        const results = handle.queue.submit(submit);
-        at.forEach((j, s) => {
-          const total = batch.items[j]!.total;
+        const results = handle.queue.submit(submit, serve);
+        at.forEach(({ j, total }, s) => {
           out[j] = results[s]!.then((r) => ({ outputs: [r.vector], units: r.tokens, inferenceMs: r.inferenceMs, total }));
         });
       }
       return out;
     });
-    return texts.map(async (_, j) => {
+    return items.map(async (_, j) => {
       const r = (await submitted)[j]!;
       if (r instanceof PolyrayError) throw r;
       return r;
     });
   }
 
-  fill(_handle: TextCall, item: Keyed<string>, computed: Computed): CacheEntry[] {
+  fill(_handle: TextCall, item: Keyed<Payload>, computed: Computed): CacheEntry[] {
     return [{ key: item.flight, value: computed.outputs[0]! }];
   }
+}
+
+/**
+ * A token-id input checked: integers in the model's vocabulary, at least one, at most the model's limit
+ * (cut on the call's side with `truncate`). Keyed apart from texts: the hash covers the ids' bytes after a
+ * prefix no text hash starts from.
+ */
+function idsOf(handle: TextCall, input: TokenIds, index: number): { hash: string; payload: Payload } | PolyrayError {
+  const ids = typeof input === 'object' && input !== null ? input.ids : undefined;
+  if (!Array.isArray(ids)) return new PolyrayError(ErrorCode.BAD_USER_INPUT, `Input ${index} must be a string`, { index });
+  if (ids.length === 0) return new PolyrayError(ErrorCode.BAD_USER_INPUT, `Input ${index} must be a non-empty list of token ids`, { index });
+  const vocab = handle.tokenizer.vocabSize;
+  for (let p = 0; p < ids.length; p++) {
+    const id = ids[p];
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= vocab) {
+      return new PolyrayError(
+        ErrorCode.BAD_USER_INPUT,
+        `Input ${index}: token ${p} (${String(id).slice(0, 32)}) is not a token id of model ${handle.name}, which has ids 0 to ${vocab - 1}`,
+        { index, position: p },
+      );
+    }
+  }
+  let kept: readonly number[] = ids;
+  if (ids.length > handle.maxTokens) {
+    if (!handle.truncate) {
+      return new PolyrayError(ErrorCode.INPUT_TOO_LARGE, `Input ${index} has ${ids.length} tokens; model ${handle.name} accepts at most ${handle.maxTokens}`, {
+        index,
+        tokens: ids.length,
+        limit: handle.maxTokens,
+      });
+    }
+    kept = handle.truncationSide === 'left' ? ids.slice(ids.length - handle.maxTokens) : ids.slice(0, handle.maxTokens);
+  }
+  const bytes = new Uint8Array(4 + 4 * kept.length);
+  bytes.set([0xff, 0x00, 0x69, 0x64]); // never the start of UTF-8 text (0xff is no UTF-8 byte)
+  const view = new DataView(bytes.buffer);
+  for (let i = 0; i < kept.length; i++) view.setUint32(4 + 4 * i, kept[i]!, true);
+  return { hash: contentHash(bytes), payload: { ids: kept, total: ids.length } };
 }
 
 /** How a call's texts are tokenised: the model's limit and side, the call's truncation and prompt. */
@@ -126,13 +201,13 @@ function textTokenizeOptions(call: TextHandle & TextOptions): TokenizeOptions {
 }
 
 export class TextEmbedder {
-  readonly #pipeline: CachedInference<string, string, TextCall>;
+  readonly #pipeline: CachedInference<TextInput, Payload, TextCall>;
 
   constructor(options: TextEmbedderOptions) {
     this.#pipeline = new CachedInference(new TextAdapter(options.maxInputBytes), options);
   }
 
-  async embed(handle: TextHandle, texts: readonly string[], clientId?: string, options: TextOptions = {}): Promise<(EmbedResult | PolyrayError)[]> {
+  async embed(handle: TextHandle, texts: readonly TextInput[], clientId?: string, options: TextOptions = {}): Promise<(EmbedResult | PolyrayError)[]> {
     const call = {
       ...handle,
       truncate: options.truncate === true,
@@ -140,7 +215,10 @@ export class TextEmbedder {
       namespace: options.namespace,
       truncationSide: options.side ?? handle.truncationSide,
     };
-    const answers = await this.#pipeline.run(call, texts, clientId === undefined ? {} : { clientId });
+    const answers = await this.#pipeline.run(call, texts, {
+      ...(clientId === undefined ? {} : { clientId }),
+      ...(options.serve ? { serve: options.serve } : {}),
+    });
     const results = answers.map((a): EmbedResult | PolyrayError => {
       if (a instanceof PolyrayError) return a;
       const c = a.computed;

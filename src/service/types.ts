@@ -4,6 +4,17 @@
  * (tracing, accounting, resolvers) depend on these shapes, not on the classes that produce them.
  */
 
+/**
+ * Token ids given instead of a text (`/v1/embeddings` with token-id input): the model reads exactly these
+ * ids, special tokens included, with no prompt added; every id must be in the model's vocabulary.
+ */
+export interface TokenIds {
+  readonly ids: readonly number[];
+}
+
+/** What a text model embeds: a text, or token ids of that model's own tokenizer. */
+export type TextInput = string | TokenIds;
+
 /** Which tier answered, or COMPUTED when this request's inference (or a joined one) produced it. */
 export type Source = 'MEMORY' | 'GLOBAL' | 'COMPUTED';
 

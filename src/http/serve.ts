@@ -1,0 +1,44 @@
+/**
+ * How a request's computations queue (src/runtime/dispatch-queue.ts `SubmitOptions`), from its client and
+ * headers, for every entry point:
+ *
+ *   weight     the client's (clients file `weight`, default 1)
+ *   priority   `batch` when the client is a batch client or the request says `x-polyray-priority: batch`;
+ *              a request can lower its priority, never raise it
+ *   deadline   now + the smaller of `x-request-timeout-ms` and POLYRAY_REQUEST_TIMEOUT_MS (none when 0)
+ *   signal     aborts when the HTTP connection closes before the answer was sent (the caller went away)
+ */
+import type { ServerResponse } from 'node:http';
+import type { Client } from '../accounting/clients.ts';
+import type { SubmitOptions } from '../runtime/dispatch-queue.ts';
+
+type Headers = Record<string, string | string[] | undefined>;
+
+/** `now` is the queue's clock (`performance.now()` in milliseconds). */
+export function serveOptions(client: Client, headers: Headers, timeoutMs: number, response: ServerResponse | undefined, now: number): SubmitOptions {
+  const asked = headers['x-polyray-priority'];
+  const batch = client.priority === 'batch' || (typeof asked === 'string' && asked.trim().toLowerCase() === 'batch');
+  const timeout = deadlineMs(headers['x-request-timeout-ms'], timeoutMs);
+  return {
+    weight: client.weight ?? 1,
+    priority: batch ? 'batch' : 'interactive',
+    ...(timeout > 0 ? { deadline: now + timeout } : {}),
+    ...(response ? { signal: closedSignal(response) } : {}),
+  };
+}
+
+/** The request's timeout: the header's when it is a positive integer below the configured one (0: none). */
+export function deadlineMs(header: string | string[] | undefined, configured: number): number {
+  const asked = typeof header === 'string' && /^\d{1,9}$/.test(header.trim()) ? Number(header.trim()) : 0;
+  if (asked > 0 && (configured === 0 || asked < configured)) return asked;
+  return configured;
+}
+
+/** Aborts when the response's connection closes before the response was finished. */
+function closedSignal(response: ServerResponse): AbortSignal {
+  const gone = new AbortController();
+  response.once('close', () => {
+    if (!response.writableFinished) gone.abort();
+  });
+  return gone.signal;
+}

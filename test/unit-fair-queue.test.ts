@@ -1,0 +1,190 @@
+/**
+ * Fair serving in the dispatch queue every batcher shares (src/runtime/dispatch-queue.ts): per-client fair
+ * order, weights, priority classes, per-client bounds, deadlines and aborted callers. Measured in queue
+ * positions (which run an item went in), never in milliseconds: a fake pool whose runs the test answers and
+ * a fake clock.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import fc from 'fast-check';
+import { ErrorCode, type PolyrayError } from '../src/errors.ts';
+import { type BatchPolicy, DispatchQueue, type QueueOptions } from '../src/runtime/dispatch-queue.ts';
+import { FakeClock, FakePool, flush, type RunCall } from './helpers/fake-runtime.ts';
+
+/** Items are numbers (ids); a batch is the first `maxItems` of the order the queue offers. */
+function policy(maxItems: number): BatchPolicy<number, number> {
+  return {
+    name: 'fair-model',
+    full: (queue) => queue.length >= maxItems,
+    take: (queue) => queue.slice(0, maxItems).map((_, i) => i),
+    run: async (items, run) => {
+      const res = await run('fair-model', [{ name: 'x', type: 'float32', data: Float32Array.from(items), dims: [items.length] }], 'y');
+      return Array.from(res.data);
+    },
+  };
+}
+
+const itemsOf = (call: RunCall): number[] => Array.from(call.feeds[0]!.data as Float32Array);
+const answer = (call: RunCall): void => {
+  const items = itemsOf(call);
+  call.resolve({ data: Float32Array.from(items), dims: [items.length], runMs: 1 });
+};
+
+function setup(maxItems: number, o: Partial<QueueOptions> = {}) {
+  const clock = new FakeClock();
+  const pool = new FakePool({ capacity: 1 });
+  const queue = new DispatchQueue(policy(maxItems), pool, { maxWaitUs: 0, maxQueueItems: 10_000, ...o }, clock);
+  return { clock, pool, queue };
+}
+
+/** Answers runs until `done` items have run; returns the runs' items in order. */
+async function runAll(pool: FakePool, items: number): Promise<number[][]> {
+  const runs: number[][] = [];
+  let seen = 0;
+  while (seen < items) {
+    const call = await pool.nextRun();
+    const got = itemsOf(call);
+    runs.push(got);
+    seen += got.length;
+    answer(call);
+  }
+  return runs;
+}
+
+const range = (from: number, n: number): number[] => Array.from({ length: n }, (_, i) => from + i);
+const runOf = (runs: number[][], item: number): number => runs.findIndex((r) => r.includes(item));
+
+describe('fair dispatch queue', () => {
+  test('a client flooding 50× its share does not put its backlog in front of another client', async () => {
+    const { pool, queue } = setup(4);
+    const flood = queue.submit(range(1000, 200), { client: 'flood' });
+    const victim = queue.submit(range(1, 4), { client: 'victim' });
+    const runs = await runAll(pool, 204);
+    // FIFO would run the victim's items in runs 50 and 51; fair order interleaves them from the first run.
+    assert.ok(Math.max(...range(1, 4).map((i) => runOf(runs, i))) <= 1, JSON.stringify(runs.slice(0, 3)));
+    assert.equal(runs.flat().length, 204);
+    await Promise.all([...flood, ...victim]);
+  });
+
+  test('weights shift shares: weight 3 gets three times the items of weight 1 while both are backlogged', async () => {
+    const { pool, queue } = setup(4);
+    const a = queue.submit(range(1000, 200), { client: 'a', weight: 3 });
+    const b = queue.submit(range(2000, 200), { client: 'b', weight: 1 });
+    const runs = await runAll(pool, 400);
+    const first = runs.flat().slice(0, 80);
+    const fromA = first.filter((x) => x < 2000).length;
+    assert.ok(fromA >= 58 && fromA <= 62, `weight 3 of 4 should take ~60 of the first 80, took ${fromA}`);
+    await Promise.all([...a, ...b]);
+  });
+
+  test('batch work waits while interactive work is queued, and fills what interactive work leaves', async () => {
+    const { pool, queue } = setup(2);
+    const warm = queue.submit([1], { client: 'c' });
+    const running = await pool.nextRun(); // the pool is busy with [1]
+    const batch = queue.submit(range(100, 4), { client: 'backfill', priority: 'batch' });
+    const interactive = queue.submit(range(10, 3), { client: 'page' });
+    answer(running);
+    const runs = await runAll(pool, 7);
+    assert.deepEqual(runs[0], [10, 11], 'interactive first, though queued after the batch work');
+    assert.deepEqual(runs[1], [12, 100], 'batch work fills the rest of a batch');
+    await Promise.all([...warm, ...batch, ...interactive]);
+  });
+
+  test('the per-client bound refuses the flooding client only', async () => {
+    const { pool, queue } = setup(4, { maxQueueItems: 100, maxQueueItemsPerClient: 10 });
+    const ok = queue.submit(range(1, 10), { client: 'flood' });
+    const over = await Promise.allSettled(queue.submit([11], { client: 'flood' }));
+    assert.equal(over[0]!.status, 'rejected');
+    const e = (over[0] as PromiseRejectedResult).reason as PolyrayError;
+    assert.equal(e.code, ErrorCode.OVERLOADED);
+    assert.match(e.message, /This client has 10 items queued/);
+    const other = queue.submit(range(50, 3), { client: 'other' });
+    await runAll(pool, 13);
+    assert.deepEqual(await Promise.all(other), [50, 51, 52]);
+    await Promise.all(ok);
+  });
+
+  test('items whose deadline passes while queued are dropped before inference: DEADLINE_EXCEEDED', async () => {
+    const { clock, pool, queue } = setup(4);
+    const busy = queue.submit([1], { client: 'c' });
+    const running = await pool.nextRun();
+    const late = queue.submit([2, 3], { client: 'c', deadline: clock.now() + 50 });
+    const fine = queue.submit([4], { client: 'd', deadline: clock.now() + 5000 });
+    clock.advance(60);
+    const rs = await Promise.allSettled(late);
+    assert.deepEqual(
+      rs.map((r) => (r.status === 'rejected' ? ((r as PromiseRejectedResult).reason as PolyrayError).code : 'ok')),
+      [ErrorCode.DEADLINE_EXCEEDED, ErrorCode.DEADLINE_EXCEEDED],
+    );
+    assert.equal(queue.expired, 2);
+    answer(running);
+    const runs = await runAll(pool, 1);
+    assert.deepEqual(runs, [[4]], 'the expired items never ran');
+    await Promise.all([...busy, ...fine]);
+  });
+
+  test('an aborted caller: its queued items are removed and never run', async () => {
+    const { pool, queue } = setup(4);
+    const busy = queue.submit([1]);
+    const running = await pool.nextRun();
+    const gone = new AbortController();
+    const mine = queue.submit([2, 3], { client: 'x', signal: gone.signal });
+    const theirs = queue.submit([4], { client: 'y' });
+    gone.abort();
+    const rs = await Promise.allSettled(mine);
+    assert.ok(rs.every((r) => r.status === 'rejected' && (r.reason as PolyrayError).extensions['reason'] === 'aborted'));
+    assert.equal(queue.length, 1);
+    answer(running);
+    assert.deepEqual(await runAll(pool, 1), [[4]]);
+    await Promise.all([...busy, ...theirs]);
+    // Already aborted: refused at once.
+    const dead = await Promise.allSettled(queue.submit([5], { signal: gone.signal }));
+    assert.equal(((dead[0] as PromiseRejectedResult).reason as PolyrayError).code, ErrorCode.DEADLINE_EXCEEDED);
+  });
+
+  test('property: whatever clients, weights and classes submit, every item runs exactly once, each client in its own order', async () => {
+    const submits = fc.array(
+      fc.record({ client: fc.constantFrom('a', 'b', 'c', 'd'), n: fc.integer({ min: 1, max: 12 }), weight: fc.constantFrom(1, 2, 5), batch: fc.boolean() }),
+      { minLength: 1, maxLength: 12 },
+    );
+    await fc.assert(
+      fc.asyncProperty(submits, fc.integer({ min: 1, max: 6 }), async (subs, maxItems) => {
+        const { pool, queue } = setup(maxItems);
+        let next = 1;
+        const order = new Map<string, number[]>();
+        const batchOf = new Map<number, boolean>();
+        const all: Promise<number>[] = [];
+        for (const s of subs) {
+          const items = range(next, s.n);
+          next += s.n;
+          order.set(s.client, [...(order.get(s.client) ?? []), ...items]);
+          for (const x of items) batchOf.set(x, s.batch);
+          all.push(...queue.submit(items, { client: s.client, weight: s.weight, priority: s.batch ? 'batch' : 'interactive' }));
+        }
+        const runs = await runAll(pool, next - 1);
+        const ran = runs.flat();
+        assert.deepEqual(
+          [...ran].sort((x, y) => x - y),
+          range(1, next - 1),
+          'each item once',
+        );
+        assert.deepEqual(await Promise.all(all), range(1, next - 1), 'each caller gets its own item back');
+        await flush();
+        assert.equal(queue.length, 0);
+        // Within one client and one class, items run in the order they were submitted.
+        for (const s of subs) {
+          const mine = ran.filter((x) => order.get(s.client)!.includes(x));
+          const sameClass = (x: number) => batchOf.get(x);
+          for (const cls of [true, false]) {
+            const seq = mine.filter((x) => sameClass(x) === cls);
+            assert.deepEqual(
+              seq,
+              [...seq].sort((x, y) => x - y),
+            );
+          }
+        }
+      }),
+      { numRuns: 150 },
+    );
+  });
+});
