@@ -139,6 +139,17 @@ describe('TEI-compatible /embed', () => {
     close((byIds.body as number[][])[0]!, byText[0]!);
   });
 
+  test('a word model (GloVe): ids of unknown words are masked as their text was, so ids and text embed alike', async () => {
+    const text = 'the cat sat on the qzxqzvv mat';
+    const tokens = (await tokenize({ inputs: text }, 'text-glove')).body as SimpleToken[][];
+    const ids = tokens[0]!.map((x) => x.id);
+    assert.ok(ids.includes(0), 'the made-up word is unknown (id 0)');
+    const hdr = { 'x-polyray-model': 'text-glove' };
+    const byText = (await embed({ inputs: text }, hdr)).body as number[][];
+    const byIds = (await embed({ inputs: ids }, hdr)).body as number[][];
+    close(byIds[0]!, byText[0]!);
+  });
+
   test('/tokenize refuses what /embed refuses, in TEI shape; the server keeps serving', async () => {
     for (const [body, status] of [
       [{ inputs: 42 }, 400],

@@ -61,6 +61,11 @@ export interface Tokenizer {
    * exists (a word tokenizer, fused unknown runs): then the whole text is always tokenised.
    */
   readonly maxPieceChars?: number;
+  /**
+   * An id `encode` always gives mask 0 (a word tokenizer's unknown words take no part in pooling), so that
+   * token-id inputs are masked as the text they came from was. Absent: every id has mask 1.
+   */
+  readonly maskedId?: number;
   encode(text: string): Encoding;
   /**
    * The vocabulary pieces of `ids` (as `encode` returned them: one each, in order) and how they write text, so
@@ -156,6 +161,7 @@ export class WordTokenizer implements Tokenizer {
   readonly vocabSize: number;
   /** It NFC-normalises itself and every Unicode space, control and format character separates words. */
   readonly normalisedKeys = true;
+  readonly maskedId = UNKNOWN_ID;
   readonly lowercase: boolean;
   readonly #ids: Map<string, number>;
   /** Words by id, for `pieces`; built on its first call, since only /tokenize needs them. */

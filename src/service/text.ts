@@ -134,7 +134,9 @@ class TextAdapter implements InferenceAdapter<TextInput, Payload, TextCall> {
       items.forEach((p, j) => {
         if (typeof p === 'string') return;
         const ids = BigInt64Array.from(p.ids, BigInt);
-        submit.push({ ids, mask: new BigInt64Array(ids.length).fill(1n), ...tag });
+        const masked = handle.tokenizer.maskedId;
+        const mask = masked === undefined ? new BigInt64Array(ids.length).fill(1n) : BigInt64Array.from(p.ids, (id) => (id === masked ? 0n : 1n));
+        submit.push({ ids, mask, ...tag });
         at.push({ j, total: p.total });
       });
       if (submit.length > 0) {
