@@ -100,6 +100,20 @@ describe('sampling', () => {
     await tracer.close();
   });
 
+  test("an end user the caller named (OpenAI's `user`) is recorded as a hash, never as the id", async () => {
+    const w = new MemoryWriter();
+    const tracer = new Tracer({ sampleRate: 1, writers: [w], windowRecords: 10, bufferMax: 100, flushMs: 10_000, logger });
+    tracer.observe('text-glove', 'feed', [key(1)], [result()], 'user-alice@example.com');
+    tracer.observe('text-glove', 'feed', [key(2)], [result()], 'user-alice@example.com');
+    tracer.observe('text-glove', 'feed', [key(3)], [result()]);
+    await tracer.flush();
+    assert.match(w.records[0]!.u ?? '', /^[0-9a-f]{14}$/);
+    assert.equal(w.records[1]!.u, w.records[0]!.u, 'the same user, the same hash');
+    assert.equal(w.records[2]!.u, undefined);
+    assert.ok(!JSON.stringify(w.records).includes('alice'));
+    await tracer.close();
+  });
+
   test('rate 0 samples nothing and costs nothing', () => {
     const tracer = new Tracer({ sampleRate: 0, writers: [], windowRecords: 10, bufferMax: 10, flushMs: 1000, logger });
     tracer.observe('m', undefined, [key(1)], [result()]);

@@ -11,8 +11,8 @@
  * prompt added, keyed in the cache apart from texts. `embedding` is a list of floats, or with
  * `encoding_format: "base64"` (the SDKs' default) little-endian float32 as base64. `prompt_tokens` counts
  * the tokens the model reads for every input, computed or served from the cache (cache hits are counted by
- * tokenising again, off the event loop). `user` is accepted and ignored for billing (the key decides who
- * pays).
+ * tokenising again, off the event loop). `user` is recorded in the trace as a hash and never used for
+ * billing (the key decides who pays).
  *
  * The body is validated by Ajv against `embeddingsRequestSchema`, the schema /openapi.json publishes
  * (src/http/validation.ts); what a schema cannot say (one kind of input per request, how many inputs, the
@@ -167,6 +167,7 @@ interface Parsed {
   model: string;
   base64: boolean;
   dimensions: number | undefined;
+  user: string | undefined;
 }
 
 /** The body after schema validation: the checks a schema cannot say (one kind of input, how many). */
@@ -178,7 +179,7 @@ function parse(body: EmbeddingsBody, maxInputs: number): Parsed {
       limit: maxInputs,
     });
   }
-  return { inputs, model: body.model, base64: body.encoding_format === 'base64', dimensions: body.dimensions ?? undefined };
+  return { inputs, model: body.model, base64: body.encoding_format === 'base64', dimensions: body.dimensions ?? undefined, user: body.user };
 }
 
 interface EmbeddingsBody {
@@ -243,7 +244,7 @@ export function registerOpenAiRoutes(app: FastifyInstance, deps: OpenAiDeps): vo
           throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${handle.name} does not read text; /v1/embeddings takes text models`, { param: 'model' });
         }
         const dims = checkDimensions(handle, p.dimensions ?? null);
-        const options = { prompt: checkPrompt(handle, undefined, undefined) };
+        const options = { prompt: checkPrompt(handle, undefined, undefined), ...(p.user ? { user: p.user } : {}) };
         const loader = scope.texts(handle, options);
         const ok = await embedAll(loader, p.inputs);
         const tokens = await promptTokens(scope, handle, options, p.inputs, ok);

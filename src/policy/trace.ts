@@ -40,6 +40,8 @@ export interface TraceRecord {
   r: number;
   /** Inputs of the call that had this key, when more than one. */
   n?: number;
+  /** Hash of the end user the caller named (OpenAI's `user`), 14 hex characters; never the id itself. */
+  u?: string;
 }
 
 /** A durable destination of trace records (Redis Stream, JSONL files). */
@@ -176,7 +178,7 @@ export class Tracer implements TraceSink {
     return this.#o.sampleRate;
   }
 
-  observe(model: string, clientId: string | undefined, keys: readonly (string | undefined)[], results: readonly (TracedResult | Error)[]): void {
+  observe(model: string, clientId: string | undefined, keys: readonly (string | undefined)[], results: readonly (TracedResult | Error)[], user?: string): void {
     const rate = this.#o.sampleRate;
     if (rate <= 0 || this.#closed) return;
     try {
@@ -211,6 +213,7 @@ export class Tracer implements TraceSink {
           r: rate,
         };
         if (clientId) rec.c = clientId;
+        if (user) rec.u = hashHex(hash53(user));
         seen?.set(key, rec);
         this.#stats.sampled++;
         this.window?.push(rec);

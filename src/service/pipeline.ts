@@ -179,12 +179,19 @@ export class CachedInference<I, P, H extends { name: string }> {
   }
 
   /** Reports a call's shaped results to the trace sink (the adapter decides what a result carries). */
-  trace(model: string, clientId: string | undefined, answers: readonly (Answer | PolyrayError)[], results: readonly (TracedResult | Error)[]): void {
+  trace(
+    model: string,
+    clientId: string | undefined,
+    answers: readonly (Answer | PolyrayError)[],
+    results: readonly (TracedResult | Error)[],
+    user?: string,
+  ): void {
     this.#o.trace?.observe(
       model,
       clientId,
       answers.map((a) => (a instanceof PolyrayError ? undefined : a.key)),
       results,
+      user,
     );
   }
 

@@ -99,7 +99,7 @@ export class RequestScope<A extends Account = Account> {
    */
   texts(handle: TextHandle, options: TextOptions = {}): DataLoader<TextInput, EmbedResult> {
     return this.#loader(
-      `t:${handle.name}:${options.truncate === true ? `cut-${options.side ?? ''}` : 'whole'}:${options.prompt ?? ''}`,
+      `t:${handle.name}:${options.truncate === true ? `cut-${options.side ?? ''}` : 'whole'}:${options.user ?? ''}:${options.prompt ?? ''}`,
       () => new DataLoader<TextInput, EmbedResult>((texts) => this.#texts(handle, texts, options), { maxBatchSize: this.#s.limits.maxBatch, cache: false }),
     );
   }

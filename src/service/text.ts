@@ -51,6 +51,8 @@ export interface TextOptions {
   side?: 'left' | 'right' | undefined;
   /** How the computations queue: priority, deadline, abort signal, weight (the request scope's). */
   serve?: SubmitOptions | undefined;
+  /** The end user the caller named (OpenAI's `user`): recorded, hashed, in the trace; never used for billing. */
+  user?: string | undefined;
 }
 
 /** A token-id input after its checks: the ids the model reads (cut, with `truncate`) and how many were sent. */
@@ -234,7 +236,7 @@ export class TextEmbedder {
         ...(c ? { inputTokens: { kept: c.units, total: c.total ?? c.units } } : {}),
       };
     });
-    this.#pipeline.trace(handle.name, clientId, answers, results);
+    this.#pipeline.trace(handle.name, clientId, answers, results, options.user);
     return results;
   }
 

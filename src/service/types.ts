@@ -48,7 +48,7 @@ export type TracedResult = Pick<EmbedResult, 'vector' | 'source' | 'tokens' | 'i
 
 /** Receives every assembled call of the pipeline (src/policy/trace.ts samples it). Must never throw. */
 export interface TraceSink {
-  observe(model: string, clientId: string | undefined, keys: readonly (string | undefined)[], results: readonly (TracedResult | Error)[]): void;
+  observe(model: string, clientId: string | undefined, keys: readonly (string | undefined)[], results: readonly (TracedResult | Error)[], user?: string): void;
 }
 
 /** Counters of one modality's pipeline (text, image). */
