@@ -24,6 +24,8 @@ export interface BatcherOptions {
   maxQueueItems: number;
   /** Most items one client may have queued. Default: `maxQueueItems`. */
   maxQueueItemsPerClient?: number;
+  /** Longest expected wait of a submit, in ms (OVERLOADED beyond). Default 0: no bound by time. */
+  maxQueueWaitMs?: number;
 }
 
 export const DEFAULT_BATCHER_OPTIONS: BatcherOptions = { maxItems: 64, maxTokens: 1024, maxWaitUs: 0, maxQueueItems: 8192 };

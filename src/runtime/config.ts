@@ -165,6 +165,18 @@ export const batchingSchema = z
     }),
     maxQueueItems: queueMaxItems,
     /**
+     * Longest expected wait a request may face in a model's queue, in ms, estimated from the measured cost of
+     * a token (or pixel) and what is queued ahead of it in fair order: beyond it `OVERLOADED` with
+     * `retryAfterMs` = the estimate, so overload is bounded by time, not by item count.
+     * `POLYRAY_QUEUE_MAX_WAIT_MS`; default 2000; 0 turns the bound off.
+     */
+    maxQueueWaitMs: setting(z.number().int().min(0).max(600_000), {
+      env: 'POLYRAY_QUEUE_MAX_WAIT_MS',
+      file: 'queueMaxWaitMs',
+      default: 2000,
+      doc: 'longest expected queue wait of a request, from measured cost (`OVERLOADED` with `retryAfterMs` beyond; 0: off)',
+    }),
+    /**
      * Most items one client may have queued per model; beyond it that client gets OVERLOADED while others keep
      * their place (fair queuing serves clients by weight). `POLYRAY_QUEUE_MAX_ITEMS_PER_CLIENT`; default half
      * of `POLYRAY_QUEUE_MAX_ITEMS`, at least `POLYRAY_MAX_INPUTS`.

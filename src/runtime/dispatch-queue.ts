@@ -22,6 +22,11 @@
  *   everything together at most `maxQueueItems`.
  * - Deadlines: a submit may carry a deadline and an abort signal; its items still queued when either fires
  *   are removed and rejected (DEADLINE_EXCEEDED), so a caller who gave up is never computed.
+ * - Admission by time: the queue measures what a unit of cost takes to run (moving average over batches)
+ *   and refuses a submit whose expected wait passes `maxQueueWaitMs` (OVERLOADED, `retryAfterMs` = that wait).
+ *   The wait counts what runs before the new items in fair order: the client's own backlog, each other
+ *   client's backlog up to its weighted share of it, and the batches running; a light client beside a
+ *   flood is admitted, the flood is refused.
  */
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { InferencePool, Lease } from './pool.ts';
@@ -55,6 +60,8 @@ interface Pending<T, R> extends Waiting<T> {
   readonly client: ClientQueue<T, R>;
   /** 0 interactive, 1 batch. */
   readonly rank: number;
+  /** Fair-share cost (tokens, pixels). */
+  readonly cost: number;
   /** Virtual start and finish times: the fair order. */
   readonly start: number;
   readonly finish: number;
@@ -70,6 +77,10 @@ interface ClientQueue<T, R> {
   items: Pending<T, R>[];
   /** Virtual finish time of the client's last queued item. */
   last: number;
+  /** Cost of its queued items, and its weight and class as last submitted. */
+  cost: number;
+  weight: number;
+  rank: number;
 }
 
 /** Time source and timer of a queue; tests pass a fake one to drive `maxWaitUs` without sleeping. */
@@ -109,6 +120,8 @@ export interface QueueOptions {
   maxQueueItemsPerClient?: number;
   /** How many items of the fair order the policy may choose a batch from. Default 256. */
   window?: number;
+  /** Longest expected wait a submit may face, in ms; beyond it OVERLOADED. 0: no bound by time (default). */
+  maxQueueWaitMs?: number;
 }
 
 /**
@@ -160,6 +173,10 @@ export class DispatchQueue<T, R> {
   #virtual = 0;
   #seq = 0;
   #expired = 0;
+  /** Measured milliseconds per unit of cost (moving average); undefined until a batch has run. */
+  #msPerCost: number | undefined;
+  /** Cost of the batches running now. */
+  #runningCost = 0;
   #cancelTimer: (() => void) | undefined;
   #acquiring = false;
   #inFlight = 0;
@@ -176,6 +193,7 @@ export class DispatchQueue<T, R> {
       maxQueueItems: options.maxQueueItems,
       maxQueueItemsPerClient: options.maxQueueItemsPerClient ?? options.maxQueueItems,
       window: options.window ?? 256,
+      maxQueueWaitMs: options.maxQueueWaitMs ?? 0,
     };
     this.#clock = toClock(clock);
   }
@@ -187,6 +205,27 @@ export class DispatchQueue<T, R> {
   /** Items removed before inference because their deadline passed or their caller went away. */
   get expired(): number {
     return this.#expired;
+  }
+
+  /** Measured milliseconds per unit of cost (tokens, pixels); undefined before the first batch. */
+  get msPerCost(): number | undefined {
+    return this.#msPerCost;
+  }
+
+  /**
+   * Expected wait, in ms, before work of `cost` from client `id` (weight, class) would start running:
+   * undefined until the queue has measured a batch.
+   */
+  expectedWaitMs(id: string, cost: number, weight = 1, rank = 0): number | undefined {
+    if (this.#msPerCost === undefined) return undefined;
+    const own = this.#clients.get(id)?.cost ?? 0;
+    const share = (own + cost) / weight;
+    let ahead = own + this.#runningCost;
+    for (const c of this.#clients.values()) {
+      if (c.id === id || c.rank > rank) continue;
+      ahead += Math.min(c.cost, share * c.weight);
+    }
+    return ahead * this.#msPerCost;
   }
 
   /** Items refused because the queue was full. */
@@ -215,7 +254,7 @@ export class DispatchQueue<T, R> {
     if (perClient < max && queued + items.length > perClient) {
       return refuse(
         new PolyrayError(ErrorCode.OVERLOADED, `This client has ${queued} items queued for ${this.#policy.name} (at most ${perClient}); retry later`, {
-          retryAfterMs: 100,
+          retryAfterMs: Math.max(100, Math.ceil(this.expectedWaitMs(id, 0) ?? 0)),
         }),
       );
     }
@@ -227,26 +266,49 @@ export class DispatchQueue<T, R> {
       const e = expiredError(options);
       return items.map(() => Promise.reject(e));
     }
-    let client = this.#clients.get(id);
-    if (!client) {
-      client = { id, items: [], last: 0 };
-      this.#clients.set(id, client);
-    }
     const weight = options.weight !== undefined && options.weight > 0 && Number.isFinite(options.weight) ? options.weight : 1;
     const rank = options.priority === 'batch' ? 1 : 0;
+    const costs = items.map((item) => Math.max(1, this.#policy.cost?.(item) ?? 1));
+    const bound = this.#options.maxQueueWaitMs;
+    if (bound > 0) {
+      const wait = this.expectedWaitMs(
+        id,
+        costs.reduce((a, b) => a + b, 0),
+        weight,
+        rank,
+      );
+      if (wait !== undefined && wait > bound) {
+        return refuse(
+          new PolyrayError(
+            ErrorCode.OVERLOADED,
+            `The ${this.#policy.name} queue would take about ${Math.ceil(wait)} ms to reach this request (at most ${bound} ms, POLYRAY_QUEUE_MAX_WAIT_MS); retry later`,
+            { retryAfterMs: Math.ceil(wait) },
+          ),
+        );
+      }
+    }
+    let client = this.#clients.get(id);
+    if (!client) {
+      client = { id, items: [], last: 0, cost: 0, weight, rank };
+      this.#clients.set(id, client);
+    }
+    client.weight = weight;
+    client.rank = rank;
     const enqueuedAt = this.#clock.now();
     // Start-time fair queuing: a client's items follow each other in virtual time; one that was idle starts
     // at the current virtual time (no credit saved up while away).
     let start = Math.max(this.#virtual, client.last);
     const mine: Pending<T, R>[] = [];
     const promises = items.map(
-      (item) =>
+      (item, j) =>
         new Promise<R>((resolve, reject) => {
-          const finish = start + Math.max(1, this.#policy.cost?.(item) ?? 1) / weight;
-          const p: Pending<T, R> = { item, enqueuedAt, resolve, reject, client: client!, rank, start, finish, seq: this.#seq++ };
+          const cost = costs[j]!;
+          const finish = start + cost / weight;
+          const p: Pending<T, R> = { item, enqueuedAt, resolve, reject, client: client!, rank, cost, start, finish, seq: this.#seq++ };
           start = finish;
           mine.push(p);
           client!.items.push(p);
+          client!.cost += cost;
         }),
     );
     client.last = start;
@@ -290,6 +352,7 @@ export class DispatchQueue<T, R> {
     const c = p.client;
     const i = c.items.indexOf(p);
     if (i >= 0) c.items.splice(i, 1);
+    c.cost -= p.cost;
     this.#size--;
     if (c.items.length === 0 && this.#clients.get(c.id) === c) this.#clients.delete(c.id);
   }
@@ -379,6 +442,9 @@ export class DispatchQueue<T, R> {
 
   /** Runs one batch and settles every item of it; never rejects. */
   async #run(batch: Pending<T, R>[], lease: Lease): Promise<void> {
+    const cost = batch.reduce((sum, q) => sum + q.cost, 0);
+    this.#runningCost += cost;
+    const t0 = this.#clock.now();
     try {
       const results = await this.#policy.run(
         batch.map((q) => q.item),
@@ -386,12 +452,16 @@ export class DispatchQueue<T, R> {
       );
       // A result per item, or none: resolving some and leaving others pending would hang their callers.
       if (results.length !== batch.length) throw batchFailed('result-count');
+      const sample = (this.#clock.now() - t0) / cost;
+      this.#msPerCost = this.#msPerCost === undefined ? sample : 0.8 * this.#msPerCost + 0.2 * sample;
       for (const [i, q] of batch.entries()) q.resolve(results[i]!);
     } catch (e) {
       this.#failedBatches++;
       // Internal errors (worker messages, tensor shapes) are masked; a PolyrayError is already safe to show.
       const err = e instanceof PolyrayError ? e : batchFailed();
       for (const q of batch) q.reject(err);
+    } finally {
+      this.#runningCost -= cost;
     }
   }
 

@@ -286,6 +286,7 @@ export class ModelHost {
         maxWaitUs: b.maxWaitUs,
         maxQueueItems: b.maxQueueItems,
         maxQueueItemsPerClient: b.maxQueueItemsPerClient,
+        maxQueueWaitMs: b.maxQueueWaitMs,
         maxCost: pre ? b.maxPixels : b.maxItems,
       };
       return { queue: new TensorBatcher({ name: manifest.name, input: input.name, itemShape, outputs }, pool, options), detail: {} };

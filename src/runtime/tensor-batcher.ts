@@ -27,6 +27,8 @@ export interface TensorBatcherOptions {
   maxQueueItems: number;
   /** Most items one client may have queued. Default: `maxQueueItems`. */
   maxQueueItemsPerClient?: number;
+  /** Longest expected wait of a submit, in ms (OVERLOADED beyond). Default 0: no bound by time. */
+  maxQueueWaitMs?: number;
 }
 
 export const DEFAULT_TENSOR_BATCHER_OPTIONS: TensorBatcherOptions = { maxItems: 64, maxCost: 16 * 224 * 224, maxWaitUs: 0, maxQueueItems: 8192 };
