@@ -14,9 +14,11 @@ export async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'shutting down');
+    // The last resort, if stop() itself hangs: flush the books (bounded), then exit.
     const force = setTimeout(() => {
-      logger.error('shutdown took too long; exiting');
-      process.exit(1);
+      logger.error('shutdown took too long; flushing the usage books and exiting');
+      const bounded = new Promise((r) => setTimeout(r, 2000).unref());
+      void Promise.race([server.flushBooks().catch(() => undefined), bounded]).finally(() => process.exit(1));
     }, config.shutdownGraceMs + 5000);
     force.unref();
     server.stop().then(

@@ -11,7 +11,7 @@ import type { ServerResponse } from 'node:http';
 import { ApolloServer } from '@apollo/server';
 import { ApolloServerPluginCacheControlDisabled } from '@apollo/server/plugin/disabled';
 import { ApolloServerPluginLandingPageLocalDefault, ApolloServerPluginLandingPageProductionDefault } from '@apollo/server/plugin/landingPage/default';
-import fastifyApollo, { fastifyApolloDrainPlugin } from '@as-integrations/fastify';
+import fastifyApollo from '@as-integrations/fastify';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { Accounting, type AccountContext } from './accounting/index.ts';
 import type { Surface } from './accounting/metrics.ts';
@@ -151,7 +151,8 @@ export class PolyrayServer {
       parseOptions: { maxTokens: config.limits.maxDocumentTokens },
       introspection: true,
       plugins: [
-        fastifyApolloDrainPlugin(this.app),
+        // No drain plugin: @as-integrations/fastify's cuts connections after a fixed 10 s; stop() drains within
+        // POLYRAY_SHUTDOWN_GRACE_MS instead.
         this.accounting.apolloPlugin(),
         operationLimitsPlugin(
           {
@@ -281,26 +282,62 @@ export class PolyrayServer {
     }
   }
 
-  /** Graceful shutdown: stop taking requests, finish in-flight ones and queued batches, close everything. */
+  /**
+   * Graceful shutdown, in this order: `/readyz` 503 and no new connections at once; in-flight requests finish
+   * within POLYRAY_SHUTDOWN_GRACE_MS; past it, queued inputs are dropped (SHUTTING_DOWN, not run, not charged),
+   * their requests answer, and connections still open are closed; then the books are flushed — before the
+   * workers, the caches and anything else that could hang — and the rest is closed.
+   */
   async stop(): Promise<void> {
     if (this.#state.kind === 'stopped' || this.#state.kind === 'draining') return;
     this.#state = { kind: 'draining' };
-    const grace = setTimeout(() => this.logger.warn({ graceMs: this.config.shutdownGraceMs }, 'shutdown grace period exceeded'), this.config.shutdownGraceMs);
-    grace.unref();
+    const graceMs = this.config.shutdownGraceMs;
     try {
-      await this.app.close();
+      const closed = this.app.close();
+      if (!(await settlesWithin(closed, graceMs))) {
+        const dropped = this.host.cancelQueued();
+        this.logger.warn({ graceMs, dropped }, 'shutdown grace period exceeded: queued inputs dropped (not charged), open connections closed');
+        // The requests whose inputs were dropped answer now; a moment for those answers to leave.
+        await settlesWithin(closed, 1000);
+        this.app.server.closeAllConnections();
+        await settlesWithin(closed, 1000);
+      }
       await this.host.drain();
+      // Books first: everything after this may hang or be killed, and what was delivered must be billed.
+      await this.accounting.close();
       await this.pool.close();
       await this.tokenizers.close();
       await this.#jsonBodies.close();
-      await this.accounting.close();
       this.policy.stop();
       await this.tracer.close();
       await this.cache.close();
     } finally {
-      clearTimeout(grace);
       this.#state = { kind: 'stopped' };
       this.logger.info('stopped');
     }
+  }
+
+  /** Flushes the usage books now (a forced exit's last step). */
+  flushBooks(): Promise<void> {
+    return this.accounting.ledger.flush();
+  }
+}
+
+/** Whether `p` settles within `ms` (it keeps running either way). */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((r) => {
+    timer = setTimeout(() => r(false), ms);
+  });
+  try {
+    return await Promise.race([
+      p.then(
+        () => true,
+        () => true,
+      ),
+      late,
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -42,10 +42,13 @@ export const logSchema = z
   })
   .strict();
 
-/** Time given to in-flight work at shutdown before the process exits anyway. `POLYRAY_SHUTDOWN_GRACE_MS`; default 10 s. */
+/**
+ * Time given to in-flight work at shutdown; past it, queued inputs are dropped (not charged), open connections
+ * closed and the books flushed (docs/OPERATIONS.md). `POLYRAY_SHUTDOWN_GRACE_MS`; default 10 s.
+ */
 export const shutdownGraceMs = setting(z.number().int().min(0), {
   env: 'POLYRAY_SHUTDOWN_GRACE_MS',
   file: 'shutdownGraceMs',
   default: 10_000,
-  doc: 'drain time on SIGTERM before a warning / forced exit',
+  doc: 'drain time on SIGTERM; then queued inputs are dropped (not charged) and the books flushed',
 });

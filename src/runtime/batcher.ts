@@ -9,6 +9,7 @@
  * long ones and no item starves. The queue is bounded: a submit that does not fit fails with OVERLOADED.
  * A failed batch rejects every item in it and nothing of it reaches a cache.
  */
+import type { PolyrayError } from '../errors.ts';
 import { batchFailed, type ClockOption, checkQueueOptions, DispatchQueue, type SubmitOptions, systemClock, type Waiting } from './dispatch-queue.ts';
 import type { InferencePool, Lease } from './pool.ts';
 import type { FeedSpec } from './worker-protocol.ts';
@@ -180,6 +181,11 @@ export class Batcher {
   /** Stops accepting items and resolves once everything queued has run. */
   drain(): Promise<void> {
     return this.#queue.drain();
+  }
+
+  /** Drops every queued item with `error` (shutdown past its grace period); returns how many. */
+  cancel(error: PolyrayError): number {
+    return this.#queue.cancel(error);
   }
 
   stats(): BatcherStats {

@@ -473,6 +473,18 @@ export class DispatchQueue<T, R> {
     }
   }
 
+  /**
+   * Rejects every queued item with `error` (shutdown past its grace period): nothing of it runs, so nothing
+   * of it is charged. Batches already running finish. Returns how many items were dropped.
+   */
+  cancel(error: PolyrayError): number {
+    const queued = [...this.#clients.values()].flatMap((c) => c.items);
+    for (const q of queued) this.#remove(q);
+    for (const q of queued) q.reject(error);
+    this.#notifyIdle();
+    return queued.length;
+  }
+
   /** Stops accepting items and resolves once everything queued has run. */
   drain(): Promise<void> {
     if (this.#state.kind === 'draining') return this.#state.done;

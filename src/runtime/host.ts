@@ -323,6 +323,14 @@ export class ModelHost {
     await Promise.all([...this.queues.values()].map((q) => q.drain()));
   }
 
+  /** Drops every queued item of every model (shutdown past its grace period); returns how many. */
+  cancelQueued(): number {
+    const e = new PolyrayError(ErrorCode.SHUTTING_DOWN, 'The service is shutting down; this input was not computed (not charged); retry on another replica');
+    let n = 0;
+    for (const q of this.queues.values()) n += q.cancel(e);
+    return n;
+  }
+
   #registered(name: string): RegisteredModel {
     const m = this.#registry.get(name);
     if (!m) {

@@ -12,6 +12,7 @@
  * A run may read several outputs (image-mobilenet: the unit `embedding` and the raw `feature`); each
  * item's result holds its row of every output. Inference time is apportioned by cost share.
  */
+import type { PolyrayError } from '../errors.ts';
 import { batchFailed, type ClockOption, checkQueueOptions, DispatchQueue, type SubmitOptions, systemClock, type Waiting } from './dispatch-queue.ts';
 import type { InferencePool, Lease } from './pool.ts';
 import type { FeedSpec } from './worker-protocol.ts';
@@ -153,6 +154,11 @@ export class TensorBatcher {
   /** Stops accepting items and resolves once everything queued has run. */
   drain(): Promise<void> {
     return this.#queue.drain();
+  }
+
+  /** Drops every queued item with `error` (shutdown past its grace period); returns how many. */
+  cancel(error: PolyrayError): number {
+    return this.#queue.cancel(error);
   }
 
   stats(): TensorBatcherStats {
