@@ -327,7 +327,7 @@ export class DispatchQueue<T, R> {
       options.signal?.removeEventListener('abort', expire);
       const e = expiredError(options);
       const left = mine.filter((p) => !p.gone);
-      for (const p of left) this.#remove(p);
+      this.#removeAll(left);
       this.#expired += left.length;
       for (const p of left) p.reject(e);
       this.#notifyIdle();
@@ -344,24 +344,30 @@ export class DispatchQueue<T, R> {
     for (const p of mine) p.onGone = gone;
   }
 
-  /** Takes `p` out of its client's queue (not settling it). */
-  #remove(p: Pending<T, R>): void {
-    if (p.gone) return;
-    p.gone = true;
-    p.onGone?.();
-    const c = p.client;
-    const i = c.items.indexOf(p);
-    if (i >= 0) c.items.splice(i, 1);
-    c.cost -= p.cost;
-    this.#size--;
-    if (c.items.length === 0 && this.#clients.get(c.id) === c) this.#clients.delete(c.id);
+  /** Takes `ps` out of their clients' queues (not settling them): one pass over each client's queue. */
+  #removeAll(ps: readonly Pending<T, R>[]): void {
+    const touched = new Set<ClientQueue<T, R>>();
+    for (const p of ps) {
+      if (p.gone) continue;
+      p.gone = true;
+      p.onGone?.();
+      p.client.cost -= p.cost;
+      this.#size--;
+      touched.add(p.client);
+    }
+    for (const c of touched) {
+      c.items = c.items.filter((p) => !p.gone);
+      if (c.items.length === 0 && this.#clients.get(c.id) === c) this.#clients.delete(c.id);
+    }
   }
 
   /** The first `window` queued items in fair order: class, then virtual finish time, then arrival. */
   #view(): Pending<T, R>[] {
+    const limit = this.#options.window;
+    // One client (the common case): its own FIFO is the fair order.
+    if (this.#clients.size === 1) return this.#clients.values().next().value!.items.slice(0, limit);
     const heads = [...this.#clients.values()].map((c) => ({ c, at: 0 }));
     const out: Pending<T, R>[] = [];
-    const limit = this.#options.window;
     while (out.length < limit) {
       let best: { c: ClientQueue<T, R>; at: number } | undefined;
       for (const h of heads) {
@@ -421,7 +427,7 @@ export class DispatchQueue<T, R> {
       (err: Error) => {
         this.#acquiring = false;
         const batch = [...this.#clients.values()].flatMap((c) => c.items);
-        for (const q of batch) this.#remove(q);
+        this.#removeAll(batch);
         for (const q of batch) q.reject(err);
         this.#notifyIdle();
       },
@@ -436,7 +442,7 @@ export class DispatchQueue<T, R> {
     if (picked.size === 0) picked.add(0);
     const batch = view.filter((_, i) => picked.has(i));
     this.#virtual = Math.max(this.#virtual, view[0]!.start);
-    for (const q of batch) this.#remove(q);
+    this.#removeAll(batch);
     return batch;
   }
 
@@ -479,7 +485,7 @@ export class DispatchQueue<T, R> {
    */
   cancel(error: PolyrayError): number {
     const queued = [...this.#clients.values()].flatMap((c) => c.items);
-    for (const q of queued) this.#remove(q);
+    this.#removeAll(queued);
     for (const q of queued) q.reject(error);
     this.#notifyIdle();
     return queued.length;
