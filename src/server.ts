@@ -104,6 +104,7 @@ export class PolyrayServer {
       logger: this.logger,
       instrument: (pool) => this.accounting.metrics.instrumentPool(pool),
     });
+    this.pool.onReplaced((results) => this.host.workerReplaced(results));
     this.memory = new MemoryCache({ maxBytes: config.cache.memory.maxBytes, ttlMs: config.cache.memory.ttlMs });
     // Each tier is wrapped so the cache policy can change the TTL of new entries (src/policy).
     const tiers = withTtlControl([this.memory, ...(deps.lowerTiers ?? lowerTiersFromConfig(config, this.logger))]);
@@ -254,7 +255,8 @@ export class PolyrayServer {
     this.policy.start();
     registerHealthRoutes(this.app, {
       live: () => this.#state.kind !== 'stopped',
-      ready: () => this.#state.kind === 'ready',
+      // A model that failed after start (a replacement worker could not load it) makes the replica unready.
+      ready: () => this.#state.kind === 'ready' && this.host.degraded().length === 0,
       detail: () => ({
         state: this.#state.kind,
         models: this.host.models().map((m) => ({ name: m.name, state: m.state, provider: m.executionProvider })),

@@ -61,6 +61,7 @@ export class ModelHost {
   #registry = new ModelRegistry();
   /** One queue per loaded model; the map is live (metrics read it at scrape time). */
   readonly queues = new Map<string, InferenceQueue>();
+  readonly #degraded = new Set<string>();
   #reloading: Promise<ReloadSummary> | undefined;
 
   constructor(options: ModelHostOptions) {
@@ -260,6 +261,7 @@ export class ModelHost {
       const { queue, detail } = this.#openQueue(m.manifest, l.provider, view);
       this.queues.set(l.name, queue);
       this.#registry.setState(l.name, { kind: 'ready', provider: l.provider });
+      this.#degraded.delete(l.name);
       logger.info({ model: l.name, version: m.manifest.version, provider: l.provider, allowSpinning: this.#spinOf(m.manifest), ...detail }, 'model ready');
     }
     for (const m of this.#registry.list()) {
@@ -321,6 +323,27 @@ export class ModelHost {
   /** Lets every queued batch finish. */
   async drain(): Promise<void> {
     await Promise.all([...this.queues.values()].map((q) => q.drain()));
+  }
+
+  /**
+   * A replacement worker's load results: a serving model it could not load is FAILED (its callers get
+   * MODEL_NOT_READY, `/readyz` answers 503) instead of failing every batch that reaches that worker.
+   */
+  workerReplaced(results: readonly LoadResult[]): void {
+    for (const l of results) {
+      const m = this.#registry.get(l.name);
+      if (l.ok || !m || m.state.kind !== 'ready') continue;
+      const reason = `a replacement inference worker could not load it: ${(l.error ?? 'unknown error').slice(0, 300)}`;
+      this.#registry.setState(l.name, { kind: 'failed', reason });
+      this.#degraded.add(l.name);
+      this.queues.get(l.name)?.cancel(new PolyrayError(ErrorCode.MODEL_NOT_READY, `Model ${l.name} is not ready: ${reason}`, { model: l.name }));
+      this.#o.logger.error({ model: l.name, reason: l.error }, 'model failed on a replacement worker');
+    }
+  }
+
+  /** Models that were serving and failed since (a replacement worker could not load them): the replica is not ready. */
+  degraded(): string[] {
+    return [...this.#degraded];
   }
 
   /** Drops every queued item of every model (shutdown past its grace period); returns how many. */

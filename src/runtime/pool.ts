@@ -84,6 +84,9 @@ export class InferencePool {
   #niceness = 0;
   #state: PoolState = { kind: 'idle' };
   readonly #stats = { runs: 0, runsByModel: {} as Record<string, number>, runMsTotal: 0, failures: 0 };
+  readonly #replacedListeners: ((results: LoadResult[]) => void)[] = [];
+  /** Consecutive failed starts of a replacement worker (backoff). */
+  #respawnFailures = 0;
 
   constructor(options: InferencePoolOptions) {
     if (!Number.isSafeInteger(options.workers) || options.workers < 1) {
@@ -162,8 +165,45 @@ export class InferencePool {
     if (!slot.closing && this.#state.kind === 'ready') {
       this.#stats.failures++;
       this.#o.logger.error({ code }, 'inference worker exited; starting a replacement');
-      this.#spawn().catch((e: unknown) => this.#o.logger.error({ err: (e as Error).message }, 'replacement worker failed to start'));
+      this.#replace();
     }
+  }
+
+  /**
+   * Starts a replacement worker and tells the listeners what it loaded (a model it could not load must stop
+   * taking requests); a worker that cannot start at all is retried with backoff (0.5 s doubling, at most 10 s),
+   * so the pool never stays without workers.
+   */
+  #replace(): void {
+    this.#spawn().then(
+      (results) => {
+        this.#respawnFailures = 0;
+        for (const l of this.#replacedListeners) l(results);
+      },
+      (e: unknown) => {
+        const delay = Math.min(10_000, 500 * 2 ** this.#respawnFailures++);
+        this.#o.logger.error({ err: (e as Error).message, retryInMs: delay }, 'replacement worker failed to start');
+        setTimeout(() => {
+          if (this.#state.kind === 'ready') this.#replace();
+        }, delay).unref();
+      },
+    );
+  }
+
+  /** Calls `listener` with the load results of every replacement worker. */
+  onReplaced(listener: (results: LoadResult[]) => void): void {
+    this.#replacedListeners.push(listener);
+  }
+
+  /**
+   * Terminates worker `index` as a crash would (fault tests): a replacement starts. Only between runs:
+   * terminating a worker inside an ONNX Runtime run aborts the whole process (onnxruntime-node's native
+   * code throws into the torn-down thread), which only moving inference to child processes would avoid.
+   */
+  async kill(index = 0): Promise<void> {
+    const slot = this.#slots[index];
+    if (!slot) throw new RangeError(`no worker ${index}`);
+    await slot.worker.terminate();
   }
 
   /** Resolves with a lease on a free worker; leases are granted first come, first served. */
