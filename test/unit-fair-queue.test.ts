@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { ErrorCode, type PolyrayError } from '../src/errors.ts';
+import { ErrorCode, PolyrayError } from '../src/errors.ts';
 import { type BatchPolicy, DispatchQueue, type QueueOptions } from '../src/runtime/dispatch-queue.ts';
 import { FakeClock, FakePool, flush, type RunCall } from './helpers/fake-runtime.ts';
 
@@ -168,6 +168,23 @@ describe('fair dispatch queue', () => {
     const runs = await runAll(pool, 104);
     assert.ok(runOf(runs, 1) <= 1, 'the light client runs in the next batch or the one after');
     await Promise.all([...busy, ...backlog, ...light]);
+  });
+
+  test('a batch whose worker died goes back to the front once, for a fresh worker; a second death fails it', async () => {
+    const { pool, queue } = setup(4);
+    const died = () => new PolyrayError(ErrorCode.INFERENCE_FAILED, 'The inference worker stopped during this batch', { reason: 'worker-exit' });
+    const ps = queue.submit([1, 2], { client: 'a' });
+    (await pool.nextRun()).reject(died());
+    const again = await pool.nextRun();
+    assert.deepEqual(itemsOf(again), [1, 2], 'the same items, run again');
+    answer(again);
+    assert.deepEqual(await Promise.all(ps), [1, 2]);
+    assert.equal(queue.retried, 2);
+    const twice = queue.submit([3], { client: 'a' });
+    (await pool.nextRun()).reject(died());
+    (await pool.nextRun()).reject(died());
+    const r = await Promise.allSettled(twice);
+    assert.equal(((r[0] as PromiseRejectedResult).reason as PolyrayError).code, ErrorCode.INFERENCE_FAILED);
   });
 
   test('property: whatever clients, weights and classes submit, every item runs exactly once, each client in its own order', async () => {

@@ -22,6 +22,8 @@
  *   everything together at most `maxQueueItems`.
  * - Deadlines: a submit may carry a deadline and an abort signal; its items still queued when either fires
  *   are removed and rejected (DEADLINE_EXCEEDED), so a caller who gave up is never computed.
+ * - A batch whose worker died (INFERENCE_FAILED, reason `worker-exit`) goes back to the front of the queue
+ *   once, for a fresh worker; a second death fails it.
  * - Admission by time: the queue measures what a unit of cost takes to run (moving average over batches)
  *   and refuses a submit whose expected wait passes `maxQueueWaitMs` (OVERLOADED, `retryAfterMs` = that wait).
  *   The wait counts what runs before the new items in fair order: the client's own backlog, each other
@@ -57,7 +59,7 @@ export type Priority = 'interactive' | 'batch';
 interface Pending<T, R> extends Waiting<T> {
   resolve: (r: R) => void;
   reject: (e: Error) => void;
-  readonly client: ClientQueue<T, R>;
+  client: ClientQueue<T, R>;
   /** 0 interactive, 1 batch. */
   readonly rank: number;
   /** Fair-share cost (tokens, pixels). */
@@ -70,6 +72,8 @@ interface Pending<T, R> extends Waiting<T> {
   gone?: boolean;
   /** Called when it leaves the queue. */
   onGone?: () => void;
+  /** Already put back once after its worker died. */
+  retried?: boolean;
 }
 
 interface ClientQueue<T, R> {
@@ -173,6 +177,7 @@ export class DispatchQueue<T, R> {
   #virtual = 0;
   #seq = 0;
   #expired = 0;
+  #retried = 0;
   /** Measured milliseconds per unit of cost (moving average); undefined until a batch has run. */
   #msPerCost: number | undefined;
   /** Cost of the batches running now. */
@@ -344,6 +349,36 @@ export class DispatchQueue<T, R> {
     for (const p of mine) p.onGone = gone;
   }
 
+  /** Puts a batch whose worker died back at the front of its clients' queues, once (the caller reschedules). */
+  #requeue(batch: readonly Pending<T, R>[]): void {
+    this.#retried += batch.length;
+    const byClient = new Map<ClientQueue<T, R>, Pending<T, R>[]>();
+    for (const q of batch) {
+      // The client's queue may have emptied and been replaced by a new one since the batch was taken.
+      let c = this.#clients.get(q.client.id);
+      if (!c) {
+        c = q.client;
+        c.items = [];
+        c.cost = 0;
+        this.#clients.set(c.id, c);
+      }
+      q.client = c;
+      q.retried = true;
+      q.gone = false;
+      byClient.set(c, [...(byClient.get(c) ?? []), q]);
+    }
+    for (const [c, qs] of byClient) {
+      c.items = [...qs, ...c.items];
+      c.cost += qs.reduce((n, q) => n + q.cost, 0);
+    }
+    this.#size += batch.length;
+  }
+
+  /** Items put back once because their worker died mid-batch. */
+  get retried(): number {
+    return this.#retried;
+  }
+
   /** Takes `ps` out of their clients' queues (not settling them): one pass over each client's queue. */
   #removeAll(ps: readonly Pending<T, R>[]): void {
     const touched = new Set<ClientQueue<T, R>>();
@@ -462,6 +497,10 @@ export class DispatchQueue<T, R> {
       this.#msPerCost = this.#msPerCost === undefined ? sample : 0.8 * this.#msPerCost + 0.2 * sample;
       for (const [i, q] of batch.entries()) q.resolve(results[i]!);
     } catch (e) {
+      if (e instanceof PolyrayError && e.extensions['reason'] === 'worker-exit' && batch.every((q) => !q.retried) && this.#state.kind !== 'closed') {
+        this.#requeue(batch);
+        return;
+      }
       this.#failedBatches++;
       // Internal errors (worker messages, tensor shapes) are masked; a PolyrayError is already safe to show.
       const err = e instanceof PolyrayError ? e : batchFailed();

@@ -159,7 +159,9 @@ export class InferencePool {
     const i = this.#slots.indexOf(slot);
     if (i >= 0) this.#slots.splice(i, 1);
     for (const p of slot.pending.values()) {
-      p.reject(new PolyrayError(ErrorCode.INFERENCE_FAILED, 'The inference worker stopped during this batch; the request can be retried'));
+      p.reject(
+        new PolyrayError(ErrorCode.INFERENCE_FAILED, 'The inference worker stopped during this batch; the request can be retried', { reason: 'worker-exit' }),
+      );
     }
     slot.pending.clear();
     if (!slot.closing && this.#state.kind === 'ready') {
