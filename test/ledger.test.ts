@@ -85,4 +85,35 @@ describe('usage ledger: exactly-once flushes', () => {
     await ledger.flush();
     assert.equal(await tokens('carol'), 7);
   });
+
+  test('a Redis restart that loses the books: each replica restores its own share once, and counts it', async () => {
+    let resets = 0;
+    const mk = () => new Ledger({ redis: client, keyPrefix: PREFIX, flushMs: 3_600_000, logger: silentLogger(), timeoutMs: 1000, onReset: () => resets++ });
+    const [a, b] = [mk(), mk()];
+    a.record('dana', 'text-glove', 'COMPUTED', f(3));
+    b.record('dana', 'text-glove', 'COMPUTED', f(4));
+    await Promise.all([a.flush(), b.flush()]);
+    a.record('dana', 'text-glove', 'MEMORY', { items: 2, tokens: 0, inferenceMs: 0, cost: 0.02 });
+    await a.flush();
+    assert.equal(await tokens('dana'), 7);
+    // The server restarts without persistence: every key is gone.
+    await server.kill();
+    await server.restart();
+    await sleep(300);
+    assert.equal(await tokens('dana'), 0, 'the books are gone');
+    // New usage after the loss, then the next flushes: the lost figures come back once, the new ones too.
+    b.record('dana', 'text-glove', 'COMPUTED', f(5));
+    for (let i = 0; i < 20 && (await tokens('dana')) < 12; i++) {
+      await Promise.all([a.flush(), b.flush()]);
+      await sleep(50);
+    }
+    await Promise.all([a.flush(), b.flush()]);
+    assert.equal(await tokens('dana'), 12, 'restored 3 + 4, plus the 5 recorded after the loss');
+    assert.equal(Number(await admin.hget(keys.usage('dana'), 'text-glove|MEMORY|items')), 2);
+    assert.equal(resets, 2, 'each replica found the loss once');
+    assert.equal(a.resets + b.resets, 2);
+    const [book] = await a.read(['dana']);
+    assert.equal(book!.totals.items, 5);
+    assert.ok((await admin.smembers(keys.clients)).includes('dana'), 'the client is listed again');
+  });
 });

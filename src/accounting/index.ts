@@ -75,7 +75,14 @@ export class Accounting implements AccountingCore {
       logger: this.logger,
     });
     this.metrics.instrumentQuota(this.quota);
-    this.ledger = new Ledger({ redis: this.redis, keyPrefix: c.keyPrefix, flushMs: c.ledgerFlushMs, logger: this.logger, timeoutMs: c.redisTimeoutMs });
+    this.ledger = new Ledger({
+      redis: this.redis,
+      keyPrefix: c.keyPrefix,
+      flushMs: c.ledgerFlushMs,
+      logger: this.logger,
+      timeoutMs: c.redisTimeoutMs,
+      onReset: () => this.metrics.usageResets.inc(),
+    });
   }
 
   directory(): ClientDirectory {

@@ -5,6 +5,7 @@
  *   <prefix>{client:<id>}:usage    hash `<model>|<SOURCE>|<figure>` → total: the client's books (ledger.ts)
  *   <prefix>{client:<id>}:flushseq:<replica>   last usage batch a replica process added (ledger.ts; TTL 7 days)
  *   <prefix>usage:clients          set of the client ids that have books
+ *   <prefix>ledger:replica:<id>    a replica process's marker: gone means Redis lost the books (ledger.ts; TTL 7 days)
  *
  * The `{client:<id>}` hash tag puts every key of one client in one Cluster hash slot, so a script or a
  * transaction may touch any of them together. The tag is what Cluster hashes whatever the prefix holds:
@@ -34,6 +35,11 @@ export class AccountingKeys {
 
   usage(clientId: string): string {
     return `${this.prefix}{client:${clientId}}:usage`;
+  }
+
+  /** A replica process's marker (ledger.ts): present while Redis still holds the books it flushed. */
+  ledgerMarker(replica: string): string {
+    return `${this.prefix}ledger:replica:${replica}`;
   }
 
   /** The last usage batch number a replica process flushed for the client (ledger.ts): same slot as the books. */

@@ -23,6 +23,14 @@
  *
  * Without Redis (or when it does not answer) reads return this replica's own totals since start
  * (`fleetWide: false`).
+ *
+ * A Redis that lost its data (restarted without persistence, keys evicted or deleted) would silently zero
+ * the fleet's books. Each replica keeps a marker key of its own (`<prefix>ledger:replica:<id>`, set after
+ * its first confirmed flush, refreshed with a TTL of days) and checks it before every flush: gone, the books
+ * were lost, and the replica adds back what it had flushed (its totals since start, less what is pending or
+ * unconfirmed, which goes anyway). Every live replica restores its own share, exactly once; usage of
+ * replicas that stopped before the loss is not recoverable here. The loss is logged and counted (`onReset`,
+ * `polyray_usage_books_resets_total`).
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../log.ts';
@@ -65,6 +73,8 @@ export interface LedgerOptions {
   logger: Logger;
   /** Longest wait for a flush or a read before it counts as failed. Default: the client's own timeouts. */
   timeoutMs?: number | undefined;
+  /** Called when the books in Redis were found lost and this replica's share was restored. */
+  onReset?: () => void;
 }
 
 /** How long a replica's last flushed batch number is kept per client (refreshed by every flush). */
@@ -128,6 +138,9 @@ export class Ledger {
   #failing = false;
   /** Reads of the books from Redis are failing (logged once until one succeeds again). */
   #readFailing = false;
+  /** This replica's marker key is in Redis (set after a confirmed flush): its absence means the books were lost. */
+  #marked = false;
+  #resets = 0;
 
   readonly #keys: AccountingKeys;
 
@@ -144,6 +157,56 @@ export class Ledger {
     if (!this.#o.redis || this.#timer) return;
     this.#timer = setInterval(() => void this.flush(), this.#o.flushMs);
     this.#timer.unref();
+  }
+
+  /** Times the books in Redis were found lost and this replica's share restored. */
+  get resets(): number {
+    return this.#resets;
+  }
+
+  /** Sets (or refreshes) this replica's marker once its books are confirmed in Redis. */
+  async #mark(redis: AccountingRedis): Promise<void> {
+    if (this.#marked) return;
+    try {
+      await withDeadline(redis.set(this.#keys.ledgerMarker(this.#replica), '1', 'PX', FLUSH_SEQ_TTL_MS), this.#o.timeoutMs, ACCOUNTING_DEADLINE);
+      this.#marked = true;
+    } catch {
+      // Set again after the next confirmed flush.
+    }
+  }
+
+  /** Before a flush: a marker that was set and is gone means Redis lost the books; restore this replica's share. */
+  async #checkMarker(redis: AccountingRedis): Promise<void> {
+    if (!this.#marked) return;
+    let exists: number;
+    try {
+      exists = await withDeadline(redis.exists(this.#keys.ledgerMarker(this.#replica)), this.#o.timeoutMs, ACCOUNTING_DEADLINE);
+    } catch {
+      return; // Redis does not answer: the flush fails and keeps its deltas as before.
+    }
+    if (exists !== 0) return;
+    this.#marked = false;
+    this.#resets++;
+    // What this replica had in Redis: its totals, less what is pending or unconfirmed (sent anyway).
+    let restored = 0;
+    for (const [clientId, rows] of this.#totals) {
+      const pending = this.#pending.get(clientId);
+      const unconfirmed = this.#unconfirmed.get(clientId)?.rows;
+      for (const [rk, total] of rows) {
+        const f = { ...total };
+        for (const k of FIGURES) f[k] -= (pending?.get(rk)?.[k] ?? 0) + (unconfirmed?.get(rk)?.[k] ?? 0);
+        if (FIGURES.some((k) => f[k] !== 0)) {
+          add(this.#pending, clientId, rk, f);
+          restored += f.items;
+        }
+      }
+      this.#unlisted.add(clientId);
+    }
+    this.#o.logger.warn(
+      { restoredItems: restored, clients: this.#totals.size },
+      "usage books in Redis were lost (restart without persistence?); restoring this replica's share",
+    );
+    this.#o.onReset?.();
   }
 
   record(clientId: string, model: string, source: Source, f: Figures): void {
@@ -166,6 +229,7 @@ export class Ledger {
     const redis = this.#o.redis;
     if (!redis) return;
     while (this.#flushing) await this.#flushing;
+    await this.#checkMarker(redis);
     if (this.#pending.size === 0 && this.#unlisted.size === 0 && this.#unconfirmed.size === 0) return;
     // An unconfirmed batch goes again as it was; a client's newer deltas wait until it is confirmed.
     const batches = new Map(this.#unconfirmed);
@@ -214,7 +278,7 @@ export class Ledger {
         if (failed.length === 0) {
           if (this.#failing) this.#o.logger.info('usage ledger flushed to Redis again');
           this.#failing = false;
-          return;
+          return this.#mark(redis);
         }
         if (!this.#failing) {
           this.#o.logger.warn(

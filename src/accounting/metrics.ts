@@ -32,6 +32,7 @@ export class AccountingMetrics {
   readonly cost: Counter<'client' | 'model' | 'source' | 'surface'>;
   readonly quotaRejections: Counter<'client'>;
   readonly authFailures: Counter;
+  readonly usageResets: Counter;
   readonly batchSize: Histogram<'model'>;
   readonly batchSeconds: Histogram<'model'>;
   readonly queueDepth: Gauge<'model'>;
@@ -81,6 +82,11 @@ export class AccountingMetrics {
       registers,
     });
     this.authFailures = new Counter({ name: 'polyray_auth_failures_total', help: 'Requests refused with UNAUTHENTICATED', registers });
+    this.usageResets = new Counter({
+      name: 'polyray_usage_books_resets_total',
+      help: "Times the usage books in Redis were found lost (restart without persistence) and this replica's share restored",
+      registers,
+    });
     this.batchSize = new Histogram({
       name: 'polyray_batch_size',
       help: 'Items per inference batch',
