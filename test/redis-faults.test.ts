@@ -264,3 +264,24 @@ test('garbage values stored under the tier keys are misses (counted as corrupt, 
   const remaining = await admin.exists(...keys.map((k) => `junk:${k}`));
   assert.equal(remaining, junk.length - expectedCorrupt, 'corrupt values were deleted');
 });
+
+test('with the default backoff, a Redis that hung for 5 s is used again within about 1 s of answering', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const server = await startRedisServer();
+  servers.push(server);
+  // Default backoff (250 ms doubling to 1 s): only the read timeout is this file's.
+  const cache = new RedisCache({ url: server.url, keyPrefix: 'fault5:', readTimeoutMs: READ_TIMEOUT_MS });
+  caches.push(cache);
+  await warm(cache);
+  const admin = new Redis(server.url);
+  cleanups.push(() => admin.disconnect());
+  const pauseMs = 5000;
+  await admin.call('CLIENT', 'PAUSE', String(pauseMs), 'ALL');
+  const pausedAt = performance.now();
+  await cache.getMany(['__warm']); // times out: the tier turns unhealthy and starts probing
+  assert.equal(cache.stats().healthy, false);
+  await sleep(pausedAt + pauseMs - performance.now());
+  const answering = performance.now();
+  await waitFor('healthy again', () => cache.stats().healthy, 5000);
+  const back = performance.now() - answering;
+  assert.ok(back < 1300, `back ${back.toFixed(0)} ms after Redis answered (probes at most 1 s apart)`);
+});

@@ -50,9 +50,12 @@ export interface QuotaManagerOptions {
   /** For `share`: the replicas a quota is split between while the store is down. Default 1. */
   replicas?: number;
   logger: Logger;
-  /** How long a node is left alone after its first failure before one call probes it. Default 1000 ms. */
+  /** How long a node is left alone after its first failure before one call probes it. Default 250 ms. */
   retryMs?: number;
-  /** Longest wait between probes of a node that keeps failing (doubling from `retryMs`). Default 5000 ms. */
+  /**
+   * Longest wait between probes of a node that keeps failing (doubling from `retryMs`): a store that answers
+   * again is used again within this. Default 1000 ms.
+   */
   maxRetryMs?: number;
   /** Clock for the probe schedule, ms. Default `Date.now`. */
   now?: () => number;
@@ -71,10 +74,10 @@ export class QuotaManager {
     this.#o = options;
     this.#redis = options.redis;
     this.#store = this.#redis ? 'redis' : 'local';
-    // The gate's defaults are this manager's: retryMs 1000, maxRetryMs the larger of 5000 and retryMs.
+    // Probes are one call each: back within a second of the store answering (issue 28), not 5 s.
     this.#health = new HealthGate({
-      retryMs: options.retryMs,
-      maxRetryMs: options.maxRetryMs,
+      retryMs: options.retryMs ?? 250,
+      maxRetryMs: options.maxRetryMs ?? Math.max(1000, options.retryMs ?? 250),
       now: options.now,
       onTransition: (node, to, d) => {
         const mode = this.#o.failureMode;

@@ -51,7 +51,7 @@ export interface RedisCacheOptions {
   writeBatchSize?: number;
   /** First wait before probing an unhealthy Redis, milliseconds; doubles per failed probe. Default 250. */
   backoffInitialMs?: number;
-  /** Cap of the probe backoff, milliseconds. Default 10000. */
+  /** Cap of the probe backoff, milliseconds: a Redis that answers again is back within this. Default 1000 (one PING a second while down). */
   backoffMaxMs?: number;
   /** Logger for health transitions (logged once per transition). Default: none. */
   logger?: RedisCacheLogger;
@@ -89,7 +89,7 @@ export const DEFAULT_REDIS_CACHE_OPTIONS: Readonly<Tunables> = Object.freeze({
   maxWriteQueue: 10_000,
   writeBatchSize: 256,
   backoffInitialMs: 250,
-  backoffMaxMs: 10_000,
+  backoffMaxMs: 1000,
   now: () => performance.now(),
 });
 
