@@ -91,3 +91,77 @@ describe('SIGTERM with a backlog', () => {
     }
   });
 });
+
+describe('SIGKILL under load', () => {
+  const prefix = `polyray:test:sigkill:${randomBytes(6).toString('hex')}:`;
+  let dir: string;
+  let file: string;
+  let key: string;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'polyray-sigkill-'));
+    file = path.join(dir, 'clients.json');
+    key = (await addClient(file, { id: 'app', rate: 1e6, burst: 1e9 })).key;
+  });
+  after(async () => {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  test('lost usage is at most what was delivered in the last flush interval (200 ms)', async () => {
+    const child = await startChildServer({
+      NODE_ENV: 'production',
+      POLYRAY_CLIENTS_FILE: file,
+      POLYRAY_QUOTA_REDIS_URL: 'redis://127.0.0.1:6379',
+      POLYRAY_QUOTA_KEY_PREFIX: prefix,
+      POLYRAY_SERVE_MODELS: 'text-glove',
+    });
+    const delivered: number[] = [];
+    let inFlight = 0;
+    let stop = false;
+    let n = 0;
+    const client = async (): Promise<void> => {
+      while (!stop) {
+        inFlight++;
+        try {
+          const r = await fetch(`${child.url}/v1/embeddings`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+            body: JSON.stringify({ model: 'text-glove', input: `text number ${n++ % 500} of the run` }),
+          });
+          await r.arrayBuffer();
+          if (r.status === 200) delivered.push(performance.now());
+        } catch {
+          // killed mid-request
+        } finally {
+          inFlight--;
+        }
+      }
+    };
+    const clients = Array.from({ length: 8 }, () => client());
+    await sleep(3000);
+    const inFlightAtKill = inFlight;
+    const killedAt = performance.now();
+    child.process.kill('SIGKILL');
+    stop = true;
+    await Promise.all(clients);
+    const before = delivered.filter((t) => t <= killedAt).length;
+    const lastWindow = delivered.filter((t) => t > killedAt - 400 && t <= killedAt).length;
+
+    const reader = await startPolyray({
+      accounting: { clientsFile: file, redis: { kind: 'standalone', url: 'redis://127.0.0.1:6379' }, keyPrefix: prefix },
+    });
+    try {
+      const r = await reader.gql<{ usage: { totals: { items: number } } }>('{ usage { totals { items } } }', {}, { authorization: `Bearer ${key}` });
+      const booked = r.data!.usage.totals.items;
+      const lost = before - booked;
+      process.stdout.write(
+        `# SIGKILL after ${before} delivered items: ${booked} booked, ${lost} lost (${((100 * Math.max(0, lost)) / before).toFixed(2)} %), ${lastWindow} delivered in the last 400 ms\n`,
+      );
+      assert.ok(before > 200, `enough load (${before} items)`);
+      assert.ok(lost <= lastWindow, `lost ${lost} > ${lastWindow} delivered in the last 400 ms`);
+      assert.ok(booked <= before + inFlightAtKill, 'nothing booked beyond what was delivered or in flight');
+    } finally {
+      await reader.stop();
+    }
+  });
+});

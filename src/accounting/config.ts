@@ -109,12 +109,16 @@ export const accountingSchema = z
     memoryHitCost: setting(z.number().min(0), { env: 'POLYRAY_COST_MEMORY_HIT', file: 'costMemoryHit', default: 0.01, doc: 'cost units of a memory hit' }),
     /** Cost units of an item served from the global (Redis) tier. `POLYRAY_COST_GLOBAL_HIT`; default 0.05. */
     globalHitCost: setting(z.number().min(0), { env: 'POLYRAY_COST_GLOBAL_HIT', file: 'costGlobalHit', default: 0.05, doc: 'cost units of a global hit' }),
-    /** How often the usage ledger is flushed to Redis. `POLYRAY_LEDGER_FLUSH_MS`; default 5000 ms. */
+    /**
+     * How often the usage ledger is flushed to Redis: the most usage a replica killed outright (SIGKILL, OOM)
+     * can lose is what it delivered in this interval (docs/OPERATIONS.md). A flush is one script per client
+     * with new usage. `POLYRAY_LEDGER_FLUSH_MS`; default 200 ms.
+     */
     ledgerFlushMs: setting(z.number().int().min(10).max(3_600_000), {
       env: 'POLYRAY_LEDGER_FLUSH_MS',
       file: 'ledgerFlushMs',
-      default: 5000,
-      doc: 'ledger flush interval',
+      default: 200,
+      doc: 'ledger flush interval: the most usage a replica killed outright can lose',
     }),
     /**
      * Bearer token `/metrics` requires (`Authorization: Bearer <token>`, Prometheus' `authorization` scrape
