@@ -213,7 +213,7 @@ describe('accounting configuration', () => {
         allowAnonymous: false,
         memoryHitCost: 0.01,
         globalHitCost: 0.05,
-        ledgerFlushMs: 5000,
+        ledgerFlushMs: 200,
       },
     );
     const store = (env: Record<string, string>) => loadConfig(env).accounting.redis;

@@ -30,9 +30,11 @@
  * were lost, and the replica adds back what it had flushed (its totals since start, less what is pending or
  * unconfirmed, which goes anyway). Every live replica restores its own share, exactly once; usage of
  * replicas that stopped before the loss is not recoverable here. The loss is logged and counted (`onReset`,
- * `polyray_usage_books_resets_total`).
+ * `polyray_usage_books_resets_total`). Standalone Redis only: on a Cluster a lost master takes only its
+ * slots' books, which one marker key cannot see (a marker per client slot would).
  */
 import { randomBytes } from 'node:crypto';
+import { Cluster } from 'ioredis';
 import type { Logger } from '../log.ts';
 import type { Source } from '../service/types.ts';
 import { withDeadline } from '../redis/deadline.ts';
@@ -164,9 +166,11 @@ export class Ledger {
     return this.#resets;
   }
 
-  /** Sets (or refreshes) this replica's marker once its books are confirmed in Redis. */
+  /** Sets (or refreshes) this replica's marker once its books are confirmed in Redis (standalone Redis only). */
   async #mark(redis: AccountingRedis): Promise<void> {
-    if (this.#marked) return;
+    // On a Cluster one lost master loses only its slots' books, and one marker key lives in one slot: it
+    // could neither see every loss nor tell which books went, so there is no marker there (yet).
+    if (this.#marked || redis instanceof Cluster) return;
     try {
       await withDeadline(redis.set(this.#keys.ledgerMarker(this.#replica), '1', 'PX', FLUSH_SEQ_TTL_MS), this.#o.timeoutMs, ACCOUNTING_DEADLINE);
       this.#marked = true;
