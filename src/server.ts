@@ -33,6 +33,7 @@ import { registerTeiRoutes } from './http/tei.ts';
 import { registerOpenApi } from './http/openapi.ts';
 import { AJV_OPTIONS } from './http/validation.ts';
 import { serveOptions } from './http/serve.ts';
+import { type FastPathStats, fastEntitiesPlugin } from './resolvers/fast-entities.ts';
 import { makeFormatError } from './resolvers/format-error.ts';
 import { buildSchema } from './resolvers/index.ts';
 import { ModelHost } from './runtime/host.ts';
@@ -61,6 +62,8 @@ export class PolyrayServer {
   readonly logger: Logger;
   readonly app: FastifyInstance;
   readonly pool: InferencePool;
+  /** Operations answered by the compiled `_entities` path (src/resolvers/fast-entities.ts). */
+  readonly entityFastPath: FastPathStats = { served: 0 };
   /** Tokenizer threads: cache misses are tokenised off the event loop (src/runtime/tokenizer-pool.ts). */
   readonly tokenizers: TokenizerPool;
   /** The served models: registry, inference queues, handles (src/runtime/host.ts). */
@@ -164,6 +167,7 @@ export class PolyrayServer {
           },
           this.catalog(),
         ),
+        ...(config.limits.entityFastPath ? [fastEntitiesPlugin(this.logger, this.entityFastPath)] : []),
         // Cache control (on by default) wraps every field resolver to collect hints nobody reads here: an
         // entity's embedding is computed per request scope, never cached by HTTP (bench:hit, issue 27).
         ApolloServerPluginCacheControlDisabled(),

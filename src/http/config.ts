@@ -55,6 +55,17 @@ export const limitsSchema = z
   .object({
     maxInputsPerRequest,
     /**
+     * Serve `_entities { ... on Post { embedding { base64 | vector } } }` by the compiled path
+     * (src/resolvers/fast-entities.ts): the same answers without field-by-field execution. `POLYRAY_ENTITY_FAST_PATH`;
+     * default true.
+     */
+    entityFastPath: setting(z.boolean(), {
+      env: 'POLYRAY_ENTITY_FAST_PATH',
+      file: 'entityFastPath',
+      default: true,
+      doc: 'answer the plain `_entities` embedding operation by the compiled path (same answers, less work per entity)',
+    }),
+    /**
      * How long a request's inputs may wait for inference, in ms: still queued after it, they are dropped
      * (DEADLINE_EXCEEDED, not charged). A caller may ask for less with `x-request-timeout-ms`, never more.
      * `POLYRAY_REQUEST_TIMEOUT_MS`; default 30000; 0 means no deadline.
