@@ -31,8 +31,9 @@ describe('REST body validation', () => {
       '/v',
       {
         schema: { body: embeddingsRequestSchema(8) },
-        errorHandler: (err: { validation?: ValidationIssue[] }, _req, reply) =>
-          reply.code(400).send(err.validation ? describeIssues(err.validation) : { param: 'transport', message: 'not validation' }),
+        // As the REST routes do: a body refused before validation (not JSON, a `__proto__` key) is about "body".
+        errorHandler: (err: { validation?: ValidationIssue[]; message: string }, _req, reply) =>
+          reply.code(400).send(err.validation ? describeIssues(err.validation) : { param: 'body', message: err.message }),
       },
       async (req) => ({ body: req.body }),
     );
@@ -69,6 +70,8 @@ describe('REST body validation', () => {
       assert.equal(r.body.param, param, `${JSON.stringify(body)} → ${JSON.stringify(r.body)}`);
       assert.match(r.body.message, message);
     }
+    const proto = await send(JSON.parse('{"model": "m", "input": "x", "dimensions": {"__proto__": null}}'));
+    assert.deepEqual([proto.status, proto.body.param], [400, 'body'], 'a prototype key is refused before validation');
     const ok = await send({ model: 'm', input: ['a', 'b'], dimensions: null });
     assert.equal(ok.status, 200);
   });
