@@ -8,25 +8,18 @@
  * each sending 16 new ~64-token texts per request. Writes bench/fair-results.json and the "Fair serving"
  * section of bench/RESULTS.md (`npm run bench` keeps it). Options: --quick, --out DIR.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { benchCli, publish } from './cli.ts';
 import { addClient } from '../src/accounting/clients.ts';
 import { BERT_MODELS } from '../src/models/bert.ts';
 import { buildModels } from '../src/models/build.ts';
 import { gitState, hostInfo } from './conditions.ts';
-import { writeSection } from './hf-report.ts';
 import { type Latency, postHttp, summarise } from './load.ts';
 import { childEnv, freePort, removeScratch, removeStaleScratch, SCRATCH_DIR, ServiceProcess } from './service.ts';
 import { BertCorpus } from './transformer.ts';
 
-const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(BENCH_DIR, '..');
-const args = process.argv.slice(2);
-const quick = args.includes('--quick');
-const outArg = args.indexOf('--out');
-const OUT = outArg >= 0 ? path.resolve(args[outArg + 1]!) : quick ? path.join(BENCH_DIR, 'out', 'quick') : BENCH_DIR;
-const log = (s: string): void => void process.stderr.write(`${s}\n`);
+const cli = benchCli();
+const { root: ROOT, quick, out: OUT, log } = cli;
 const MODEL = BERT_MODELS.plain;
 const FLOOD_CONNECTIONS = 8;
 
@@ -127,11 +120,7 @@ async function main(): Promise<void> {
     }
     const host = hostInfo();
     const result = { startedAt, git: gitState(ROOT), cpu: host.cpuModel, cores: host.cores, quick, rows };
-    mkdirSync(OUT, { recursive: true });
-    writeFileSync(path.join(OUT, 'fair-results.json'), `${JSON.stringify(result, null, 2)}\n`);
-    const section = renderFairSection(result);
-    writeSection(path.join(OUT, 'RESULTS.md'), 'fair-serving', section);
-    process.stdout.write(`${section}\n`);
+    publish(OUT, 'fair-results.json', result, 'fair-serving', renderFairSection(result));
   } finally {
     await svc.stop();
     removeScratch();

@@ -8,27 +8,20 @@
  * Options: --quick, --out DIR, --cpu-prof DIR (profiles Polyray during the run), --shapes a,b (some rows only),
  * --no-floor (Polyray only).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { benchCli, publish } from './cli.ts';
 import { BERT_MODELS } from '../src/models/bert.ts';
 import { buildModels } from '../src/models/build.ts';
 import { gitState, hostInfo } from './conditions.ts';
-import { writeSection } from './hf-report.ts';
 import { type Latency, postHttp, summarise } from './load.ts';
 import { childEnv, freePort, removeScratch, removeStaleScratch, ServiceProcess } from './service.ts';
 import { BertCorpus } from './transformer.ts';
 
-const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(BENCH_DIR, '..');
-const args = process.argv.slice(2);
-const quick = args.includes('--quick');
-const opt = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
-const OUT = opt('--out') ? path.resolve(opt('--out')!) : quick ? path.join(BENCH_DIR, 'out', 'quick') : BENCH_DIR;
-const PROFILE = opt('--cpu-prof');
-const SHAPES = (opt('--shapes')?.split(',') ?? ['base64x64', 'floatsx64', 'base64x1']) as Shape[];
-const FLOOR = !args.includes('--no-floor');
-const log = (s: string): void => void process.stderr.write(`${s}\n`);
+const cli = benchCli();
+const { root: ROOT, quick, out: OUT, log } = cli;
+const PROFILE = cli.opt('--cpu-prof');
+const SHAPES = (cli.opt('--shapes')?.split(',') ?? ['base64x64', 'floatsx64', 'base64x1']) as Shape[];
+const FLOOR = !cli.has('--no-floor');
 const CLIENTS = 16;
 
 type Shape = 'base64x64' | 'floatsx64' | 'base64x1';
@@ -146,11 +139,7 @@ async function main(): Promise<void> {
   }
   const host = hostInfo();
   const result = { startedAt, git: gitState(ROOT), cpu: host.cpuModel, cores: host.cores, quick, rows };
-  mkdirSync(OUT, { recursive: true });
-  writeFileSync(path.join(OUT, 'hit-results.json'), `${JSON.stringify(result, null, 2)}\n`);
-  const section = renderHitSection(result);
-  writeSection(path.join(OUT, 'RESULTS.md'), 'hit-path', section);
-  process.stdout.write(`${section}\n`);
+  publish(OUT, 'hit-results.json', result, 'hit-path', renderHitSection(result));
 }
 
 await main();

@@ -8,24 +8,17 @@
  * probe's latency 0.5, 1, 2 and 5 s after the load stopped. Writes bench/overload-results.json and the
  * "Overload" section of bench/RESULTS.md. Options: --quick, --out DIR.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { benchCli, publish } from './cli.ts';
 import { BERT_MODELS } from '../src/models/bert.ts';
 import { buildModels } from '../src/models/build.ts';
 import { gitState, hostInfo } from './conditions.ts';
-import { writeSection } from './hf-report.ts';
 import { type Latency, postHttp, summarise } from './load.ts';
 import { childEnv, freePort, removeScratch, removeStaleScratch, ServiceProcess } from './service.ts';
 import { BertCorpus } from './transformer.ts';
 
-const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(BENCH_DIR, '..');
-const args = process.argv.slice(2);
-const quick = args.includes('--quick');
-const outArg = args.indexOf('--out');
-const OUT = outArg >= 0 ? path.resolve(args[outArg + 1]!) : quick ? path.join(BENCH_DIR, 'out', 'quick') : BENCH_DIR;
-const log = (s: string): void => void process.stderr.write(`${s}\n`);
+const cli = benchCli();
+const { root: ROOT, quick, out: OUT, log } = cli;
 const MODEL = BERT_MODELS.plain;
 const CONNECTIONS = 48;
 
@@ -101,8 +94,6 @@ async function main(): Promise<void> {
     log(JSON.stringify(result));
     const host = hostInfo();
     const all = { startedAt, git: gitState(ROOT), cpu: host.cpuModel, cores: host.cores, quick, result };
-    mkdirSync(OUT, { recursive: true });
-    writeFileSync(path.join(OUT, 'overload-results.json'), `${JSON.stringify(all, null, 2)}\n`);
     const f = (x: number): string => x.toFixed(0);
     const r = result;
     const section = [
@@ -118,8 +109,7 @@ async function main(): Promise<void> {
       '',
       `One ~16-token request: ${r.baselineMs.toFixed(1)} ms before the load; after the load stopped: ${r.afterStopMs.map((x) => `${x.ms.toFixed(1)} ms at ${x.afterS} s`).join(', ')}.`,
     ].join('\n');
-    writeSection(path.join(OUT, 'RESULTS.md'), 'overload', section);
-    process.stdout.write(`${section}\n`);
+    publish(OUT, 'overload-results.json', all, 'overload', section);
   } finally {
     await svc.stop();
     removeScratch();

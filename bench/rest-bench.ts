@@ -6,24 +6,17 @@
  * Writes bench/rest-results.json and the "REST surfaces" section of bench/RESULTS.md (between markers;
  * `npm run bench` keeps it). Options: --quick, --out DIR.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { benchCli, publish } from './cli.ts';
 import { gitState, hostInfo } from './conditions.ts';
 import { BERT_MODELS } from '../src/models/bert.ts';
 import { buildModels } from '../src/models/build.ts';
 import { BertCorpus } from './transformer.ts';
 import { type Latency, postHttp, summarise } from './load.ts';
 import { childEnv, freePort, removeScratch, removeStaleScratch, ServiceProcess } from './service.ts';
-import { writeSection } from './hf-report.ts';
 
-const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(BENCH_DIR, '..');
-const args = process.argv.slice(2);
-const quick = args.includes('--quick');
-const outArg = args.indexOf('--out');
-const OUT = outArg >= 0 ? path.resolve(args[outArg + 1]!) : quick ? path.join(BENCH_DIR, 'out', 'quick') : BENCH_DIR;
-const log = (s: string): void => void process.stderr.write(`${s}\n`);
+const cli = benchCli();
+const { root: ROOT, quick, out: OUT, log } = cli;
 
 type Surface = 'graphql' | 'openai' | 'tei';
 interface Row {
@@ -126,11 +119,7 @@ async function main(): Promise<void> {
     }
     const host = hostInfo();
     const result = { startedAt, git: gitState(ROOT), cpu: host.cpuModel, cores: host.cores, quick, rows };
-    mkdirSync(OUT, { recursive: true });
-    writeFileSync(path.join(OUT, 'rest-results.json'), `${JSON.stringify(result, null, 2)}\n`);
-    const section = renderRestSection(result);
-    writeSection(path.join(OUT, 'RESULTS.md'), 'rest-surfaces', section);
-    process.stdout.write(`${section}\n`);
+    publish(OUT, 'rest-results.json', result, 'rest-surfaces', renderRestSection(result));
   } finally {
     await svc.stop();
     removeScratch();

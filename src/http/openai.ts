@@ -31,7 +31,7 @@ import { checkDimensions, checkPrompt } from '../resolvers/args.ts';
 import { truncate } from '../resolvers/shape.ts';
 import type { ModelInfo, TextHandle } from '../runtime/handle.ts';
 import type { RequestScope } from '../service/scope.ts';
-import { embedAll, restStatusOf, type InputField, inputSchema, inputsOf, polyrayErrorOf, setRetryHeaders, stringify } from './rest.ts';
+import { embedAll, inScope, restStatusOf, type InputField, inputSchema, inputsOf, polyrayErrorOf, setRetryHeaders, stringify } from './rest.ts';
 import type { EmbedResult, TextInput } from '../service/types.ts';
 import { SECURITY } from './openapi.ts';
 import { describeIssues, type ValidationIssue } from './validation.ts';
@@ -230,44 +230,40 @@ export function registerOpenAiRoutes(app: FastifyInstance, deps: OpenAiDeps): vo
         response: { 200: EMBEDDINGS_RESPONSE, ...ERRORS },
       },
     },
-    async (req, reply) => {
-      let scope: RequestScope<AccountContext>;
-      try {
-        scope = deps.scope(req.headers, reply.raw);
-      } catch (e) {
-        return sendError(reply, e);
-      }
-      try {
-        const p = parse(req.body, deps.maxInputs);
-        const handle = scope.model(deps.aliases.get(p.model) ?? p.model);
-        if (handle.kind !== 'text') {
-          throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${handle.name} does not read text; /v1/embeddings takes text models`, { param: 'model' });
-        }
-        const dims = checkDimensions(handle, p.dimensions ?? null);
-        const options = { prompt: checkPrompt(handle, undefined, undefined), ...(p.user ? { user: p.user } : {}) };
-        const loader = scope.texts(handle, options);
-        const ok = await embedAll(loader, p.inputs);
-        const tokens = await promptTokens(scope, handle, options, p.inputs, ok);
-        const cost = await scope.account.close('OK');
-        const hits = ok.filter((r) => r.source !== 'COMPUTED').length;
-        return reply
-          .header('x-polyray-cost', String(cost.charged))
-          .header('x-polyray-cache-hits', String(hits))
-          .send({
-            object: 'list',
-            data: ok.map((r, index) => {
-              const v = truncate(r.vector, dims);
-              return { object: 'embedding', index, embedding: p.base64 ? encodeWire(v, 'FLOAT32') : Array.from(v) };
-            }),
-            // The name the caller used (an alias stays an alias, as the caller's code expects it back).
-            model: p.model,
-            usage: { prompt_tokens: tokens, total_tokens: tokens },
-          });
-      } catch (e) {
-        await scope.account.close(polyrayErrorOf(e)?.code ?? ErrorCode.INTERNAL_SERVER_ERROR).catch(() => undefined);
-        return sendError(reply, e);
-      }
-    },
+    async (req, reply) =>
+      inScope(
+        () => deps.scope(req.headers, reply.raw),
+        (e) => sendError(reply, e),
+        async (scope) => {
+          const p = parse(req.body, deps.maxInputs);
+          const handle = scope.model(deps.aliases.get(p.model) ?? p.model);
+          if (handle.kind !== 'text') {
+            throw new PolyrayError(ErrorCode.UNSUPPORTED_INPUT, `Model ${handle.name} does not read text; /v1/embeddings takes text models`, {
+              param: 'model',
+            });
+          }
+          const dims = checkDimensions(handle, p.dimensions ?? null);
+          const options = { prompt: checkPrompt(handle, undefined, undefined), ...(p.user ? { user: p.user } : {}) };
+          const loader = scope.texts(handle, options);
+          const ok = await embedAll(loader, p.inputs);
+          const tokens = await promptTokens(scope, handle, options, p.inputs, ok);
+          const cost = await scope.account.close('OK');
+          const hits = ok.filter((r) => r.source !== 'COMPUTED').length;
+          return reply
+            .header('x-polyray-cost', String(cost.charged))
+            .header('x-polyray-cache-hits', String(hits))
+            .send({
+              object: 'list',
+              data: ok.map((r, index) => {
+                const v = truncate(r.vector, dims);
+                return { object: 'embedding', index, embedding: p.base64 ? encodeWire(v, 'FLOAT32') : Array.from(v) };
+              }),
+              // The name the caller used (an alias stays an alias, as the caller's code expects it back).
+              model: p.model,
+              usage: { prompt_tokens: tokens, total_tokens: tokens },
+            });
+        },
+      ),
   );
 
   const modelView = (m: ModelInfo) => ({ id: m.name, object: 'model', created: 0, owned_by: 'polyray' });

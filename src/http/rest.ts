@@ -7,7 +7,9 @@
 import type DataLoader from 'dataloader';
 import type { FastifyReply } from 'fastify';
 import { GraphQLError } from 'graphql';
-import { type ErrorCode, httpStatusOf, isPolyrayError, PolyrayError } from '../errors.ts';
+import type { AccountContext } from '../accounting/request.ts';
+import { ErrorCode, httpStatusOf, isPolyrayError, PolyrayError } from '../errors.ts';
+import type { RequestScope } from '../service/scope.ts';
 import type { EmbedResult, TextInput } from '../service/types.ts';
 
 /** The PolyrayError `e` is or wraps; undefined for anything else (an internal error). */
@@ -21,7 +23,7 @@ export function polyrayErrorOf(e: unknown): PolyrayError | undefined {
  * (with Retry-After), as OpenAI and TEI answer overload, so their clients back off and retry.
  */
 export function restStatusOf(code: ErrorCode): number {
-  return code === 'OVERLOADED' ? 429 : httpStatusOf[code];
+  return code === ErrorCode.OVERLOADED ? 429 : httpStatusOf[code];
 }
 
 /** `Retry-After` (seconds, at least 1) and `retry-after-ms` when the refusal says when to retry. */
@@ -74,3 +76,27 @@ export function inputsOf(input: InputField): TextInput[] {
 
 /** Responses are sent as JSON.stringify writes them: the response schemas are for /openapi.json only. */
 export const stringify = () => (data: unknown) => JSON.stringify(data);
+
+/**
+ * One REST call in its request scope: `open` authenticates (its error is answered by `fail`), `work` answers;
+ * whatever `work` throws closes the account under its code (nothing is left reserved) and is answered by
+ * `fail` in the route's protocol shape. `work` closes the account itself when it succeeds.
+ */
+export async function inScope(
+  open: () => RequestScope<AccountContext>,
+  fail: (e: unknown) => FastifyReply,
+  work: (scope: RequestScope<AccountContext>) => Promise<FastifyReply>,
+): Promise<FastifyReply> {
+  let scope: RequestScope<AccountContext>;
+  try {
+    scope = open();
+  } catch (e) {
+    return fail(e);
+  }
+  try {
+    return await work(scope);
+  } catch (e) {
+    await scope.account.close(polyrayErrorOf(e)?.code ?? ErrorCode.INTERNAL_SERVER_ERROR).catch(() => undefined);
+    return fail(e);
+  }
+}

@@ -31,7 +31,7 @@ import { normalizeInPlace } from '../runtime/pooling.ts';
 import type { RequestScope } from '../service/scope.ts';
 import type { TextHandle } from '../runtime/handle.ts';
 import { SECURITY } from './openapi.ts';
-import { embedAll, restStatusOf, type InputField, inputSchema, inputsOf, polyrayErrorOf, setRetryHeaders, stringify } from './rest.ts';
+import { embedAll, inScope, restStatusOf, type InputField, inputSchema, inputsOf, polyrayErrorOf, setRetryHeaders, stringify } from './rest.ts';
 import { describeIssues, type ValidationIssue } from './validation.ts';
 
 export interface TeiDeps {
@@ -171,52 +171,46 @@ export function registerTeiRoutes(app: FastifyInstance, deps: TeiDeps): void {
         response: { 200: { type: 'array', items: { type: 'array', items: { type: 'number' } } }, ...ERRORS },
       },
     },
-    async (req, reply) => {
-      let scope: RequestScope<AccountContext>;
-      try {
-        scope = deps.scope(req.headers, reply.raw);
-      } catch (e) {
-        return sendError(reply, e);
-      }
-      const t0 = performance.now();
-      try {
-        const b = req.body;
-        const inputs = inputsOf(b.inputs);
-        if (inputs.length > deps.maxInputs) throw tooMany(inputs.length);
-        const handle = modelOf(scope, req);
-        const size = checkDimensions(handle, b.dimensions ?? null);
-        const dir = b.truncation_direction;
-        const options = {
-          prompt: checkPrompt(handle, undefined, b.prompt_name ?? undefined),
-          truncate: b.truncate === true,
-          ...(dir !== undefined ? { side: dir.toLowerCase() as 'left' | 'right' } : {}),
-        };
-        const ok = await embedAll(scope.texts(handle, options), inputs);
-        const cost = await scope.account.close('OK');
-        const computeTokens = ok.reduce((s, r) => s + r.tokens, 0);
-        const inferenceMs = ok.reduce((s, r) => s + r.inferenceMs, 0);
-        const totalMs = performance.now() - t0;
-        const normalize = b.normalize !== false;
-        return reply
-          .header('x-compute-tokens', String(computeTokens))
-          .header('x-compute-time', String(Math.round(totalMs)))
-          .header('x-inference-time', String(Math.round(inferenceMs)))
-          .header('x-queue-time', String(Math.max(0, Math.round(totalMs - inferenceMs))))
-          .header('x-polyray-cost', String(cost.charged))
-          .header('x-polyray-cache-hits', String(ok.filter((r) => r.source !== 'COMPUTED').length))
-          .send(
-            ok.map((r) => {
-              // A copy: the result's vector is the cached one, never to be changed.
-              const v = new Float32Array(cut(r.vector, size));
-              if (normalize) normalizeInPlace(v);
-              return Array.from(v);
-            }),
-          );
-      } catch (e) {
-        await scope.account.close(polyrayErrorOf(e)?.code ?? ErrorCode.INTERNAL_SERVER_ERROR).catch(() => undefined);
-        return sendError(reply, e);
-      }
-    },
+    async (req, reply) =>
+      inScope(
+        () => deps.scope(req.headers, reply.raw),
+        (e) => sendError(reply, e),
+        async (scope) => {
+          const t0 = performance.now();
+          const b = req.body;
+          const inputs = inputsOf(b.inputs);
+          if (inputs.length > deps.maxInputs) throw tooMany(inputs.length);
+          const handle = modelOf(scope, req);
+          const size = checkDimensions(handle, b.dimensions ?? null);
+          const dir = b.truncation_direction;
+          const options = {
+            prompt: checkPrompt(handle, undefined, b.prompt_name ?? undefined),
+            truncate: b.truncate === true,
+            ...(dir !== undefined ? { side: dir.toLowerCase() as 'left' | 'right' } : {}),
+          };
+          const ok = await embedAll(scope.texts(handle, options), inputs);
+          const cost = await scope.account.close('OK');
+          const computeTokens = ok.reduce((s, r) => s + r.tokens, 0);
+          const inferenceMs = ok.reduce((s, r) => s + r.inferenceMs, 0);
+          const totalMs = performance.now() - t0;
+          const normalize = b.normalize !== false;
+          return reply
+            .header('x-compute-tokens', String(computeTokens))
+            .header('x-compute-time', String(Math.round(totalMs)))
+            .header('x-inference-time', String(Math.round(inferenceMs)))
+            .header('x-queue-time', String(Math.max(0, Math.round(totalMs - inferenceMs))))
+            .header('x-polyray-cost', String(cost.charged))
+            .header('x-polyray-cache-hits', String(ok.filter((r) => r.source !== 'COMPUTED').length))
+            .send(
+              ok.map((r) => {
+                // A copy: the result's vector is the cached one, never to be changed.
+                const v = new Float32Array(cut(r.vector, size));
+                if (normalize) normalizeInPlace(v);
+                return Array.from(v);
+              }),
+            );
+        },
+      ),
   );
 
   app.post<Route<TokenizeBody>>(
@@ -235,47 +229,41 @@ export function registerTeiRoutes(app: FastifyInstance, deps: TeiDeps): void {
         response: { 200: { type: 'array', items: { type: 'array', items: SIMPLE_TOKEN } }, ...ERRORS },
       },
     },
-    async (req, reply) => {
-      let scope: RequestScope<AccountContext>;
-      try {
-        scope = deps.scope(req.headers, reply.raw);
-      } catch (e) {
-        return sendError(reply, e);
-      }
-      try {
-        const b = req.body;
-        const texts = typeof b.inputs === 'string' ? [b.inputs] : b.inputs;
-        if (texts.length > deps.maxInputs) throw tooMany(texts.length);
-        texts.forEach((text, index) => {
-          const bytes = Buffer.byteLength(text, 'utf8');
-          if (bytes > deps.maxInputBytes) {
+    async (req, reply) =>
+      inScope(
+        () => deps.scope(req.headers, reply.raw),
+        (e) => sendError(reply, e),
+        async (scope) => {
+          const b = req.body;
+          const texts = typeof b.inputs === 'string' ? [b.inputs] : b.inputs;
+          if (texts.length > deps.maxInputs) throw tooMany(texts.length);
+          texts.forEach((text, index) => {
+            const bytes = Buffer.byteLength(text, 'utf8');
+            if (bytes > deps.maxInputBytes) {
+              throw new PolyrayError(
+                ErrorCode.INPUT_TOO_LARGE,
+                `Input ${index} is ${bytes} bytes; the limit is ${deps.maxInputBytes} bytes (POLYRAY_MAX_INPUT_BYTES)`,
+                {
+                  index,
+                },
+              );
+            }
+          });
+          const handle = modelOf(scope, req);
+          const prompt = checkPrompt(handle, undefined, b.prompt_name ?? undefined);
+          const viewed = await handle.viewTokens(texts, { addSpecialTokens: b.add_special_tokens !== false, prompt, maxTokens: handle.maxTokens });
+          const over = viewed.counts.findIndex((n) => n > handle.maxTokens);
+          if (over >= 0) {
             throw new PolyrayError(
               ErrorCode.INPUT_TOO_LARGE,
-              `Input ${index} is ${bytes} bytes; the limit is ${deps.maxInputBytes} bytes (POLYRAY_MAX_INPUT_BYTES)`,
-              {
-                index,
-              },
+              `Input ${over} has ${viewed.counts[over]} tokens; model ${handle.name} accepts at most ${handle.maxTokens}`,
+              { index: over },
             );
           }
-        });
-        const handle = modelOf(scope, req);
-        const prompt = checkPrompt(handle, undefined, b.prompt_name ?? undefined);
-        const viewed = await handle.viewTokens(texts, { addSpecialTokens: b.add_special_tokens !== false, prompt, maxTokens: handle.maxTokens });
-        const over = viewed.counts.findIndex((n) => n > handle.maxTokens);
-        if (over >= 0) {
-          throw new PolyrayError(
-            ErrorCode.INPUT_TOO_LARGE,
-            `Input ${over} has ${viewed.counts[over]} tokens; model ${handle.name} accepts at most ${handle.maxTokens}`,
-            { index: over },
-          );
-        }
-        await scope.account.close('OK');
-        // Built as JSON in the tokenizer thread: the event loop only joins the parts.
-        return reply.type('application/json').send(`[${viewed.json.join(',')}]`);
-      } catch (e) {
-        await scope.account.close(polyrayErrorOf(e)?.code ?? ErrorCode.INTERNAL_SERVER_ERROR).catch(() => undefined);
-        return sendError(reply, e);
-      }
-    },
+          await scope.account.close('OK');
+          // Built as JSON in the tokenizer thread: the event loop only joins the parts.
+          return reply.type('application/json').send(`[${viewed.json.join(',')}]`);
+        },
+      ),
   );
 }

@@ -82,11 +82,8 @@ function furthest(issues: readonly ValidationIssue[]): ValidationIssue {
   return best;
 }
 
+/** `integer,null` → "an integer or null"; `array` → "a list". */
 function article(type: string): string {
-  if (type === 'array') return 'a list';
-  if (type === 'null') return 'null';
-  return type
-    .split(',')
-    .map((t) => (t === 'object' || t === 'integer' ? `an ${t}` : t === 'null' ? 'null' : `a ${t}`))
-    .join(' or ');
+  const one = (t: string): string => (t === 'array' ? 'a list' : t === 'null' ? 'null' : t === 'object' || t === 'integer' ? `an ${t}` : `a ${t}`);
+  return type.split(',').map(one).join(' or ');
 }
