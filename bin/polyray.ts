@@ -1,6 +1,6 @@
 #!/usr/bin/env -S npx tsx
 /**
- * The `polyray` CLI: `serve`, `models build|add`, `clients add|list`, `simulate`, `accounting migrate-books`.
+ * The `polyray` CLI: `serve`, `models build|add`, `clients add|list`, `simulate`, `accounting migrate-books`, `usage report`, `db migrate`.
  */
 import { parseFlags } from '../src/cli-args.ts';
 import { loadConfig } from '../src/config/index.ts';
@@ -8,6 +8,8 @@ import { buildModels } from '../src/models/build.ts';
 import { createProgressWriter } from '../src/models/progress.ts';
 import { CLIENTS_USAGE, clientsCommand } from '../src/accounting/cli.ts';
 import { ACCOUNTING_USAGE, accountingCommand } from '../src/accounting/migrate.ts';
+import { createLogger } from '../src/log.ts';
+import { USAGE_USAGE, usageCommand } from '../src/usage/cli.ts';
 
 const USAGE = `usage: polyray <command>
 
@@ -23,7 +25,7 @@ commands:
                                 manifest), print what it holds, copy it into the models directory
   simulate (--trace LOCATION | --synthetic zipf:...) [--grid ...] [--prices ...] [--json]
                                 replay a trace for a grid of cache settings; recommend the cheapest
-${CLIENTS_USAGE}${ACCOUNTING_USAGE}`;
+${CLIENTS_USAGE}${ACCOUNTING_USAGE}${USAGE_USAGE}`;
 
 async function run(argv: string[]): Promise<number> {
   const [cmd, sub, ...rest] = argv;
@@ -36,6 +38,13 @@ async function run(argv: string[]): Promise<number> {
   }
   if (cmd === 'accounting') {
     return accountingCommand(sub, rest, loadConfig().accounting, { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) });
+  }
+  if (cmd === 'usage' || cmd === 'db') {
+    const config = loadConfig();
+    return usageCommand(cmd, sub, rest, config, createLogger(config.log.level === 'info' ? 'warn' : config.log.level), {
+      out: (s) => process.stdout.write(s),
+      err: (s) => process.stderr.write(s),
+    });
   }
   if (cmd === 'simulate') {
     const { runSimulate } = await import('../src/policy/cli.ts');

@@ -24,6 +24,10 @@ export const ErrorCode = {
   UNAUTHENTICATED: 'UNAUTHENTICATED',
   FORBIDDEN: 'FORBIDDEN',
   QUOTA_EXCEEDED: 'QUOTA_EXCEEDED',
+  /** The client has spent its cost budget for the current period (clients file `budget`); nothing was run. */
+  BUDGET_EXCEEDED: 'BUDGET_EXCEEDED',
+  /** Usage history needs the usage database (POLYRAY_USAGE_DATABASE_URL), which is not configured or not answering. */
+  HISTORY_UNAVAILABLE: 'HISTORY_UNAVAILABLE',
   INFERENCE_FAILED: 'INFERENCE_FAILED',
   INTERNAL_SERVER_ERROR: 'INTERNAL_SERVER_ERROR',
   /** An image URL points somewhere Polyray may not fetch from (scheme, internal address). */
@@ -55,6 +59,9 @@ export const httpStatusOf: Record<ErrorCode, number> = {
   UNAUTHENTICATED: 401,
   FORBIDDEN: 403,
   QUOTA_EXCEEDED: 429,
+  // 402, not 429: retrying does not help until the period renews, and SDKs retry 429 on their own.
+  BUDGET_EXCEEDED: 402,
+  HISTORY_UNAVAILABLE: 503,
   INFERENCE_FAILED: 500,
   INTERNAL_SERVER_ERROR: 500,
   IMAGE_FETCH_FORBIDDEN: 403,

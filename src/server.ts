@@ -47,6 +47,8 @@ export interface PolyrayDeps {
   logger?: Logger;
   /** Cache tiers below memory, in order. Default: built from the config (Redis when configured). */
   lowerTiers?: Cache[];
+  /** Milliseconds since the epoch, for usage hours and budget periods (src/usage). Default `Date.now`. */
+  clock?: () => number;
 }
 
 type Lifecycle =
@@ -138,7 +140,13 @@ export class PolyrayServer {
       limits: { maxBatch: config.limits.maxInputsPerRequest, maxImagesPerPost: img.maxImagesPerPost },
     };
     this.policy = createPolicyController(config, this.logger, { tracer: this.tracer, tiers, stats: () => this.text.stats() });
-    this.accounting = new Accounting({ config: config.accounting, logger: this.logger, queues: this.host.queues });
+    this.accounting = new Accounting({
+      config: config.accounting,
+      usage: config.usage,
+      logger: this.logger,
+      queues: this.host.queues,
+      ...(deps.clock ? { clock: deps.clock } : {}),
+    });
     // Per-request access logs are off: at embedding-service rates they would dominate the log volume.
     this.app = Fastify({
       loggerInstance: this.logger as FastifyBaseLogger,

@@ -27,6 +27,8 @@ function core(): AccountingCore {
     costModel: new CostModel({ memoryHitCost: 0.01, globalHitCost: 0.05 }),
     logger,
     directory: () => new ClientDirectory('dev'),
+    history: () => Promise.reject(new Error('no usage database in this test')),
+    hasHistory: () => Promise.resolve(false),
   };
 }
 

@@ -20,6 +20,7 @@ import { readFileSync } from 'node:fs';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, PolyrayError } from '../errors.ts';
+import { type Budget, parseBudget } from '../usage/budget.ts';
 
 export type Role = 'client' | 'admin';
 
@@ -58,6 +59,11 @@ export interface Client {
    * request may lower its own priority (`x-polyray-priority: batch`), never raise it.
    */
   priority?: 'interactive' | 'batch';
+  /**
+   * Cost units this client may spend per period (src/usage/budget.ts), enforced fleet-wide from the usage
+   * database: BUDGET_EXCEEDED at or over it, soft alerts at the listed fractions. Default: none.
+   */
+  budget?: Budget;
 }
 
 export interface ClientsFile {
@@ -127,6 +133,7 @@ export function parseClientsFile(value: unknown, where: string): ClientsFile {
     if (typeof weight !== 'number' || !(weight > 0) || weight > 1000) bad(`clients[${i}].weight must be a number > 0 and at most 1000`);
     const priority = o['priority'] ?? 'interactive';
     if (priority !== 'interactive' && priority !== 'batch') bad(`clients[${i}].priority must be "interactive" or "batch"`);
+    const budget = o['budget'] === undefined ? undefined : parseBudget(o['budget'], `Clients file ${where}: clients[${i}]`);
     const keys = o['keys'] ?? [];
     if (!Array.isArray(keys)) return bad(`clients[${i}].keys must be a list`);
     const parsedKeys = keys.map((k, j): ClientKey => {
@@ -146,6 +153,7 @@ export function parseClientsFile(value: unknown, where: string): ClientsFile {
       ...(showSource === false ? { showSource: false } : {}),
       ...(weight !== 1 ? { weight: weight as number } : {}),
       ...(priority === 'batch' ? { priority: 'batch' as const } : {}),
+      ...(budget ? { budget } : {}),
     };
   });
   return { clients };

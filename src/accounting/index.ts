@@ -16,7 +16,7 @@ import type { ApolloServerPlugin } from '@apollo/server';
 import type { FastifyInstance } from 'fastify';
 import { GraphQLError } from 'graphql';
 import type { PolyrayConfig } from '../config/index.ts';
-import { httpStatusOf, isPolyrayError } from '../errors.ts';
+import { ErrorCode, PolyrayError, httpStatusOf, isPolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { PolyrayContext } from '../resolvers/context.ts';
 import type { InferenceQueue } from '../runtime/host.ts';
@@ -28,6 +28,12 @@ import { QuotaManager } from './quota.ts';
 import { RedisBuckets } from './redis-bucket.ts';
 import { createAccountingRedis, type AccountingRedis } from './redis-client.ts';
 import { RequestAccount, type AccountingCore } from './request.ts';
+import { UsageBooks } from '../usage/books.ts';
+import { Budgets } from '../usage/budget.ts';
+import type { UsageConfig } from '../usage/config.ts';
+import { createUsageDatabase, migrateUsageDatabase } from '../usage/database.ts';
+import { checkRange, type HistoryQuery, type HistoryRow, knownClient, usageHistory } from '../usage/report.ts';
+import type pg from 'pg';
 
 export type { AccountContext, ClientUsage, CostSummary } from './request.ts';
 
@@ -38,6 +44,10 @@ export interface AccountingOptions {
   queues?: ReadonlyMap<string, InferenceQueue>;
   /** How often the clients file is checked for changes. Default 2000 ms. */
   clientsPollMs?: number;
+  /** The usage database (src/usage): books of record, history, budgets. Default: none. */
+  usage?: UsageConfig;
+  /** Milliseconds since the epoch, for the hours of the usage rows and budget periods. Default `Date.now`. */
+  clock?: () => number;
 }
 
 export class Accounting implements AccountingCore {
@@ -47,7 +57,13 @@ export class Accounting implements AccountingCore {
   readonly quota: QuotaManager;
   readonly ledger: Ledger;
   readonly redis: AccountingRedis | undefined;
+  /** The usage database and what lives on it; unset without POLYRAY_USAGE_DATABASE_URL. */
+  readonly db: pg.Pool | undefined;
+  readonly books: UsageBooks | undefined;
+  readonly budgets: Budgets | undefined;
+  readonly budgetRejections: { inc(labels: { client: string }): void } | undefined;
   readonly #o: AccountingOptions;
+  #migrateRetry: NodeJS.Timeout | undefined;
   #directory: ClientDirectory = new ClientDirectory('dev');
   #watcher: ((cur: { mtimeMs: number; size: number }, prev: { mtimeMs: number; size: number }) => void) | undefined;
 
@@ -81,8 +97,39 @@ export class Accounting implements AccountingCore {
       flushMs: c.ledgerFlushMs,
       logger: this.logger,
       timeoutMs: c.redisTimeoutMs,
-      onReset: () => this.metrics.usageResets.inc(),
+      onReset: () => {
+        this.metrics.usageResets.inc();
+        // The outbox went with the books: this replica's batches waiting for the database go there again.
+        this.books?.outboxLost();
+      },
     });
+    const u = options.usage;
+    if (u?.databaseUrl) {
+      this.db = createUsageDatabase(u.databaseUrl, u.timeoutMs, this.logger);
+      this.books = new UsageBooks({
+        db: this.db,
+        redis: this.redis,
+        keyPrefix: c.keyPrefix,
+        flushMs: u.flushMs,
+        maxUnconfirmed: u.maxUnconfirmed,
+        redisTimeoutMs: c.redisTimeoutMs,
+        retentionDays: u.retentionDays,
+        batchRetentionDays: u.batchRetentionDays,
+        logger: this.logger,
+        clock: options.clock,
+      });
+      const counters = this.metrics.instrumentBooks(this.books);
+      this.budgetRejections = counters.rejections;
+      this.budgets = new Budgets({
+        db: this.db,
+        books: this.books,
+        clients: () => this.#directory.list(),
+        refreshMs: u.budgetRefreshMs,
+        logger: this.logger,
+        clock: options.clock,
+        onAlert: (client, threshold) => counters.alerts.inc({ client: this.metrics.clientLabel(client), threshold: String(threshold) }),
+      });
+    }
   }
 
   directory(): ClientDirectory {
@@ -128,6 +175,75 @@ export class Accounting implements AccountingCore {
       this.logger.info(
         'no quota Redis (POLYRAY_QUOTA_REDIS_URL / POLYRAY_QUOTA_REDIS_CLUSTER_NODES / REDIS_URL / REDIS_CLUSTER_NODES): quotas and usage are per replica',
       );
+    }
+    await this.#startBooks();
+  }
+
+  /** Applies the migrations (retried in the background while the database does not answer), starts books and budgets. */
+  async #startBooks(): Promise<void> {
+    const u = this.#o.usage;
+    if (!u?.databaseUrl || !this.books || !this.budgets) {
+      if (this.#directory.list().some((c) => c.budget))
+        this.logger.warn('clients have budgets but there is no usage database (POLYRAY_USAGE_DATABASE_URL): budgets are not enforced');
+      return;
+    }
+    const url = u.databaseUrl;
+    const migrate = async (): Promise<boolean> => {
+      if (!u.migrate) return true;
+      try {
+        const applied = await migrateUsageDatabase(url, this.logger);
+        if (applied.length > 0) this.logger.info({ applied }, 'usage database migrated');
+        return true;
+      } catch (e) {
+        this.logger.warn({ reason: (e as Error).message }, 'usage database migrations could not be applied yet; retrying (usage batches wait meanwhile)');
+        return false;
+      }
+    };
+    this.books.start();
+    if (await migrate()) await this.budgets.start();
+    else {
+      this.#migrateRetry = setInterval(() => {
+        void migrate().then(async (ok) => {
+          if (!ok || !this.#migrateRetry) return;
+          clearInterval(this.#migrateRetry);
+          this.#migrateRetry = undefined;
+          await this.budgets?.start();
+        });
+      }, 5000);
+      this.#migrateRetry.unref();
+    }
+    this.logger.info({ flushMs: u.flushMs }, 'usage books in PostgreSQL (book of record)');
+  }
+
+  async history(q: HistoryQuery): Promise<HistoryRow[]> {
+    const db = this.#database();
+    checkRange(q, this.#o.usage!.maxRangeDays);
+    return this.#fromDatabase(() => usageHistory(db, q));
+  }
+
+  async hasHistory(clientId: string): Promise<boolean> {
+    if (!this.db) return false;
+    return this.#fromDatabase(() => knownClient(this.db!, clientId));
+  }
+
+  #database(): pg.Pool {
+    if (!this.db) {
+      throw new PolyrayError(
+        ErrorCode.HISTORY_UNAVAILABLE,
+        'Usage history needs the usage database, which this service does not have (POLYRAY_USAGE_DATABASE_URL)',
+      );
+    }
+    return this.db;
+  }
+
+  /** A database failure, as the client sees it: HISTORY_UNAVAILABLE (the cause is logged, not shown). */
+  async #fromDatabase<T>(read: () => Promise<T>): Promise<T> {
+    try {
+      return await read();
+    } catch (e) {
+      if (e instanceof PolyrayError) throw e;
+      this.logger.warn({ reason: (e as Error).message }, 'usage history could not be read from the database');
+      throw new PolyrayError(ErrorCode.HISTORY_UNAVAILABLE, 'The usage database does not answer right now; retry shortly', { retryAfterMs: 5000 });
     }
   }
 
@@ -209,7 +325,11 @@ export class Accounting implements AccountingCore {
   async close(): Promise<void> {
     if (this.#watcher && this.#o.config.clientsFile) unwatchFile(this.#o.config.clientsFile, this.#watcher);
     this.#watcher = undefined;
+    if (this.#migrateRetry) clearInterval(this.#migrateRetry);
+    this.budgets?.close();
     await this.ledger.close();
+    await this.books?.close();
+    await this.db?.end().catch(() => undefined);
     if (this.redis) {
       try {
         await this.redis.quit();

@@ -6,6 +6,8 @@
  *   <prefix>{client:<id>}:flushseq:<replica>   last usage batch a replica process added (ledger.ts; TTL 7 days)
  *   <prefix>usage:clients          set of the client ids that have books
  *   <prefix>ledger:replica:<id>    a replica process's marker: gone means Redis lost the books (ledger.ts; TTL 7 days)
+ *   <prefix>usage:outbox           hash `<replica>:<seq>` → JSON: usage batches not yet confirmed by PostgreSQL (src/usage/books.ts)
+ *   <prefix>usage:alive:<replica>  a replica process that delivers its own outbox batches (TTL: a few flushes)
  *
  * The `{client:<id>}` hash tag puts every key of one client in one Cluster hash slot, so a script or a
  * transaction may touch any of them together. The tag is what Cluster hashes whatever the prefix holds:
@@ -45,6 +47,16 @@ export class AccountingKeys {
   /** The last usage batch number a replica process flushed for the client (ledger.ts): same slot as the books. */
   flushSeq(clientId: string, replica: string): string {
     return `${this.prefix}{client:${clientId}}:flushseq:${replica}`;
+  }
+
+  /** Usage batches waiting for the database, any replica's (src/usage/books.ts). One key of its own. */
+  get usageOutbox(): string {
+    return `${this.prefix}usage:outbox`;
+  }
+
+  /** Present while a replica process is alive to deliver its own outbox batches. */
+  usageAlive(replica: string): string {
+    return `${this.prefix}usage:alive:${replica}`;
   }
 
   /** The set of client ids with books. One key (one slot) of its own, written with one SADD per flush. */

@@ -132,6 +132,36 @@ export class AccountingMetrics {
    * (redis while every node holding buckets answers; local or unavailable, the failure mode, while one or
    * more do not — then for their clients only), `polyray_quota_store_nodes_down` counts those nodes.
    */
+  /**
+   * Usage database series: `polyray_usage_unconfirmed_batches` (batches the database has not confirmed,
+   * read at scrape time), `polyray_budget_alerts_total` and `polyray_budget_rejections_total`.
+   */
+  instrumentBooks(books: { readonly unconfirmed: number }): { alerts: Counter<'client' | 'threshold'>; rejections: Counter<'client'> } {
+    const registers = [this.registry];
+    new Gauge({
+      name: 'polyray_usage_unconfirmed_batches',
+      help: 'Usage batches of this replica the usage database has not confirmed yet (they wait in memory and in the Redis outbox)',
+      registers,
+      collect() {
+        this.set(books.unconfirmed);
+      },
+    });
+    return {
+      alerts: new Counter({
+        name: 'polyray_budget_alerts_total',
+        help: 'Budget alert thresholds crossed, recorded once per client, period and threshold for the fleet (counted by the replica that recorded it)',
+        labelNames: ['client', 'threshold'],
+        registers,
+      }),
+      rejections: new Counter({
+        name: 'polyray_budget_rejections_total',
+        help: 'Operations refused with BUDGET_EXCEEDED, by client',
+        labelNames: ['client'],
+        registers,
+      }),
+    };
+  }
+
   instrumentQuota(quota: { readonly store: QuotaStore; readonly nodesDown: number }): void {
     const registers = [this.registry];
     new Gauge({

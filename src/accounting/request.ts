@@ -24,6 +24,9 @@ import type { CostModel } from './cost.ts';
 import type { Figures, Ledger, UsageRow } from './ledger.ts';
 import type { AccountingMetrics, Surface } from './metrics.ts';
 import type { QuotaManager, QuotaSnapshot, Reservation } from './quota.ts';
+import type { UsageBooks } from '../usage/books.ts';
+import type { Budgets } from '../usage/budget.ts';
+import { checkRange, type HistoryQuery, type HistoryRow, parseInstant } from '../usage/report.ts';
 
 export interface CostSummary {
   /** Worst-case cost reserved before work started (sum over the request's waves). */
@@ -39,6 +42,8 @@ export interface CostSummary {
   remaining: number;
   /** Milliseconds until the bucket is full again. */
   resetMs: number;
+  /** Cost units left of the client's budget for this period; only for clients with a budget (and a usage database). */
+  budgetRemaining?: number;
 }
 
 export interface QuotaView {
@@ -47,6 +52,13 @@ export interface QuotaView {
   remaining: number;
   resetMs: number;
   store: 'REDIS' | 'LOCAL' | 'UNAVAILABLE';
+}
+
+export interface UsageHistoryView {
+  from: string;
+  to: string;
+  granularity: 'HOUR' | 'DAY' | 'MONTH';
+  points: { clientId: string; start: string; items: number; tokens: number; inferenceMs: number; cost: number }[];
 }
 
 export interface ClientUsage {
@@ -66,7 +78,15 @@ export interface AccountingCore {
   readonly metrics: AccountingMetrics;
   readonly costModel: CostModel;
   readonly logger: Logger;
+  /** The usage database's books and budgets (src/usage); unset without one. */
+  readonly books?: UsageBooks | undefined;
+  readonly budgets?: Budgets | undefined;
+  readonly budgetRejections?: { inc(labels: { client: string }): void } | undefined;
   directory(): ClientDirectory;
+  /** Usage rows from the usage database (HISTORY_UNAVAILABLE without one); checks the range first. */
+  history(q: HistoryQuery): Promise<HistoryRow[]>;
+  /** Whether the usage database has rows of this client (one no longer in the clients file). */
+  hasHistory(clientId: string): Promise<boolean>;
 }
 
 /** What resolvers see of the account (`ctx.account`). */
@@ -74,6 +94,7 @@ export interface AccountContext extends Account {
   readonly client: Client;
   usage(clientId?: string | null): Promise<ClientUsage>;
   usageAll(): Promise<ClientUsage[]>;
+  usageHistory(args: { from: string; to: string; granularity?: 'HOUR' | 'DAY' | 'MONTH' | null; clientId?: string | null }): Promise<UsageHistoryView>;
   finish(): Promise<CostSummary>;
   /** `finish()`, then counts the request once under `outcome` (OK or its error code) and its surface. */
   close(outcome: string): Promise<CostSummary>;
@@ -152,6 +173,13 @@ export class RequestAccount implements AccountContext {
     this.#estimated += estimate;
     let reservation: Reservation;
     try {
+      // A spent budget refuses the wave before the quota is touched (nothing reserved, nothing run).
+      try {
+        this.#core.budgets?.check(this.client);
+      } catch (e) {
+        this.#core.budgetRejections?.inc({ client: this.#core.metrics.clientLabel(this.client.id) });
+        throw e;
+      }
       reservation = await quota.reserve(this.client.id, this.client.quota, estimate);
     } catch (e) {
       if (isPolyrayError(e) && e.code === ErrorCode.QUOTA_EXCEEDED)
@@ -220,6 +248,7 @@ export class RequestAccount implements AccountContext {
     for (const [source, f] of bySource) {
       metrics.served(this.client.id, this.surface, model, source, f.items, f.tokens, f.inferenceMs, f.cost);
       ledger.record(this.client.id, model, source, f);
+      this.#core.books?.record(this.client.id, model, source, this.surface, f);
     }
     return total;
   }
@@ -227,12 +256,14 @@ export class RequestAccount implements AccountContext {
   async finish(): Promise<CostSummary> {
     while (this.#work.size > 0) await Promise.allSettled([...this.#work]);
     this.#snapshot ??= await this.#core.quota.peek(this.client.id, this.client.quota);
+    const budget = this.#core.budgets?.status(this.client);
     return {
       estimated: round(this.#estimated),
       charged: round(this.#charged),
       refused: round(this.#refused),
       remaining: round(this.#snapshot.remaining),
       resetMs: this.#snapshot.resetMs,
+      ...(budget ? { budgetRemaining: round(budget.remaining) } : {}),
     };
   }
 
@@ -269,6 +300,39 @@ export class RequestAccount implements AccountContext {
     ]);
     const books = await this.#core.ledger.read([...ids].sort());
     return Promise.all(books.map((b) => this.#view(b.clientId, b)));
+  }
+
+  async usageHistory(args: { from: string; to: string; granularity?: 'HOUR' | 'DAY' | 'MONTH' | null; clientId?: string | null }): Promise<UsageHistoryView> {
+    const admin = this.client.role === 'admin';
+    const target = args.clientId ?? (admin ? undefined : this.client.id);
+    if (target !== undefined && target !== this.client.id && !admin) {
+      throw new PolyrayError(ErrorCode.FORBIDDEN, 'A client may read only its own usage history; omit clientId', { argument: 'clientId' });
+    }
+    const granularity = args.granularity ?? 'DAY';
+    const q: HistoryQuery = {
+      from: parseInstant(args.from, 'from'),
+      to: parseInstant(args.to, 'to'),
+      by: granularity.toLowerCase() as 'hour' | 'day' | 'month',
+      clientId: target,
+    };
+    checkRange(q, Number.POSITIVE_INFINITY);
+    if (target !== undefined && !this.#core.directory().get(target) && !(await this.#core.hasHistory(target))) {
+      throw new PolyrayError(ErrorCode.BAD_USER_INPUT, `Unknown client "${target.slice(0, 64)}"`, { argument: 'clientId' });
+    }
+    const rows = await this.#core.history(q);
+    return {
+      from: q.from.toISOString(),
+      to: q.to.toISOString(),
+      granularity,
+      points: rows.map((r) => ({
+        clientId: r.clientId,
+        start: r.key,
+        items: r.items,
+        tokens: r.tokens,
+        inferenceMs: round(r.inferenceMs),
+        cost: round(r.cost),
+      })),
+    };
   }
 
   async #view(id: string, book: { rows: UsageRow[]; totals: Figures; fleetWide: boolean }): Promise<ClientUsage> {

@@ -13,6 +13,7 @@ import { polyrayConfigSchema } from './schema.ts';
 /** Which README table a config section is listed in (the section of the README it belongs to). */
 const TABLE_OF_SECTION: Readonly<Record<string, string>> = {
   accounting: 'accounting',
+  usage: 'accounting',
   trace: 'policy',
   policy: 'policy',
   images: 'images',

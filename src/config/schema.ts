@@ -10,6 +10,7 @@ import { imagesSchema } from '../images/config.ts';
 import { modelsSchema } from '../models/config.ts';
 import { policySchema, traceSchema } from '../policy/config.ts';
 import { batchingSchema, inferenceSchema } from '../runtime/config.ts';
+import { usageSchema } from '../usage/config.ts';
 import { logSchema, nodeEnv, shutdownGraceMs } from './process.ts';
 
 export const polyrayConfigSchema = z
@@ -27,6 +28,8 @@ export const polyrayConfigSchema = z
     shutdownGraceMs,
     /** Clients, quotas and cost attribution (src/accounting). */
     accounting: accountingSchema,
+    /** The usage database: durable books, history, budgets (src/usage). */
+    usage: usageSchema,
     /** Request-stream sampling for the cache-policy simulator (src/policy, docs/CACHE-POLICY.md). */
     trace: traceSchema,
     /** The live cache policy (src/policy/controller.ts). */
