@@ -331,9 +331,9 @@ export class PolyrayServer {
     }
   }
 
-  /** Flushes the usage books now (a forced exit's last step). */
-  flushBooks(): Promise<void> {
-    return this.accounting.ledger.flush();
+  /** Flushes the usage books now (a forced exit's last step): the Redis ledger, and the database batches into the outbox. */
+  async flushBooks(): Promise<void> {
+    await Promise.all([this.accounting.ledger.flush(), this.accounting.books?.flush()]);
   }
 }
 

@@ -98,6 +98,7 @@ export class UsageBooks {
   readonly #held: Held[] = [];
   #seq = 0;
   #flushing: Promise<void> | undefined;
+  #delivering: Promise<void> | undefined;
   #timer: NodeJS.Timeout | undefined;
   #failing = false;
   #outboxFailing = false;
@@ -105,7 +106,7 @@ export class UsageBooks {
   #lastPrune = 0;
   #closed = false;
   /** Batches this replica added (its own and others'), and found already added. */
-  readonly delivered = { added: 0, duplicate: 0, orphans: 0 };
+  readonly deliveries = { added: 0, duplicate: 0, orphans: 0 };
 
   constructor(options: UsageBooksOptions) {
     this.#o = options;
@@ -151,26 +152,45 @@ export class UsageBooks {
     return cost;
   }
 
-  /** Cuts the pending rows into a batch and delivers what this replica holds; also others' orphans now and then. */
+  /**
+   * Cuts the pending rows into a batch, writes new batches to the outbox, and starts a delivery unless one
+   * is running. A slow or hung database holds only the delivery: cuts and outbox writes go on, so what a
+   * replica recorded is in Redis within a flush whatever the database does. Resolves when the cut and the
+   * outbox write are done; `delivered()` waits for the delivery too.
+   */
   async flush(): Promise<void> {
     while (this.#flushing) await this.#flushing;
-    this.#flushing = this.#flush().finally(() => {
+    this.#flushing = this.#cutAndStore().finally(() => {
       this.#flushing = undefined;
     });
     await this.#flushing;
+    this.#delivering ??= this.#deliverAll().finally(() => {
+      this.#delivering = undefined;
+    });
   }
 
-  async #flush(): Promise<void> {
+  /** Flushes, then waits for the delivery (of everything held, as far as the database accepts it). */
+  async delivered(): Promise<void> {
+    await this.flush();
+    while (this.#delivering) await this.#delivering;
+  }
+
+  async #cutAndStore(): Promise<void> {
     if (this.#pending.size > 0 && this.#held.length < this.#o.maxUnconfirmed) {
       this.#held.push({ replica: this.replica, seq: ++this.#seq, rows: [...this.#pending.values()], inOutbox: false });
       this.#pending = new Map();
     }
     await this.#toOutbox();
-    const done: Held[] = [];
-    for (const b of this.#held) {
+  }
+
+  async #deliverAll(): Promise<void> {
+    let done = 0;
+    // Oldest first; batches cut while this runs are delivered in the same pass.
+    while (done < this.#held.length) {
+      const b = this.#held[done]!;
       try {
         await this.#deliver(b, this.replica);
-        done.push(b);
+        done++;
       } catch (e) {
         if (!this.#failing) {
           this.#o.logger.warn(
@@ -182,11 +202,11 @@ export class UsageBooks {
         break;
       }
     }
-    if (done.length > 0) {
-      if (this.#failing) this.#o.logger.info({ delivered: done.length }, 'usage batches written to the database again');
+    if (done > 0) {
+      if (this.#failing) this.#o.logger.info({ delivered: done }, 'usage batches written to the database again');
       this.#failing = false;
-      this.#held.splice(0, done.length);
-      const inOutbox = done.filter((b) => b.inOutbox).map((b) => `${b.replica}:${b.seq}`);
+      const confirmed = this.#held.splice(0, done);
+      const inOutbox = confirmed.filter((b) => b.inOutbox).map((b) => `${b.replica}:${b.seq}`);
       if (inOutbox.length > 0 && this.#o.redis) {
         // A failed HDEL leaves entries a later scan finds already added (duplicate) and removes.
         await withDeadline(this.#o.redis.hdel(this.#keys.usageOutbox, ...inOutbox), this.#o.redisTimeoutMs, ACCOUNTING_DEADLINE).catch(() => undefined);
@@ -242,12 +262,12 @@ export class UsageBooks {
       const inserted = await client.query(INSERT_BATCH, [b.replica, b.seq, deliveredBy, body]);
       if (inserted.rowCount === 0) {
         await client.query('ROLLBACK');
-        this.delivered.duplicate++;
+        this.deliveries.duplicate++;
         return 'duplicate';
       }
       await client.query(ADD_ROWS, [body]);
       await client.query('COMMIT');
-      this.delivered.added++;
+      this.deliveries.added++;
       return 'added';
     } catch (e) {
       broken = e as Error;
@@ -283,7 +303,7 @@ export class UsageBooks {
           continue;
         }
         const outcome = await this.#deliver(batch, this.replica);
-        if (outcome === 'added') this.delivered.orphans++;
+        if (outcome === 'added') this.deliveries.orphans++;
         await withDeadline(redis.hdel(this.#keys.usageOutbox, field), t, ACCOUNTING_DEADLINE);
         if (outcome === 'added') this.#o.logger.info({ replica: owner, seq: batch.seq }, "delivered a stopped replica's usage batch");
       }
@@ -300,7 +320,7 @@ export class UsageBooks {
   async close(): Promise<void> {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
-    await this.flush();
+    await this.delivered();
     this.#closed = true;
     if (this.#o.redis) {
       await withDeadline(this.#o.redis.del(this.#keys.usageAlive(this.replica)), this.#o.redisTimeoutMs, ACCOUNTING_DEADLINE).catch(() => undefined);
