@@ -54,6 +54,7 @@ export function aliasMap(entries: readonly string[]): Map<string, string> {
 const TYPES: Partial<Record<number, string>> = {
   400: 'invalid_request_error',
   401: 'authentication_error',
+  402: 'insufficient_quota',
   403: 'permission_error',
   404: 'invalid_request_error',
   413: 'invalid_request_error',
