@@ -3,10 +3,12 @@
  * stored only as a hash.
  */
 import { parseFlags, positiveNumber } from '../cli-args.ts';
+import { parseBudget } from '../usage/budget.ts';
 import { addClient, readClientsFileSync, type Role } from './clients.ts';
 
 export const CLIENTS_USAGE = `  clients add --id ID --name NAME [--role admin|client] [--models a,b | --models '*']
               [--rate UNITS_PER_S --burst UNITS] [--weight W] [--priority interactive|batch]
+              [--budget UNITS|none [--budget-period month|day|Nd] [--budget-alerts 0.8,0.95]]
               [--replace-keys] [--file PATH]
                                 create or update a client and print a new API key (shown once)
   clients list [--file PATH]    list clients (never keys)
@@ -19,7 +21,10 @@ export interface CliIO {
 
 /** Runs `clients <sub> ...`; returns the exit code. `defaultFile` is POLYRAY_CLIENTS_FILE. */
 export async function clientsCommand(sub: string | undefined, args: string[], defaultFile: string | undefined, io: CliIO): Promise<number> {
-  const values = parseFlags(args, { strings: ['id', 'name', 'role', 'models', 'rate', 'burst', 'weight', 'priority', 'file'], booleans: ['replace-keys'] });
+  const values = parseFlags(args, {
+    strings: ['id', 'name', 'role', 'models', 'rate', 'burst', 'weight', 'priority', 'file', 'budget', 'budget-period', 'budget-alerts'],
+    booleans: ['replace-keys'],
+  });
   const file = values.file ?? defaultFile;
   if (!file) {
     io.err('no clients file: set POLYRAY_CLIENTS_FILE or pass --file PATH\n');
@@ -46,6 +51,10 @@ export async function clientsCommand(sub: string | undefined, args: string[], de
     const weight = positiveNumber(values.weight, 'weight');
     const rate = positiveNumber(values.rate, 'rate');
     const burst = positiveNumber(values.burst, 'burst');
+    if (values.budget === undefined && (values['budget-period'] !== undefined || values['budget-alerts'] !== undefined))
+      throw new TypeError('--budget-period and --budget-alerts need --budget UNITS');
+    const budget =
+      values.budget === undefined || values.budget === 'none' ? values.budget : cliBudget(values.budget, values['budget-period'], values['budget-alerts']);
     const { key, client, created } = await addClient(file, {
       id: values.id,
       ...(values.name !== undefined ? { name: values.name } : {}),
@@ -55,6 +64,7 @@ export async function clientsCommand(sub: string | undefined, args: string[], de
       ...(burst !== undefined ? { burst } : {}),
       ...(weight !== undefined ? { weight } : {}),
       ...(values.priority !== undefined ? { priority: values.priority as 'interactive' | 'batch' } : {}),
+      ...(budget !== undefined ? { budget } : {}),
       replaceKeys: values['replace-keys'] ?? false,
     });
     io.err(
@@ -73,4 +83,23 @@ export async function clientsCommand(sub: string | undefined, args: string[], de
   }
   io.err(`unknown clients command "${sub ?? ''}"\n${CLIENTS_USAGE}`);
   return 2;
+}
+
+/** `--budget`, `--budget-period`, `--budget-alerts` as a clients file `budget`, with errors naming the flags. */
+function cliBudget(cost: string, period: string | undefined, alerts: string | undefined): ReturnType<typeof parseBudget> {
+  try {
+    return parseBudget(
+      {
+        cost: positiveNumber(cost, 'budget'),
+        period: period ?? 'month',
+        ...(alerts !== undefined ? { alerts: alerts.split(',').map(Number) } : {}),
+      },
+      'flags',
+    );
+  } catch (e) {
+    const m = (e as Error).message;
+    throw new TypeError(
+      m.replace('flags.budget.period', '--budget-period').replace('flags.budget.alerts', '--budget-alerts').replace('flags.budget.cost', '--budget'),
+    );
+  }
 }

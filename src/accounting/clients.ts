@@ -239,6 +239,8 @@ export interface AddClientSpec {
   /** Share of a model's queue against other backlogged clients (default 1). */
   weight?: number;
   priority?: 'interactive' | 'batch';
+  /** Cost budget per period (`none` removes it); checked like the clients file's `budget`. */
+  budget?: Budget | 'none';
   /** Drop the client's existing keys (rotation); otherwise the new key is added beside them. */
   replaceKeys?: boolean;
 }
@@ -279,6 +281,8 @@ export async function addClient(file: string, spec: AddClientSpec, now: Date = n
   if (spec.burst !== undefined) client.quota.burst = spec.burst;
   if (spec.weight !== undefined) client.weight = spec.weight;
   if (spec.priority !== undefined) client.priority = spec.priority;
+  if (spec.budget === 'none') delete client.budget;
+  else if (spec.budget !== undefined) client.budget = spec.budget;
   client.keys = spec.replaceKeys ? [entry] : [...client.keys, entry];
   await mkdir(path.dirname(file), { recursive: true });
   const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;

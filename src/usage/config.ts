@@ -27,12 +27,16 @@ export const usageSchema = z
       default: true,
       doc: 'apply the usage database migrations at start (else run `polyray db migrate`)',
     }),
-    /** How often a replica writes its usage batch to the database. `POLYRAY_USAGE_DATABASE_FLUSH_MS`; default 1000 ms. */
+    /**
+     * How often a replica cuts its usage into a batch (written to the Redis outbox at once, then to the
+     * database): the most usage a replica killed outright can lose from the books of record.
+     * `POLYRAY_USAGE_DATABASE_FLUSH_MS`; default 200 ms.
+     */
     flushMs: setting(z.number().int().min(10).max(3_600_000), {
       env: 'POLYRAY_USAGE_DATABASE_FLUSH_MS',
       file: 'usageDatabaseFlushMs',
-      default: 1000,
-      doc: 'how often a replica writes its usage batch to the database',
+      default: 200,
+      doc: 'how often a replica cuts its usage into a batch for the database (the most a replica killed outright loses)',
     }),
     /**
      * Batches a replica keeps while the database does not confirm them (in memory, and in Redis for any
