@@ -289,6 +289,10 @@ describe('clients, quotas and cost attribution across two replicas', () => {
     const ids = all.data!.usageAll.map((x) => x.clientId);
     for (const id of ['admin', 'alice', 'bob', 'carol', 'dave']) assert.ok(ids.includes(id), id);
     assert.equal(code(await a.gql(USAGE, { id: 'nobody' }, auth('admin'))), 'BAD_USER_INPUT');
+    // Without a usage database there is no history by time: a clear code, not an empty answer.
+    const history = await a.gql('{ usageHistory(from: "2026-11-01", to: "2026-12-01") { points { cost } } }', {}, auth('alice'));
+    assert.equal(code(history), 'HISTORY_UNAVAILABLE');
+    assert.match(history.errors![0]!.message, /POLYRAY_USAGE_DATABASE_URL/);
   });
 
   test('the ledger is flushed to Redis periodically as HINCRBYFLOAT fields', async () => {
