@@ -97,6 +97,7 @@ export class PolyrayServer {
       intraOpThreads: inference.intraOpThreads,
       niceness: inference.niceness,
       pipelineDepth: inference.pipelineDepth,
+      isolation: inference.isolation,
       logger: this.logger,
     });
     this.tokenizers = new TokenizerPool({ threads: inference.tokenizerThreads, niceness: inference.niceness, logger: this.logger });

@@ -7,12 +7,12 @@ import { silentLogger } from '../src/log.ts';
 
 const MODEL = path.resolve('models/text-glove/model.onnx');
 
-/** Nice value of every thread of this process, by thread id (field 19 of /proc/self/task/TID/stat). */
-function threadNice(): Map<number, number> {
+/** Nice value of every thread of a process (this one by default), by thread id (field 19 of /proc/PID/task/TID/stat). */
+function threadNice(pid: number | 'self' = 'self'): Map<number, number> {
   const out = new Map<number, number>();
-  for (const tid of readdirSync('/proc/self/task')) {
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
-      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
       // Fields after the command name (which may hold spaces) start at state, field 3.
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       out.set(Number(tid), Number(fields[16]));
@@ -28,9 +28,10 @@ async function withPool(
   intraOpThreads: number,
   body: (pool: InferencePool, before: Set<number>) => Promise<void>,
   pipelineDepth = 1,
+  isolation: 'process' | 'thread' = 'thread',
 ): Promise<void> {
   const before = new Set(threadNice().keys());
-  const pool = new InferencePool({ workers: 1, intraOpThreads, niceness, pipelineDepth, logger: silentLogger() });
+  const pool = new InferencePool({ workers: 1, intraOpThreads, niceness, pipelineDepth, isolation, logger: silentLogger() });
   try {
     const loaded = await pool.start([{ name: 'text-glove', path: MODEL, providers: ['cpu'], allowSpinning: false }]);
     assert.equal(loaded[0]?.ok, true);
@@ -75,7 +76,9 @@ async function runOnce(pool: InferencePool): Promise<void> {
 const settlesWithin = (p: Promise<unknown>, ms: number): Promise<boolean> =>
   Promise.race([p.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms))]);
 
-describe('inference thread priority', { skip: process.platform === 'linux' ? false : 'nice is per thread on Linux only' }, () => {
+describe('inference thread priority (worker threads, and worker processes)', {
+  skip: process.platform === 'linux' ? false : 'nice is per thread on Linux only',
+}, () => {
   test('niceness lowers the worker and its ONNX Runtime threads, never the main thread', async () => {
     await withPool(10, 2, async (pool, before) => {
       await runOnce(pool);
@@ -91,6 +94,30 @@ describe('inference thread priority', { skip: process.platform === 'linux' ? fal
         'threads that existed before the pool keep their priority',
       );
     });
+  });
+
+  test('a worker process: niceness lowers its ONNX Runtime threads; every thread of the service keeps nice 0', async () => {
+    await withPool(
+      10,
+      2,
+      async (pool, before) => {
+        await runOnce(pool);
+        assert.equal(pool.stats().niceness, 10);
+        // Threads of this process that existed before may be a previous test's leftovers; none the pool started is lowered.
+        const started = [...threadNice()].filter(([tid]) => !before.has(tid));
+        assert.ok(
+          started.every(([, nice]) => nice === 0),
+          `no thread of the service process is lowered: ${JSON.stringify(started)}`,
+        );
+        const [pid] = pool.workerPids();
+        assert.ok(pid !== undefined && pid !== process.pid, 'the worker is a process of its own');
+        const lowered = [...threadNice(pid)].filter(([, nice]) => nice === 10);
+        // The worker's main thread plus at least one intra-op thread of ONNX Runtime.
+        assert.ok(lowered.length >= 2, `expected >= 2 threads at nice 10 in the worker, found ${lowered.length}`);
+      },
+      1,
+      'process',
+    );
   });
 
   test('niceness 0 leaves the threads it starts alone', async () => {

@@ -70,6 +70,8 @@ export interface BatcherStats {
   failedBatches: number;
   /** Items dropped before inference: deadline passed or caller gone. */
   expired: number;
+  /** Items of batches whose worker died, queued again once (they fail if it happens twice). */
+  retried: number;
 }
 
 const lengthOf = (item: BatchItem): number => Math.max(1, item.ids.length);
@@ -78,7 +80,7 @@ export class Batcher {
   readonly #o: BatcherOptions;
   readonly #io: ModelIO;
   readonly #queue: DispatchQueue<BatchItem, ItemResult>;
-  readonly #stats: BatcherStats = { queued: 0, batches: 0, items: 0, paddedTokens: 0, realTokens: 0, rejected: 0, failedBatches: 0, expired: 0 };
+  readonly #stats: BatcherStats = { queued: 0, batches: 0, items: 0, paddedTokens: 0, realTokens: 0, rejected: 0, failedBatches: 0, expired: 0, retried: 0 };
 
   /**
    * `clock` drives `maxWaitUs`: a `Clock` (tests pass a fake one), or only a `now` function in
@@ -195,6 +197,7 @@ export class Batcher {
       rejected: this.#queue.rejected,
       failedBatches: this.#queue.failedBatches,
       expired: this.#queue.expired,
+      retried: this.#queue.retried,
     };
   }
 }

@@ -59,6 +59,18 @@ export const inferenceSchema = z
     }),
     niceness,
     /**
+     * `process` runs each inference worker in a child process, so a worker that crashes, runs out of memory
+     * or is killed mid-run never ends the service (the pool requeues its batch once and starts another);
+     * `thread` runs them as worker threads (less memory and start-up time; a worker ended during a run
+     * aborts the process). `POLYRAY_INFERENCE_ISOLATION`; default process.
+     */
+    isolation: setting(z.enum(['process', 'thread']), {
+      env: 'POLYRAY_INFERENCE_ISOLATION',
+      file: 'inferenceIsolation',
+      default: 'process',
+      doc: 'inference workers as child processes (`process`: a crashed or killed worker never ends the service) or worker threads (`thread`)',
+    }),
+    /**
      * Tokenizer threads (src/runtime/tokenizer-pool.ts): cache misses are tokenised there, at the inference
      * threads' nice value, so long texts never stall the event loop. `POLYRAY_TOKENIZER_THREADS`; default 1;
      * 0 tokenises on the event loop (the behaviour before; bench/RESULTS.md compares the two).

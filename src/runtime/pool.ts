@@ -8,6 +8,7 @@
  * its in-flight batch (the batcher rejects every waiter of it) and is replaced.
  */
 import { Worker } from 'node:worker_threads';
+import { ChildWorker, type InferenceWorker } from './child-worker.ts';
 import { PolyrayError, ErrorCode } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { ExecutionProviderName } from '../config/index.ts';
@@ -33,6 +34,12 @@ export interface InferencePoolOptions {
   logger: Logger;
   /** Worker entry; default `./worker-entry.mjs` beside this file (registers tsx, then runs worker.ts). */
   workerUrl?: URL;
+  /**
+   * `process` (default): each worker is a child process, so a worker that crashes or is killed mid-run
+   * never takes the service down (child-worker.ts). `thread`: worker threads, as before — a little less
+   * memory and start-up time, but a worker ended during a run aborts the whole process.
+   */
+  isolation?: 'process' | 'thread';
 }
 
 export interface RunResult {
@@ -64,7 +71,7 @@ export interface PoolStats {
 }
 
 interface Slot {
-  worker: Worker;
+  worker: InferenceWorker;
   /** Leases granted on this worker and not yet released (at most pipelineDepth). */
   leased: number;
   pending: Map<number, { resolve: (r: RunResult) => void; reject: (e: Error) => void }>;
@@ -98,7 +105,7 @@ export class InferencePool {
     if (options.pipelineDepth !== undefined && (!Number.isSafeInteger(options.pipelineDepth) || options.pipelineDepth < 1)) {
       throw new TypeError(`InferencePool option pipelineDepth must be an integer >= 1, received ${String(options.pipelineDepth)}`);
     }
-    this.#o = { workerUrl: new URL('./worker-entry.mjs', import.meta.url), niceness: 0, pipelineDepth: 1, ...options };
+    this.#o = { workerUrl: new URL('./worker-entry.mjs', import.meta.url), niceness: 0, pipelineDepth: 1, isolation: 'process', ...options };
   }
 
   /** Starts the workers and loads every model in each. Resolves with the per-model outcome of worker 0. */
@@ -112,19 +119,23 @@ export class InferencePool {
   }
 
   async #spawn(): Promise<LoadResult[]> {
-    const worker = new Worker(this.#o.workerUrl);
+    const worker: InferenceWorker = this.#o.isolation === 'process' ? new ChildWorker(this.#o.workerUrl) : new Worker(this.#o.workerUrl);
     const slot: Slot = { worker, leased: 0, pending: new Map(), closing: false };
     const loaded = await new Promise<LoadResult[]>((resolve, reject) => {
+      // A worker that exits before it has loaded (a crash at start) fails the start, like an error.
+      const onExit = (code: number): void => reject(new Error(`inference worker exited with code ${code} before loading its models`));
       const onMsg = (m: FromWorker): void => {
         if (m.type === 'loaded') {
           worker.off('message', onMsg);
           worker.off('error', reject);
+          worker.off('exit', onExit);
           this.#niceness = m.niceness;
           resolve(m.results);
         }
       };
       worker.on('message', onMsg);
       worker.once('error', reject);
+      worker.once('exit', onExit);
       worker.postMessage({
         type: 'load',
         models: this.#models,
@@ -198,14 +209,19 @@ export class InferencePool {
   }
 
   /**
-   * Terminates worker `index` as a crash would (fault tests): a replacement starts. Only between runs:
-   * terminating a worker inside an ONNX Runtime run aborts the whole process (onnxruntime-node's native
-   * code throws into the torn-down thread), which only moving inference to child processes would avoid.
+   * Ends worker `index` as a crash would (fault tests): a replacement starts. With `isolation: 'process'`
+   * at any time, mid-run included (SIGKILL); with threads only between runs — terminating a worker thread
+   * inside an ONNX Runtime run aborts the whole process.
    */
   async kill(index = 0): Promise<void> {
     const slot = this.#slots[index];
     if (!slot) throw new RangeError(`no worker ${index}`);
     await slot.worker.terminate();
+  }
+
+  /** Process ids of the workers (isolation `process`; empty for threads). */
+  workerPids(): number[] {
+    return this.#slots.flatMap((s) => (s.worker instanceof ChildWorker && s.worker.pid !== undefined ? [s.worker.pid] : []));
   }
 
   /** Resolves with a lease on a free worker; leases are granted first come, first served. */

@@ -71,6 +71,8 @@ export interface TensorBatcherStats {
   failedBatches: number;
   /** Items dropped before inference: deadline passed or caller gone. */
   expired: number;
+  /** Items of batches whose worker died, queued again once. */
+  retried: number;
 }
 
 export class TensorBatcher {
@@ -78,7 +80,7 @@ export class TensorBatcher {
   readonly #io: TensorModelIO;
   readonly #itemSize: number;
   readonly #queue: DispatchQueue<TensorItem, TensorItemResult>;
-  readonly #stats: TensorBatcherStats = { queued: 0, batches: 0, items: 0, cost: 0, rejected: 0, failedBatches: 0, expired: 0 };
+  readonly #stats: TensorBatcherStats = { queued: 0, batches: 0, items: 0, cost: 0, rejected: 0, failedBatches: 0, expired: 0, retried: 0 };
 
   /** `clock` drives `maxWaitUs`, as for `Batcher`. Default: `performance.now()` and Node's timers. */
   constructor(io: TensorModelIO, pool: Pick<InferencePool, 'acquire'>, options: Partial<TensorBatcherOptions> = {}, clock: ClockOption = systemClock) {
@@ -168,6 +170,7 @@ export class TensorBatcher {
       rejected: this.#queue.rejected,
       failedBatches: this.#queue.failedBatches,
       expired: this.#queue.expired,
+      retried: this.#queue.retried,
     };
   }
 }

@@ -11,8 +11,28 @@ import type { ExecutionProviderName } from '../config/index.ts';
 import { pool } from './pooling.ts';
 import type { FromWorker, LoadResult, ModelLoadSpec, ToWorker } from './worker-protocol.ts';
 
-const port = parentPort;
-if (!port) throw new Error('worker.ts must run inside a worker thread');
+/** The way to the pool: the thread's parent port, or the IPC channel of a child process (child-worker.ts). */
+interface Port {
+  postMessage(message: FromWorker, transfer: ArrayBuffer[]): void;
+  on(event: 'message', listener: (message: ToWorker) => void): void;
+  close(): void;
+}
+
+function processPort(): Port {
+  if (!process.send) throw new Error('worker.ts must run in a worker thread or a child process with an IPC channel');
+  // The service went away (it exited, or was killed): nothing will ask for work again.
+  process.on('disconnect', () => process.exit(0));
+  return {
+    postMessage: (message) => void process.send!(message),
+    on: (_event, listener) => void process.on('message', listener as (m: unknown) => void),
+    close: () => {
+      process.disconnect();
+      process.exit(0);
+    },
+  };
+}
+
+const port: Port = parentPort ?? processPort();
 
 const sessions = new Map<string, ort.InferenceSession>();
 const pooling = new Map<string, NonNullable<ModelLoadSpec['pool']>>();
@@ -46,7 +66,7 @@ async function createSession(spec: ModelLoadSpec, intraOpThreads: number): Promi
 }
 
 function post(msg: FromWorker, transfer: ArrayBuffer[] = []): void {
-  port!.postMessage(msg, transfer);
+  port.postMessage(msg, transfer);
 }
 
 port.on('message', (msg: ToWorker) => {
@@ -126,7 +146,7 @@ port.on('message', (msg: ToWorker) => {
         await runChain;
         for (const s of sessions.values()) await s.release();
         sessions.clear();
-        port!.close();
+        port.close();
       })();
       return;
     }
