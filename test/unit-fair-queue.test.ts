@@ -142,7 +142,7 @@ describe('fair dispatch queue', () => {
     assert.equal(((dead[0] as PromiseRejectedResult).reason as PolyrayError).code, ErrorCode.DEADLINE_EXCEEDED);
   });
 
-  test('admission by time: a backlog whose expected wait passes the bound is refused with that wait; a light client beside it is admitted', async () => {
+  test('admission by time: a request that would be answered after the bound is refused, retry after the excess; a light client beside it is admitted', async () => {
     const { clock, pool, queue } = setup(4, { maxQueueWaitMs: 1000 });
     // Measure: one batch of 4 items (cost 1 each) takes 40 ms, so 10 ms per unit.
     const first = queue.submit([1, 2, 3, 4], { client: 'flood' });
@@ -151,21 +151,22 @@ describe('fair dispatch queue', () => {
     answer(run);
     await Promise.all(first);
     assert.equal(queue.msPerCost, 10);
-    // The pool is now busy with one batch of the flood (4 units); 100 more queue behind it (they wait 40 ms): admitted.
+    // The pool is now busy with one batch of the flood (4 units); 90 more queue behind it: answered after
+    // 40 + 900 ms, within the bound: admitted.
     const busy = queue.submit(range(100, 4), { client: 'flood' });
     const running = await pool.nextRun();
-    const backlog = queue.submit(range(200, 100), { client: 'flood' });
-    // 20 more would wait for those 104 units, 1040 ms: over the bound.
+    const backlog = queue.submit(range(200, 90), { client: 'flood' });
+    // 20 more would start after those 94 units (940 ms) and take 200 ms themselves: over the bound by 140 ms.
     const over = await Promise.allSettled(queue.submit(range(300, 20), { client: 'flood' }));
     const e = (over[0] as PromiseRejectedResult).reason as PolyrayError;
     assert.equal(e.code, ErrorCode.OVERLOADED);
-    assert.match(e.message, /about \d+ ms to reach this request \(at most 1000 ms/);
-    assert.equal(e.extensions['retryAfterMs'], 1040);
+    assert.match(e.message, /about 1140 ms to answer this request \(at most 1000 ms/);
+    assert.equal(e.extensions['retryAfterMs'], 140);
     // Another client's 4 items wait for its fair share only: admitted, and they run before the backlog.
     const light = queue.submit(range(1, 4), { client: 'light' });
     assert.ok(queue.expectedWaitMs('light', 4)! < 200);
     answer(running);
-    const runs = await runAll(pool, 104);
+    const runs = await runAll(pool, 94);
     assert.ok(runOf(runs, 1) <= 1, 'the light client runs in the next batch or the one after');
     await Promise.all([...busy, ...backlog, ...light]);
   });

@@ -125,6 +125,21 @@ export class AccountingMetrics {
         }
       },
     });
+    // Items that left a queue without a result of their own: what overload and faults cost, by reason.
+    new Gauge({
+      name: 'polyray_queue_items_dropped',
+      help: 'Items since start that left a model queue before inference or went back into it, by model and reason (expired: deadline passed or caller gone, never run; rejected: refused OVERLOADED; requeued: their worker died mid-batch, queued again once)',
+      labelNames: ['model', 'reason'],
+      registers,
+      collect() {
+        for (const [model, q] of queues) {
+          const st = q.stats();
+          this.set({ model, reason: 'expired' }, st.expired);
+          this.set({ model, reason: 'rejected' }, st.rejected);
+          this.set({ model, reason: 'requeued' }, st.retried);
+        }
+      },
+    });
   }
 
   /**

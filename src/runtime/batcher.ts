@@ -97,6 +97,10 @@ export class Batcher {
   submit(items: readonly BatchItem[], options?: SubmitOptions): Promise<ItemResult>[] {
     return this.#queue.submit(items, options);
   }
+  /** OVERLOADED when the queue ahead of this client already passes the wait bound (see DispatchQueue.refuseEarly). */
+  refuseEarly(options: SubmitOptions, count: number): PolyrayError | undefined {
+    return this.#queue.refuseEarly(options, count);
+  }
 
   #full(queue: readonly Waiting<BatchItem>[]): boolean {
     if (queue.length >= this.#o.maxItems) return true;

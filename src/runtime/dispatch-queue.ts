@@ -182,6 +182,16 @@ export class DispatchQueue<T, R> {
   #msPerCost: number | undefined;
   /** Cost of the batches running now. */
   #runningCost = 0;
+  /** When the last batch ended with items still queued (the queue was never idle since); else undefined. */
+  #backloggedSince: number | undefined;
+  /**
+   * Measured ms per unit of cost by the size class of a batch's largest item (log2 of its cost): a unit
+   * costs more in long sequences (attention grows with the length; measured ~3x from 40 to 300 tokens on
+   * the synthetic BERT), so one rate for all lengths admitted long inputs on short ones' speed.
+   */
+  readonly #rates = new Map<number, number>();
+  /** Size class of the last batch measured: the rate a request of unknown size is estimated with. */
+  #lastClass: number | undefined;
   #cancelTimer: (() => void) | undefined;
   #acquiring = false;
   #inFlight = 0;
@@ -221,8 +231,9 @@ export class DispatchQueue<T, R> {
    * Expected wait, in ms, before work of `cost` from client `id` (weight, class) would start running:
    * undefined until the queue has measured a batch.
    */
-  expectedWaitMs(id: string, cost: number, weight = 1, rank = 0): number | undefined {
-    if (this.#msPerCost === undefined) return undefined;
+  expectedWaitMs(id: string, cost: number, weight = 1, rank = 0, largestItem = 0): number | undefined {
+    const rate = this.#rateFor(largestItem);
+    if (rate === undefined) return undefined;
     const own = this.#clients.get(id)?.cost ?? 0;
     const share = (own + cost) / weight;
     let ahead = own + this.#runningCost;
@@ -230,7 +241,27 @@ export class DispatchQueue<T, R> {
       if (c.id === id || c.rank > rank) continue;
       ahead += Math.min(c.cost, share * c.weight);
     }
-    return ahead * this.#msPerCost;
+    return ahead * rate;
+  }
+
+  /**
+   * Ms per unit of cost for work whose largest item costs `largestItem` (0: unknown, the last class
+   * measured). A class not measured yet takes the nearest measured one below it scaled up by the length
+   * ratio (pessimistic until measured), or the nearest above it as it is.
+   */
+  #rateFor(largestItem: number): number | undefined {
+    if (this.#lastClass === undefined) return undefined;
+    const cls = largestItem > 0 ? sizeClass(largestItem) : this.#lastClass;
+    const exact = this.#rates.get(cls);
+    if (exact !== undefined) return exact;
+    let below: number | undefined;
+    let above: number | undefined;
+    for (const k of this.#rates.keys()) {
+      if (k < cls && (below === undefined || k > below)) below = k;
+      if (k > cls && (above === undefined || k < above)) above = k;
+    }
+    if (below !== undefined) return this.#rates.get(below)! * 2 ** (cls - below);
+    return this.#rates.get(above!)!;
   }
 
   /** Items refused because the queue was full. */
@@ -241,6 +272,26 @@ export class DispatchQueue<T, R> {
   /** Batches whose every item was rejected (run failed, or returned the wrong number of results). */
   get failedBatches(): number {
     return this.#failedBatches;
+  }
+
+  /**
+   * OVERLOADED when what is already queued ahead of this client's next item would take longer than
+   * POLYRAY_QUEUE_MAX_WAIT_MS, whatever the new work costs: callers ask before they tokenise, so a refusal
+   * under overload costs no tokenisation (which would otherwise queue behind every refused request too).
+   * Counted as `count` rejected items.
+   */
+  refuseEarly(options: SubmitOptions, count: number): PolyrayError | undefined {
+    const bound = this.#options.maxQueueWaitMs;
+    if (bound <= 0 || this.#state.kind !== 'open') return undefined;
+    const weight = options.weight !== undefined && options.weight > 0 && Number.isFinite(options.weight) ? options.weight : 1;
+    const wait = this.expectedWaitMs(options.client ?? ANONYMOUS, 0, weight, options.priority === 'batch' ? 1 : 0);
+    if (wait === undefined || wait <= bound) return undefined;
+    this.#rejected += count;
+    return new PolyrayError(
+      ErrorCode.OVERLOADED,
+      `The ${this.#policy.name} queue would take about ${Math.ceil(wait)} ms to reach this request (at most ${bound} ms, POLYRAY_QUEUE_MAX_WAIT_MS); retry later`,
+      { retryAfterMs: Math.ceil(wait) },
+    );
   }
 
   /** Queues items; each promise settles with its own result or the error of its batch. */
@@ -276,18 +327,18 @@ export class DispatchQueue<T, R> {
     const costs = items.map((item) => Math.max(1, this.#policy.cost?.(item) ?? 1));
     const bound = this.#options.maxQueueWaitMs;
     if (bound > 0) {
-      const wait = this.expectedWaitMs(
-        id,
-        costs.reduce((a, b) => a + b, 0),
-        weight,
-        rank,
-      );
+      // Until the request's own work is done, not only until it starts: a request of many long inputs
+      // spans several batches, and its caller waits for the last.
+      const total = costs.reduce((a, b) => a + b, 0);
+      const largest = Math.max(...costs);
+      const start = this.expectedWaitMs(id, total, weight, rank, largest);
+      const wait = start === undefined ? undefined : start + total * this.#rateFor(largest)!;
       if (wait !== undefined && wait > bound) {
         return refuse(
           new PolyrayError(
             ErrorCode.OVERLOADED,
-            `The ${this.#policy.name} queue would take about ${Math.ceil(wait)} ms to reach this request (at most ${bound} ms, POLYRAY_QUEUE_MAX_WAIT_MS); retry later`,
-            { retryAfterMs: Math.ceil(wait) },
+            `The ${this.#policy.name} queue would take about ${Math.ceil(wait)} ms to answer this request (at most ${bound} ms, POLYRAY_QUEUE_MAX_WAIT_MS); retry later`,
+            { retryAfterMs: Math.max(100, Math.ceil(wait - bound)) },
           ),
         );
       }
@@ -486,6 +537,9 @@ export class DispatchQueue<T, R> {
     const cost = batch.reduce((sum, q) => sum + q.cost, 0);
     this.#runningCost += cost;
     const t0 = this.#clock.now();
+    // Under a backlog the time from the previous batch's end counts too (forming the batch, the hand-off,
+    // a busy event loop): it is what a queued request waits, and run time alone underestimated it ~2x.
+    const from = this.#backloggedSince !== undefined && this.#runningCost === cost ? Math.min(t0, this.#backloggedSince) : t0;
     try {
       const results = await this.#policy.run(
         batch.map((q) => q.item),
@@ -493,8 +547,14 @@ export class DispatchQueue<T, R> {
       );
       // A result per item, or none: resolving some and leaving others pending would hang their callers.
       if (results.length !== batch.length) throw batchFailed('result-count');
-      const sample = (this.#clock.now() - t0) / cost;
+      const done = this.#clock.now();
+      const sample = (done - from) / cost;
+      this.#backloggedSince = this.#size > 0 ? done : undefined;
       this.#msPerCost = this.#msPerCost === undefined ? sample : 0.8 * this.#msPerCost + 0.2 * sample;
+      const cls = sizeClass(Math.max(...batch.map((q) => q.cost)));
+      const prev = this.#rates.get(cls);
+      this.#rates.set(cls, prev === undefined ? sample : 0.8 * prev + 0.2 * sample);
+      this.#lastClass = cls;
       for (const [i, q] of batch.entries()) q.resolve(results[i]!);
     } catch (e) {
       if (e instanceof PolyrayError && e.extensions['reason'] === 'worker-exit' && batch.every((q) => !q.retried) && this.#state.kind !== 'closed') {
@@ -552,4 +612,9 @@ function expiredError(options: SubmitOptions): PolyrayError {
     : new PolyrayError(ErrorCode.DEADLINE_EXCEEDED, "The request's deadline passed before its inputs were computed; nothing was run or charged", {
         reason: 'deadline',
       });
+}
+
+/** log2 size class of an item's cost (1, 2–3, 4–7, …). */
+function sizeClass(cost: number): number {
+  return Math.floor(Math.log2(Math.max(1, cost)));
 }

@@ -107,6 +107,9 @@ class TextAdapter implements InferenceAdapter<TextInput, Payload, TextCall> {
         textAt.push(j);
       }
     });
+    // Under overload the refusal comes before the tokenisation, which would otherwise queue behind it.
+    const early = handle.queue.refuseEarly(serve, items.length);
+    if (early) return items.map(() => Promise.reject(early));
     const tokenized = texts.length > 0 ? handle.tokenize(texts, textTokenizeOptions(handle)) : Promise.resolve(undefined);
     const submitted = tokenized.then((batch) => {
       const out: (Promise<Computed> | PolyrayError)[] = new Array(items.length);
