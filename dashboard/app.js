@@ -42,6 +42,8 @@
     return `${(j * 1e3).toFixed(2)} mJ`;
   }
   const pct = (x) => `${(x * 100).toFixed(1)}%`;
+  // A simulated rate with its 95 % error bar (none when the window is not sampled).
+  const pctErr = (x, e) => (e > 0 ? `${pct(x)} <span class="err">±${(e * 100).toFixed(1)}</span>` : pct(x));
   const num = (x) => Math.round(x).toLocaleString('en-US');
   const setting = (s) =>
     `memory ${bytes(s.memoryBytes)}, TTL ${duration(s.memoryTtlMs)}; global ${s.globalTtlMs === null ? 'no tier' : `TTL ${duration(s.globalTtlMs)}`}`;
@@ -201,29 +203,49 @@
     });
     const row = (name, r) =>
       `<tr><th>${name}</th><td>${bytes(r.memoryBytes)} · ${duration(r.memoryTtlMs)}<br><span class="muted">global ${r.globalTtlMs === null ? 'no tier' : duration(r.globalTtlMs)}</span></td>` +
-      `<td>${pct(r.memoryHitRate)}<br><span class="muted">${pct(r.globalHitRate)}</span></td><td>${joules(r.costPerHour)}/h</td></tr>`;
+      `<td>${pctErr(r.memoryHitRate, r.memoryHitRateError)}<br><span class="muted">${pctErr(r.globalHitRate, r.globalHitRateError)}</span></td>` +
+      `<td>${joules(r.costPerHour)}/h${r.costPerHourError > 0 ? `<br><span class="err">±${joules(r.costPerHourError)}/h</span>` : ''}</td></tr>`;
+    const saving =
+      p.savingFraction > 0
+        ? `saves ${pct(p.savingFraction)} (${joules(p.savingPerHour)}/h${p.savingPerHourError > 0 ? ` ±${joules(p.savingPerHourError)}/h` : ''})` +
+          (p.significant ? '' : '<br><span class="muted">within its error bar: not a reliable saving at this sample rate (auto-apply waits)</span>')
+        : 'current setting is the cheapest';
     advice.innerHTML =
-      `<div class="saving">${p.savingFraction > 0 ? `saves ${pct(p.savingFraction)} (${joules(p.savingPerHour)}/h)` : 'current setting is the cheapest'}</div>` +
+      `<div class="saving">${saving}</div>` +
       '<table><tr><th></th><th>memory size · TTL</th><th>hits mem / global</th><th>cost</th></tr>' +
       row('current', p.current) +
       row('recommended', rec) +
       '</table>' +
-      `<p class="muted">Simulated ${num(p.windowRecords)} samples (rate ${p.sampleRate}) over ${duration(Math.round(p.windowSpanMs))}, at ${new Date(p.computedAt).toLocaleTimeString('en-GB')}. ` +
+      `<p class="muted">Simulated ${num(p.windowRecords)} samples (rate ${p.sampleRate}; ${pct(p.exactShare)} of items from heavy keys traced at rate 1) over ${duration(Math.round(p.windowSpanMs))}, at ${new Date(p.computedAt).toLocaleTimeString('en-GB')}. ` +
+      '± is the 95 % error bar of the sample. ' +
       `Auto-apply of TTLs is ${d.setting.autoApply ? 'on' : 'off'}. Cost = compute + storage + serving energy (docs/CACHE-POLICY.md).</p>`;
   }
 
   function renderSummary(d) {
-    const s = d.service.bySource;
-    const total = s.MEMORY + s.GLOBAL + s.COMPUTED;
-    document.getElementById('summary').innerHTML = [
-      `running: <b>${setting(d.setting)}</b>`,
-      `items: <b>${num(d.service.items)}</b>`,
-      `memory hits: <b>${total ? pct(s.MEMORY / total) : '–'}</b>`,
-      `global hits: <b>${total ? pct(s.GLOBAL / total) : '–'}</b>`,
-      `trace: <b>${num(d.trace.sampled)}</b> samples at ${d.trace.sampleRate}${d.trace.dropped ? `, ${num(d.trace.dropped)} dropped` : ''}`,
-    ]
-      .map((x) => `<span>${x}</span>`)
-      .join('');
+    const p = d.policy;
+    const parts = [`running: <b>${setting(d.setting)}</b>`];
+    if (p) {
+      // Like for like: measured and simulated over the same window of trace records and the same models
+      // (text and image alike); joins and repeats within a call count as memory hits on both sides.
+      const all = p.measured.allKeys;
+      const sampled = p.measured.sampledKeys;
+      parts.push(
+        `window: <b>${duration(Math.round(p.windowSpanMs))}</b>, ${p.models.join(', ')}`,
+        `memory hits, measured (all keys): <b id="measured-all">${all ? pct(all.memoryHitRate) : '–'}</b>`,
+        `measured (sampled keys): <b id="measured-sampled">${pct(sampled.memoryHitRate)}</b>`,
+        `simulated (running setting): <b id="simulated">${pctErr(p.current.memoryHitRate, p.current.memoryHitRateError)}</b>`,
+      );
+      if (p.current.globalHitRate > 0 || (all && all.globalHitRate > 0))
+        parts.push(
+          `global hits, measured / simulated: <b>${all ? pct(all.globalHitRate) : '–'} / ${pctErr(p.current.globalHitRate, p.current.globalHitRateError)}</b>`,
+        );
+    } else {
+      parts.push('<span class="muted">measured and simulated rates appear with the first simulation of the window</span>');
+    }
+    parts.push(
+      `trace: <b>${num(d.trace.sampled)}</b> samples at ${d.trace.sampleRate}${d.trace.heavyKeys ? ` (+${num(d.trace.heavyKeys)} heavy keys at 1)` : ''}${d.trace.dropped ? `, ${num(d.trace.dropped)} dropped` : ''}`,
+    );
+    document.getElementById('summary').innerHTML = parts.map((x) => `<span>${x}</span>`).join('');
   }
 
   async function refresh() {

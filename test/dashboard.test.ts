@@ -73,6 +73,13 @@ describe('dashboard', () => {
     assert.equal(d.usage.source, 'ledger');
     assert.ok(d.hitRates.length >= 3, `${d.hitRates.length} hit-rate points`);
     assert.ok(d.policy && d.policy.grid.length > 10);
+    // Like for like: measured over the same window as the simulation; at rate 1 the sampled keys are all keys.
+    const all = d.policy.measured.allKeys;
+    assert.ok(all, 'all keys measured over the window');
+    assert.equal(all.items, d.policy.measured.sampledKeys.items);
+    assert.ok(Math.abs(all.memoryHitRate - d.policy.measured.sampledKeys.memoryHitRate) < 1e-9);
+    assert.deepEqual(d.policy.models, ['text-glove']);
+    assert.equal(d.policy.current.memoryHitRateError, 0, 'rate 1: no sampling error');
     // Assets hold no data and are public; Chart.js comes from node_modules.
     const lib = await fetch(`${s.url}/dashboard/assets/chart.umd.min.js`);
     assert.equal(lib.status, 200);

@@ -1,7 +1,9 @@
 /**
  * The policy loop through the real service: a Zipf workload over GraphQL, the service's own trace
  * (rate 1.0, JSONL in a temp folder), the simulator's predicted memory hit rate against the rate the
- * service measured, the admin query `cachePolicy`, and auto-apply of TTLs within bounds.
+ * service measured, the admin query `cachePolicy`, and auto-apply of TTLs within bounds; then, at the
+ * default sample rate, the live prediction for the running setting and a 4x memory tier against services
+ * running each (three text sets).
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -105,7 +107,8 @@ describe('simulated vs measured hit rate on the real service', () => {
       cachePolicy: Record<string, unknown> & { current: Record<string, number>; recommended: Record<string, number>; candidates: unknown[] };
     }>(
       `{ cachePolicy { computedAt windowSamples sampleRate savingFraction savingJoulesPerHour autoApply
-          current { memoryBytes memoryTtlSeconds globalTtlSeconds memoryHitRate joulesPerHour computeJoulesPerHour storageJoulesPerHour servingJoulesPerHour }
+          savingJoulesPerHourError significant measuredMemoryHitRate
+          current { memoryBytes memoryTtlSeconds globalTtlSeconds memoryHitRate memoryHitRateError joulesPerHour joulesPerHourError computeJoulesPerHour storageJoulesPerHour servingJoulesPerHour }
           recommended { memoryBytes memoryTtlSeconds memoryHitRate joulesPerHour }
           candidates { memoryBytes memoryTtlSeconds joulesPerHour } } }`,
     );
@@ -118,11 +121,78 @@ describe('simulated vs measured hit rate on the real service', () => {
     assert.equal(p.current.memoryTtlSeconds, MEMORY_TTL_MS / 1000);
     assert.equal(p.current.globalTtlSeconds, null);
     assert.ok(Math.abs(p.current.memoryHitRate! - measured.memory / measured.items) <= TOLERANCE);
+    // Rate 1: no sampling error; the window's measured rate is the service's count.
+    assert.equal(p.current.memoryHitRateError, 0);
+    assert.equal(p.savingJoulesPerHourError, 0);
+    assert.ok(Math.abs((p.measuredMemoryHitRate as number) - measured.memory / measured.items) < 1e-9);
     assert.ok(p.candidates.length > 20);
     assert.ok(p.recommended.joulesPerHour! <= p.current.joulesPerHour!);
     const sum = p.current.computeJoulesPerHour! + p.current.storageJoulesPerHour! + p.current.servingJoulesPerHour!;
     assert.ok(Math.abs(sum - p.current.joulesPerHour!) < 1e-6 * sum);
   });
+});
+
+describe('at the default sample rate: predictions for the running setting and a 4x memory tier, against services running each', () => {
+  const ENTRIES = 250;
+  const mem = ENTRIES * ENTRY;
+  /** Zipf(1.0) over 3,000 texts, 12,000 lookups, 8 distinct texts per request, one request at a time. */
+  async function drive(s: TestServer, set: number): Promise<{ items: number; memory: number }> {
+    const before = s.server.text.stats();
+    const ids = [...zipfIds({ n: 3000, s: 1.0, churn: 0, requests: 12_000, seed: 100 + set })];
+    for (let i = 0; i < ids.length; i += 8) {
+      const batch = [...new Set(ids.slice(i, i + 8))];
+      const r = await s.gql(EMBED, { inputs: batch.map((id) => ({ text: `set ${set}: note ${id} on the weather at the coast` })) });
+      assert.equal(r.errors, undefined, JSON.stringify(r.errors));
+    }
+    const now = s.server.text.stats();
+    return { items: now.items - before.items, memory: now.bySource.MEMORY - before.bySource.MEMORY };
+  }
+  const start = (maxBytes: number) =>
+    startPolyray({
+      models: { serve: ['text-glove'] },
+      batching: { maxWaitUs: 0 },
+      cache: { memory: { maxBytes, ttlMs: 3_600_000 } },
+      // The default sample rate; the policy is recomputed by hand.
+      policy: { intervalMs: 3_600_000 },
+    } as DeepPartial<PolyrayConfig>);
+
+  for (const set of [1, 2, 3]) {
+    test(`text set ${set}: both measured memory hit rates within ${TOLERANCE * 100} points of their predictions`, { timeout: 60_000 }, async (t) => {
+      let a: TestServer | undefined;
+      let b: TestServer | undefined;
+      try {
+        a = await start(mem);
+        assert.equal(a.server.tracer.sampleRate, 0.1, 'the default sample rate');
+        const measuredA = await drive(a, set);
+        const live = await a.server.policy.recompute();
+        assert.ok(live);
+        const larger = live.results.find((r) => r.setting.memoryBytes === 4 * mem && r.setting.memoryTtlMs === 3_600_000);
+        assert.ok(larger, 'the grid holds the 4x memory tier');
+        await a.stop();
+        a = undefined;
+        b = await start(4 * mem);
+        const measuredB = await drive(b, set);
+        const realA = measuredA.memory / measuredA.items;
+        const realB = measuredB.memory / measuredB.items;
+        t.diagnostic(
+          `running: measured ${(realA * 100).toFixed(2)} %, predicted ${(live.current.memoryHitRate * 100).toFixed(2)} ±${(live.current.error.memoryHitRate * 100).toFixed(2)}; ` +
+            `4x: measured ${(realB * 100).toFixed(2)} %, predicted ${(larger.memoryHitRate * 100).toFixed(2)} ±${(larger.error.memoryHitRate * 100).toFixed(2)}; ` +
+            `${live.windowRecords} records for ${measuredA.items} lookups, ${(live.exactShare * 100).toFixed(1)} % of items from heavy keys`,
+        );
+        assert.ok(realA > 0.2 && realB > realA + 0.05, `the workload exercises the cache (${realA}, ${realB})`);
+        assert.ok(Math.abs(live.current.memoryHitRate - realA) <= TOLERANCE, `running: predicted ${live.current.memoryHitRate}, measured ${realA}`);
+        assert.ok(Math.abs(larger.memoryHitRate - realB) <= TOLERANCE, `4x: predicted ${larger.memoryHitRate}, measured ${realB}`);
+        assert.ok(live.current.error.memoryHitRate > 0, 'a sampled window has an error bar');
+        assert.ok(
+          live.measured.allKeys && Math.abs(live.measured.allKeys.memoryHitRate - realA) < 1e-9,
+          'the measured rate over the window is the service count',
+        );
+      } finally {
+        await a?.stop();
+        await b?.stop();
+      }
+    });
+  }
 });
 
 describe('auto-apply', () => {

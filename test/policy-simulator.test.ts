@@ -13,6 +13,8 @@ import { loadConfig } from '../src/config/index.ts';
 import { runSimulate } from '../src/policy/cli.ts';
 import { DEFAULT_PRICES, parsePrices, price } from '../src/policy/cost.ts';
 import { defaultGrid, gridSettings, parseDuration, parseGrid, parseSize, recommend } from '../src/policy/grid.ts';
+import { Estimator, sampledShares, uncertainty, type MeasuredShares } from '../src/policy/estimate.ts';
+import { resample } from '../src/policy/resample.ts';
 import { Simulator, type SimResult, type SimSetting } from '../src/policy/simulator.ts';
 import { globalEntryBytes, memoryEntryBytes } from '../src/policy/sizes.ts';
 import { parseSynthetic, zipfTrace } from '../src/policy/synthetic.ts';
@@ -118,12 +120,39 @@ describe('simulator: hand-computed traces', () => {
     assert.equal(r!.memoryHitRate, 1 / 6);
   });
 
-  test('repeats of a key within one call (n) count as items; its compute is charged once', () => {
-    const [r] = run([{ memoryBytes: 10 * E, memoryTtlMs: 0, globalTtlMs: null }], [rec('A', 0, { n: 3 }), rec('A', 1, { n: 2, src: 'MEMORY', ms: 0 })]);
-    assert.equal(r!.items, 5);
-    assert.equal(r!.computes, 3);
-    assert.equal(r!.memoryHits, 2);
-    assert.equal(r!.computeMs, 0.5);
+  test('repeats of a key within one call (n) count as items answered by its one lookup (memory hits, JOINED as measured)', () => {
+    const sim = new Simulator({ settings: [{ memoryBytes: 10 * E, memoryTtlMs: 0, globalTtlMs: null }], prices: DEFAULT_PRICES });
+    for (const r of [rec('A', 0, { n: 3 }), rec('A', 1, { n: 2, src: 'MEMORY', ms: 0 })]) sim.add(r);
+    const { trace, results } = sim.finish();
+    const r = results[0]!;
+    assert.equal(r.items, 5);
+    assert.equal(r.computes, 1);
+    assert.equal(r.memoryHits, 4);
+    assert.equal(r.computeMs, 0.5);
+    assert.deepEqual(trace.measured, { COMPUTED: 1 / 5, MEMORY: 1 / 5, GLOBAL: 0, JOINED: 3 / 5 });
+  });
+
+  test('a fill (f: 1) is stored in every tier without counting an item', () => {
+    const s = { memoryBytes: 10 * E, memoryTtlMs: 0, globalTtlMs: 10_000 };
+    const [r] = run([s], [rec('A', 0), rec('F', 0, { f: 1, ms: 0 }), rec('F', 5, { src: 'MEMORY', ms: 0 })]);
+    assert.equal(r!.items, 2);
+    assert.equal(r!.memoryHits, 1, 'the filled entry is read from memory');
+    assert.equal(r!.computes, 1);
+  });
+
+  test('each record weighs 1 / its own rate: a heavy key at rate 1 beside keys sampled at 0.5', () => {
+    // H (rate 1) stands for itself; A and B (rate 0.5) for two keys each, so each takes 2 E of memory.
+    const records = [rec('H', 0), rec('A', 1, { r: 0.5 }), rec('H', 2), rec('B', 3, { r: 0.5 }), rec('A', 4, { r: 0.5 }), rec('H', 5)];
+    const sim = new Simulator({ settings: [{ memoryBytes: 3 * E, memoryTtlMs: 0, globalTtlMs: null }], prices: DEFAULT_PRICES });
+    for (const r of records) sim.add(r);
+    const { trace, results } = sim.finish();
+    const r = results[0]!;
+    // [H A(2E)] full; H hit; B (2E) evicts A then H? LRU order H, A: evicting A frees 2E, enough: [H B];
+    // A misses (evicting H then B as needed: needs 2E, has E free, evicts H) -> [B A]; H misses.
+    assert.equal(r.items, 1 + 2 + 1 + 2 + 2 + 1);
+    assert.equal(r.memoryHits, 1);
+    assert.equal(trace.sampleRate, 0.5);
+    assert.equal(trace.exactShare, 3 / 9);
   });
 
   test('a key never seen computed is charged the model mean, or the default before any', () => {
@@ -197,6 +226,72 @@ describe('simulator: equals lru-cache and Redis expiry on random traces, for man
       ),
       { numRuns: 60 },
     );
+  });
+});
+
+describe('sampled predictions: within 2 points of the whole trace, with error bars that cover it', () => {
+  const MB = 1024 ** 2;
+  // The issue's workload: Zipf(1.0) over 20,000 texts, 80,000 lookups, text-glove entries, 1 MB memory tier.
+  const full = [
+    ...zipfTrace({ s: 1.0, n: 20_000, churn: 0, requests: 80_000, rps: 100, seed: 7, bytes: 400, ms: 0.04, tokens: 8, model: 'text-glove', clients: 1 }),
+  ].map((r) => ({ ...r, kl: KL }));
+  // What a service running the current setting measured for each lookup (a real lru-cache).
+  const lru = new LRUCache<string, true>({ maxSize: MB, sizeCalculation: () => E });
+  for (const r of full) {
+    if (lru.get(r.k)) r.src = 'MEMORY';
+    else lru.set(r.k, true);
+  }
+  // The current setting, and 4× larger and 4× smaller memory tiers.
+  const settings: SimSetting[] = [MB, 4 * MB, MB / 4].map((memoryBytes) => ({ memoryBytes, memoryTtlMs: 3_600_000, globalTtlMs: null }));
+  const predict = (records: TraceRecord[], measured?: MeasuredShares) => {
+    const est = new Estimator({ settings, prices: DEFAULT_PRICES });
+    for (const r of records) est.add(r);
+    return est.finish(measured);
+  };
+  const truth = predict(full).results.map((r) => r.memoryHitRate);
+  // What the service measured for all keys (the tracer's counts over the window), for calibration.
+  const measured = sampledShares(predict(full).trace);
+  const SALTS = Array.from({ length: 20 }, (_, i) => i + 1);
+
+  test('at rate 1 the prediction is the truth, with no error bar, and it is what the service measured', () => {
+    const r = predict(resample(full, { rate: 1, salt: 1 }));
+    assert.deepEqual(
+      r.results.map((x) => x.memoryHitRate),
+      truth,
+    );
+    for (const x of r.results) assert.equal(x.error.memoryHitRate, 0);
+    assert.ok(Math.abs(truth[0]! - full.filter((x) => x.src === 'MEMORY').length / full.length) < 1e-12);
+    assert.ok(truth[0]! > 0.6 && truth[0]! < 0.75 && truth[1]! > truth[0]! && truth[2]! < truth[0]!, `hit rates ${truth}`);
+  });
+
+  test('at rate 0.1, for 20 hash salts: every prediction within 2 points, the error bar covers the truth in >= 18 of 20', () => {
+    const covered = settings.map(() => 0);
+    for (const salt of SALTS) {
+      const sampled = resample(full, { rate: 0.1, salt });
+      const r = predict(sampled, measured);
+      r.results.forEach((x, i) => {
+        const err = x.memoryHitRate - truth[i]!;
+        assert.ok(Math.abs(err) <= 0.02, `salt ${salt}, ${settings[i]!.memoryBytes} B: predicted ${x.memoryHitRate}, truth ${truth[i]}`);
+        assert.ok(x.error.memoryHitRate > 0 && x.error.memoryHitRate < 0.05, `error bar ${x.error.memoryHitRate}`);
+        if (Math.abs(err) <= x.error.memoryHitRate) covered[i]!++;
+      });
+      // Any derived figure has its bar: the difference between two settings, per sub-sample.
+      assert.ok(uncertainty(r, (rs) => rs[1]!.memoryHitRate - rs[0]!.memoryHitRate) > 0);
+    }
+    covered.forEach((c, i) => {
+      assert.ok(c >= 18, `${settings[i]!.memoryBytes} B: the error bar covered the truth ${c} of 20 times`);
+    });
+  });
+
+  test('plain hash sampling (no heavy keys) misses by more than 2 points: the test above can fail', () => {
+    let worst = 0;
+    for (const salt of SALTS.slice(0, 5)) {
+      const r = predict(resample(full, { rate: 0.1, salt, sampler: { heavyShare: 0 } }), measured);
+      r.results.forEach((x, i) => {
+        worst = Math.max(worst, Math.abs(x.memoryHitRate - truth[i]!));
+      });
+    }
+    assert.ok(worst > 0.02, `worst error ${worst}`);
   });
 });
 

@@ -11,7 +11,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { createLogger } from '../src/log.ts';
-import { hash53, inSample } from '../src/policy/hash.ts';
+import type { CacheEntry } from '../src/cache/cache.ts';
+import { MemoryCache } from '../src/cache/memory.ts';
+import { TieredCache } from '../src/cache/tiered.ts';
+import { hash53, hashHex, inSample } from '../src/policy/hash.ts';
+import { CachedInference, type Computed, type InferenceAdapter, type Keyed } from '../src/service/pipeline.ts';
 import { openTrace } from '../src/policy/read.ts';
 import { Tracer, type TraceRecord, type TraceWriter } from '../src/policy/trace.ts';
 import { JsonlTraceWriter, RedisStreamTraceWriter } from '../src/policy/writers.ts';
@@ -235,5 +239,70 @@ describe('Redis Stream', () => {
     for (let i = 1; i < back.length; i++) assert.ok(back[i]!.t >= back[i - 1]!.t);
     assert.ok(back.some((r) => r.c === 'search') && back.some((r) => r.c === undefined));
     assert.deepEqual(Object.keys(back[0]!).sort(), ['b', 'k', 'kl', 'm', 'ms', 'r', 'src', 't', 'tok', ...(back[0]!.c ? ['c'] : [])].sort());
+  });
+});
+
+describe('what the tiers see reaches the trace (through CachedInference)', () => {
+  /** Computations settled by hand; each fills its entry and a sibling (`feature:`), like the image adapter. */
+  class TwoEntryAdapter implements InferenceAdapter<string, string, { name: string }> {
+    readonly pending: ((c: Computed) => void)[] = [];
+    key(_h: { name: string }, inputs: readonly string[]): Keyed<string>[] {
+      // `f:x` reads x's sibling entry; its computation is x's.
+      return inputs.map((s) =>
+        s.startsWith('f:') ? { read: `feature:${s.slice(2)}`, flight: s.slice(2), payload: s.slice(2) } : { read: s, flight: s, payload: s },
+      );
+    }
+    compute(_h: { name: string }, items: readonly string[]): Promise<Computed>[] {
+      return items.map(() => new Promise<Computed>((resolve) => this.pending.push(resolve)));
+    }
+    fill(_h: { name: string }, item: Keyed<string>, c: Computed): CacheEntry[] {
+      return [
+        { key: item.flight, value: c.outputs[0]! },
+        { key: `feature:${item.flight}`, value: new Float32Array(8) },
+      ];
+    }
+  }
+
+  test('a single-flight join is JOINED, a repeat within a call counts as JOINED, a fill is an f:1 record, a feature read is traced under its key', async () => {
+    const tracer = new Tracer({ sampleRate: 1, writers: [], windowRecords: 100, bufferMax: 100, flushMs: 10_000, logger, now: () => 5 });
+    const adapter = new TwoEntryAdapter();
+    const cache = new TieredCache([new MemoryCache({ maxBytes: 1 << 20 })]);
+    const p = new CachedInference(adapter, { cache, logger, trace: tracer });
+    const H = { name: 'm' };
+    const traced = async (inputs: string[]) => {
+      const answers = await p.run(H, inputs);
+      p.trace(
+        'm',
+        undefined,
+        answers,
+        answers.map((a) =>
+          a instanceof Error ? a : { vector: a.hit ?? a.computed!.outputs[0]!, source: a.source, tokens: a.units, inferenceMs: a.inferenceMs },
+        ),
+      );
+    };
+    // Two calls for the same key at once: one computes, one joins; the first repeats it within its call.
+    const first = traced(['x', 'x']);
+    await new Promise((r) => setImmediate(r));
+    const second = traced(['x']);
+    while (adapter.pending.length === 0) await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    for (const resolve of adapter.pending.splice(0)) resolve({ outputs: [new Float32Array(4)], units: 3, inferenceMs: 1 });
+    await Promise.all([first, second]);
+    await new Promise((r) => setImmediate(r));
+    // A feature call: read under the sibling key the fill stored.
+    await traced(['f:x']);
+    const recs = tracer.window!.toArray();
+    const owner = recs.find((r) => r.src === 'COMPUTED' && r.f === undefined)!;
+    assert.equal(owner.n, 2, 'the repeat is one record with n = 2');
+    assert.equal(owner.k, hashHex(hash53('x')));
+    const fill = recs.find((r) => r.f === 1)!;
+    assert.equal(fill.k, hashHex(hash53('feature:x')));
+    assert.equal(fill.b, 32);
+    assert.equal(recs.filter((r) => r.src === 'JOINED').length, 1, 'the second call joined');
+    const feature = recs[recs.length - 1]!;
+    assert.deepEqual([feature.k, feature.src], [hashHex(hash53('feature:x')), 'MEMORY']);
+    // The tracer's counts of all keys: COMPUTED 1, JOINED 2 (the join and the repeat), MEMORY 1.
+    assert.deepEqual(tracer.measuredOverWindow().bySource, { COMPUTED: 1, JOINED: 2, MEMORY: 1, GLOBAL: 0 });
+    await tracer.close();
   });
 });

@@ -13,8 +13,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isPolyrayError } from '../errors.ts';
-import type { PolicyController } from '../policy/controller.ts';
-import type { SimResult, SimSetting } from '../policy/simulator.ts';
+import type { LivePolicy, PolicyController } from '../policy/controller.ts';
+import type { EstimatedResult } from '../policy/estimate.ts';
+import type { SimSetting } from '../policy/simulator.ts';
 import type { Tracer, TracerStats } from '../policy/trace.ts';
 import type { ServiceStats } from '../service/types.ts';
 
@@ -50,6 +51,10 @@ export interface DashboardPoint extends DashboardSetting {
   globalHitRate: number;
   computeRate: number;
   costPerHour: number;
+  /** 95 % half-widths (0 when the window is not sampled). */
+  memoryHitRateError: number;
+  globalHitRateError: number;
+  costPerHourError: number;
 }
 
 export interface DashboardData {
@@ -64,17 +69,29 @@ export interface DashboardData {
     windowRecords: number;
     windowSpanMs: number;
     sampleRate: number;
+    /** Share of the window's items from heavy keys traced at rate 1. */
+    exactShare: number;
+    /** Models in the window: the population simulated and measured below. */
+    models: string[];
     current: DashboardPoint;
     recommended: DashboardPoint;
     savingFraction: number;
     savingPerHour: number;
+    savingPerHourError: number;
+    /** The saving exceeds its error bar (what auto-apply requires). */
+    significant: boolean;
+    /** Measured over the same window: the sampled keys and all keys (joins and repeats as memory hits). */
+    measured: LivePolicy['measured'];
     grid: DashboardPoint[];
   } | null;
 }
 
-function point(r: SimResult): DashboardPoint {
+function point(r: EstimatedResult): DashboardPoint {
   const s: SimSetting = r.setting;
   return {
+    memoryHitRateError: r.error.memoryHitRate,
+    globalHitRateError: r.error.globalHitRate,
+    costPerHourError: r.error.costPerHour,
     memoryBytes: s.memoryBytes,
     memoryTtlMs: s.memoryTtlMs,
     globalTtlMs: s.globalTtlMs,
@@ -112,10 +129,15 @@ export async function dashboardData(src: DashboardSources): Promise<DashboardDat
           windowRecords: live.windowRecords,
           windowSpanMs: live.windowSpanMs,
           sampleRate: live.sampleRate,
+          exactShare: live.exactShare,
+          models: live.models,
           current: point(live.current),
           recommended: point(live.recommended),
           savingFraction: live.savingFraction,
           savingPerHour: live.savingPerHour,
+          savingPerHourError: live.savingPerHourError,
+          significant: live.significant,
+          measured: live.measured,
           grid: live.results.map(point),
         }
       : null,

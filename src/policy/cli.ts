@@ -20,7 +20,8 @@ import {
   type Recommendation,
 } from './grid.ts';
 import { openTrace } from './read.ts';
-import { Simulator, type SimReport, type SimResult, type SimSetting } from './simulator.ts';
+import { Estimator, uncertainty, type EstimatedResult, type EstimateReport } from './estimate.ts';
+import type { SimSetting } from './simulator.ts';
 import { parseSynthetic, zipfTrace } from './synthetic.ts';
 import type { TraceRecord } from './trace.ts';
 
@@ -42,8 +43,10 @@ export interface SimulateIo {
 }
 
 export interface SimulateOutcome {
-  report: SimReport;
+  report: EstimateReport;
   recommendation: Recommendation;
+  /** 95 % half-width of the saving (joules over the trace); 0 for a trace that is not sampled. */
+  savingError: number;
   seconds: number;
 }
 
@@ -74,7 +77,7 @@ export async function runSimulate(argv: string[], config: PolyrayConfig, io: Sim
   const grid = values.grid ? parseGrid(values.grid, defaultGrid(current)) : defaultGrid(current);
   const settings = gridSettings(grid, current);
   const r = config.cache.redis;
-  const sim = new Simulator({
+  const sim = new Estimator({
     settings,
     prices,
     ...(values.synthetic ? { sampleRate: 1 } : {}),
@@ -114,12 +117,18 @@ export async function runSimulate(argv: string[], config: PolyrayConfig, io: Sim
   const report = sim.finish();
   if (report.trace.records === 0) throw new Error(`the trace (${describe}) holds no records`);
   const recommendation = recommend(report.results, current);
+  const cur = report.results.indexOf(recommendation.current as EstimatedResult);
+  const best = report.results.indexOf(recommendation.recommended as EstimatedResult);
+  const savingError = uncertainty(report, (rs) => rs[cur]!.cost.total - rs[best]!.cost.total);
   const seconds = (performance.now() - t0) / 1000;
   if (values.json) {
-    io.out(`${JSON.stringify({ source: describe, skipped, prices, ...report, recommendation: summarise(recommendation), seconds }, null, 2)}\n`);
+    const { replicates: _, ...rest } = report;
+    io.out(
+      `${JSON.stringify({ source: describe, skipped, prices, ...rest, recommendation: { ...summarise(recommendation), savingError }, seconds }, null, 2)}\n`,
+    );
   } else {
     io.out(
-      formatReport(report, recommendation, {
+      formatReport(report, recommendation, savingError, {
         describe,
         skipped,
         seconds,
@@ -128,7 +137,7 @@ export async function runSimulate(argv: string[], config: PolyrayConfig, io: Sim
       }),
     );
   }
-  return { report, recommendation, seconds };
+  return { report, recommendation, savingError, seconds };
 }
 
 function summarise(r: Recommendation) {
@@ -136,6 +145,8 @@ function summarise(r: Recommendation) {
 }
 
 const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+/** A rate with its error bar, when it has one: `66.3% ±1.2`. */
+const pctErr = (x: number, e: number) => (e > 0 ? `${pct(x)} ±${(e * 100).toFixed(1)}` : pct(x));
 
 /** A trace span for people: seconds, minutes or hours. */
 function span(ms: number): string {
@@ -154,8 +165,9 @@ export function formatJoules(j: number): string {
 }
 
 function formatReport(
-  report: SimReport,
+  report: EstimateReport,
   rec: Recommendation,
+  savingError: number,
   o: { describe: string; skipped: number; seconds: number; top: number; synthetic: boolean },
 ): string {
   const t = report.trace;
@@ -164,30 +176,36 @@ function formatReport(
   lines.push(
     `trace: ${o.describe}: ${t.records.toLocaleString('en-US')} records, ${t.items.toLocaleString('en-US')} items, ${t.distinctKeys.toLocaleString('en-US')} distinct keys over ${span(t.spanMs)}, sample rate ${t.sampleRate}${o.skipped ? `, ${o.skipped} bad lines skipped` : ''}`,
   );
-  if (t.sampleRate < 1)
-    lines.push(`  sampled at ${t.sampleRate}: memory sizes simulated at size × ${t.sampleRate}, counts and costs scaled by ${+(1 / t.sampleRate).toFixed(3)}`);
-  if (!o.synthetic)
-    lines.push(`  measured by the service: memory ${pct(t.measured.MEMORY)}, global ${pct(t.measured.GLOBAL)}, computed ${pct(t.measured.COMPUTED)}`);
+  if (t.sampleRate < 1) {
+    lines.push(
+      `  sampled at ${t.sampleRate} by key hash (${pct(t.exactShare)} of items from heavy keys traced at rate 1): each record weighs 1 / its rate; ± = 95 % error bar from ${report.replicates.length} independent sub-samples`,
+    );
+  }
+  if (!o.synthetic) {
+    lines.push(
+      `  measured by the service for these keys: memory ${pct(t.measured.MEMORY + t.measured.JOINED)} (joined or repeated ${pct(t.measured.JOINED)}), global ${pct(t.measured.GLOBAL)}, computed ${pct(t.measured.COMPUTED)}`,
+    );
+  }
   lines.push(`${report.results.length} settings simulated in ${o.seconds.toFixed(1)} s; cost = compute + storage + serving energy, per hour of trace`);
   lines.push('');
   const header = ['memory', 'mem ttl', 'global ttl', 'mem hit', 'glob hit', 'computed', 'compute/h', 'storage/h', 'serving/h', 'total/h', ''];
   const perH = (j: number) => formatJoules(hours > 0 ? j / hours : j);
-  const row = (x: SimResult): string[] => [
+  const row = (x: EstimatedResult): string[] => [
     formatBytes(x.setting.memoryBytes),
     formatDuration(x.setting.memoryTtlMs),
     x.setting.globalTtlMs === null ? 'no tier' : formatDuration(x.setting.globalTtlMs),
-    pct(x.memoryHitRate),
-    pct(x.globalHitRate),
-    pct(x.computeRate),
+    pctErr(x.memoryHitRate, x.error.memoryHitRate),
+    pctErr(x.globalHitRate, x.error.globalHitRate),
+    pctErr(x.computeRate, x.error.computeRate),
     perH(x.cost.compute),
     perH(x.cost.memoryStorage + x.cost.globalStorage),
     perH(x.cost.serving),
-    perH(x.cost.total),
+    x.error.costPerHour > 0 ? `${perH(x.cost.total)} ±${formatJoules(x.error.costPerHour)}` : perH(x.cost.total),
     x === rec.recommended && x === rec.current ? '← current, recommended' : x === rec.recommended ? '← recommended' : x === rec.current ? '← current' : '',
   ];
   const sorted = [...report.results].sort((a, b) => a.cost.total - b.cost.total);
   const shown = sorted.slice(0, Math.max(1, o.top));
-  if (!shown.includes(rec.current)) shown.push(rec.current);
+  if (!shown.includes(rec.current as EstimatedResult)) shown.push(rec.current as EstimatedResult);
   const rows = [header, ...shown.map(row)];
   const widths = header.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   for (const r of rows)
@@ -203,7 +221,7 @@ function formatReport(
   lines.push(
     rec.recommended === rec.current
       ? 'saving: none — the current setting is already the cheapest (within 0.5 %)'
-      : `saving: ${pct(rec.savingFraction)} (${perH(rec.saving)}/h) versus the current setting`,
+      : `saving: ${pct(rec.savingFraction)} (${perH(rec.saving)}/h${savingError > 0 ? ` ±${perH(savingError)}/h` : ''}) versus the current setting${savingError >= rec.saving ? ' — within the error bar: not a reliable saving at this sample rate' : ''}`,
   );
   const longest = Math.max(...report.results.map((x) => Math.max(x.setting.memoryTtlMs, x.setting.globalTtlMs ?? 0)));
   if (longest > t.spanMs) lines.push(`note: TTLs longer than the trace (${span(t.spanMs)}) are judged on this trace only; a longer trace judges them better.`);

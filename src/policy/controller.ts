@@ -4,10 +4,15 @@
  * - Every `intervalMs` (default a minute) it simulates the tracer's in-memory window of recent samples
  *   for a grid around the running setting, off the request path: the replay yields to the event loop
  *   every few thousand records, so requests never wait behind it for more than a few milliseconds.
- * - The result is `latest()`, served by the admin query `cachePolicy` and the dashboard.
+ * - Every prediction carries its 95 % error bar (estimate.ts: independent sub-samples of the key sample),
+ *   and its rates are calibrated by what the service measured for all keys over the window.
+ * - The result is `latest()`, served by the admin query `cachePolicy` and the dashboard, beside what was
+ *   measured over the same window: the rates the sampled keys really had (their trace records) and the
+ *   rates of all keys (the tracer's counts since the window's first record).
  * - With auto-apply on, the recommended TTLs (memory and, with Redis, global), clamped to
- *   [minTtlMs, maxTtlMs], become the TTLs of new cache entries; every change is logged. The memory size
- *   is only recommended: the LRU cannot be resized in place.
+ *   [minTtlMs, maxTtlMs], become the TTLs of new cache entries — only when the saving exceeds its error
+ *   bar, so a change is never made for sampling noise; every change (and every change withheld) is
+ *   logged. The memory size is only recommended: the LRU cannot be resized in place.
  * - Every `seriesIntervalMs` it records the items answered by each tier since the last point (a ring of
  *   360 points: an hour at the default 10 s), for the dashboard's hit-rate chart.
  */
@@ -15,9 +20,10 @@ import type { PolyrayConfig } from '../config/index.ts';
 import type { Logger } from '../log.ts';
 import type { ServiceStats, Source } from '../service/types.ts';
 import { price } from './cost.ts';
+import { estimateStream, uncertainty, type EstimatedResult } from './estimate.ts';
 import { describeSetting, gridSettings, recommend, sameSetting, type Grid } from './grid.ts';
-import { simulateStream, type SimResult, type SimSetting } from './simulator.ts';
-import { Ring, type TraceRecord } from './trace.ts';
+import type { SimSetting } from './simulator.ts';
+import { type MeasuredWindow, Ring, type TraceRecord, type TraceSource } from './trace.ts';
 import type { TtlOverrideCache } from './ttl-override.ts';
 
 /** Schedule, auto-apply bounds and prices come straight from the configuration's `policy` section. */
@@ -25,6 +31,8 @@ export interface PolicyControllerOptions
   extends Pick<PolyrayConfig['policy'], 'intervalMs' | 'seriesIntervalMs' | 'autoApply' | 'minTtlMs' | 'maxTtlMs' | 'prices'> {
   /** Recent trace samples (the tracer's window); undefined when tracing is off. */
   window: Ring<TraceRecord> | undefined;
+  /** What the tracer counted of all keys over that window (`Tracer.measuredOverWindow`). */
+  measured?: () => MeasuredWindow;
   sampleRate: number;
   memory: { maxBytes: number; ttlMs: number; tier: TtlOverrideCache | undefined };
   /** The global tier; null without one. */
@@ -37,17 +45,38 @@ export interface PolicyControllerOptions
   now?: () => number;
 }
 
+/** Measured shares over the window, for comparison with the simulated ones: joins and repeats count as memory hits. */
+export interface MeasuredRates {
+  items: number;
+  memoryHitRate: number;
+  globalHitRate: number;
+  computeRate: number;
+  /** Of `memoryHitRate`: answered by a join or a repeat within the call (no lookup of their own). */
+  joinedRate: number;
+}
+
 export interface LivePolicy {
   computedAt: number;
   windowRecords: number;
   windowSpanMs: number;
+  /** Hash-sample rate of the window (heavy keys are traced at rate 1). */
   sampleRate: number;
-  current: SimResult;
-  recommended: SimResult;
+  /** Share of the window's items from keys traced at rate 1 (heavy keys). */
+  exactShare: number;
+  /** Models in the window (the simulated population: text and image models alike). */
+  models: string[];
+  current: EstimatedResult;
+  recommended: EstimatedResult;
   /** Joules per hour saved by the recommendation (scaled to the full stream). */
   savingPerHour: number;
+  /** 95 % half-width of `savingPerHour`. */
+  savingPerHourError: number;
   savingFraction: number;
-  results: SimResult[];
+  /** Whether auto-apply would act: a saving larger than its error bar. */
+  significant: boolean;
+  /** Measured over the same window: the sampled keys (trace records, weighted by 1/rate) and all keys (the tracer's counts). */
+  measured: { sampledKeys: MeasuredRates; allKeys: (MeasuredRates & { sinceT: number }) | null };
+  results: EstimatedResult[];
   /** Milliseconds the simulation took (wall time, including its yields). */
   tookMs: number;
 }
@@ -81,6 +110,7 @@ export class PolicyController {
   #last: Record<Source, number> | undefined;
   #timers: NodeJS.Timeout[] = [];
   #lastAdvice = '';
+  #lastWithheld = '';
 
   constructor(options: PolicyControllerOptions) {
     this.#o = { minRecords: 50, now: Date.now, ...options };
@@ -152,11 +182,15 @@ export class PolicyController {
   async #recompute(): Promise<LivePolicy | undefined> {
     const records = this.#o.window?.toArray() ?? [];
     if (records.length < this.#o.minRecords) return undefined;
+    // Taken with the window, so both cover the same records.
+    const all = this.#o.measured?.();
     const t0 = performance.now();
     const current = this.effective();
     const settings = gridSettings(this.grid(current), current);
     const g = this.#o.global;
-    const report = await simulateStream(records, {
+    const allRates = all && all.items > 0 ? rates(all.bySource, all.items) : undefined;
+    const report = await estimateStream(records, {
+      ...(allRates ? { measured: allRates } : {}),
       settings,
       prices: this.#o.prices,
       globalEncoding: g?.encoding ?? 'float32',
@@ -165,15 +199,29 @@ export class PolicyController {
     });
     const rec = recommend(report.results, current);
     const hours = report.trace.spanMs / HOUR;
+    const cur = report.results.indexOf(rec.current as EstimatedResult);
+    const best = report.results.indexOf(rec.recommended as EstimatedResult);
+    const savingPerHour = hours > 0 ? rec.saving / hours : rec.saving;
+    const savingPerHourError = uncertainty(report, (rs) => rs[cur]!.costPerHour - rs[best]!.costPerHour);
+    const m = report.trace.measured;
     const live: LivePolicy = {
       computedAt: this.#o.now(),
       windowRecords: report.trace.records,
       windowSpanMs: report.trace.spanMs,
       sampleRate: report.trace.sampleRate,
-      current: rec.current,
-      recommended: rec.recommended,
-      savingPerHour: hours > 0 ? rec.saving / hours : rec.saving,
+      exactShare: report.trace.exactShare,
+      models: report.trace.models,
+      current: rec.current as EstimatedResult,
+      recommended: rec.recommended as EstimatedResult,
+      savingPerHour,
+      savingPerHourError,
       savingFraction: rec.savingFraction,
+      significant: rec.saving > 0 && savingPerHour > savingPerHourError,
+      measured: {
+        // The trace's measured shares are already fractions of its (weighted) items.
+        sampledKeys: { ...rates(m, 1), items: report.trace.items },
+        allKeys: all && allRates ? { ...allRates, sinceT: all.sinceT } : null,
+      },
       results: report.results,
       tookMs: performance.now() - t0,
     };
@@ -186,7 +234,16 @@ export class PolicyController {
         'cache policy recommendation',
       );
     }
-    if (this.#o.autoApply) this.#apply(rec.recommended.setting);
+    if (this.#o.autoApply) {
+      if (live.significant || sameSetting(rec.recommended.setting, current)) this.#apply(rec.recommended.setting);
+      else if (rec.saving > 0 && advice !== this.#lastWithheld) {
+        this.#lastWithheld = advice;
+        this.#o.logger.info(
+          { recommended: advice, savingJoulesPerHour: +savingPerHour.toPrecision(3), errorJoulesPerHour: +savingPerHourError.toPrecision(3) },
+          'cache policy change withheld: the saving is within its error bar',
+        );
+      }
+    }
     return live;
   }
 
@@ -251,4 +308,16 @@ export class PolicyController {
     }
     return [...rows.values()].sort((a, b) => b.joules - a.joules);
   }
+}
+
+/** Shares of `bySource` (weighted counts) of `items`, joins counted as memory hits. */
+function rates(bySource: Record<TraceSource, number>, items: number): MeasuredRates {
+  const share = (x: number) => (items > 0 ? x / items : 0);
+  return {
+    items,
+    memoryHitRate: share(bySource.MEMORY + bySource.JOINED),
+    globalHitRate: share(bySource.GLOBAL),
+    computeRate: share(bySource.COMPUTED),
+    joinedRate: share(bySource.JOINED),
+  };
 }

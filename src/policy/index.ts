@@ -52,6 +52,7 @@ export function createPolicyController(
   const p = config.policy;
   return new PolicyController({
     window: parts.tracer.window,
+    measured: () => parts.tracer.measuredOverWindow(),
     sampleRate: config.trace.sampleRate,
     memory: { maxBytes: config.cache.memory.maxBytes, ttlMs: config.cache.memory.ttlMs, tier: parts.tiers[0] },
     global:

@@ -18,17 +18,18 @@
  * interned key id (about 25 bytes per distinct key per setting), so a grid of ~100 settings replays a
  * million records in seconds.
  *
- * Sampling: a trace sampled by key hash at rate r holds a fraction r of the keys with their complete
- * reuse pattern, so it behaves like the full stream in a cache r times as large: the memory tier is
- * simulated at memoryBytes × r, and every count, byte-hour and joule is scaled by 1/r. Hit rates need no
- * scaling. (The global tier is bounded by TTL only, so it needs no size scaling.)
+ * Sampling: a record sampled at rate r (its `r`) stands for 1/r keys like it, each with its complete reuse
+ * pattern (sampling is by key hash). So the key is replayed with weight w = 1/r: it takes w × its entry
+ * bytes in the memory tier (simulated at its full size) and every lookup counts w items. With one rate for
+ * the whole trace this is SHARDS' "a cache r times as large, counts × 1/r"; with heavy keys traced at rate
+ * 1 (sampler.ts) each key carries its own weight. A key whose rate changes (it became heavy, or stopped
+ * being) is resized in place. The global tier is bounded by TTL only, so it needs no size scaling.
  *
  * Length: one dense concept; the replay loop, its model of the tiers and its pricing change together.
  */
 import { price, type CostBreakdown, type CostPrices } from './cost.ts';
 import { globalEntryBytes, memoryEntryBytes } from './sizes.ts';
-import type { TraceRecord } from './trace.ts';
-import type { Source } from '../service/types.ts';
+import { TRACE_SOURCES, type TraceRecord, type TraceSource } from './trace.ts';
 
 export interface SimSetting {
   /** Memory tier size in bytes, as configured for the full (unsampled) stream. */
@@ -63,12 +64,15 @@ export interface TraceSummary {
   /** Items (records weighted by their `n`), unscaled. */
   items: number;
   distinctKeys: number;
+  /** The smallest rate of the trace (the hash-sample rate; heavy keys are at rate 1). */
   sampleRate: number;
+  /** Share of the (weighted) items from records at rate 1 when the sample rate is below 1: the heavy keys. */
+  exactShare: number;
   firstT: number;
   lastT: number;
   spanMs: number;
-  /** Item shares by the tier that really answered, as recorded in the trace. */
-  measured: Record<Source, number>;
+  /** Item shares by the tier that really answered, as recorded in the trace, each record weighted by 1/r. */
+  measured: Record<TraceSource, number>;
   models: string[];
   /** Records whose time went backwards (replayed at the previous time). */
   reordered: number;
@@ -82,7 +86,7 @@ export interface SimReport {
 export interface SimulatorOptions {
   settings: SimSetting[];
   prices: CostPrices;
-  /** Sample rate of the trace; default: the `r` of its first record. */
+  /** Treat every record as sampled at this rate, whatever its `r` (a synthetic trace: 1). Default: each record's `r`. */
   sampleRate?: number;
   /** Encoding of the global tier (its entry size). Default float32. */
   globalEncoding?: 'float32' | 'float16';
@@ -128,10 +132,10 @@ class SizeGroup {
   readonly computes: Float64Array;
   readonly computeMs: Float64Array;
   readonly gByteMs: Float64Array;
-  /** Memory entry bytes per key id (shared with the simulator, replaced when it grows). */
-  sizes: Int32Array;
+  /** Weighted memory entry bytes per key id (shared with the simulator, replaced when it grows). */
+  sizes: Float64Array;
 
-  constructor(memMax: number, ttls: number[], gttls: (number | null)[][], sizes: Int32Array) {
+  constructor(memMax: number, ttls: number[], gttls: (number | null)[][], sizes: Float64Array) {
     this.memMax = memMax;
     this.ttls = Float64Array.from(ttls);
     this.gStart = new Int32Array(ttls.length + 1);
@@ -175,15 +179,24 @@ class SizeGroup {
     }
   }
 
-  access(k: number, t: number, n: number, ms: number, gSize: number): void {
+  /**
+   * One lookup of key `k` at `t` by `n` inputs of one call, each standing for `w` items (1 / its sample
+   * rate); `ms` of inference if computed. The first input meets the tiers; the other n − 1 are answered by
+   * its lookup and count as memory hits (the trace counts them as JOINED: measured and simulated alike).
+   */
+  access(k: number, t: number, n: number, ms: number, gSize: number, w: number): void {
     if (!Number.isNaN(this.lastT)) this.memByteMs += this.memUsed * (t - this.lastT);
     this.lastT = t;
-    this.items += n;
+    const items = w;
+    this.items += n * w;
     const present = this.inMem[k] === 1;
     const size = this.sizes[k]!;
     const stored = present || size <= this.memMax;
-    if (present) this.#toTail(k);
-    else if (stored) this.#insert(k, size);
+    if (present) {
+      this.#toTail(k);
+      // The key grew (its rate fell): evict as a set of the larger entry would.
+      while (this.memUsed > this.memMax && this.head !== k) this.#evictHead();
+    } else if (stored) this.#insert(k, size);
     const T = this.ttls.length;
     const C = this.gTtl.length;
     const mBase = k * T;
@@ -191,7 +204,7 @@ class SizeGroup {
     for (let ti = 0; ti < T; ti++) {
       const ttl = this.ttls[ti]!;
       if (present && (ttl === 0 || t - this.memAt[mBase + ti]! <= ttl)) {
-        this.memHits[ti] = this.memHits[ti]! + n;
+        this.memHits[ti] = this.memHits[ti]! + items;
         continue;
       }
       if (stored) this.memAt[mBase + ti] = t;
@@ -200,20 +213,52 @@ class SizeGroup {
         const gt = this.gTtl[slot]!;
         if (gt > 0) {
           if (t - this.gAt[gBase + slot]! <= gt) {
-            this.gHits[slot] = this.gHits[slot]! + n;
+            this.gHits[slot] = this.gHits[slot]! + items;
             continue;
           }
           this.gAt[gBase + slot] = t;
-          this.gByteMs[slot] = this.gByteMs[slot]! + gSize * gt;
+          this.gByteMs[slot] = this.gByteMs[slot]! + gSize * gt * w;
         }
-        this.computes[slot] = this.computes[slot]! + n;
-        this.computeMs[slot] = this.computeMs[slot]! + ms;
+        this.computes[slot] = this.computes[slot]! + items;
+        this.computeMs[slot] = this.computeMs[slot]! + ms * w;
       }
+    }
+    if (n > 1) for (let ti = 0; ti < T; ti++) this.memHits[ti] = this.memHits[ti]! + (n - 1) * w;
+  }
+
+  /**
+   * A write without a lookup: an entry stored beside a computed one (an image's feature beside its
+   * embedding). Every tier stores it: memory links it as most recently used with a fresh age, the global
+   * tier restarts its TTL.
+   */
+  fill(k: number, t: number, gSize: number, w: number): void {
+    if (!Number.isNaN(this.lastT)) this.memByteMs += this.memUsed * (t - this.lastT);
+    this.lastT = t;
+    const size = this.sizes[k]!;
+    if (this.inMem[k] === 1) {
+      this.#toTail(k);
+      while (this.memUsed > this.memMax && this.head !== k) this.#evictHead();
+    } else if (size <= this.memMax) this.#insert(k, size);
+    else return;
+    const T = this.ttls.length;
+    const C = this.gTtl.length;
+    for (let ti = 0; ti < T; ti++) this.memAt[k * T + ti] = t;
+    if (!this.hasGlobal) return;
+    for (let slot = 0; slot < C; slot++) {
+      const gt = this.gTtl[slot]!;
+      if (gt <= 0) continue;
+      this.gAt[k * C + slot] = t;
+      this.gByteMs[slot] = this.gByteMs[slot]! + gSize * gt * w;
     }
   }
 
-  /** Closes the books at `end`: global entries still alive are charged only up to it. */
-  finish(end: number, gSize: Int32Array, keys: number): void {
+  /** A present key's weighted size changed from `from` to `to` bytes. */
+  resize(k: number, from: number, to: number): void {
+    if (this.inMem[k] === 1) this.memUsed += to - from;
+  }
+
+  /** Closes the books at `end`: global entries still alive are charged only up to it (at the key's last weight). */
+  finish(end: number, gSize: Int32Array, weight: Float64Array, keys: number): void {
     if (!Number.isNaN(this.lastT) && end > this.lastT) this.memByteMs += this.memUsed * (end - this.lastT);
     if (!this.hasGlobal) return;
     const C = this.gTtl.length;
@@ -222,7 +267,7 @@ class SizeGroup {
       if (gt <= 0) continue;
       for (let k = 0; k < keys; k++) {
         const over = this.gAt[k * C + slot]! + gt - end;
-        if (over > 0) this.gByteMs[slot] = this.gByteMs[slot]! - gSize[k]! * Math.min(over, gt);
+        if (over > 0) this.gByteMs[slot] = this.gByteMs[slot]! - gSize[k]! * weight[k]! * Math.min(over, gt);
       }
     }
   }
@@ -272,7 +317,7 @@ interface SettingRef {
   slot: number;
 }
 
-function buildGroups(settings: SimSetting[], scale: number, sizes: Int32Array): { groups: SizeGroup[]; refs: SettingRef[] } {
+function buildGroups(settings: SimSetting[], sizes: Float64Array): { groups: SizeGroup[]; refs: SettingRef[] } {
   const bySize = new Map<number, Map<number, (number | null)[]>>();
   for (const s of settings) {
     let byTtl = bySize.get(s.memoryBytes);
@@ -290,7 +335,7 @@ function buildGroups(settings: SimSetting[], scale: number, sizes: Int32Array): 
   const groups: SizeGroup[] = [];
   const index = new Map<number, SizeGroup>();
   for (const [mem, byTtl] of bySize) {
-    const g = new SizeGroup(mem * scale, [...byTtl.keys()], [...byTtl.values()], sizes);
+    const g = new SizeGroup(mem, [...byTtl.keys()], [...byTtl.values()], sizes);
     groups.push(g);
     index.set(mem, g);
   }
@@ -310,8 +355,11 @@ export class Simulator {
   #refs: SettingRef[] = [];
   readonly #ids = new Map<string, number>();
   #cap = 0;
-  #memSize = new Int32Array(0);
+  /** Entry bytes (unweighted), weighted bytes (× the key's weight), global bytes, weight, per key id. */
+  #baseSize = new Int32Array(0);
+  #memSize = new Float64Array(0);
   #gSize = new Int32Array(0);
+  #weight = new Float64Array(0);
   #msOf = new Float64Array(0);
   #modelOf = new Uint16Array(0);
   readonly #models: string[] = [];
@@ -319,26 +367,32 @@ export class Simulator {
   readonly #modelMs: { sum: number; count: number }[] = [];
   #records = 0;
   #items = 0;
+  #weighted = 0;
+  #exact = 0;
+  #minRate = 1;
   #firstT = NaN;
   #lastT = NaN;
   #reordered = 0;
-  readonly #measured: Record<Source, number> = { MEMORY: 0, GLOBAL: 0, COMPUTED: 0 };
-  #rate: number | undefined;
+  readonly #measured: Record<TraceSource, number> = { MEMORY: 0, GLOBAL: 0, COMPUTED: 0, JOINED: 0 };
 
   constructor(options: SimulatorOptions) {
     if (options.settings.length === 0) throw new TypeError('Simulator needs at least one setting');
+    if (options.sampleRate !== undefined && !(options.sampleRate > 0 && options.sampleRate <= 1))
+      throw new TypeError(`Simulator sampleRate must be in (0, 1], received ${options.sampleRate}`);
     this.#o = { globalEncoding: 'float32', globalKeyPrefixLength: 11, ...options, sampleRate: options.sampleRate };
-    this.#rate = options.sampleRate;
   }
 
+  /** The smallest rate replayed so far (1 before any record). */
   get sampleRate(): number {
-    return this.#rate ?? 1;
+    return this.#o.sampleRate ?? this.#minRate;
   }
 
   /** Replays one record in every setting. Records are expected in time order. */
   add(rec: TraceRecord): void {
-    if (this.#rate === undefined) this.#rate = rec.r;
     if (this.#refs.length === 0) this.#build();
+    const rate = this.#o.sampleRate ?? rec.r;
+    const w = rate > 0 && rate < 1 ? 1 / rate : 1;
+    if (rate < this.#minRate) this.#minRate = rate;
     let k = this.#ids.get(rec.k);
     let m = this.#modelIdx.get(rec.m);
     if (m === undefined) {
@@ -347,16 +401,24 @@ export class Simulator {
       this.#modelIdx.set(rec.m, m);
       this.#modelMs.push({ sum: 0, count: 0 });
     }
+    const isNew = k === undefined;
     if (k === undefined) {
       k = this.#ids.size;
       this.#ids.set(rec.k, k);
       if (k >= this.#cap) this.#grow(Math.max(1024, this.#cap * 2));
-      this.#memSize[k] = memoryEntryBytes(rec.b, rec.kl);
+      this.#baseSize[k] = memoryEntryBytes(rec.b, rec.kl);
+      this.#memSize[k] = this.#baseSize[k]! * w;
+      this.#weight[k] = w;
       this.#gSize[k] = globalEntryBytes(rec.b, rec.kl, this.#o.globalEncoding, this.#o.globalKeyPrefixLength);
       this.#msOf[k] = NaN;
       this.#modelOf[k] = m;
+    } else if (this.#weight[k] !== w) {
+      const from = this.#memSize[k]!;
+      const to = this.#baseSize[k]! * w;
+      for (const g of this.#groups) g.resize(k, from, to);
+      this.#memSize[k] = to;
+      this.#weight[k] = w;
     }
-    const n = rec.n ?? 1;
     let t = rec.t;
     if (this.#records === 0) this.#firstT = t;
     else if (t < this.#lastT) {
@@ -365,8 +427,22 @@ export class Simulator {
     }
     this.#lastT = t;
     this.#records++;
+    const gSize = this.#gSize[k]!;
+    const groups = this.#groups;
+    if (rec.f === 1) {
+      for (let i = 0; i < groups.length; i++) groups[i]!.fill(k, t, gSize, w);
+      return;
+    }
+    // A key first seen above the trace's base rate was promoted (it became heavy) and its earlier lookups
+    // were not traced: what the service measured says whether it had been cached. If it had, it is
+    // warmed (stored) before this lookup, instead of replaying as a cold miss that never happened.
+    if (isNew && rate > this.#minRate && rec.src !== 'COMPUTED') for (let i = 0; i < groups.length; i++) groups[i]!.fill(k, t, gSize, w);
+    const n = rec.n ?? 1;
     this.#items += n;
-    this.#measured[rec.src] += n;
+    this.#weighted += n * w;
+    if (w === 1) this.#exact += n;
+    this.#measured[rec.src] += w;
+    this.#measured.JOINED += (n - 1) * w;
     if (rec.src === 'COMPUTED' && rec.ms > 0) {
       this.#msOf[k] = rec.ms;
       const mm = this.#modelMs[m]!;
@@ -378,13 +454,11 @@ export class Simulator {
       const mm = this.#modelMs[this.#modelOf[k]!]!;
       ms = mm.count > 0 ? mm.sum / mm.count : this.#o.prices.defaultComputeMs;
     }
-    const gSize = this.#gSize[k]!;
-    const groups = this.#groups;
-    for (let i = 0; i < groups.length; i++) groups[i]!.access(k, t, n, ms, gSize);
+    for (let i = 0; i < groups.length; i++) groups[i]!.access(k, t, n, ms, gSize, w);
   }
 
   #build(): void {
-    const { groups, refs } = buildGroups(this.#o.settings, this.sampleRate, this.#memSize);
+    const { groups, refs } = buildGroups(this.#o.settings, this.#memSize);
     this.#groups = groups;
     this.#refs = refs;
     for (const g of groups) g.grow(this.#cap);
@@ -396,11 +470,16 @@ export class Simulator {
       b.set(a);
       return b;
     };
-    this.#memSize = grow32(this.#memSize);
+    const grow64 = (a: Float64Array) => {
+      const b = new Float64Array(cap);
+      b.set(a);
+      return b;
+    };
+    this.#baseSize = grow32(this.#baseSize);
+    this.#memSize = grow64(this.#memSize);
     this.#gSize = grow32(this.#gSize);
-    const ms = new Float64Array(cap);
-    ms.set(this.#msOf);
-    this.#msOf = ms;
+    this.#weight = grow64(this.#weight);
+    this.#msOf = grow64(this.#msOf);
     const mo = new Uint16Array(cap);
     mo.set(this.#modelOf);
     this.#modelOf = mo;
@@ -412,37 +491,39 @@ export class Simulator {
   }
 
   summary(): TraceSummary {
-    const items = this.#items;
-    const share = (x: number) => (items > 0 ? x / items : 0);
+    const total = this.#weighted;
+    const share = (x: number) => (total > 0 ? x / total : 0);
+    const measured = {} as Record<TraceSource, number>;
+    for (const s of TRACE_SOURCES) measured[s] = share(this.#measured[s]);
     return {
       records: this.#records,
-      items,
+      items: this.#items,
       distinctKeys: this.#ids.size,
       sampleRate: this.sampleRate,
+      exactShare: this.sampleRate < 1 ? share(this.#exact) : 0,
       firstT: this.#firstT,
       lastT: this.#lastT,
       spanMs: this.#records > 0 ? this.#lastT - this.#firstT : 0,
-      measured: { MEMORY: share(this.#measured.MEMORY), GLOBAL: share(this.#measured.GLOBAL), COMPUTED: share(this.#measured.COMPUTED) },
+      measured,
       models: [...this.#models],
       reordered: this.#reordered,
     };
   }
 
-  /** Results of every setting, in the order the settings were given. */
+  /** Results of every setting, in the order the settings were given; counts and costs stand for the full stream. */
   finish(): SimReport {
     const trace = this.summary();
     if (this.#refs.length === 0) this.#build();
-    const scale = 1 / this.sampleRate;
     const hours = trace.spanMs / 3_600_000;
-    for (const g of this.#groups) g.finish(this.#lastT, this.#gSize, this.#ids.size);
+    for (const g of this.#groups) g.finish(this.#lastT, this.#gSize, this.#weight, this.#ids.size);
     const results = this.#refs.map(({ setting, group: g, ti, slot }): SimResult => {
-      const items = g.items * scale;
-      const memoryHits = g.memHits[ti]! * scale;
-      const globalHits = g.gHits[slot]! * scale;
-      const computes = g.computes[slot]! * scale;
-      const computeMs = g.computeMs[slot]! * scale;
-      const memoryByteHours = (g.memByteMs / 3_600_000) * scale;
-      const globalByteHours = (g.gByteMs[slot]! / 3_600_000) * scale;
+      const items = g.items;
+      const memoryHits = g.memHits[ti]!;
+      const globalHits = g.gHits[slot]!;
+      const computes = g.computes[slot]!;
+      const computeMs = g.computeMs[slot]!;
+      const memoryByteHours = g.memByteMs / 3_600_000;
+      const globalByteHours = g.gByteMs[slot]! / 3_600_000;
       const cost = price({ computeMs, memoryByteHours, globalByteHours, memoryHits, globalHits }, this.#o.prices);
       const rate = (x: number) => (items > 0 ? x / items : 0);
       return {

@@ -141,14 +141,13 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
       const [embedding, feature] = a.computed!.outputs;
       return { ...base, vector: embedding!, ...(want === 'feature' ? { feature: feature ?? embedding! } : {}) };
     });
-    if (want === 'embedding') {
-      this.#pipeline.trace(
-        handle.name,
-        clientId,
-        answers,
-        results.map((r) => (r instanceof PolyrayError ? r : { ...r, tokens: r.pixels })),
-      );
-    }
+    // Both kinds of call are traced, under the key each read (content or feature): the tiers hold both.
+    this.#pipeline.trace(
+      handle.name,
+      clientId,
+      answers,
+      results.map((r) => (r instanceof PolyrayError ? r : { ...r, vector: r.feature ?? r.vector, tokens: r.pixels })),
+    );
     return results;
   }
 

@@ -23,7 +23,7 @@ import type { TieredCache } from '../cache/tiered.ts';
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { SubmitOptions } from '../runtime/dispatch-queue.ts';
-import { emptyBySource, type MemoStats, type PipelineStats, type Source, type TracedResult, type TraceSink } from './types.ts';
+import { emptyBySource, type MemoStats, type PipelineStats, type Source, type TracedFill, type TracedResult, type TraceSink } from './types.ts';
 
 /** One keyed input. */
 export interface Keyed<P> {
@@ -49,8 +49,15 @@ export interface Computed {
 
 /** One answer of the pipeline, before the adapter shapes it. */
 export interface Answer {
+  /** The computation's key (single-flight). */
   key: string;
+  /** The key the tiers were read under (an image's feature key for a `feature` call; else `key`). */
+  read: string;
   source: Source;
+  /** COMPUTED by a computation another call started (traced as JOINED). */
+  joined?: true;
+  /** Entries this answer's computation stored beside the one it read (only on the input that owned it). */
+  fills?: TracedFill[];
   /** The cached value read (hits). */
   hit?: Float32Array;
   /** The computation's outputs (COMPUTED). */
@@ -165,7 +172,7 @@ export class CachedInference<I, P, H extends { name: string }> {
       const hit = found.get(k.read);
       if (hit) {
         this.#count(handle.name, hit.source);
-        return { key: k.flight, source: hit.source, hit: hit.value, units: 0, inferenceMs: 0 };
+        return { key: k.flight, read: k.read, source: hit.source, hit: hit.value, units: 0, inferenceMs: 0 };
       }
       const c = computed.get(k.flight);
       if (!c) return this.#fail(new PolyrayError(ErrorCode.INTERNAL_SERVER_ERROR, 'Internal error'));
@@ -173,12 +180,29 @@ export class CachedInference<I, P, H extends { name: string }> {
       this.#count(handle.name, 'COMPUTED');
       const first = c.owner && !charged.has(k.flight);
       charged.add(k.flight);
-      return { key: k.flight, source: 'COMPUTED', computed: c.value, units: first ? c.value.units : 0, inferenceMs: first ? c.value.inferenceMs : 0 };
+      const answer: Answer = {
+        key: k.flight,
+        read: k.read,
+        source: 'COMPUTED',
+        computed: c.value,
+        units: first ? c.value.units : 0,
+        inferenceMs: first ? c.value.inferenceMs : 0,
+      };
+      if (!c.owner) answer.joined = true;
+      else if (first && this.#o.trace) {
+        // What the fill stored beside the entry this input reads, so the trace sees all the tiers hold.
+        const entries = this.#adapter.fill(handle, k, c.value);
+        if (entries.length > 1) answer.fills = entries.filter((e) => e.key !== k.read).map((e) => ({ key: e.key, bytes: e.value.byteLength }));
+      }
+      return answer;
     });
     return answers;
   }
 
-  /** Reports a call's shaped results to the trace sink (the adapter decides what a result carries). */
+  /**
+   * Reports a call's shaped results to the trace sink (the adapter decides what a result carries), under
+   * the keys the tiers were read with, marking joins and the entries fills stored beside them.
+   */
   trace(
     model: string,
     clientId: string | undefined,
@@ -186,11 +210,22 @@ export class CachedInference<I, P, H extends { name: string }> {
     results: readonly (TracedResult | Error)[],
     user?: string,
   ): void {
-    this.#o.trace?.observe(
+    const sink = this.#o.trace;
+    if (!sink) return;
+    let traced = results;
+    // Only calls with a join or a fill pay for a copy of their results.
+    if (answers.some((a) => !(a instanceof PolyrayError) && (a.joined || a.fills))) {
+      traced = results.map((r, i) => {
+        const a = answers[i];
+        if (r instanceof Error || a === undefined || a instanceof PolyrayError || !(a.joined || a.fills)) return r;
+        return { ...r, ...(a.joined ? { joined: true } : {}), ...(a.fills ? { fills: a.fills } : {}) };
+      });
+    }
+    sink.observe(
       model,
       clientId,
-      answers.map((a) => (a instanceof PolyrayError ? undefined : a.key)),
-      results,
+      answers.map((a) => (a instanceof PolyrayError ? undefined : a.read)),
+      traced,
       user,
     );
   }

@@ -43,8 +43,20 @@ export interface TokenCount {
   total: number;
 }
 
+/** An entry a computation stored beside the one its input read (an image's feature beside its embedding). */
+export interface TracedFill {
+  key: string;
+  /** Bytes of the stored vector. */
+  bytes: number;
+}
+
 /** What the pipeline hands the trace sink for each input of one call. */
-export type TracedResult = Pick<EmbedResult, 'vector' | 'source' | 'tokens' | 'inferenceMs'>;
+export type TracedResult = Pick<EmbedResult, 'vector' | 'source' | 'tokens' | 'inferenceMs'> & {
+  /** COMPUTED by a computation another call started (single-flight, or one that just finished): no tier lookup of its own. */
+  joined?: boolean;
+  /** Other entries this input's computation wrote to the tiers (only on the input that owned it). */
+  fills?: readonly TracedFill[];
+};
 
 /** Receives every assembled call of the pipeline (src/policy/trace.ts samples it). Must never throw. */
 export interface TraceSink {
