@@ -82,6 +82,43 @@
     upsert('chart-items', { type: 'bar', data: stackedByModel(u.rows, 'items'), options: { scales: stacked, plugins: { legend: { position: 'bottom' } } } });
   }
 
+  let historyRange = '24h';
+
+  /** Cost over time from the usage database (the books of record): stacked bars per client, by hour or day. */
+  function renderHistory(d) {
+    const h = d.history;
+    const none = document.getElementById('history-none');
+    const canvas = document.getElementById('chart-history');
+    none.hidden = h !== null;
+    canvas.parentElement.hidden = h === null;
+    for (const r of ['24h', '30d']) document.getElementById(`history-${r}`).classList.toggle('on', r === historyRange);
+    if (h === null) return;
+    const points = historyRange === '24h' ? h.last24h : h.last30d;
+    const hourly = historyRange === '24h';
+    document.getElementById('history-sub').textContent = `(${h.unit}, ${hourly ? 'last 24 h by hour' : 'last 30 days by day'}, UTC)`;
+    const label = (iso) => (hourly ? `${iso.slice(11, 13)}:00` : iso.slice(5, 10));
+    const starts = [...new Set(points.map((p) => p.start))].sort();
+    const clients = [...new Set(points.map((p) => p.client))];
+    upsert('chart-history', {
+      type: 'bar',
+      data: {
+        labels: starts.map(label),
+        datasets: clients.map((c, i) => ({
+          label: c,
+          backgroundColor: COLORS[i % COLORS.length],
+          data: starts.map((s) => points.filter((p) => p.client === c && p.start === s).reduce((sum, p) => sum + p.cost, 0)),
+        })),
+      },
+      options: { scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true } }, plugins: { legend: { position: 'bottom' } } },
+    });
+  }
+  for (const r of ['24h', '30d']) {
+    document.getElementById(`history-${r}`).addEventListener('click', () => {
+      historyRange = r;
+      if (window.__polyray.data) renderHistory(window.__polyray.data);
+    });
+  }
+
   function renderHits(d) {
     const pts = d.hitRates;
     const total = (p) => p.memory + p.global + p.computed;
@@ -259,6 +296,7 @@
       window.__polyray.data = d;
       renderSummary(d);
       renderUsage(d);
+      renderHistory(d);
       renderHits(d);
       renderPolicy(d);
       window.__polyray.renders++;

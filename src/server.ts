@@ -20,7 +20,8 @@ import { lowerTiersFromConfig } from './cache/from-config.ts';
 import { MemoryCache } from './cache/memory.ts';
 import { TieredCache } from './cache/tiered.ts';
 import type { PolyrayConfig } from './config/index.ts';
-import { registerDashboardRoutes } from './http/dashboard.ts';
+import { registerDashboardRoutes, type UsageHistoryData } from './http/dashboard.ts';
+import type { HistoryRow } from './usage/report.ts';
 import { registerHealthRoutes } from './http/health.ts';
 import { ImageFetcher, readCaFile } from './images/fetch.ts';
 import { createLogger, type Logger } from './log.ts';
@@ -84,11 +85,14 @@ export class PolyrayServer {
   readonly #scopes: ScopeServices;
   readonly #jsonBodies: JsonBodyParser;
   readonly #apollo: ApolloServer<PolyrayContext>;
+  /** Wall clock, ms since the epoch (usage hours, budget periods, the dashboard's history). */
+  readonly #clock: () => number;
   #state: Lifecycle = { kind: 'created' };
   #ready: Promise<void> | undefined;
 
   constructor(config: PolyrayConfig, deps: PolyrayDeps = {}) {
     this.config = config;
+    this.#clock = deps.clock ?? Date.now;
     this.logger = deps.logger ?? createLogger(config.log.level);
     this.#jsonBodies = new JsonBodyParser(LARGE_BODY_BYTES, this.logger, config.inference.niceness);
     const { inference } = config;
@@ -264,6 +268,7 @@ export class PolyrayServer {
         const rows = books.flatMap((b) => b.rows.map((r) => ({ client: b.clientId, model: r.model, items: r.items, cost: r.cost })));
         return { unit: 'cost units', fleetWide: books.every((b) => b.fleetWide), rows };
       },
+      ...(this.accounting.db ? { history: () => this.#dashboardHistory() } : {}),
     });
     this.policy.start();
     registerHealthRoutes(this.app, {
@@ -330,6 +335,20 @@ export class PolyrayServer {
       this.#state = { kind: 'stopped' };
       this.logger.info('stopped');
     }
+  }
+
+  /** The dashboard's cost over time: the last 24 h by hour and the last 30 days by day, from the usage database. */
+  async #dashboardHistory(): Promise<UsageHistoryData> {
+    const HOUR = 3_600_000;
+    const now = this.#clock();
+    const hour = Math.floor(now / HOUR) * HOUR;
+    const day = Math.floor(now / (24 * HOUR)) * 24 * HOUR;
+    const points = (rows: HistoryRow[]) => rows.map((r) => ({ client: r.clientId, start: r.key, items: r.items, cost: r.cost }));
+    const [last24h, last30d] = await Promise.all([
+      this.accounting.history({ from: new Date(hour - 23 * HOUR), to: new Date(hour + HOUR), by: 'hour' }),
+      this.accounting.history({ from: new Date(day - 29 * 24 * HOUR), to: new Date(day + 24 * HOUR), by: 'day' }),
+    ]);
+    return { unit: 'cost units', last24h: points(last24h), last30d: points(last30d) };
   }
 
   /** Flushes the usage books now (a forced exit's last step): the Redis ledger, and the database batches into the outbox. */

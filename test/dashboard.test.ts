@@ -71,6 +71,7 @@ describe('dashboard', () => {
     const d = (await data.json()) as DashboardData;
     assert.deepEqual(new Set(d.usage.rows.map((r) => r.client)), new Set(['search', 'feed', 'ads']));
     assert.equal(d.usage.source, 'ledger');
+    assert.equal(d.history, null, 'no usage database: no history by time');
     assert.ok(d.hitRates.length >= 3, `${d.hitRates.length} hit-rate points`);
     assert.ok(d.policy && d.policy.grid.length > 10);
     // Like for like: measured over the same window as the simulation; at rate 1 the sampled keys are all keys.
@@ -139,6 +140,7 @@ describe('dashboard', () => {
       }
       assert.ok(charts['chart-size']!.labels.includes('recommended') && charts['chart-size']!.labels.includes('current'), 'current and recommended are marked');
       assert.match((await page.textContent('#advice')) ?? '', /recommended/);
+      assert.ok(await page.isVisible('#history-none'), 'the history card says it needs the usage database');
       assert.deepEqual(failed, []);
       await mkdir(path.dirname(SCREENSHOT), { recursive: true });
       await page.screenshot({ path: SCREENSHOT });

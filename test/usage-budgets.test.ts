@@ -9,6 +9,7 @@
  *   - a batch delivered again (an outbox entry whose delete failed, found by another replica) is not added twice.
  */
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -246,6 +247,47 @@ describe('budgets, history and reports on the usage database', () => {
     }
     const noDb = await polyrayCli(['usage', 'report', '--from', '2026-11-01', '--to', '2026-12-01'], { LOG_LEVEL: 'warn', POLYRAY_USAGE_DATABASE_URL: '' });
     assert.match(noDb.err, /POLYRAY_USAGE_DATABASE_URL/);
+  });
+
+  test('the dashboard draws cost over time from the database: last 24 h by hour, last 30 days by day', async () => {
+    await settle();
+    const res = await fetch(`${servers[0]!.url}/dashboard/data.json`, { headers: as('boss') });
+    assert.equal(res.status, 200);
+    const d = (await res.json()) as {
+      history: { last24h: { client: string; start: string; cost: number }[]; last30d: { client: string; start: string; cost: number }[] };
+    };
+    const byDay = await db.query<{ client_id: string; d: string; cost: string }>(
+      "SELECT client_id, to_char(date_trunc('day', hour, 'UTC') AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS d, sum(cost)::text AS cost FROM usage_hourly GROUP BY 1, 2 ORDER BY 1, 2",
+    );
+    assert.deepEqual(
+      d.history.last30d.map((p) => [p.client, p.start.slice(0, 10), p.cost]),
+      byDay.rows.map((r) => [r.client_id, r.d, Number(r.cost)]),
+    );
+    // The fake clock stands at 2026-12-01 00:00:01: the last 24 h hold November 30th 22:00 and December 1st 00:00.
+    assert.deepEqual([...new Set(d.history.last24h.map((p) => p.start))].sort(), ['2026-11-30T22:00:00Z', '2026-12-01T00:00:00Z']);
+    if (!existsSync('/usr/bin/chromium')) return;
+    const { chromium } = await import('playwright-core');
+    const browser = await chromium.launch({
+      executablePath: '/usr/bin/chromium',
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run'],
+    });
+    try {
+      const page = await browser.newPage();
+      await page.goto(`${servers[0]!.url}/dashboard?key=${encodeURIComponent(keys['boss']!)}&refresh=0`);
+      await page.waitForSelector('body[data-ready="true"]', { timeout: 20_000 });
+      const points = () =>
+        page.evaluate(() => {
+          const c = (window as unknown as { __polyray: { charts: Record<string, { data: { labels: string[]; datasets: { label: string }[] } }> } }).__polyray
+            .charts['chart-history']!;
+          return { labels: c.data.labels, clients: c.data.datasets.map((x) => x.label).sort() };
+        });
+      assert.deepEqual(await points(), { labels: ['22:00', '00:00'], clients: ['neighbour', 'thrifty'] });
+      await page.click('#history-30d');
+      assert.deepEqual((await points()).labels, ['11-30', '12-01']);
+      assert.equal(await page.isVisible('#history-none'), false);
+    } finally {
+      await browser.close();
+    }
   });
 
   test('a batch found again in the outbox (its delete failed) is not added twice', async () => {

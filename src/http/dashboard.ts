@@ -38,6 +38,23 @@ export interface DashboardSources {
   stats: () => ServiceStats;
   /** Billed usage per client and model (the accounting ledger); without it the trace window is used. */
   usage?: () => Promise<{ unit: string; fleetWide: boolean; rows: UsageFigure[] }>;
+  /** Cost over time from the usage database (src/usage): the last 24 h by hour, the last 30 days by day. */
+  history?: () => Promise<UsageHistoryData>;
+}
+
+/** One bucket of one client's cost over time. */
+export interface HistoryPoint {
+  client: string;
+  /** Start of the bucket, ISO 8601 UTC. */
+  start: string;
+  items: number;
+  cost: number;
+}
+
+export interface UsageHistoryData {
+  unit: string;
+  last24h: HistoryPoint[];
+  last30d: HistoryPoint[];
 }
 
 export interface DashboardSetting {
@@ -63,6 +80,8 @@ export interface DashboardData {
   setting: DashboardSetting & { autoApply: boolean };
   trace: TracerStats;
   usage: { source: 'ledger' | 'trace'; unit: string; fleetWide: boolean; rows: UsageFigure[] };
+  /** Null without a usage database (or while it does not answer). */
+  history: UsageHistoryData | null;
   hitRates: { t: number; memory: number; global: number; computed: number }[];
   policy: {
     computedAt: number;
@@ -122,6 +141,7 @@ export async function dashboardData(src: DashboardSources): Promise<DashboardDat
     setting: { ...src.policy.effective(), autoApply: src.policy.autoApply },
     trace: src.tracer.stats(),
     usage,
+    history: src.history ? await src.history().catch(() => null) : null,
     hitRates: src.policy.series(),
     policy: live
       ? {
