@@ -332,7 +332,8 @@ export class DispatchQueue<T, R> {
       const total = costs.reduce((a, b) => a + b, 0);
       const largest = Math.max(...costs);
       const start = this.expectedWaitMs(id, total, weight, rank, largest);
-      const wait = start === undefined ? undefined : start + total * this.#rateFor(largest)!;
+      // Nothing ahead (an idle queue) admits any request: its wait is its own work, which refusing cannot shorten.
+      const wait = start === undefined || start === 0 ? undefined : start + total * this.#rateFor(largest)!;
       if (wait !== undefined && wait > bound) {
         return refuse(
           new PolyrayError(
