@@ -10,14 +10,12 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type ChildServer, startChildServer } from './helpers/child-server.ts';
+import { FAULTS_LONG as LONG, recordFigures } from './helpers/faults.ts';
 
 const MODEL = 'text-bert-synthetic';
-const LONG = process.env['POLYRAY_FAULTS_LONG'] === '1';
 const WINDOW_MS = LONG ? 30_000 : 8_000;
 const CONNECTIONS = 48;
 const QUITTERS = 8;
@@ -150,11 +148,7 @@ describe('overload bounded by time', () => {
       afterStopMs: afterStop.map((x) => ({ afterS: x.afterS, ms: Math.round(x.ms * 10) / 10 })),
     };
     ctx.diagnostic(JSON.stringify(figures));
-    const out = process.env['POLYRAY_FAULTS_OUT'];
-    if (out) {
-      await mkdir(out, { recursive: true });
-      await writeFile(path.join(out, 'overload.json'), `${JSON.stringify(figures, null, 2)}\n`);
-    }
+    await recordFigures('overload', figures);
 
     assert.ok(accepted.length > 0 && refusedMs.length > 5 * accepted.length, `overloaded (${accepted.length} accepted, ${refusedMs.length} refused)`);
     assert.equal(other, 0, 'no other errors');

@@ -13,6 +13,7 @@ import fc from 'fast-check';
 import { Redis } from 'ioredis';
 import { RedisCache, type RedisCacheLogger, type RedisCacheOptions } from '../src/cache/redis.ts';
 import { decodeVector, encodeVector } from '../src/cache/codec.ts';
+import { recordFigures } from './helpers/faults.ts';
 import { startRedisServer, waitFor, type RedisServerHandle } from './helpers/redis-server.ts';
 
 // Bounds every test so a regression fails instead of hanging the suite (after hooks still run).
@@ -284,4 +285,5 @@ test('with the default backoff, a Redis that hung for 5 s is used again within a
   await waitFor('healthy again', () => cache.stats().healthy, 5000);
   const back = performance.now() - answering;
   assert.ok(back < 1300, `back ${back.toFixed(0)} ms after Redis answered (probes at most 1 s apart)`);
+  await recordFigures('redis-hang', { hungMs: 5000, globalTierBackAfterMs: Math.round(back) });
 });

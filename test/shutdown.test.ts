@@ -14,6 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { addClient } from '../src/accounting/clients.ts';
 import { startChildServer } from './helpers/child-server.ts';
+import { recordFigures } from './helpers/faults.ts';
 import { startPolyray } from './helpers/polyray.ts';
 
 describe('SIGTERM with a backlog', () => {
@@ -70,6 +71,7 @@ describe('SIGTERM with a backlog', () => {
       assert.equal(a.body.error?.code, 'shutting_down');
     }
     assert.ok(took < 5000, `exited ${took.toFixed(0)} ms after SIGTERM (grace 800 ms)`);
+    const exitMs = Math.round(took);
     assert.equal(child.process.exitCode, 0, 'a clean exit');
 
     // The books, from another replica on the same Redis: the one delivered item, nothing of the dropped ones.
@@ -86,6 +88,14 @@ describe('SIGTERM with a backlog', () => {
       assert.equal(r.data!.usage.fleetWide, true);
       assert.equal(r.data!.usage.totals.items, 1, 'booked once: the delivered item, not the dropped ones');
       assert.ok(r.data!.usage.totals.tokens > 0);
+      await recordFigures('sigterm', {
+        graceMs: 800,
+        exitMsAfterSigterm: exitMs,
+        queuedAtSignal: 3,
+        answeredShuttingDown: 3,
+        deliveredBefore: 1,
+        booked: r.data!.usage.totals.items,
+      });
     } finally {
       await reader.stop();
     }
@@ -157,6 +167,14 @@ describe('SIGKILL under load', () => {
       process.stdout.write(
         `# SIGKILL after ${before} delivered items: ${booked} booked, ${lost} lost (${((100 * Math.max(0, lost)) / before).toFixed(2)} %), ${lastWindow} delivered in the last 400 ms\n`,
       );
+      await recordFigures('sigkill', {
+        flushMs: 200,
+        delivered: before,
+        booked,
+        lost,
+        lostPercent: Math.round((10_000 * Math.max(0, lost)) / before) / 100,
+        deliveredInLast400Ms: lastWindow,
+      });
       assert.ok(before > 200, `enough load (${before} items)`);
       assert.ok(lost <= lastWindow, `lost ${lost} > ${lastWindow} delivered in the last 400 ms`);
       assert.ok(booked <= before + inFlightAtKill, 'nothing booked beyond what was delivered or in flight');

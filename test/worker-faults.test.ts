@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { recordFigures } from './helpers/faults.ts';
 import { MODELS_DIR, startPolyray, type TestServer } from './helpers/polyray.ts';
 
 const MODEL = 'text-bert-synthetic';
@@ -54,6 +55,7 @@ describe('inference workers that die', () => {
     const took = performance.now() - started;
     assert.equal(await readyz(), 503);
     assert.ok(took < 2000, `/readyz 503 after ${took.toFixed(0)} ms`);
+    await recordFigures('worker-cannot-load', { readyz503AfterMs: Math.round(took) });
     const models = await t.gql<{ models: { name: string; state: string; error: string | null }[] }>('{ models { name state error } }');
     const m = models.data!.models.find((x) => x.name === MODEL)!;
     assert.equal(m.state, 'FAILED');

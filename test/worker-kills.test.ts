@@ -8,14 +8,12 @@
  * the figures there as JSON for bench/RESULTS.md.
  */
 import assert from 'node:assert/strict';
-import { mkdir, writeFile } from 'node:fs/promises';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { FAULTS_LONG as LONG, recordFigures } from './helpers/faults.ts';
 import { startPolyray, type TestServer } from './helpers/polyray.ts';
 
 const MODEL = 'text-bert-synthetic';
-const LONG = process.env['POLYRAY_FAULTS_LONG'] === '1';
 const RUN_MS = LONG ? 30_000 : 8_000;
 const KILL_EVERY_MS = LONG ? 2_000 : 1_000;
 const CLIENTS = 8;
@@ -111,11 +109,7 @@ describe('inference workers killed mid-run under load', () => {
       recoveredFraction: Math.round((recovered / before) * 100) / 100,
     };
     ctx.diagnostic(JSON.stringify(figures));
-    const out = process.env['POLYRAY_FAULTS_OUT'];
-    if (out) {
-      await mkdir(out, { recursive: true });
-      await writeFile(path.join(out, 'worker-kills.json'), `${JSON.stringify(figures, null, 2)}\n`);
-    }
+    await recordFigures('worker-kills', figures);
 
     assert.ok(kills >= Math.floor(RUN_MS / KILL_EVERY_MS) - 2, `workers were killed (${kills})`);
     assert.ok(midRun >= 1, 'at least one kill landed in the middle of a run');
