@@ -7,6 +7,7 @@
  *              a request can lower its priority, never raise it
  *   deadline   now + the smaller of `x-request-timeout-ms` and POLYRAY_REQUEST_TIMEOUT_MS (none when 0)
  *   signal     aborts when the HTTP connection closes before the answer was sent (the caller went away)
+ *   arrivedAt  now: admission by time counts what the request spent before its inputs were queued
  */
 import type { ServerResponse } from 'node:http';
 import type { Client } from '../accounting/clients.ts';
@@ -24,6 +25,7 @@ export function serveOptions(client: Client, headers: Headers, timeoutMs: number
     priority: batch ? 'batch' : 'interactive',
     ...(timeout > 0 ? { deadline: now + timeout } : {}),
     ...(response ? { signal: closedSignal(response) } : {}),
+    arrivedAt: now,
   };
 }
 

@@ -52,6 +52,11 @@ export interface SubmitOptions {
   deadline?: number | undefined;
   /** The caller went away (HTTP request closed): items still queued are rejected. */
   signal?: AbortSignal | undefined;
+  /**
+   * `Clock.now()` when the request arrived: admission by time counts what it already spent (tokenisation,
+   * a loaded event loop) against POLYRAY_QUEUE_MAX_WAIT_MS. Default: the moment of the submit.
+   */
+  arrivedAt?: number | undefined;
 }
 
 export type Priority = 'interactive' | 'batch';
@@ -285,13 +290,18 @@ export class DispatchQueue<T, R> {
     if (bound <= 0 || this.#state.kind !== 'open') return undefined;
     const weight = options.weight !== undefined && options.weight > 0 && Number.isFinite(options.weight) ? options.weight : 1;
     const wait = this.expectedWaitMs(options.client ?? ANONYMOUS, 0, weight, options.priority === 'batch' ? 1 : 0);
-    if (wait === undefined || wait <= bound) return undefined;
+    if (wait === undefined || wait === 0 || wait <= bound - this.#spent(options)) return undefined;
     this.#rejected += count;
     return new PolyrayError(
       ErrorCode.OVERLOADED,
       `The ${this.#policy.name} queue would take about ${Math.ceil(wait)} ms to reach this request (at most ${bound} ms, POLYRAY_QUEUE_MAX_WAIT_MS); retry later`,
       { retryAfterMs: Math.ceil(wait) },
     );
+  }
+
+  /** What the request already spent before its submit (ms), from `arrivedAt`. */
+  #spent(options: SubmitOptions): number {
+    return options.arrivedAt === undefined ? 0 : Math.max(0, this.#clock.now() - options.arrivedAt);
   }
 
   /** Queues items; each promise settles with its own result or the error of its batch. */
@@ -334,12 +344,13 @@ export class DispatchQueue<T, R> {
       const start = this.expectedWaitMs(id, total, weight, rank, largest);
       // Nothing ahead (an idle queue) admits any request: its wait is its own work, which refusing cannot shorten.
       const wait = start === undefined || start === 0 ? undefined : start + total * this.#rateFor(largest)!;
-      if (wait !== undefined && wait > bound) {
+      const allowed = bound - this.#spent(options);
+      if (wait !== undefined && wait > allowed) {
         return refuse(
           new PolyrayError(
             ErrorCode.OVERLOADED,
             `The ${this.#policy.name} queue would take about ${Math.ceil(wait)} ms to answer this request (at most ${bound} ms, POLYRAY_QUEUE_MAX_WAIT_MS); retry later`,
-            { retryAfterMs: Math.max(100, Math.ceil(wait - bound)) },
+            { retryAfterMs: Math.max(100, Math.ceil(wait - allowed)) },
           ),
         );
       }
