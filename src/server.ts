@@ -113,6 +113,7 @@ export class PolyrayServer {
       tokenizers: this.tokenizers,
       logger: this.logger,
       instrument: (pool) => this.accounting.metrics.instrumentPool(pool),
+      observeQueueWait: (model, ms) => this.accounting.metrics.queueWait.observe({ model }, ms / 1000),
     });
     this.pool.onReplaced((results) => this.host.workerReplaced(results));
     this.memory = new MemoryCache({ maxBytes: config.cache.memory.maxBytes, ttlMs: config.cache.memory.ttlMs });
@@ -240,6 +241,7 @@ export class PolyrayServer {
       return payload;
     });
     this.accounting.metrics.instrumentTiers(() => this.cache.stats());
+    this.cache.observeReads((tier, ms) => this.accounting.metrics.tierRead.observe({ tier }, ms / 1000));
     this.accounting.metrics.instrumentEventLoop();
     this.accounting.metrics.instrumentMemos(() => [...this.text.memos(), ...this.images.memos()]);
     this.accounting.registerRoutes(this.app);

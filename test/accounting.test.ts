@@ -339,13 +339,13 @@ describe('clients, quotas and cost attribution across two replicas', () => {
       /polyray_batch_size_bucket\{le="\d+",model="text-glove"\} \d+/,
       /polyray_queue_depth\{model="text-glove"\} 0/,
       /polyray_inference_batch_seconds_count\{model="text-glove"\} \d+/,
-      /polyray_inference_milliseconds_total\{client="admin",model="text-glove"\} [\d.e+-]+/,
+      /polyray_inference_seconds_total\{client="admin",model="text-glove"\} [\d.e+-]+/,
       /polyray_cost_units_total\{client="alice",model="text-glove",source="COMPUTED",surface="graphql"\} \d+/,
       /polyray_quota_rejections_total\{client="alice"\} \d+/,
       /polyray_auth_failures_total \d+/,
       /polyray_quota_store\{store="redis"\} 1/,
-      /polyray_batch_tokens\{model="text-glove",kind="real"\} [1-9]\d*/,
-      /polyray_batch_tokens\{model="text-glove",kind="padded"\} [1-9]\d*/,
+      /polyray_batch_tokens_total\{model="text-glove",kind="real"\} [1-9]\d*/,
+      /polyray_batch_tokens_total\{model="text-glove",kind="padded"\} [1-9]\d*/,
     ]) {
       assert.match(text, series);
     }

@@ -177,7 +177,7 @@ describe('Redis faults are not client errors', () => {
       assert.ok(global().errors > 0, 'the outage was counted');
       const metricsUp = await (await fetch(`${s.url}/metrics`)).text();
       assert.match(metricsUp, /polyray_cache_tier_healthy\{tier="global"\} 1/);
-      assert.match(metricsUp, /polyray_cache_tier_errors\{tier="global"\} [1-9]/);
+      assert.match(metricsUp, /polyray_cache_tier_errors_total\{tier="global"\} [1-9]/);
     } finally {
       await s.stop();
     }

@@ -120,7 +120,7 @@ describe('overload bounded by time', () => {
 
     const m = await s.metrics({});
     const computed = metric(m, 'polyray_items_total', { model: MODEL, source: 'COMPUTED' });
-    const expired = metric(m, 'polyray_queue_items_dropped', { model: MODEL, reason: 'expired' });
+    const expired = metric(m, 'polyray_queue_items_dropped_total', { model: MODEL, reason: 'expired' });
     // The longest batch run: the smallest histogram bound that holds every observation.
     const total = metric(m, 'polyray_inference_batch_seconds_count', { model: MODEL });
     let batchS = Number.POSITIVE_INFINITY;

@@ -5,10 +5,16 @@
  * Cardinality is bounded: the `client` label is a configured client id (at most `MAX_CLIENT_LABELS` of
  * them, in clients-file order) or "other"; `model` is a model of the models folder (unknown names are
  * refused before anything is counted); `source` and `code` come from closed sets.
+ *
+ * Conventions (checked by test/metrics-lint.test.ts with a Prometheus text-format parser): counters end in
+ * `_total` and only counters do; times are seconds; latencies are histograms, not means; Node's default
+ * process metrics (`process_*`, `nodejs_*`) and `polyray_build_info` are there. Totals the components
+ * keep themselves (tier hits, batch tokens, dropped items) are counters set from those totals at scrape.
  */
 import type { TierStats } from '../cache/cache.ts';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { readFileSync } from 'node:fs';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { ErrorCode } from '../errors.ts';
 import type { InferenceQueue } from '../runtime/host.ts';
 import type { InferencePool, Lease } from '../runtime/pool.ts';
@@ -28,7 +34,7 @@ export class AccountingMetrics {
   readonly items: Counter<'client' | 'model' | 'source' | 'surface'>;
   readonly cacheHits: Counter<'client' | 'model' | 'tier'>;
   readonly tokens: Counter<'client' | 'model'>;
-  readonly inferenceMs: Counter<'client' | 'model'>;
+  readonly inferenceSeconds: Counter<'client' | 'model'>;
   readonly cost: Counter<'client' | 'model' | 'source' | 'surface'>;
   readonly quotaRejections: Counter<'client'>;
   readonly authFailures: Counter;
@@ -36,6 +42,12 @@ export class AccountingMetrics {
   readonly batchSize: Histogram<'model'>;
   readonly batchSeconds: Histogram<'model'>;
   readonly queueDepth: Gauge<'model'>;
+  /** Time from a request's start to its answer, by surface and outcome. */
+  readonly requestSeconds: Histogram<'surface' | 'code'>;
+  /** Time a queued item waited for its batch, by model. */
+  readonly queueWait: Histogram<'model'>;
+  /** Latency of one read of a cache tier (a multi-key read counts once). */
+  readonly tierRead: Histogram<'tier'>;
 
   constructor(queues: ReadonlyMap<string, InferenceQueue>) {
     const registers = [this.registry];
@@ -63,8 +75,8 @@ export class AccountingMetrics {
       labelNames: ['client', 'model'],
       registers,
     });
-    this.inferenceMs = new Counter({
-      name: 'polyray_inference_milliseconds_total',
+    this.inferenceSeconds = new Counter({
+      name: 'polyray_inference_seconds_total',
       help: "Inference time attributed to clients (each batch's measured run time split by token share)",
       labelNames: ['client', 'model'],
       registers,
@@ -87,6 +99,33 @@ export class AccountingMetrics {
       help: "Times the usage books in Redis were found lost (restart without persistence) and this replica's share restored",
       registers,
     });
+    this.requestSeconds = new Histogram({
+      name: 'polyray_request_duration_seconds',
+      help: 'Time from a request being authenticated to its answer, by surface and outcome (OK or the first error code)',
+      labelNames: ['surface', 'code'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.queueWait = new Histogram({
+      name: 'polyray_queue_wait_seconds',
+      help: 'Time a queued input waited before its batch started, by model',
+      labelNames: ['model'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.tierRead = new Histogram({
+      name: 'polyray_cache_tier_read_duration_seconds',
+      help: 'Latency of one read (of one or many keys) of a cache tier',
+      labelNames: ['tier'],
+      buckets: [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25],
+      registers,
+    });
+    const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+    new Gauge({ name: 'polyray_build_info', help: 'Always 1: the version and Node.js running', labelNames: ['version', 'node'], registers }).set(
+      { version, node: process.version },
+      1,
+    );
+    collectDefaultMetrics({ register: this.registry });
     this.batchSize = new Histogram({
       name: 'polyray_batch_size',
       help: 'Items per inference batch',
@@ -111,32 +150,32 @@ export class AccountingMetrics {
       },
     });
     // Real vs padded tokens of the text batches: real ÷ padded is the share of inference spent on real input.
-    new Gauge({
-      name: 'polyray_batch_tokens',
-      help: 'Tokens sent to inference in text batches since start, by model and kind (real: input tokens; padded: batch items × longest item)',
+    totals({
+      name: 'polyray_batch_tokens_total',
+      help: 'Tokens sent to inference in text batches, by model and kind (real: input tokens; padded: batch items × longest item)',
       labelNames: ['model', 'kind'],
       registers,
-      collect() {
+      read: (set) => {
         for (const [model, q] of queues) {
           const st = q.stats();
           if (!('realTokens' in st)) continue;
-          this.set({ model, kind: 'real' }, st.realTokens);
-          this.set({ model, kind: 'padded' }, st.paddedTokens);
+          set({ model, kind: 'real' }, st.realTokens);
+          set({ model, kind: 'padded' }, st.paddedTokens);
         }
       },
     });
     // Items that left a queue without a result of their own: what overload and faults cost, by reason.
-    new Gauge({
-      name: 'polyray_queue_items_dropped',
-      help: 'Items since start that left a model queue before inference or went back into it, by model and reason (expired: deadline passed or caller gone, never run; rejected: refused OVERLOADED; requeued: their worker died mid-batch, queued again once)',
+    totals({
+      name: 'polyray_queue_items_dropped_total',
+      help: 'Items that left a model queue before inference or went back into it, by model and reason (expired: deadline passed or caller gone, never run; rejected: refused OVERLOADED; requeued: their worker died mid-batch, queued again once)',
       labelNames: ['model', 'reason'],
       registers,
-      collect() {
+      read: (set) => {
         for (const [model, q] of queues) {
           const st = q.stats();
-          this.set({ model, reason: 'expired' }, st.expired);
-          this.set({ model, reason: 'rejected' }, st.rejected);
-          this.set({ model, reason: 'requeued' }, st.retried);
+          set({ model, reason: 'expired' }, st.expired);
+          set({ model, reason: 'rejected' }, st.rejected);
+          set({ model, reason: 'requeued' }, st.retried);
         }
       },
     });
@@ -220,12 +259,22 @@ export class AccountingMetrics {
       });
     };
     gauge('polyray_cache_tier_healthy', 'Whether a cache tier is in use (1) or skipped after a failure (0)', (t) => (t.healthy ? 1 : 0));
-    gauge('polyray_cache_tier_hits', 'Keys found in a tier since start', (t) => t.hits);
-    gauge('polyray_cache_tier_misses', 'Keys looked up in a tier and not found (failures count as misses)', (t) => t.misses);
-    gauge('polyray_cache_tier_errors', 'Failed or timed-out tier operations since start', (t) => t.errors);
+    const total = (name: string, help: string, pick: (t: TierStats) => number): void => {
+      totals({
+        name,
+        help,
+        labelNames: ['tier'],
+        registers,
+        read: (set) => {
+          for (const t of stats()) set({ tier: t.tier }, pick(t));
+        },
+      });
+    };
+    total('polyray_cache_tier_hits_total', 'Keys found in a tier', (t) => t.hits);
+    total('polyray_cache_tier_misses_total', 'Keys looked up in a tier and not found (failures count as misses)', (t) => t.misses);
+    total('polyray_cache_tier_errors_total', 'Failed or timed-out tier operations', (t) => t.errors);
     gauge('polyray_cache_tier_bytes', 'Bytes a tier holds, where it can tell', (t) => t.bytes);
     gauge('polyray_cache_tier_entries', 'Entries a tier holds, where it can tell', (t) => t.entries);
-    gauge('polyray_cache_tier_read_seconds_mean', 'Mean read latency of a tier since start', (t) => (t.reads > 0 ? t.readMsTotal / t.reads / 1000 : 0));
   }
 
   /**
@@ -287,7 +336,7 @@ export class AccountingMetrics {
     this.items.inc({ client, model, source, surface }, items);
     if (source !== 'COMPUTED') this.cacheHits.inc({ client, model, tier: source === 'MEMORY' ? 'memory' : 'global' }, items);
     if (tokens > 0) this.tokens.inc({ client, model }, tokens);
-    if (inferenceMs > 0) this.inferenceMs.inc({ client, model }, inferenceMs);
+    if (inferenceMs > 0) this.inferenceSeconds.inc({ client, model }, inferenceMs / 1000);
     if (cost > 0) this.cost.inc({ client, model, source, surface }, cost);
   }
 
@@ -315,4 +364,29 @@ export class AccountingMetrics {
     };
     return view as unknown as InferencePool;
   }
+}
+
+/**
+ * A counter whose values are totals a component keeps itself, read at scrape time: Prometheus' `rate()`
+ * needs the counter type, which a gauge set to a running total does not give.
+ */
+function totals<L extends string>(o: {
+  name: string;
+  help: string;
+  labelNames: readonly L[];
+  registers: Registry[];
+  read: (set: (labels: Record<L, string>, value: number) => void) => void;
+}): Counter<L> {
+  return new Counter<L>({
+    name: o.name,
+    help: o.help,
+    labelNames: o.labelNames,
+    registers: o.registers,
+    collect() {
+      this.reset();
+      o.read((labels, value) => {
+        if (value >= 0) this.inc(labels as Partial<Record<L, string>>, value);
+      });
+    },
+  });
 }

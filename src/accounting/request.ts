@@ -123,6 +123,8 @@ export class RequestAccount implements AccountContext {
 
   /** The entry point the request came through (a label of the request and item metrics). */
   readonly surface: Surface;
+  /** When the request was authenticated (performance.now()), for its duration. */
+  readonly #started = performance.now();
 
   constructor(core: AccountingCore, client: Client, surface: Surface = 'graphql') {
     this.#core = core;
@@ -272,7 +274,9 @@ export class RequestAccount implements AccountContext {
       return await this.finish();
     } finally {
       const { metrics } = this.#core;
-      metrics.requests.inc({ client: metrics.clientLabel(this.client.id), code: metrics.codeLabel(outcome), surface: this.surface });
+      const code = metrics.codeLabel(outcome);
+      metrics.requests.inc({ client: metrics.clientLabel(this.client.id), code, surface: this.surface });
+      metrics.requestSeconds.observe({ surface: this.surface, code }, (performance.now() - this.#started) / 1000);
     }
   }
 

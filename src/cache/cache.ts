@@ -18,6 +18,8 @@ export interface Cache {
   setMany(entries: readonly CacheEntry[]): Promise<void>;
   /** Current counters of this tier. */
   stats(): TierStats;
+  /** Reports each read's latency in ms (the tier-read histogram); optional, one observer. */
+  onRead?(observer: (ms: number) => void): void;
   /** Waits until writes accepted so far have reached the tier (write-behind tiers); optional. */
   flush?(): Promise<void>;
   /** Releases connections and timers (after flushing pending writes). */

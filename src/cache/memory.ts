@@ -46,6 +46,12 @@ export class MemoryCache implements Cache {
     });
   }
 
+  #onRead: ((ms: number) => void) | undefined;
+
+  onRead(observer: (ms: number) => void): void {
+    this.#onRead = observer;
+  }
+
   async getMany(keys: readonly string[]): Promise<(Float32Array | undefined)[]> {
     const t0 = performance.now();
     const out = keys.map((k) => this.#lru.get(k));
@@ -54,7 +60,9 @@ export class MemoryCache implements Cache {
     this.#stats.hits += hits;
     this.#stats.misses += keys.length - hits;
     this.#stats.reads++;
-    this.#stats.readMsTotal += performance.now() - t0;
+    const ms = performance.now() - t0;
+    this.#stats.readMsTotal += ms;
+    this.#onRead?.(ms);
     return out;
   }
 

@@ -128,6 +128,12 @@ export class RedisCache implements Cache {
   // -------------------------------------------------------------------------------------------------
   // Reads
 
+  #onRead: ((ms: number) => void) | undefined;
+
+  onRead(observer: (ms: number) => void): void {
+    this.#onRead = observer;
+  }
+
   async getMany(keys: readonly string[]): Promise<(Float32Array | undefined)[]> {
     const start = this.#o.now();
     this.#s.reads++;
@@ -168,7 +174,9 @@ export class RedisCache implements Cache {
       this.#callFailed('read', e);
       return new Array<Float32Array | undefined>(keys.length).fill(undefined);
     } finally {
-      this.#s.readMsTotal += this.#o.now() - start;
+      const ms = this.#o.now() - start;
+      this.#s.readMsTotal += ms;
+      this.#onRead?.(ms);
     }
   }
 

@@ -66,6 +66,14 @@ export class TieredCache {
     return this.#tiers.map((t) => t.stats());
   }
 
+  /** Reports every tier read's latency (ms) with the tier's name (the tier-read histogram). */
+  observeReads(observer: (tier: string, ms: number) => void): void {
+    for (const t of this.#tiers) {
+      const tier = t.stats().tier;
+      t.onRead?.((ms) => observer(tier, ms));
+    }
+  }
+
   async close(): Promise<void> {
     await Promise.all(this.#tiers.map((t) => t.close()));
   }

@@ -29,6 +29,10 @@ export class TtlOverrideCache implements Cache {
     return this.inner.stats();
   }
 
+  onRead(observer: (ms: number) => void): void {
+    this.inner.onRead?.(observer);
+  }
+
   async flush(): Promise<void> {
     await this.inner.flush?.();
   }

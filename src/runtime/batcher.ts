@@ -27,6 +27,8 @@ export interface BatcherOptions {
   maxQueueItemsPerClient?: number;
   /** Longest expected wait of a submit, in ms (OVERLOADED beyond). Default 0: no bound by time. */
   maxQueueWaitMs?: number;
+  /** Each item's time in the queue (ms) as its batch starts. Default: none. */
+  observeWait?: ((ms: number) => void) | undefined;
 }
 
 export const DEFAULT_BATCHER_OPTIONS: BatcherOptions = { maxItems: 64, maxTokens: 1024, maxWaitUs: 0, maxQueueItems: 8192 };

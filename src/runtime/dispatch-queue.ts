@@ -131,6 +131,8 @@ export interface QueueOptions {
   window?: number;
   /** Longest expected wait a submit may face, in ms; beyond it OVERLOADED. 0: no bound by time (default). */
   maxQueueWaitMs?: number;
+  /** Called with each item's time in the queue (ms) as its batch starts (the queue-wait histogram). */
+  observeWait?: ((ms: number) => void) | undefined;
 }
 
 /**
@@ -173,7 +175,7 @@ const ANONYMOUS = '';
 export class DispatchQueue<T, R> {
   readonly #policy: BatchPolicy<T, R>;
   readonly #pool: Pick<InferencePool, 'acquire'>;
-  readonly #options: Required<QueueOptions>;
+  readonly #options: Required<Omit<QueueOptions, 'observeWait'>>;
   readonly #clock: Clock;
   /** Clients with items queued. */
   readonly #clients = new Map<string, ClientQueue<T, R>>();
@@ -187,6 +189,7 @@ export class DispatchQueue<T, R> {
   #msPerCost: number | undefined;
   /** Cost of the batches running now. */
   #runningCost = 0;
+  readonly #observeWait: ((ms: number) => void) | undefined;
   /** When the last batch ended with items still queued (the queue was never idle since); else undefined. */
   #backloggedSince: number | undefined;
   /**
@@ -215,6 +218,7 @@ export class DispatchQueue<T, R> {
       window: options.window ?? 256,
       maxQueueWaitMs: options.maxQueueWaitMs ?? 0,
     };
+    this.#observeWait = options.observeWait;
     this.#clock = toClock(clock);
   }
 
@@ -549,6 +553,8 @@ export class DispatchQueue<T, R> {
     const cost = batch.reduce((sum, q) => sum + q.cost, 0);
     this.#runningCost += cost;
     const t0 = this.#clock.now();
+    const observe = this.#observeWait;
+    if (observe) for (const q of batch) observe(t0 - q.enqueuedAt);
     // Under a backlog the time from the previous batch's end counts too (forming the batch, the hand-off,
     // a busy event loop): it is what a queued request waits, and run time alone underestimated it ~2x.
     const from = this.#backloggedSince !== undefined && this.#runningCost === cost ? Math.min(t0, this.#backloggedSince) : t0;

@@ -46,6 +46,8 @@ export interface ModelHostOptions {
   logger: Logger;
   /** The view of the pool the queues run batches through (metrics wrap it). Default: the pool itself. */
   instrument?: (pool: InferencePool) => InferencePool;
+  /** Each queued item's wait (ms) as its batch starts, by model (the queue-wait histogram). */
+  observeQueueWait?: (model: string, ms: number) => void;
 }
 
 const MODEL_NAME_SHOWN = 64;
@@ -273,6 +275,11 @@ export class ModelHost {
   }
 
   /** The batching decision: token batches for text (larger on accelerators), tensor batches for images and heads. */
+  #waitObserver(model: string): ((ms: number) => void) | undefined {
+    const observe = this.#o.observeQueueWait;
+    return observe ? (ms) => observe(model, ms) : undefined;
+  }
+
   #openQueue(manifest: ModelManifest, provider: string, pool: InferencePool): { queue: InferenceQueue; detail: Record<string, number> } {
     const b = this.#o.batching;
     if (manifest.preprocess || manifest.head) {
@@ -290,12 +297,13 @@ export class ModelHost {
         maxQueueItemsPerClient: b.maxQueueItemsPerClient,
         maxQueueWaitMs: b.maxQueueWaitMs,
         maxCost: pre ? b.maxPixels : b.maxItems,
+        observeWait: this.#waitObserver(manifest.name),
       };
       return { queue: new TensorBatcher({ name: manifest.name, input: input.name, itemShape, outputs }, pool, options), detail: {} };
     }
     const names = manifest.inputs.map((i) => i.name);
     // An accelerator wants large batches; the CPU bound would cap it at a few items.
-    const batching = provider === 'cpu' ? b : { ...b, maxTokens: b.acceleratorMaxTokens };
+    const batching = { ...(provider === 'cpu' ? b : { ...b, maxTokens: b.acceleratorMaxTokens }), observeWait: this.#waitObserver(manifest.name) };
     const io = {
       name: manifest.name,
       inputIds: names.find((n) => n === 'input_ids') ?? names[0]!,

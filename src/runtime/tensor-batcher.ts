@@ -30,6 +30,8 @@ export interface TensorBatcherOptions {
   maxQueueItemsPerClient?: number;
   /** Longest expected wait of a submit, in ms (OVERLOADED beyond). Default 0: no bound by time. */
   maxQueueWaitMs?: number;
+  /** Each item's time in the queue (ms) as its batch starts. Default: none. */
+  observeWait?: ((ms: number) => void) | undefined;
 }
 
 export const DEFAULT_TENSOR_BATCHER_OPTIONS: TensorBatcherOptions = { maxItems: 64, maxCost: 16 * 224 * 224, maxWaitUs: 0, maxQueueItems: 8192 };
