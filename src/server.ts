@@ -36,6 +36,7 @@ import { AJV_OPTIONS } from './http/validation.ts';
 import { serveOptions } from './http/serve.ts';
 import { type FastPathStats, fastEntitiesPlugin } from './resolvers/fast-entities.ts';
 import { makeFormatError } from './resolvers/format-error.ts';
+import { httpCachePlugin } from './resolvers/http-cache.ts';
 import { buildSchema } from './resolvers/index.ts';
 import { ModelHost } from './runtime/host.ts';
 import { TokenizerPool } from './runtime/tokenizer-pool.ts';
@@ -185,6 +186,7 @@ export class PolyrayServer {
         // Cache control (on by default) wraps every field resolver to collect hints nobody reads here: an
         // entity's embedding is computed per request scope, never cached by HTTP (bench:hit, issue 27).
         ApolloServerPluginCacheControlDisabled(),
+        httpCachePlugin(config.http.cacheMaxAgeS),
         config.env === 'production'
           ? ApolloServerPluginLandingPageProductionDefault({ footer: false })
           : ApolloServerPluginLandingPageLocalDefault({ footer: false }),

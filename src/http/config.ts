@@ -37,6 +37,18 @@ export const httpSchema = z
       defaultDoc: '8 MiB',
       doc: 'HTTP request body limit (413 beyond, before parsing)',
     }),
+    /**
+     * `Cache-Control: max-age` of GraphQL answers made only of `Post` entities or `embed` results (for the
+     * Apollo Router's entity cache and Hive Gateway's response cache; src/resolvers/http-cache.ts); other
+     * answers are `no-store`. 0: everything `no-store`. After a model is updated in place, caches may serve
+     * the old version's vectors this long. `POLYRAY_HTTP_CACHE_MAX_AGE_S`; default 3600.
+     */
+    cacheMaxAgeS: setting(z.number().int().min(0).max(31_536_000), {
+      env: 'POLYRAY_HTTP_CACHE_MAX_AGE_S',
+      file: 'httpCacheMaxAgeS',
+      default: 3600,
+      doc: '`Cache-Control: max-age` of answers made only of embeddings (router entity caches); others `no-store`; 0: all `no-store`',
+    }),
   })
   .strict();
 
