@@ -163,7 +163,20 @@ export class ModelHost {
     const { dir, buildMissing } = this.#o.models;
     const logger = this.#o.logger;
     if (buildMissing) {
-      const summary = await buildModels({ modelsDir: dir });
+      // A first start builds the bundled models (tens of seconds): say what is built and how far, at most
+      // every 2 s per model and at each step's end, so the log shows progress instead of silence.
+      const started = performance.now();
+      const last = new Map<string, { at: number; step: string }>();
+      const summary = await buildModels({
+        modelsDir: dir,
+        onProgress: (p) => {
+          const now = performance.now();
+          const prev = last.get(p.model);
+          if (prev && prev.step === p.step && p.done < p.total && now - prev.at < 2000) return;
+          last.set(p.model, { at: now, step: p.step });
+          logger.info({ model: p.model, step: p.step, done: p.done, total: p.total, elapsedS: Math.round((now - started) / 100) / 10 }, 'building model');
+        },
+      });
       for (const s of summary) logger.info(s, 'model build');
     }
     this.#registry = await this.#scan();
