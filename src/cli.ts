@@ -1,7 +1,7 @@
 /**
  * The `polyray` CLI: `serve`, `models build|add`, `clients add|list`, `simulate`, `accounting migrate-books`, `usage report`, `db migrate`.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseFlags } from './cli-args.ts';
 import { parseManifest } from './runtime/manifest.ts';
@@ -32,6 +32,8 @@ ${CLIENTS_USAGE}${ACCOUNTING_USAGE}${USAGE_USAGE}
   models list [--dir DIR] [--json]
                                 the models in the models directory: name, version, modality,
                                 dimensions, token limit (what \`serve\` would load)
+  schema print [--out FILE]     the subgraph SDL in one file, as \`_service { sdl }\` serves it (for
+                                \`rover subgraph check/publish --schema FILE\`)
   help [COMMAND]                this text, or one command's (also \`polyray COMMAND --help\`)
   version                       the version (also \`--version\`)
 `;
@@ -96,6 +98,18 @@ async function run(argv: string[]): Promise<number> {
     }
     process.stderr.write(`unknown command "${cmd}"\n${USAGE}`);
     return 2;
+  }
+  if (cmd === 'schema' && sub === 'print') {
+    const values = parseFlags(rest, { strings: ['out'] });
+    // Exactly what the subgraph answers to `{ _service { sdl } }` (what a router or rover reads from it).
+    const { buildSchema } = await import('./resolvers/index.ts');
+    const { graphql } = await import('graphql');
+    const res = await graphql({ schema: buildSchema(), source: '{ _service { sdl } }' });
+    const sdl = `${(res.data as { _service: { sdl: string } })._service.sdl.trim()}\n`;
+    if (values.out === undefined) return out(sdl);
+    writeFileSync(values.out, sdl);
+    process.stderr.write(`wrote the subgraph SDL to ${values.out}\n`);
+    return 0;
   }
   if (cmd === 'models' && sub === 'list') {
     const values = parseFlags(rest, { strings: ['dir'], booleans: ['json'] });

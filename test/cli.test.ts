@@ -6,7 +6,11 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
+import { composeServices } from '@apollo/composition';
+import { parse } from 'graphql';
 import { polyrayCli } from './helpers/cli.ts';
+import { startPolyray } from './helpers/polyray.ts';
+import { POSTS_SDL } from './helpers/posts-subgraph.ts';
 
 const VERSION = (JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version;
 
@@ -54,6 +58,25 @@ describe('polyray CLI', () => {
     const rate = await polyrayCli(['clients', 'add', '--id', 'x', '--rate', 'fast', '--file', '/nonexistent-dir-for-polyray/c.json'], {});
     assert.notEqual(rate.code, 0);
     assert.match(rate.err, /--rate must be a number > 0, received "fast"/);
+  });
+
+  test('schema print: the one-file subgraph SDL, as the server serves it, composing with a posts subgraph', async () => {
+    const r = await polyrayCli(['schema', 'print'], {});
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /extend schema\s+@link\(url: "https:\/\/specs\.apollo\.dev\/federation\/v2\.\d+"/);
+    assert.match(r.out, /type Post\s+@key\(fields: "id"\)/);
+    const t = await startPolyray();
+    try {
+      const served = await t.gql<{ _service: { sdl: string } }>('{ _service { sdl } }');
+      assert.equal(r.out.trim(), served.data!._service.sdl.trim(), 'what rover publishes is what the subgraph serves');
+    } finally {
+      await t.stop();
+    }
+    const composed = composeServices([
+      { name: 'posts', typeDefs: parse(POSTS_SDL), url: 'http://127.0.0.1:1/graphql' },
+      { name: 'polyray', typeDefs: parse(r.out), url: 'http://127.0.0.1:2/graphql' },
+    ]);
+    assert.equal(composed.errors, undefined, composed.errors?.map((e) => e.message).join('\n'));
   });
 
   test('models list shows what the models directory holds', async () => {
