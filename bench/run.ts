@@ -36,7 +36,7 @@ import {
   removeScratch,
   removeStaleScratch,
   ServiceProcess,
-  useSingleModel,
+  pinSingleModel,
 } from './service.ts';
 import { measureGlobalHits } from './global-hit.ts';
 import { keptSections } from './hf-report.ts';
@@ -430,7 +430,7 @@ async function main(): Promise<void> {
   }
 
   removeStaleScratch();
-  if (!args.allModels) useSingleModel(ROOT, MODEL);
+  if (!args.allModels) pinSingleModel(ROOT, MODEL);
   const tokenizer = await WordTokenizer.load(vocabPath, { lowercase: manifest.tokenizer.lowercase });
   const corpus = await SentenceSource.fromVocab(vocabPath);
 

@@ -62,7 +62,7 @@ let modelsDir: string | undefined;
  * directory of symlinks to the project's built files (the registry skips symlinked directories).
  * Returns the folder. Without this, services load every model of `models/`.
  */
-export function useSingleModel(root: string, model: string): string {
+export function pinSingleModel(root: string, model: string): string {
   const src = path.join(root, 'models', model);
   const dir = path.join(SCRATCH_DIR, 'models');
   mkdirSync(path.join(dir, model), { recursive: true });
@@ -73,7 +73,7 @@ export function useSingleModel(root: string, model: string): string {
 
 /**
  * A models folder of its own (in the scratch folder) holding `models`, each a real directory of symlinks
- * to the project's built files; unlike `useSingleModel` it does not change the default folder of
+ * to the project's built files; unlike `pinSingleModel` it does not change the default folder of
  * `childEnv`: pass it as `POLYRAY_MODELS_DIR`.
  */
 export function modelsFolder(root: string, name: string, models: string[]): string {

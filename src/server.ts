@@ -21,6 +21,7 @@ import { MemoryCache } from './cache/memory.ts';
 import { TieredCache } from './cache/tiered.ts';
 import type { PolyrayConfig } from './config/index.ts';
 import { registerDashboardRoutes, type UsageHistoryData } from './http/dashboard.ts';
+import { registerExplorerRoutes } from './http/explorer.ts';
 import type { HistoryRow } from './usage/report.ts';
 import { registerHealthRoutes } from './http/health.ts';
 import { ImageFetcher, readCaFile } from './images/fetch.ts';
@@ -274,6 +275,7 @@ export class PolyrayServer {
       },
       ...(this.accounting.db ? { history: () => this.#dashboardHistory() } : {}),
     });
+    registerExplorerRoutes(this.app);
     this.policy.start();
     registerHealthRoutes(this.app, {
       live: () => this.#state.kind !== 'stopped',
