@@ -248,4 +248,52 @@ describe('auto-apply', () => {
     await policy.recompute();
     assert.equal(lines.filter((l, i) => i >= before && l['msg'] === 'cache policy applied a new TTL').length, 0);
   });
+
+  test('a saving within its error bar is withheld, not applied, and the withholding is logged once', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk, _enc, cb) {
+        for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l) as Record<string, unknown>);
+        cb();
+      },
+    });
+    const memory = new MemoryCache({ maxBytes: 1 << 20, ttlMs: 0 });
+    const tier = new TtlOverrideCache(memory);
+    // One key in 16 sampled (each record stands for 16), and TTL candidates a second apart: whatever the
+    // longer TTL saves is far inside the spread of the sub-samples.
+    const window = new Ring<TraceRecord>(100_000);
+    for (const r of zipfTrace({ s: 1.1, n: 2000, churn: 0, requests: 20_000, rps: 2, seed: 5, bytes: 400, ms: 50, tokens: 8, model: 'text-glove', clients: 1 }))
+      if (Number.parseInt(r.k.slice(1), 16) % 16 === 0) window.push({ ...r, r: 1 / 16 });
+    const stats = (): ServiceStats => ({ calls: 0, cacheLookups: 0, items: 0, bySource: { MEMORY: 0, GLOBAL: 0, COMPUTED: 0 }, joined: 0, byModel: {} });
+    const policy = new PolicyController({
+      window,
+      sampleRate: 1 / 16,
+      memory: { maxBytes: 64 * 1024 ** 2, ttlMs: 60_000, tier },
+      global: null,
+      intervalMs: 60_000,
+      seriesIntervalMs: 10_000,
+      autoApply: true,
+      minTtlMs: 60_000,
+      maxTtlMs: 61_000,
+      prices: DEFAULT_PRICES,
+      stats,
+      logger: createLogger('info', sink),
+    });
+    const live = await policy.recompute();
+    assert.ok(live);
+    assert.notEqual(live.recommended.setting.memoryTtlMs, 60_000, 'the longer TTL saves something');
+    assert.ok(live.savingPerHour > 0);
+    assert.ok(live.savingPerHour <= live.savingPerHourError, `saving ${live.savingPerHour} within its error ${live.savingPerHourError}`);
+    assert.equal(live.significant, false);
+    assert.equal(tier.ttlMs, undefined, 'nothing applied');
+    assert.equal(policy.effective().memoryTtlMs, 60_000);
+    assert.equal(lines.filter((l) => l['msg'] === 'cache policy applied a new TTL').length, 0);
+    assert.equal(lines.filter((l) => l['msg'] === 'cache policy change withheld: the saving is within its error bar').length, 1);
+    await policy.recompute();
+    assert.equal(
+      lines.filter((l) => l['msg'] === 'cache policy change withheld: the saving is within its error bar').length,
+      1,
+      'logged once per recommendation',
+    );
+  });
 });
