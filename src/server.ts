@@ -164,7 +164,7 @@ export class PolyrayServer {
     });
     this.#jsonBodies.register(this.app, config.http.bodyLimitBytes);
     this.#apollo = new ApolloServer<PolyrayContext>({
-      schema: buildSchema(),
+      schema: buildSchema({ maxInputs: config.limits.maxInputsPerRequest }),
       formatError: makeFormatError(this.logger),
       logger: this.logger,
       includeStacktraceInErrorResponses: false,

@@ -72,6 +72,9 @@ describe('polyray CLI', () => {
     } finally {
       await t.stop();
     }
+    assert.match(r.out, /\): \[Embedding!\]! @listSize\(assumedSize: 2048,/, 'embed is sized by POLYRAY_MAX_INPUTS (default 2048)');
+    const small = await polyrayCli(['schema', 'print'], { POLYRAY_MAX_INPUTS: '100', POLYRAY_QUEUE_MAX_ITEMS_PER_CLIENT: '100' });
+    assert.match(small.out, /\): \[Embedding!\]! @listSize\(assumedSize: 100,/, small.err);
     const composed = composeServices([
       { name: 'posts', typeDefs: parse(POSTS_SDL), url: 'http://127.0.0.1:1/graphql' },
       { name: 'polyray', typeDefs: parse(r.out), url: 'http://127.0.0.1:2/graphql' },

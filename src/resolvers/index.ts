@@ -17,15 +17,26 @@ import { policyResolvers } from './policy.ts';
 
 export const SCHEMA_DIR = fileURLToPath(new URL('../../schema/', import.meta.url));
 
+/** What the served SDL takes from the configuration. */
+export interface SchemaOptions {
+  /**
+   * POLYRAY_MAX_INPUTS: `embed`'s `@listSize(assumedSize:)`, so a gateway's demand control estimates the
+   * list the service may really return (the file says 2048, the default).
+   */
+  maxInputs?: number | undefined;
+}
+
 /** All SDL files of `schema/`, in name order, as one document. */
-export function loadTypeDefs(dir: string = SCHEMA_DIR): DocumentNode {
+export function loadTypeDefs(dir: string = SCHEMA_DIR, options: SchemaOptions = {}): DocumentNode {
   const files = readdirSync(dir)
     .filter((f) => f.endsWith('.graphql'))
     .sort();
-  return parse(files.map((f) => readFileSync(path.join(dir, f), 'utf8')).join('\n'));
+  let sdl = files.map((f) => readFileSync(path.join(dir, f), 'utf8')).join('\n');
+  if (options.maxInputs !== undefined) sdl = sdl.replace(/(\): \[Embedding!\]! @listSize\(assumedSize: )\d+/, `$1${options.maxInputs}`);
+  return parse(sdl);
 }
 
-export function buildSchema(): GraphQLSchema {
+export function buildSchema(options: SchemaOptions = {}): GraphQLSchema {
   const resolvers = {
     ...queryResolvers,
     ...postResolvers,
@@ -33,5 +44,5 @@ export function buildSchema(): GraphQLSchema {
     Query: { ...queryResolvers.Query, ...usageResolvers.Query, ...policyResolvers.Query },
     ...adminResolvers,
   } as unknown as GraphQLResolverMap<unknown>;
-  return buildSubgraphSchema([{ typeDefs: loadTypeDefs(), resolvers }]);
+  return buildSubgraphSchema([{ typeDefs: loadTypeDefs(SCHEMA_DIR, options), resolvers }]);
 }
