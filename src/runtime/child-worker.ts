@@ -45,7 +45,6 @@ export class ChildWorker extends EventEmitter implements InferenceWorker {
       serialization: 'advanced',
       // Not the parent's flags (a test runner's, a profiler's): the entry registers the TypeScript loader itself.
       execArgv: [],
-      env: { ...process.env, POLYRAY_WORKER: 'inference' },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     this.#child.on('message', (m) => this.emit('message', m));

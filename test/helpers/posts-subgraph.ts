@@ -2,22 +2,14 @@
  * A small `posts` subgraph for federation tests: it owns Post.id, text and imageUrls, as a product's
  * own subgraph would. Served over real HTTP.
  */
+import { readFileSync } from 'node:fs';
 import { ApolloServer } from '@apollo/server';
 import { startStandaloneServer } from '@apollo/server/standalone';
 import { buildSubgraphSchema } from '@apollo/subgraph';
 import { parse } from 'graphql';
 
-export const POSTS_SDL = `
-extend schema @link(url: "https://specs.apollo.dev/federation/v2.9", import: ["@key"])
-type Post @key(fields: "id") {
-  id: ID!
-  text: String
-  imageUrls: [String!]
-}
-type Query {
-  posts(first: Int): [Post!]!
-}
-`;
+/** The example supergraph's posts subgraph (examples/supergraph/posts.graphql): one SDL for both. */
+export const POSTS_SDL = readFileSync(new URL('../../examples/supergraph/posts.graphql', import.meta.url), 'utf8');
 
 export interface Post {
   id: string;
