@@ -171,6 +171,66 @@ describe('fair dispatch queue', () => {
     await Promise.all([...busy, ...backlog, ...light]);
   });
 
+  test('calibrated admission: when admitted requests wait longer than predicted, predictions are scaled by that ratio', async () => {
+    const { clock, pool, queue } = setup(4, { maxQueueWaitMs: 1000 });
+    const first = queue.submit([1, 2, 3, 4]);
+    const r0 = await pool.nextRun();
+    clock.advance(40);
+    answer(r0);
+    await Promise.all(first);
+    assert.equal(queue.correction, 1, 'nothing learnt yet');
+    // Three requests of 12 items, each batch of 4 taking 100 ms: slower than the rate each was predicted
+    // with (10 ms per item at first; the moving average catches up only slowly).
+    for (let k = 0; k < 3; k++) {
+      const ps = queue.submit(range(100 * k + 10, 12));
+      for (let b = 0; b < 3; b++) {
+        const call = await pool.nextRun();
+        clock.advance(100);
+        answer(call);
+      }
+      await Promise.all(ps);
+    }
+    const corr = queue.correction;
+    assert.ok(corr > 1.1 && corr <= 4, `correction ${corr}`);
+    // With a batch running, a request whose uncorrected wait fits the bound is refused once corrected.
+    const rate = queue.msPerCost!;
+    const busy = queue.submit(range(500, 4));
+    const running = await pool.nextRun();
+    const n = Math.floor(1000 / rate) - 4;
+    assert.ok((4 + n) * rate <= 1000 && (4 + n) * rate * corr > 1000);
+    const refused = await Promise.allSettled(queue.submit(range(600, n)));
+    const e = (refused[0] as PromiseRejectedResult).reason as PolyrayError;
+    assert.equal(e.code, ErrorCode.OVERLOADED);
+    assert.equal(e.message.match(/about (\d+) ms/)![1], String(Math.ceil((4 + n) * rate * corr)));
+    answer(running);
+    await Promise.all(busy);
+    // Without recent samples (a minute later) the correction is 1 again.
+    clock.advance(61_000);
+    assert.equal(queue.correction, 1);
+  });
+
+  test('a queue emptied by callers giving up is idle: the time until the next batch is not measured as its cost', async () => {
+    const { clock, pool, queue } = setup(4, { maxQueueWaitMs: 1000 });
+    const first = queue.submit([1, 2, 3, 4]);
+    const run = await pool.nextRun();
+    // Items queued behind the running batch, whose caller then goes away.
+    const gone = new AbortController();
+    const quit = queue.submit([5, 6], { signal: gone.signal });
+    clock.advance(40);
+    answer(run);
+    await Promise.all(first);
+    gone.abort();
+    await Promise.allSettled(quit);
+    assert.equal(queue.length, 0);
+    clock.advance(5000);
+    const later = queue.submit([7, 8, 9, 10]);
+    const next = await pool.nextRun();
+    clock.advance(40);
+    answer(next);
+    await Promise.all(later);
+    assert.equal(queue.msPerCost, 10, 'the 5 s the queue stood empty are not a batch cost');
+  });
+
   test('a batch whose worker died goes back to the front once, for a fresh worker; a second death fails it', async () => {
     const { pool, queue } = setup(4);
     const died = () => new PolyrayError(ErrorCode.INFERENCE_FAILED, 'The inference worker stopped during this batch', { reason: 'worker-exit' });
