@@ -3,6 +3,7 @@
  * vectors or cache keys in clear; the redaction list is a second line of defence for fields that could.
  */
 import { pino, type Logger } from 'pino';
+import { traceFields } from './telemetry/tracing.ts';
 
 export type { Logger };
 
@@ -11,6 +12,8 @@ export function createLogger(level: string, destination?: pino.DestinationStream
     {
       level,
       base: { service: 'polyray' },
+      // Inside a traced request: its trace_id and span_id (nothing while tracing is off).
+      mixin: traceFields,
       redact: { paths: ['text', 'input', 'inputs', 'vector', 'key', 'keys', 'req.headers.authorization', 'req.headers["x-api-key"]'], censor: '[redacted]' },
     },
     destination,

@@ -7,6 +7,7 @@
  * `stop()` refuses new work, lets in-flight requests and queued batches finish, then closes workers
  * and cache connections.
  */
+import { readFileSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import { ApolloServer } from '@apollo/server';
 import { ApolloServerPluginCacheControlDisabled } from '@apollo/server/plugin/disabled';
@@ -45,6 +46,10 @@ import { InferencePool } from './runtime/pool.ts';
 import { ImageEmbedder } from './service/image.ts';
 import { RequestScope, type ScopeServices } from './service/scope.ts';
 import { TextEmbedder } from './service/text.ts';
+import type { SpanExporter } from '@opentelemetry/sdk-trace-node';
+import { registerHttpTracing } from './telemetry/http.ts';
+import { graphqlTracingPlugin } from './telemetry/graphql.ts';
+import { startTracing, type Tracing } from './telemetry/tracing.ts';
 
 export interface PolyrayDeps {
   logger?: Logger;
@@ -52,6 +57,8 @@ export interface PolyrayDeps {
   lowerTiers?: Cache[];
   /** Milliseconds since the epoch, for usage hours and budget periods (src/usage). Default `Date.now`. */
   clock?: () => number;
+  /** Where spans go (tests: an in-memory exporter); default the OTLP endpoint of POLYRAY_OTEL_ENDPOINT, if set. */
+  spanExporter?: SpanExporter;
 }
 
 type Lifecycle =
@@ -89,6 +96,8 @@ export class PolyrayServer {
   readonly #apollo: ApolloServer<PolyrayContext>;
   /** Wall clock, ms since the epoch (usage hours, budget periods, the dashboard's history). */
   readonly #clock: () => number;
+  /** OpenTelemetry, while POLYRAY_OTEL_ENDPOINT is set (src/telemetry). */
+  readonly #tracing: Tracing | undefined;
   #state: Lifecycle = { kind: 'created' };
   #ready: Promise<void> | undefined;
 
@@ -163,6 +172,8 @@ export class PolyrayServer {
       ajv: { customOptions: AJV_OPTIONS },
     });
     this.#jsonBodies.register(this.app, config.http.bodyLimitBytes);
+    this.#tracing = startTracing(config.telemetry, packageVersion(), deps.spanExporter);
+    if (this.#tracing) registerHttpTracing(this.app, this.logger);
     this.#apollo = new ApolloServer<PolyrayContext>({
       schema: buildSchema({ maxInputs: config.limits.maxInputsPerRequest }),
       formatError: makeFormatError(this.logger),
@@ -174,6 +185,7 @@ export class PolyrayServer {
         // No drain plugin: @as-integrations/fastify's cuts connections after a fixed 10 s; stop() drains within
         // POLYRAY_SHUTDOWN_GRACE_MS instead.
         this.accounting.apolloPlugin(),
+        ...(this.#tracing ? [graphqlTracingPlugin()] : []),
         operationLimitsPlugin(
           {
             maxInputs: config.limits.maxInputsPerOperation,
@@ -337,6 +349,7 @@ export class PolyrayServer {
       this.policy.stop();
       await this.tracer.close();
       await this.cache.close();
+      await this.#tracing?.shutdown().catch((e: unknown) => this.logger.warn({ err: (e as Error).message }, 'the last spans could not be exported'));
     } finally {
       this.#state = { kind: 'stopped' };
       this.logger.info('stopped');
@@ -361,6 +374,10 @@ export class PolyrayServer {
   async flushBooks(): Promise<void> {
     await Promise.all([this.accounting.ledger.flush(), this.accounting.books?.flush()]);
   }
+}
+
+function packageVersion(): string {
+  return (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 }
 
 /** Whether `p` settles within `ms` (it keeps running either way). */

@@ -27,6 +27,7 @@ import type { QuotaManager, QuotaSnapshot, Reservation } from './quota.ts';
 import type { UsageBooks } from '../usage/books.ts';
 import type { Budgets } from '../usage/budget.ts';
 import { checkRange, type HistoryQuery, type HistoryRow, parseInstant } from '../usage/report.ts';
+import { inSpan } from '../telemetry/tracing.ts';
 
 export interface CostSummary {
   /** Worst-case cost reserved before work started (sum over the request's waves). */
@@ -182,7 +183,9 @@ export class RequestAccount implements AccountContext {
         this.#core.budgetRejections?.inc({ client: this.#core.metrics.clientLabel(this.client.id) });
         throw e;
       }
-      reservation = await quota.reserve(this.client.id, this.client.quota, estimate);
+      reservation = await inSpan('polyray.quota.reserve', { 'polyray.cost.estimated': estimate }, () =>
+        quota.reserve(this.client.id, this.client.quota, estimate),
+      );
     } catch (e) {
       if (isPolyrayError(e) && e.code === ErrorCode.QUOTA_EXCEEDED)
         this.#core.metrics.quotaRejections.inc({ client: this.#core.metrics.clientLabel(this.client.id) });
@@ -210,7 +213,7 @@ export class RequestAccount implements AccountContext {
     } finally {
       this.#charged += actual;
       this.#refused += refused;
-      this.#snapshot = await quota.settle(reservation, actual + refused);
+      this.#snapshot = await inSpan('polyray.quota.settle', { 'polyray.cost.charged': actual + refused }, () => quota.settle(reservation, actual + refused));
     }
   }
 

@@ -5,6 +5,7 @@
  * A tier that fails returns misses (see the `Cache` contract), so a broken global tier turns into
  * computes, never into client errors.
  */
+import { inSpan, tracing } from '../telemetry/tracing.ts';
 import type { Cache, CacheEntry, TierStats } from './cache.ts';
 
 export interface TieredHit {
@@ -31,7 +32,14 @@ export class TieredCache {
     let missing = keys.map((_, i) => i);
     for (let t = 0; t < this.#tiers.length && missing.length > 0; t++) {
       const tier = this.#tiers[t]!;
-      const values = await tier.getMany(missing.map((i) => keys[i]!));
+      const asked = missing.map((i) => keys[i]!);
+      const values = tracing.on
+        ? await inSpan('polyray.cache.read', { 'polyray.cache.tier': tier.name, 'polyray.keys': asked.length }, async (span) => {
+            const v = await tier.getMany(asked);
+            span?.setAttribute('polyray.hits', v.filter(Boolean).length);
+            return v;
+          })
+        : await tier.getMany(asked);
       const stillMissing: number[] = [];
       const backfill: CacheEntry[] = [];
       missing.forEach((idx, j) => {

@@ -10,6 +10,7 @@ import { imagesSchema } from '../images/config.ts';
 import { modelsSchema } from '../models/config.ts';
 import { policySchema, traceSchema } from '../policy/config.ts';
 import { batchingSchema, inferenceSchema } from '../runtime/config.ts';
+import { telemetrySchema } from '../telemetry/config.ts';
 import { usageSchema } from '../usage/config.ts';
 import { logSchema, nodeEnv, shutdownGraceMs } from './process.ts';
 
@@ -34,6 +35,8 @@ export const polyrayConfigSchema = z
     trace: traceSchema,
     /** The live cache policy (src/policy/controller.ts). */
     policy: policySchema,
+    /** OpenTelemetry tracing (src/telemetry). */
+    telemetry: telemetrySchema,
   })
   .strict()
   .superRefine((c, ctx) => {

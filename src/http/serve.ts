@@ -8,10 +8,12 @@
  *   deadline   now + the smaller of `x-request-timeout-ms` and POLYRAY_REQUEST_TIMEOUT_MS (none when 0)
  *   signal     aborts when the HTTP connection closes before the answer was sent (the caller went away)
  *   arrivedAt  now: admission by time counts what the request spent before its inputs were queued
+ *   trace      the request's trace context while tracing is on (the queue's spans are its children)
  */
 import type { ServerResponse } from 'node:http';
 import type { Client } from '../accounting/clients.ts';
 import type { SubmitOptions } from '../runtime/dispatch-queue.ts';
+import { activeContext } from '../telemetry/tracing.ts';
 
 type Headers = Record<string, string | string[] | undefined>;
 
@@ -20,12 +22,14 @@ export function serveOptions(client: Client, headers: Headers, timeoutMs: number
   const asked = headers['x-polyray-priority'];
   const batch = client.priority === 'batch' || (typeof asked === 'string' && asked.trim().toLowerCase() === 'batch');
   const timeout = deadlineMs(headers['x-request-timeout-ms'], timeoutMs);
+  const trace = activeContext();
   return {
     weight: client.weight ?? 1,
     priority: batch ? 'batch' : 'interactive',
     ...(timeout > 0 ? { deadline: now + timeout } : {}),
     ...(response ? { signal: closedSignal(response) } : {}),
     arrivedAt: now,
+    ...(trace ? { trace } : {}),
   };
 }
 

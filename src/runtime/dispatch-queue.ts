@@ -35,7 +35,9 @@
  *   by a high quantile of that ratio over recent requests, so the bound holds for most admitted requests,
  *   not only for the average one.
  */
+import type { Context, Link } from '@opentelemetry/api';
 import { ErrorCode, PolyrayError } from '../errors.ts';
+import { failed, linkTo, startSpan } from '../telemetry/tracing.ts';
 import type { InferencePool, Lease } from './pool.ts';
 
 /** A queued item as a policy sees it. */
@@ -62,6 +64,8 @@ export interface SubmitOptions {
    * a loaded event loop) against POLYRAY_QUEUE_MAX_WAIT_MS. Default: the moment of the submit.
    */
   arrivedAt?: number | undefined;
+  /** The request's trace context (tracing on): its queue wait and the batches that run it are traced under it. */
+  trace?: Context | undefined;
 }
 
 export type Priority = 'interactive' | 'batch';
@@ -84,6 +88,10 @@ interface Pending<T, R> extends Waiting<T> {
   onGone?: () => void;
   /** Already put back once after its worker died. */
   retried?: boolean;
+  /** The submit's trace context (tracing on). */
+  trace?: Context;
+  /** Called once when it first leaves the queue (ends the submit's queue-wait span with its last item). */
+  waited?: () => void;
 }
 
 interface ClientQueue<T, R> {
@@ -398,6 +406,7 @@ export class DispatchQueue<T, R> {
     client.last = start;
     this.#size += mine.length;
     this.#watch(mine, options);
+    if (options.trace) this.#traceWait(mine, options.trace);
     if (predicted !== undefined && predicted >= MIN_CALIBRATION_MS) this.#calibrate(promises, predicted, enqueuedAt);
     this.#schedule();
     return promises;
@@ -456,6 +465,20 @@ export class DispatchQueue<T, R> {
     for (const p of mine) p.onGone = gone;
   }
 
+  /** A span from the submit until its last item leaves the queue (to a batch, or dropped). */
+  #traceWait(mine: Pending<T, R>[], ctx: Context): void {
+    const span = startSpan('polyray.queue.wait', { 'polyray.model': this.#policy.name, 'polyray.items': mine.length, 'polyray.queue.length': this.#size }, ctx);
+    if (!span) return;
+    let left = mine.length;
+    const waited = (): void => {
+      if (--left === 0) span.end();
+    };
+    for (const p of mine) {
+      p.trace = ctx;
+      p.waited = waited;
+    }
+  }
+
   /** Puts a batch whose worker died back at the front of its clients' queues, once (the caller reschedules). */
   #requeue(batch: readonly Pending<T, R>[]): void {
     this.#retried += batch.length;
@@ -493,6 +516,8 @@ export class DispatchQueue<T, R> {
       if (p.gone) continue;
       p.gone = true;
       p.onGone?.();
+      p.waited?.();
+      p.waited = undefined;
       p.client.cost -= p.cost;
       this.#size--;
       touched.add(p.client);
@@ -602,6 +627,7 @@ export class DispatchQueue<T, R> {
     // Under a backlog the time from the previous batch's end counts too (forming the batch, the hand-off,
     // a busy event loop): it is what a queued request waits, and run time alone underestimated it ~2x.
     const from = this.#backloggedSince !== undefined && this.#runningCost === cost ? Math.min(t0, this.#backloggedSince) : t0;
+    const span = this.#traceBatch(batch, cost);
     try {
       const results = await this.#policy.run(
         batch.map((q) => q.item),
@@ -620,16 +646,38 @@ export class DispatchQueue<T, R> {
       for (const [i, q] of batch.entries()) q.resolve(results[i]!);
     } catch (e) {
       if (e instanceof PolyrayError && e.extensions['reason'] === 'worker-exit' && batch.every((q) => !q.retried) && this.#state.kind !== 'closed') {
+        failed(span, e);
         this.#requeue(batch);
         return;
       }
+      failed(span, e);
       this.#failedBatches++;
       // Internal errors (worker messages, tensor shapes) are masked; a PolyrayError is already safe to show.
       const err = e instanceof PolyrayError ? e : batchFailed();
       for (const q of batch) q.reject(err);
     } finally {
       this.#runningCost -= cost;
+      span?.end();
     }
+  }
+
+  /** A batch serves many requests: its span is a child of the first traced one and linked to every one. */
+  #traceBatch(batch: readonly Pending<T, R>[], cost: number): ReturnType<typeof startSpan> {
+    let first: Context | undefined;
+    const links = new Map<string, Link>();
+    for (const q of batch) {
+      if (!q.trace) continue;
+      first ??= q.trace;
+      const link = linkTo(q.trace);
+      if (link) links.set(link.context.spanId, link);
+    }
+    if (!first) return undefined;
+    return startSpan(
+      'polyray.inference.batch',
+      { 'polyray.model': this.#policy.name, 'polyray.items': batch.length, 'polyray.cost': cost, 'polyray.requests': links.size },
+      first,
+      [...links.values()],
+    );
   }
 
   #notifyIdle(): void {

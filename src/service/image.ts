@@ -25,6 +25,7 @@ import { preprocessImage } from '../images/preprocess.ts';
 import type { Logger } from '../log.ts';
 import type { ImageHandle } from '../runtime/handle.ts';
 import { normalizeInPlace } from '../runtime/pooling.ts';
+import { inSpan } from '../telemetry/tracing.ts';
 import { CachedInference, type Computed, type InferenceAdapter, type Keyed } from './pipeline.ts';
 import type { EmbedResult, MemoStats, PipelineStats, TraceSink } from './types.ts';
 
@@ -222,7 +223,12 @@ export class ImageEmbedder implements InferenceAdapter<Resolved | PolyrayError, 
       this.#counts.fetches++;
       p = this.#fetching.set(
         url,
-        this.#o.fetcher.fetch(url).then((r) => r.bytes),
+        // The span names the host only: a URL's path and query may carry what a client considers private.
+        inSpan('polyray.image.fetch', { 'server.address': hostOf(url) }, async (span) => {
+          const r = await this.#o.fetcher.fetch(url);
+          span?.setAttribute('polyray.bytes', r.bytes.byteLength);
+          return r.bytes;
+        }),
       );
     }
     return p;
@@ -245,4 +251,13 @@ export function unit(v: Float32Array): Float32Array {
   const out = new Float32Array(v);
   normalizeInPlace(out);
   return out;
+}
+
+/** The host of a URL, for spans ("" for one that does not parse: the fetch reports that itself). */
+function hostOf(url: string): string {
+  try {
+    return new URL(url).hostname;
+  } catch {
+    return '';
+  }
 }

@@ -23,6 +23,7 @@ import type { TieredCache } from '../cache/tiered.ts';
 import { ErrorCode, PolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { SubmitOptions } from '../runtime/dispatch-queue.ts';
+import { inSpan, tracing } from '../telemetry/tracing.ts';
 import { emptyBySource, type MemoStats, type PipelineStats, type Source, type TracedFill, type TracedResult, type TraceSink } from './types.ts';
 
 /** One keyed input. */
@@ -133,7 +134,13 @@ export class CachedInference<I, P, H extends { name: string }> {
     const found = new Map<string, { value: Float32Array; source: Source }>();
     if (reads.length > 0) {
       this.#stats.cacheLookups++;
-      const hits = await this.#o.cache.lookup(reads);
+      const hits = tracing.on
+        ? await inSpan('polyray.cache.lookup', { 'polyray.model': handle.name, 'polyray.keys': reads.length }, async (span) => {
+            const h = await this.#o.cache.lookup(reads);
+            span?.setAttribute('polyray.hits', h.filter(Boolean).length);
+            return h;
+          })
+        : await this.#o.cache.lookup(reads);
       hits.forEach((h, j) => {
         if (h) found.set(reads[j]!, { value: h.value, source: SOURCE_OF_TIER[h.tier] ?? 'GLOBAL' });
       });

@@ -24,6 +24,7 @@ import type { SubmitOptions } from '../runtime/dispatch-queue.ts';
 import type { TokenizeOptions } from '../runtime/tokenizer.ts';
 import { CachedInference, type Computed, type InferenceAdapter, type Keyed } from './pipeline.ts';
 import type { EmbedResult, MemoStats, PipelineStats, TextInput, TokenCount, TokenIds, TraceSink } from './types.ts';
+import { inSpan, tracing } from '../telemetry/tracing.ts';
 
 export interface TextEmbedderOptions {
   cache: TieredCache;
@@ -110,7 +111,14 @@ class TextAdapter implements InferenceAdapter<TextInput, Payload, TextCall> {
     // Under overload the refusal comes before the tokenisation, which would otherwise queue behind it.
     const early = handle.queue.refuseEarly(serve, items.length);
     if (early) return items.map(() => Promise.reject(early));
-    const tokenized = texts.length > 0 ? handle.tokenize(texts, textTokenizeOptions(handle)) : Promise.resolve(undefined);
+    const tokenized =
+      texts.length > 0
+        ? tracing.on
+          ? inSpan('polyray.tokenize', { 'polyray.model': handle.name, 'polyray.items': texts.length }, () =>
+              handle.tokenize(texts, textTokenizeOptions(handle)),
+            )
+          : handle.tokenize(texts, textTokenizeOptions(handle))
+        : Promise.resolve(undefined);
     const submitted = tokenized.then((batch) => {
       const out: (Promise<Computed> | PolyrayError)[] = new Array(items.length);
       const submit: BatchItem[] = [];
