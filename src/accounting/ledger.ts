@@ -30,8 +30,16 @@
  * were lost, and the replica adds back what it had flushed (its totals since start, less what is pending or
  * unconfirmed, which goes anyway). Every live replica restores its own share, exactly once; usage of
  * replicas that stopped before the loss is not recoverable here. The loss is logged and counted (`onReset`,
- * `polyray_usage_books_resets_total`). Standalone Redis only: on a Cluster a lost master takes only its
- * slots' books, which one marker key cannot see (a marker per client slot would).
+ * `polyray_usage_books_resets_total`). The marker is refreshed hourly (SET XX: a lost one is not recreated).
+ *
+ * On a Cluster a lost master takes only its slots' books, which one marker key cannot see. There each
+ * client's flush sequence key is the marker of that client's books: it lives in the client's slot, beside
+ * the books, and every flush of the client refreshes it. The flush script is told the last batch number
+ * Redis confirmed for this client; finding no sequence key where one was confirmed (less than half its TTL
+ * ago, so an expiry is never mistaken for a loss) means the slot lost its data, and the replica restores its
+ * share of that client's books, once. It is seen at the client's next flush from this replica (a client
+ * with no new usage is restored when it has some). Standalone Redis gets this check too, after the marker's:
+ * a marker restore covers every client, so the per-client one finds nothing left to do.
  */
 import { randomBytes } from 'node:crypto';
 import { Cluster } from 'ioredis';
@@ -79,20 +87,27 @@ export interface LedgerOptions {
   onReset?: () => void;
 }
 
+/** How often the marker's TTL is extended while the replica runs. */
+const MARKER_REFRESH_MS = 3_600_000;
+
 /** How long a replica's last flushed batch number is kept per client (refreshed by every flush). */
 const FLUSH_SEQ_TTL_MS = 7 * 24 * 3600 * 1000;
 
 /**
  * KEYS: the client's books, the client's flush sequence key of this replica.
- * ARGV: batch number, sequence TTL ms, then field, increment, field, increment, …
- * Returns 1 when the batch was added now, 0 when it had been added before.
+ * ARGV: batch number, sequence TTL ms, the last batch number Redis confirmed to this replica for the client
+ * (0: none, or too long ago to expect the key), then field, increment, field, increment, …
+ * Returns 1 when the batch was added now, 0 when it had been added before, 2 when it was added now and the
+ * sequence key of a confirmed batch was gone: the slot lost the client's books.
  */
 const FLUSH_ONCE = `
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local cur = redis.call('GET', KEYS[2])
+local last = tonumber(cur or '0')
 local seq = tonumber(ARGV[1])
 if seq <= last then return 0 end
-for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+if not cur and tonumber(ARGV[3]) > 0 then return 2 end
 return 1`;
 
 function zero(): Figures {
@@ -142,6 +157,10 @@ export class Ledger {
   #readFailing = false;
   /** This replica's marker key is in Redis (set after a confirmed flush): its absence means the books were lost. */
   #marked = false;
+  /** When the marker was last set or refreshed (ms, monotonic). */
+  #markedAt = 0;
+  /** Per client, the last batch Redis confirmed and when: its sequence key must exist (per-slot loss detection). */
+  readonly #confirmed = new Map<string, { seq: number; at: number }>();
   #resets = 0;
 
   readonly #keys: AccountingKeys;
@@ -166,17 +185,45 @@ export class Ledger {
     return this.#resets;
   }
 
-  /** Sets (or refreshes) this replica's marker once its books are confirmed in Redis (standalone Redis only). */
+  /** Sets (or hourly refreshes) this replica's marker once its books are confirmed in Redis (standalone Redis only). */
   async #mark(redis: AccountingRedis): Promise<void> {
-    // On a Cluster one lost master loses only its slots' books, and one marker key lives in one slot: it
-    // could neither see every loss nor tell which books went, so there is no marker there (yet).
-    if (this.#marked || redis instanceof Cluster) return;
+    // On a Cluster one lost master loses only its slots' books, and one marker key lives in one slot: the
+    // clients' sequence keys are the markers there (see FLUSH_ONCE).
+    if (redis instanceof Cluster) return;
+    const now = performance.now();
+    if (this.#marked && now - this.#markedAt < MARKER_REFRESH_MS) return;
     try {
-      await withDeadline(redis.set(this.#keys.ledgerMarker(this.#replica), '1', 'PX', FLUSH_SEQ_TTL_MS), this.#o.timeoutMs, ACCOUNTING_DEADLINE);
+      const key = this.#keys.ledgerMarker(this.#replica);
+      // A refresh only extends a marker that is there: one that is gone must stay gone for #checkMarker.
+      const set = this.#marked ? redis.set(key, '1', 'PX', FLUSH_SEQ_TTL_MS, 'XX') : redis.set(key, '1', 'PX', FLUSH_SEQ_TTL_MS);
+      await withDeadline(set, this.#o.timeoutMs, ACCOUNTING_DEADLINE);
       this.#marked = true;
+      this.#markedAt = now;
     } catch {
       // Set again after the next confirmed flush.
     }
+  }
+
+  /**
+   * What this replica had in Redis for `clientId` and no longer has there: its totals, less what is pending
+   * or unconfirmed (sent anyway). Added to the pending deltas; returns the items restored.
+   */
+  #restore(clientId: string): number {
+    const rows = this.#totals.get(clientId);
+    if (!rows) return 0;
+    const pending = this.#pending.get(clientId);
+    const unconfirmed = this.#unconfirmed.get(clientId)?.rows;
+    let restored = 0;
+    for (const [rk, total] of rows) {
+      const f = { ...total };
+      for (const k of FIGURES) f[k] -= (pending?.get(rk)?.[k] ?? 0) + (unconfirmed?.get(rk)?.[k] ?? 0);
+      if (FIGURES.some((k) => f[k] !== 0)) {
+        add(this.#pending, clientId, rk, f);
+        restored += f.items;
+      }
+    }
+    this.#unlisted.add(clientId);
+    return restored;
   }
 
   /** Before a flush: a marker that was set and is gone means Redis lost the books; restore this replica's share. */
@@ -191,25 +238,22 @@ export class Ledger {
     if (exists !== 0) return;
     this.#marked = false;
     this.#resets++;
-    // What this replica had in Redis: its totals, less what is pending or unconfirmed (sent anyway).
     let restored = 0;
-    for (const [clientId, rows] of this.#totals) {
-      const pending = this.#pending.get(clientId);
-      const unconfirmed = this.#unconfirmed.get(clientId)?.rows;
-      for (const [rk, total] of rows) {
-        const f = { ...total };
-        for (const k of FIGURES) f[k] -= (pending?.get(rk)?.[k] ?? 0) + (unconfirmed?.get(rk)?.[k] ?? 0);
-        if (FIGURES.some((k) => f[k] !== 0)) {
-          add(this.#pending, clientId, rk, f);
-          restored += f.items;
-        }
-      }
-      this.#unlisted.add(clientId);
-    }
+    for (const clientId of this.#totals.keys()) restored += this.#restore(clientId);
+    // Everything is restored: no client's missing sequence key is a loss still to be found.
+    this.#confirmed.clear();
     this.#o.logger.warn(
       { restoredItems: restored, clients: this.#totals.size },
       "usage books in Redis were lost (restart without persistence?); restoring this replica's share",
     );
+    this.#o.onReset?.();
+  }
+
+  /** The flush found a client's confirmed sequence key gone: its slot lost the books; restore this replica's share. */
+  #slotLost(clientId: string): void {
+    const restored = this.#restore(clientId);
+    this.#resets++;
+    this.#o.logger.warn({ restoredItems: restored }, "a client's usage books in Redis were lost (its slot's data is gone); restoring this replica's share");
     this.#o.onReset?.();
   }
 
@@ -252,18 +296,25 @@ export class Ledger {
     this.#unlisted = new Set();
     const deadline = this.#o.timeoutMs;
     const books = [...batches].map(async ([clientId, { seq, rows }]): Promise<unknown> => {
-      const args: (string | number)[] = [seq, FLUSH_SEQ_TTL_MS];
+      // The key is expected only while a confirmed batch's key cannot have expired (half its TTL).
+      const known = this.#confirmed.get(clientId);
+      const expected = known && performance.now() - known.at < FLUSH_SEQ_TTL_MS / 2 ? known.seq : 0;
+      const args: (string | number)[] = [seq, FLUSH_SEQ_TTL_MS, expected];
       for (const [rk, f] of rows) for (const k of FIGURES) if (f[k] !== 0) args.push(`${rk}|${k}`, f[k]);
       try {
-        if (args.length > 2) {
-          await withDeadline(
+        let outcome: unknown = 1;
+        if (args.length > 3) {
+          outcome = await withDeadline(
             redis.eval(FLUSH_ONCE, 2, this.#keys.usage(clientId), this.#keys.flushSeq(clientId, this.#replica), ...args),
             deadline,
             ACCOUNTING_DEADLINE,
           );
         }
+        // Before the batch counts as confirmed: the restore leaves it out (it is in Redis now, the rest is not).
+        if (outcome === 2) this.#slotLost(clientId);
         // Applied now or found applied earlier: either way it is in Redis exactly once.
         if (this.#unconfirmed.get(clientId)?.seq === seq) this.#unconfirmed.delete(clientId);
+        this.#confirmed.set(clientId, { seq, at: performance.now() });
         return undefined;
       } catch (e) {
         return e ?? new Error('flush failed');
