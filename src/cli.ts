@@ -104,7 +104,8 @@ async function run(argv: string[]): Promise<number> {
     // Exactly what the subgraph answers to `{ _service { sdl } }` (what a router or rover reads from it).
     const { buildSchema } = await import('./resolvers/index.ts');
     const { graphql } = await import('graphql');
-    const res = await graphql({ schema: buildSchema({ maxInputs: loadConfig().limits.maxInputsPerRequest }), source: '{ _service { sdl } }' });
+    const { schemaOptionsOf } = await import('./resolvers/demand-control.ts');
+    const res = await graphql({ schema: buildSchema(schemaOptionsOf(loadConfig())), source: '{ _service { sdl } }' });
     const sdl = `${(res.data as { _service: { sdl: string } })._service.sdl.trim()}\n`;
     if (values.out === undefined) return out(sdl);
     writeFileSync(values.out, sdl);

@@ -39,6 +39,7 @@ import { serveOptions } from './http/serve.ts';
 import { type FastPathStats, fastEntitiesPlugin } from './resolvers/fast-entities.ts';
 import { makeFormatError } from './resolvers/format-error.ts';
 import { httpCachePlugin } from './resolvers/http-cache.ts';
+import { schemaOptionsOf } from './resolvers/demand-control.ts';
 import { buildSchema } from './resolvers/index.ts';
 import { ModelHost } from './runtime/host.ts';
 import { TokenizerPool } from './runtime/tokenizer-pool.ts';
@@ -175,7 +176,7 @@ export class PolyrayServer {
     this.#tracing = startTracing(config.telemetry, packageVersion(), deps.spanExporter);
     if (this.#tracing) registerHttpTracing(this.app, this.logger);
     this.#apollo = new ApolloServer<PolyrayContext>({
-      schema: buildSchema({ maxInputs: config.limits.maxInputsPerRequest }),
+      schema: buildSchema(schemaOptionsOf(config)),
       formatError: makeFormatError(this.logger),
       logger: this.logger,
       includeStacktraceInErrorResponses: false,

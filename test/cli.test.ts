@@ -61,7 +61,8 @@ describe('polyray CLI', () => {
   });
 
   test('schema print: the one-file subgraph SDL, as the server serves it, composing with a posts subgraph', async () => {
-    const r = await polyrayCli(['schema', 'print'], {});
+    // The @cost weights follow the served models (src/resolvers/demand-control.ts): print for the ones the test server serves.
+    const r = await polyrayCli(['schema', 'print'], { POLYRAY_SERVE_MODELS: 'text-glove,image-mobilenet,head-nsfw' });
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /extend schema\s+@link\(url: "https:\/\/specs\.apollo\.dev\/federation\/v2\.\d+"/);
     assert.match(r.out, /type Post\s+@key\(fields: "id"\)/);

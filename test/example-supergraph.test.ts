@@ -9,7 +9,8 @@ import { after, before, describe, test } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import { compose } from '../examples/supergraph/compose.ts';
 import { startGateway } from '../examples/supergraph/gateway.ts';
-import { POSTS, startPosts } from '../examples/supergraph/posts.ts';
+import { gatewayConfig } from '../examples/supergraph/gateway.config.ts';
+import { MAX_PAGE, POSTS, startPosts } from '../examples/supergraph/posts.ts';
 import { polyrayCli } from './helpers/cli.ts';
 import { startPolyray, type TestServer } from './helpers/polyray.ts';
 
@@ -52,14 +53,21 @@ describe('the example supergraph', () => {
     assert.ok(dot(cat!, kitten!) > dot(cat!, rates!), 'the two cat posts are closer to each other');
   });
 
-  test('router.yaml forwards the API key headers, fits inline images and caches entities', () => {
+  test('router.yaml forwards the API key headers, fits inline images, caches entities and limits the cost', () => {
     const router = parseYaml(readFileSync('examples/supergraph/router.yaml', 'utf8')) as {
       headers: { all: { request: { propagate: { named: string } }[] } };
       limits: { http_max_request_bytes: number };
       response_cache: { enabled: boolean };
+      demand_control: { enabled: boolean; mode: string; strategy: { static_estimated: { list_size: number; max: number } } };
     };
     assert.deepEqual(router.headers.all.request.map((r) => r.propagate.named).sort(), ['authorization', 'x-api-key']);
     assert.ok(router.limits.http_max_request_bytes >= 8 * 1024 * 1024);
     assert.equal(router.response_cache.enabled, true);
+    // Demand control as in gateway.config.ts: the same limit, lists sized by the posts subgraph's longest page.
+    assert.deepEqual(router.demand_control, {
+      enabled: true,
+      mode: 'enforce',
+      strategy: { static_estimated: { list_size: MAX_PAGE, max: gatewayConfig.demandControl.maxCost } },
+    });
   });
 });

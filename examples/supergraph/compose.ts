@@ -16,14 +16,17 @@ interface SupergraphConfig {
   subgraphs: Record<string, { routing_url: string; schema: { file: string } }>;
 }
 
-/** The supergraph SDL; `urls` overrides routing URLs by subgraph name (tests bind free ports). */
-export function compose(urls: Record<string, string> = {}, configFile = path.join(HERE, 'supergraph.yaml')): string {
+/**
+ * The supergraph SDL; `urls` overrides routing URLs by subgraph name (tests bind free ports), `files` schema files
+ * by subgraph name (a test prints Polyray's SDL to a file of its own).
+ */
+export function compose(urls: Record<string, string> = {}, configFile = path.join(HERE, 'supergraph.yaml'), files: Record<string, string> = {}): string {
   const config = parseYaml(readFileSync(configFile, 'utf8')) as SupergraphConfig;
   const result = composeServices(
     Object.entries(config.subgraphs).map(([name, s]) => ({
       name,
       url: urls[name] ?? s.routing_url,
-      typeDefs: parseGraphql(readFileSync(path.resolve(path.dirname(configFile), s.schema.file), 'utf8')),
+      typeDefs: parseGraphql(readFileSync(files[name] ?? path.resolve(path.dirname(configFile), s.schema.file), 'utf8')),
     })),
   );
   if (result.errors) throw new Error(`composition failed:\n${result.errors.map((e) => e.message).join('\n')}`);

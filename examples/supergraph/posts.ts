@@ -14,13 +14,19 @@ export const POSTS = [
   { id: '3', text: 'Interest rates rose again.', imageUrls: [] as string[] },
 ];
 
+/**
+ * The longest page `posts` returns: the longest list of `Post` entities the gateway asks Polyray about in one
+ * fetch: gateway.config.ts `ENTITIES_PER_FETCH`, router.yaml `list_size`.
+ */
+export const MAX_PAGE = 100;
+
 export async function startPosts(port: number): Promise<{ url: string; stop: () => Promise<void> }> {
   const byId = new Map(POSTS.map((p) => [p.id, p]));
   const server = new ApolloServer({
     schema: buildSubgraphSchema({
       typeDefs: parse(readFileSync(new URL('./posts.graphql', import.meta.url), 'utf8')),
       resolvers: {
-        Query: { posts: (_: unknown, a: { first?: number | null }) => POSTS.slice(0, a.first ?? POSTS.length) },
+        Query: { posts: (_: unknown, a: { first?: number | null }) => POSTS.slice(0, Math.min(a.first ?? MAX_PAGE, MAX_PAGE)) },
         Post: { __resolveReference: (ref: { id: string }) => byId.get(ref.id) ?? null },
       },
     }),

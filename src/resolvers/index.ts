@@ -14,26 +14,23 @@ import { postResolvers } from './post.ts';
 import { queryResolvers } from './query.ts';
 import { usageResolvers } from './usage.ts';
 import { policyResolvers } from './policy.ts';
+import { applyDemandControl, type DemandControlOptions } from './demand-control.ts';
 
 export const SCHEMA_DIR = fileURLToPath(new URL('../../schema/', import.meta.url));
 
-/** What the served SDL takes from the configuration. */
-export interface SchemaOptions {
-  /**
-   * POLYRAY_MAX_INPUTS: `embed`'s `@listSize(assumedSize:)`, so a gateway's demand control estimates the
-   * list the service may really return (the file says 2048, the default).
-   */
-  maxInputs?: number | undefined;
-}
+/**
+ * What the served SDL takes from the configuration (src/resolvers/demand-control.ts): POLYRAY_MAX_INPUTS as
+ * `embed`'s `@listSize(assumedSize:)` (the file says 2048, the default), and the `@cost` weights of the
+ * served models, so that a gateway's demand control estimates no less than the service may really reserve.
+ */
+export type SchemaOptions = DemandControlOptions;
 
 /** All SDL files of `schema/`, in name order, as one document. */
 export function loadTypeDefs(dir: string = SCHEMA_DIR, options: SchemaOptions = {}): DocumentNode {
   const files = readdirSync(dir)
     .filter((f) => f.endsWith('.graphql'))
     .sort();
-  let sdl = files.map((f) => readFileSync(path.join(dir, f), 'utf8')).join('\n');
-  if (options.maxInputs !== undefined) sdl = sdl.replace(/(\): \[Embedding!\]! @listSize\(assumedSize: )\d+/, `$1${options.maxInputs}`);
-  return parse(sdl);
+  return applyDemandControl(parse(files.map((f) => readFileSync(path.join(dir, f), 'utf8')).join('\n')), options);
 }
 
 export function buildSchema(options: SchemaOptions = {}): GraphQLSchema {
