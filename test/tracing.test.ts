@@ -7,9 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import { parse as parseYaml } from 'yaml';
 import { compose } from '../examples/supergraph/compose.ts';
 import { startGateway } from '../examples/supergraph/gateway.ts';
 import { startPosts } from '../examples/supergraph/posts.ts';
@@ -136,6 +138,13 @@ describe('OpenTelemetry tracing', () => {
       logs.some((l) => l['trace_id'] === traceId && l['msg'] === 'request'),
       'the request log line carries the trace id',
     );
+  });
+
+  test('the example router.yaml propagates W3C trace context to the subgraphs', () => {
+    const router = parseYaml(readFileSync('examples/supergraph/router.yaml', 'utf8')) as {
+      telemetry: { exporters: { tracing: { propagation: { trace_context: boolean } } } };
+    };
+    assert.equal(router.telemetry.exporters.tracing.propagation.trace_context, true);
   });
 
   test('off unless an endpoint is set', () => {
