@@ -27,10 +27,11 @@ export function sourceHash(root) {
 
 /** Builds dist/ unless it is current; returns whether it built. */
 export function ensureBuilt(root, log = (s) => process.stderr.write(s)) {
+  // An installed package or an image ships dist/ only: there is nothing to hash or build.
+  if (!existsSync(path.join(root, 'src'))) return false;
   const stamp = path.join(root, 'dist', '.build-stamp');
   const current = existsSync(stamp) && readFileSync(stamp, 'utf8').trim() === sourceHash(root);
   if (current) return false;
-  if (!existsSync(path.join(root, 'src'))) return false; // an installed package ships dist/ only
   if (!existsSync(path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'))) {
     throw new Error(
       'dist/ is missing or older than src/, and TypeScript is not installed to build it: run `npm install` (with dev dependencies), then `npm run build`',
