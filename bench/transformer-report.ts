@@ -230,10 +230,19 @@ export function verdictsT(t: TransformerResults): Verdict[] {
   const nMix = Math.max(...t.loads.filter((l) => l.workload === 'mixed').map((l) => l.concurrency), -1);
   const pm = find(t, 'polyray', 'mixed', nMix);
   const peerM = bestPeer(t, 'mixed', nMix);
+  // Issue 27 replaced "≥ 1.2× the peer" (not reachable here: the raw bound itself is ×1.05–1.11 over one
+  // text per run) by "≥ 0.95× the raw length-sorted bound": ideal length-sorted batches on raw run().
+  const sortedBound = t.ceiling.mixed?.rows[2];
+  if (pm && sortedBound)
+    v.push({
+      target: `mixed lengths N=${nMix}: Polyray ≥ 0.95× the raw length-sorted bound`,
+      met: pm.itemsPerS >= 0.95 * sortedBound.itemsPerS,
+      detail: `Polyray ${f1(pm.itemsPerS)} items/s vs ${f1(sortedBound.itemsPerS)} in ideal length-sorted batches on raw \`run()\` = ${ratio(pm.itemsPerS / sortedBound.itemsPerS)}${pm.batches ? ` (Polyray's batches: mean ${pm.batches.meanSize.toFixed(1)} items, ${ms(pm.batches.meanRunMs)} ms per run)` : ''}`,
+    });
   if (pm && peerM)
     v.push({
-      target: `mixed lengths N=${nMix}: Polyray ≥ 1.2× the peer`,
-      met: pm.itemsPerS >= 1.2 * peerM.itemsPerS,
+      target: `mixed lengths N=${nMix}: Polyray vs the peer (reported)`,
+      met: undefined,
       detail:
         `Polyray ${f1(pm.itemsPerS)} items/s vs peer (${peerM.server.replace('peer, ', '')}, its best) ${f1(peerM.itemsPerS)} = ${ratio(pm.itemsPerS / peerM.itemsPerS)}` +
         (pm.batches ? ` (Polyray's batches: mean ${pm.batches.meanSize.toFixed(1)} items, ${ms(pm.batches.meanRunMs)} ms per run)` : '') +
