@@ -18,6 +18,7 @@ const FILES = [
   'test/shutdown.test.ts',
   'test/redis-faults.test.ts',
   'test/ledger.test.ts',
+  'test/ledger-cluster.test.ts',
   'test/usage-books.test.ts',
 ];
 
@@ -58,7 +59,7 @@ const section = [
   '',
   `Measured ${startedAt} by \`npm run test:faults\`${cli.quick ? ' --quick' : ''} on ${host.cpuModel}, ${host.cores} cores; source ${gitState(cli.root)}. ` +
     `Real worker processes, Redis and PostgreSQL servers of the tests' own; the load generators run on the same machine. The suite ${passed ? 'passed' : 'FAILED'} ` +
-    `(${FILES.map((f) => path.basename(f)).join(', ')}); the Redis restart and PostgreSQL faults are in test/ledger.test.ts and test/usage-books.test.ts, ` +
+    `(${FILES.map((f) => path.basename(f)).join(', ')}); the Redis restart (standalone and one Cluster master) and PostgreSQL faults are in test/ledger.test.ts, test/ledger-cluster.test.ts and test/usage-books.test.ts, ` +
     'whose assertions are exact (the books equal what was charged), so they have no figure of their own here.',
   '',
   ...rows,
