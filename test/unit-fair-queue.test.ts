@@ -209,6 +209,28 @@ describe('fair dispatch queue', () => {
     assert.equal(queue.correction, 1);
   });
 
+  test('paced refusals: OVERLOADED is delivered refusalPaceMs after the submit, not at once', async () => {
+    const { clock, pool, queue } = setup(4, { maxQueueItems: 2, refusalPaceMs: 250 });
+    const held = queue.submit([1, 2]);
+    const running = await pool.nextRun();
+    let settled = false;
+    const refused = Promise.allSettled(queue.submit([3, 4, 5])).then((r) => {
+      settled = true;
+      return r;
+    });
+    await flush();
+    assert.equal(settled, false, 'not answered at once');
+    clock.advance(249);
+    await flush();
+    assert.equal(settled, false);
+    clock.advance(1);
+    const r = await refused;
+    assert.ok(r.every((x) => x.status === 'rejected' && (x.reason as PolyrayError).code === ErrorCode.OVERLOADED));
+    assert.equal(queue.rejected, 3);
+    answer(running);
+    await Promise.all(held);
+  });
+
   test('a queue emptied by callers giving up is idle: the time until the next batch is not measured as its cost', async () => {
     const { clock, pool, queue } = setup(4, { maxQueueWaitMs: 1000 });
     const first = queue.submit([1, 2, 3, 4]);

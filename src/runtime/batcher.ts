@@ -27,6 +27,8 @@ export interface BatcherOptions {
   maxQueueItemsPerClient?: number;
   /** Longest expected wait of a submit, in ms (OVERLOADED beyond). Default 0: no bound by time. */
   maxQueueWaitMs?: number;
+  /** How long after the submit an OVERLOADED refusal is delivered, in ms. Default 0. */
+  refusalPaceMs?: number;
   /** Each item's time in the queue (ms) as its batch starts. Default: none. */
   observeWait?: ((ms: number) => void) | undefined;
 }
@@ -102,6 +104,11 @@ export class Batcher {
   /** OVERLOADED when the queue ahead of this client already passes the wait bound (see DispatchQueue.refuseEarly). */
   refuseEarly(options: SubmitOptions, count: number): PolyrayError | undefined {
     return this.#queue.refuseEarly(options, count);
+  }
+
+  /** A refusal delivered at the queue's pace (see DispatchQueue.paced). */
+  paced(e: PolyrayError): Promise<never> {
+    return this.#queue.paced(e);
   }
 
   #full(queue: readonly Waiting<BatchItem>[]): boolean {

@@ -309,6 +309,7 @@ export class ModelHost {
         maxQueueItems: b.maxQueueItems,
         maxQueueItemsPerClient: b.maxQueueItemsPerClient,
         maxQueueWaitMs: b.maxQueueWaitMs,
+        refusalPaceMs: b.refusalPaceMs,
         maxCost: pre ? b.maxPixels : b.maxItems,
         observeWait: this.#waitObserver(manifest.name),
       };

@@ -30,6 +30,8 @@ export interface TensorBatcherOptions {
   maxQueueItemsPerClient?: number;
   /** Longest expected wait of a submit, in ms (OVERLOADED beyond). Default 0: no bound by time. */
   maxQueueWaitMs?: number;
+  /** How long after the submit an OVERLOADED refusal is delivered, in ms. Default 0. */
+  refusalPaceMs?: number;
   /** Each item's time in the queue (ms) as its batch starts. Default: none. */
   observeWait?: ((ms: number) => void) | undefined;
 }

@@ -110,7 +110,7 @@ class TextAdapter implements InferenceAdapter<TextInput, Payload, TextCall> {
     });
     // Under overload the refusal comes before the tokenisation, which would otherwise queue behind it.
     const early = handle.queue.refuseEarly(serve, items.length);
-    if (early) return items.map(() => Promise.reject(early));
+    if (early) return items.map(() => handle.queue.paced(early));
     const tokenized =
       texts.length > 0
         ? tracing.on
