@@ -36,6 +36,8 @@ interface Totals {
 /** What one client was told it was charged, summed over the responses it received. */
 class Tally {
   readonly byClient = new Map<string, Totals>();
+  /** Why requests failed (HTTP status and error code, or the fetch error), for the assertion messages. */
+  readonly reasons = new Map<string, number>();
   add(client: string, cost: number, items: number): void {
     const t = this.byClient.get(client) ?? { cost: 0, items: 0, requests: 0, failures: 0 };
     t.cost += cost;
@@ -43,10 +45,11 @@ class Tally {
     t.requests++;
     this.byClient.set(client, t);
   }
-  fail(client: string): void {
+  fail(client: string, reason: string): void {
     const t = this.byClient.get(client) ?? { cost: 0, items: 0, requests: 0, failures: 0 };
     t.failures++;
     this.byClient.set(client, t);
+    this.reasons.set(reason, (this.reasons.get(reason) ?? 0) + 1);
   }
 }
 
@@ -74,8 +77,12 @@ function loadOn(server: ChildServer, client: string, key: string, tally: Tally, 
               variables: { i: input.map((text) => ({ text })) },
             }),
           });
-          const body = (await res.json()) as { data?: { embed: unknown[] }; errors?: unknown[]; extensions?: { cost?: { charged: number } } };
-          if (res.status !== 200 || body.errors) tally.fail(client);
+          const body = (await res.json()) as {
+            data?: { embed: unknown[] };
+            errors?: { extensions?: { code?: string } }[];
+            extensions?: { cost?: { charged: number } };
+          };
+          if (res.status !== 200 || body.errors) tally.fail(client, `graphql ${res.status} ${body.errors?.[0]?.extensions?.code ?? ''}`);
           else tally.add(client, body.extensions!.cost!.charged, body.data!.embed.length);
         } else {
           const res = await fetch(`${server.url}/v1/embeddings`, {
@@ -83,14 +90,14 @@ function loadOn(server: ChildServer, client: string, key: string, tally: Tally, 
             headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
             body: JSON.stringify({ model: 'text-glove', input: input }),
           });
-          const body = (await res.json()) as { data?: unknown[] };
-          if (res.status !== 200) tally.fail(client);
+          const body = (await res.json()) as { data?: unknown[]; error?: { code?: string } };
+          if (res.status !== 200) tally.fail(client, `openai ${res.status} ${body.error?.code ?? ''}`);
           else tally.add(client, Number(res.headers.get('x-polyray-cost')), body.data!.length);
         }
-      } catch {
+      } catch (e) {
         // The replica was killed with this request in flight: no answer, nothing the client was told.
         if (!running) return;
-        tally.fail(client);
+        tally.fail(client, `fetch ${(e as Error).message}`);
         await sleep(50);
       }
     }
@@ -166,7 +173,7 @@ describe('usage books in PostgreSQL: exactly once through faults', () => {
     assert.ok((await admin.hlen(outbox)) > 0, 'batches wait in the Redis outbox while the database is down');
     await sleep(Math.max(0, 10_000 - (Date.now() - down)));
     const failuresDuring = [...tally.byClient.values()].reduce((n, t) => n + t.failures, 0) - failuresBefore;
-    assert.equal(failuresDuring, 0, 'requests kept succeeding while the database was down');
+    assert.equal(failuresDuring, 0, `requests kept succeeding while the database was down (failures so far: ${JSON.stringify([...tally.reasons])})`);
     await pgServer.resume();
     await db.connect();
 
