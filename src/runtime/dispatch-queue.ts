@@ -220,8 +220,10 @@ export class DispatchQueue<T, R> {
   readonly #rates = new Map<number, number>();
   /** Size class of the last batch measured: the rate a request of unknown size is estimated with. */
   #lastClass: number | undefined;
-  /** Recent admitted requests' real wait ÷ predicted wait, with when each was measured (see #correction). */
+  /** Recent admitted requests' real wait ÷ predicted wait, with when each was measured (see `correction`). */
   readonly #calibration: { at: number; ratio: number }[] = [];
+  /** The correction as of the last sample (recomputed per sample, not per submit). */
+  #corrected = 1;
   #cancelTimer: (() => void) | undefined;
   #acquiring = false;
   #inFlight = 0;
@@ -385,9 +387,9 @@ export class DispatchQueue<T, R> {
       const largest = Math.max(...costs);
       const start = this.expectedWaitMs(id, total, weight, rank, largest);
       // Nothing ahead (an idle queue) admits any request: its wait is its own work, which refusing cannot shorten.
-      const wait = start === undefined || start === 0 ? undefined : (start + total * this.#rateFor(largest)!) * this.correction;
       // Learnt from either way: an idle queue's prediction is the request's own work.
       predicted = start === undefined ? undefined : start + total * this.#rateFor(largest)!;
+      const wait = predicted === undefined || start === 0 ? undefined : predicted * this.correction;
       const allowed = bound - this.#spent(options);
       if (wait !== undefined && wait > allowed) {
         return refuse(
@@ -435,15 +437,23 @@ export class DispatchQueue<T, R> {
   /**
    * The factor predictions are scaled by: the 90th percentile of real ÷ predicted wait over the requests
    * admitted in the last CALIBRATION_WINDOW_MS (at most CALIBRATION_SAMPLES), within [0.5, 4]; 1 without
-   * recent samples. Below 1 when the model overestimates (queued work whose callers give up).
+   * recent samples. Below 1 when the model overestimates (queued work whose callers give up). Computed when
+   * a sample arrives; read on every submit.
    */
   get correction(): number {
-    const now = this.#clock.now();
+    const newest = this.#calibration.at(-1);
+    return newest !== undefined && this.#clock.now() - newest.at <= CALIBRATION_WINDOW_MS ? this.#corrected : 1;
+  }
+
+  #recalibrate(now: number): void {
     const recent = this.#calibration.filter((c) => now - c.at <= CALIBRATION_WINDOW_MS).map((c) => c.ratio);
-    if (recent.length < MIN_CALIBRATION_SAMPLES) return 1;
+    if (recent.length < MIN_CALIBRATION_SAMPLES) {
+      this.#corrected = 1;
+      return;
+    }
     recent.sort((a, b) => a - b);
     const q = recent[Math.min(recent.length - 1, Math.floor(0.9 * recent.length))]!;
-    return Math.min(4, Math.max(0.5, q));
+    this.#corrected = Math.min(4, Math.max(0.5, q));
   }
 
   /** Once every item of an admitted request has its result, records its real wait against the prediction. */
@@ -453,6 +463,7 @@ export class DispatchQueue<T, R> {
         const now = this.#clock.now();
         this.#calibration.push({ at: now, ratio: (now - submittedAt) / predicted });
         if (this.#calibration.length > CALIBRATION_SAMPLES) this.#calibration.shift();
+        this.#recalibrate(now);
       },
       // A failed, dropped or abandoned request says nothing about how long work waits.
       () => undefined,
@@ -665,12 +676,11 @@ export class DispatchQueue<T, R> {
       this.#lastClass = cls;
       for (const [i, q] of batch.entries()) q.resolve(results[i]!);
     } catch (e) {
+      failed(span, e);
       if (e instanceof PolyrayError && e.extensions['reason'] === 'worker-exit' && batch.every((q) => !q.retried) && this.#state.kind !== 'closed') {
-        failed(span, e);
         this.#requeue(batch);
         return;
       }
-      failed(span, e);
       this.#failedBatches++;
       // Internal errors (worker messages, tensor shapes) are masked; a PolyrayError is already safe to show.
       const err = e instanceof PolyrayError ? e : batchFailed();
