@@ -118,6 +118,9 @@ describe('usage books in PostgreSQL: exactly once through faults', () => {
   let dir: string;
   const keys: Record<string, string> = {};
   const children: ChildServer[] = [];
+  /** Every load started, stopped in after() too: a failed assertion must not leave loops running (the test process would never exit). */
+  const loads: { stop(): Promise<void> }[] = [];
+  const closers: (() => unknown)[] = [];
 
   before(async () => {
     [pgServer, redis] = await Promise.all([startPostgresServer(), startRedisServer()]);
@@ -126,7 +129,11 @@ describe('usage books in PostgreSQL: exactly once through faults', () => {
     for (const id of ['alpha', 'beta']) keys[id] = (await addClient(join(dir, 'clients.json'), { id, rate: 1e6, burst: 1e9 })).key;
   });
   after(async () => {
+    // Loops told to stop before their replicas die: a request to a dead replica fails at once and the loop ends.
+    const stopped = Promise.all(loads.map((l) => l.stop()));
     for (const c of children) c.process.kill('SIGKILL');
+    await stopped;
+    for (const close of closers) await Promise.resolve(close()).catch(() => undefined);
     await Promise.all([pgServer?.stop(), redis?.stop()]);
     if (dir) await rm(dir, { recursive: true, force: true });
   });
@@ -152,11 +159,20 @@ describe('usage books in PostgreSQL: exactly once through faults', () => {
     const admin = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
     admin.on('error', () => undefined);
     await admin.connect();
+    closers.push(() => admin.disconnect());
     const outbox = new AccountingKeys(PREFIX).usageOutbox;
     const db = new pg.Client({ connectionString: dbUrl });
+    db.on('error', () => undefined);
+    closers.push(() => db.end());
+    /** The replicas' last log lines, for assertion messages. */
+    const logs = (): string => children.map((c, i) => `--- replica ${i} ---\n${c.log().slice(-1500)}`).join('\n');
 
     const [a, b] = await Promise.all([replica(), replica()]);
-    const start = (s: ChildServer, seed: number) => [loadOn(s, 'alpha', keys['alpha']!, tally, seed), loadOn(s, 'beta', keys['beta']!, tally, seed + 50_000)];
+    const start = (s: ChildServer, seed: number) => {
+      const started = [loadOn(s, 'alpha', keys['alpha']!, tally, seed), loadOn(s, 'beta', keys['beta']!, tally, seed + 50_000)];
+      loads.push(...started);
+      return started;
+    };
     let onA = start(a, 0);
     let onB = start(b, 100_000);
     await sleep(2000);
@@ -173,7 +189,7 @@ describe('usage books in PostgreSQL: exactly once through faults', () => {
     assert.ok((await admin.hlen(outbox)) > 0, 'batches wait in the Redis outbox while the database is down');
     await sleep(Math.max(0, 10_000 - (Date.now() - down)));
     const failuresDuring = [...tally.byClient.values()].reduce((n, t) => n + t.failures, 0) - failuresBefore;
-    assert.equal(failuresDuring, 0, `requests kept succeeding while the database was down (failures so far: ${JSON.stringify([...tally.reasons])})`);
+    assert.equal(failuresDuring, 0, `requests kept succeeding while the database was down (failures so far: ${JSON.stringify([...tally.reasons])})\n${logs()}`);
     await pgServer.resume();
     await db.connect();
 
@@ -186,7 +202,7 @@ describe('usage books in PostgreSQL: exactly once through faults', () => {
         const { rows: by } = await db.query<{ replica: string; delivered_by: string }>('SELECT DISTINCT replica, delivered_by FROM usage_batches');
         if (by.some((r) => r.replica !== r.delivered_by)) break; // the orphans went in
       }
-      assert.ok(Date.now() < deadline, `the killed replica's batches were delivered (outbox: ${fields.length})`);
+      assert.ok(Date.now() < deadline, `the killed replica's batches were delivered (outbox: ${fields.join(' ')})\n${logs()}`);
       await sleep(250);
     }
 
@@ -199,7 +215,10 @@ describe('usage books in PostgreSQL: exactly once through faults', () => {
     const c = await replica();
     const onC = start(c, 200_000);
     const locker = new pg.Client({ connectionString: dbUrl });
+    locker.on('error', () => undefined);
     await locker.connect();
+    let lockerOpen = true;
+    closers.push(() => (lockerOpen ? locker.end() : undefined));
     await locker.query('BEGIN');
     await locker.query('LOCK TABLE usage_batches IN ACCESS EXCLUSIVE MODE');
     const waitUntil = Date.now() + 10_000;
@@ -216,6 +235,7 @@ describe('usage books in PostgreSQL: exactly once through faults', () => {
     b.process.kill('SIGKILL');
     await sleep(300);
     await locker.query('ROLLBACK');
+    lockerOpen = false;
     await locker.end();
     await sleep(2000);
     await Promise.all(onC.map((l) => l.stop()));
@@ -225,7 +245,7 @@ describe('usage books in PostgreSQL: exactly once through faults', () => {
     // C delivers its own and, after B's liveness key expires, B's; then it stops cleanly.
     const settle = Date.now() + 40_000;
     while ((await admin.hlen(outbox)) > 0) {
-      assert.ok(Date.now() < settle, 'every outbox batch was delivered');
+      assert.ok(Date.now() < settle, `every outbox batch was delivered (left: ${(await admin.hkeys(outbox)).join(' ')})\n${logs()}`);
       await sleep(250);
     }
     await c.stop();
@@ -252,7 +272,5 @@ describe('usage books in PostgreSQL: exactly once through faults', () => {
     );
     assert.ok(Math.abs(Number(audit[0]!.from_batches) - Number(audit[0]!.from_rows)) < 1e-6, 'batches add up to the rows');
     assert.ok(Number(audit[0]!.orphans) > 0, 'some batches were delivered by another replica than the one that cut them');
-    await db.end();
-    admin.disconnect();
   });
 });

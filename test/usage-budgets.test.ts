@@ -297,18 +297,18 @@ describe('budgets, history and reports on the usage database', () => {
     const client = new Redis(redis.url);
     const prefix = 'polyray-test-outbox:';
     const k = new AccountingKeys(prefix);
-    const make = () =>
-      new UsageBooks({
-        db: pool,
-        redis: client,
-        keyPrefix: prefix,
-        flushMs: 3_600_000,
-        maxUnconfirmed: 10,
-        redisTimeoutMs: 1000,
-        retentionDays: 400,
-        batchRetentionDays: 30,
-        logger: silentLogger(),
-      });
+    const makeOptions = () => ({
+      db: pool,
+      redis: client,
+      keyPrefix: prefix,
+      flushMs: 3_600_000,
+      maxUnconfirmed: 10,
+      redisTimeoutMs: 1000,
+      retentionDays: 400,
+      batchRetentionDays: 30,
+      logger: silentLogger(),
+    });
+    const make = () => new UsageBooks(makeOptions());
     try {
       const owner = make();
       owner.record('c1', 'text-glove', 'COMPUTED', 'graphql', { items: 3, tokens: 30, inferenceMs: 1, cost: 30 });
@@ -330,6 +330,23 @@ describe('budgets, history and reports on the usage database', () => {
       assert.deepEqual([Number(rows[0]!.cost), Number(rows[0]!.items)], [30, 3], 'counted once');
       await owner.close();
       await other.close();
+
+      // A live replica whose delete failed (or whose outbox write raced the delivery) finds its own entry
+      // on a later scan and removes it: it would otherwise stay for as long as the replica lives.
+      let clock = 1_000_000;
+      const alive = new UsageBooks({ ...makeOptions(), flushMs: 1000, clock: () => clock });
+      alive.record('c1', 'text-glove', 'COMPUTED', 'graphql', { items: 1, tokens: 10, inferenceMs: 1, cost: 10 });
+      await alive.delivered();
+      const body = (await pool.query('SELECT body FROM usage_batches WHERE replica = $1', [alive.replica])).rows[0].body;
+      await client.hset(k.usageOutbox, `${alive.replica}:1`, JSON.stringify({ replica: alive.replica, seq: 1, rows: body }));
+      clock += 6000;
+      alive.record('c1', 'text-glove', 'COMPUTED', 'graphql', { items: 1, tokens: 10, inferenceMs: 1, cost: 10 });
+      await alive.delivered();
+      assert.equal(await client.hlen(k.usageOutbox), 0, "the replica's own stale entry was removed while it lives");
+      assert.equal(alive.deliveries.duplicate, 1, 'and not added again');
+      const { rows: after } = await pool.query<{ cost: string }>('SELECT sum(cost)::text AS cost FROM usage_hourly');
+      assert.equal(Number(after[0]!.cost), 50, 'each batch counted once');
+      await alive.close();
     } finally {
       client.disconnect();
       await pool.end();

@@ -239,6 +239,9 @@ export class UsageBooks {
         for (const b of fresh) fields.push(`${b.replica}:${b.seq}`, JSON.stringify({ replica: b.replica, seq: b.seq, rows: b.rows }));
         await withDeadline(redis.hset(this.#keys.usageOutbox, ...fields), t, ACCOUNTING_DEADLINE);
         for (const b of fresh) b.inOutbox = true;
+        // A delivery confirmed some of them while this write was on its way: it did not know to delete them.
+        const confirmed = fresh.filter((b) => !this.#held.includes(b)).map((b) => `${b.replica}:${b.seq}`);
+        if (confirmed.length > 0) await withDeadline(redis.hdel(this.#keys.usageOutbox, ...confirmed), t, ACCOUNTING_DEADLINE).catch(() => undefined);
       }
       this.#outboxFailing = false;
     } catch (e) {
@@ -278,7 +281,10 @@ export class UsageBooks {
     }
   }
 
-  /** Delivers outbox batches of replicas whose liveness key is gone (stopped or killed). */
+  /**
+   * Delivers outbox batches of replicas whose liveness key is gone (stopped or killed), and removes this
+   * replica's own entries that it no longer holds (confirmed, but their HDEL failed).
+   */
   async #deliverOrphans(): Promise<void> {
     const redis = this.#o.redis!;
     const t = this.#o.redisTimeoutMs;
@@ -291,9 +297,13 @@ export class UsageBooks {
       for (let i = 0; i + 1 < flat.length && seen < ORPHANS_PER_SCAN; i += 2) {
         const field = flat[i]!;
         const owner = field.slice(0, field.indexOf(':'));
-        if (owner === this.replica) continue;
-        if (!alive.has(owner)) alive.set(owner, (await withDeadline(redis.exists(this.#keys.usageAlive(owner)), t, ACCOUNTING_DEADLINE)) === 1);
-        if (alive.get(owner)) continue;
+        if (owner === this.replica) {
+          // Its own batch: still held, or confirmed and left by an HDEL that failed (delivered again below,
+          // found a duplicate, and removed; else it would stay while this replica lives).
+          const seq = Number(field.slice(owner.length + 1));
+          if (this.#held.some((b) => b.seq === seq)) continue;
+        } else if (!alive.has(owner)) alive.set(owner, (await withDeadline(redis.exists(this.#keys.usageAlive(owner)), t, ACCOUNTING_DEADLINE)) === 1);
+        if (owner !== this.replica && alive.get(owner)) continue;
         seen++;
         let batch: Batch;
         try {

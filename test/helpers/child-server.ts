@@ -16,6 +16,8 @@ export interface ChildServer {
   stop(): Promise<void>;
   /** The Prometheus text of /metrics, read with `headers`. */
   metrics(headers: Record<string, string>): Promise<string>;
+  /** The last 4,000 characters the process wrote (stdout and stderr), for assertion messages. */
+  log(): string;
 }
 
 /** Starts src/main.ts with `env` (plus HOST, PORT, LOG_LEVEL) and resolves once /readyz answers 200. */
@@ -59,6 +61,7 @@ export async function startChildServer(env: Record<string, string>, timeoutMs = 
       }
     },
     metrics: async (headers) => (await fetch(`${url}/metrics`, { headers })).text(),
+    log: () => log,
   };
 }
 
