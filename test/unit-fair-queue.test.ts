@@ -227,6 +227,11 @@ describe('fair dispatch queue', () => {
     const r = await refused;
     assert.ok(r.every((x) => x.status === 'rejected' && (x.reason as PolyrayError).code === ErrorCode.OVERLOADED));
     assert.equal(queue.rejected, 3);
+    // retryAfterMs counts from the answer: the pace already waited is taken off, at least 100 ms left.
+    assert.equal((r[0] as PromiseRejectedResult).reason.extensions.retryAfterMs, 100);
+    const later = queue.paced(new PolyrayError(ErrorCode.OVERLOADED, 'busy', { retryAfterMs: 1000 }));
+    clock.advance(250);
+    await assert.rejects(later, (e: PolyrayError) => e.code === ErrorCode.OVERLOADED && e.extensions['retryAfterMs'] === 750 && e.message === 'busy');
     answer(running);
     await Promise.all(held);
   });

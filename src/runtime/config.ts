@@ -189,17 +189,16 @@ export const batchingSchema = z
       doc: 'longest expected queue wait of a request, from measured cost (`OVERLOADED` with `retryAfterMs` beyond; 0: off)',
     }),
     /**
-     * How long after the request an `OVERLOADED` refusal of a model's queue is answered, in ms: a client that
-     * retries at once is held to one refusal per pace instead of hundreds a second, which took the inference
-     * worker's CPU and collapsed throughput (64 such clients on 2 cores: 12 answers/s at once, 63 paced at 250 ms).
-     * Off by default until its effect on the accepted requests' tail is understood (docs/OPERATIONS.md).
-     * `POLYRAY_QUEUE_REFUSAL_PACE_MS`; default 0 (at once).
+     * How long after the request an `OVERLOADED` refusal of a model's queue is answered, in ms: a connection
+     * that retries soon after a refusal is held to one refusal per pace instead of hundreds a second, which
+     * took the inference worker's CPU and halved throughput on 2 cores (docs/OPERATIONS.md, bench/RESULTS.md).
+     * `POLYRAY_QUEUE_REFUSAL_PACE_MS`; default 250; 0 answers at once.
      */
     refusalPaceMs: setting(z.number().int().min(0).max(10_000), {
       env: 'POLYRAY_QUEUE_REFUSAL_PACE_MS',
       file: 'queueRefusalPaceMs',
-      default: 0,
-      doc: 'delay before an `OVERLOADED` refusal is answered (holds clients that retry at once to one refusal per pace; 0: at once)',
+      default: 250,
+      doc: 'delay before an `OVERLOADED` refusal of a busy queue is answered (holds clients that retry at once to one refusal per pace; 0: at once)',
     }),
     /**
      * Most items one client may have queued per model; beyond it that client gets OVERLOADED while others keep

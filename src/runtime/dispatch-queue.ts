@@ -29,11 +29,12 @@
  *   The wait counts what runs before the new items in fair order: the client's own backlog, each other
  *   client's backlog up to its weighted share of it, and the batches running; a light client beside a
  *   flood is admitted, the flood is refused.
- * - Paced refusals (opt-in, `refusalPaceMs`): an OVERLOADED answer is given that long after the submit, not
- *   at once. A client that retries as soon as it is refused otherwise sends hundreds of requests a second,
- *   each costing the event loop what a cache hit costs; on 2 cores that took the inference worker's CPU,
- *   batches slowed, the estimate grew and more was refused (64 such clients: 12 answers/s; paced at 250 ms:
- *   63, no refusals). Pacing holds such a client to one refusal per pace.
+ * - Paced refusals (`refusalPaceMs`, 250 ms by default): an OVERLOADED answer is given that long after the
+ *   submit, not at once. Refused clients otherwise come back within milliseconds (at once, or after a short
+ *   fixed delay), hundreds of requests a second, each costing the event loop what a cache hit costs; on 2
+ *   cores that took the inference worker's CPU, batches slowed, the estimate grew and more was refused:
+ *   throughput halved (bench:overload, 48 connections of 8 texts: 36-46 items/s retrying at once, 41-54
+ *   waiting 100 ms; paced at 250 ms, 72-98 and 80-100). Pacing holds each connection to one refusal per pace.
  * - Calibrated admission: what the model leaves out (work that arrives later but is served first in fair
  *   order, a loaded event loop, tokenisers and workers sharing the cores) is measured instead of guessed:
  *   each admitted request's real wait is compared with the wait predicted for it, and predictions are scaled
@@ -330,12 +331,17 @@ export class DispatchQueue<T, R> {
     );
   }
 
-  /** A rejection with `e`, delivered `refusalPaceMs` from now (at once when 0); for OVERLOADED refusals. */
+  /**
+   * A rejection with `e`, delivered `refusalPaceMs` from now (at once when 0); for OVERLOADED refusals. Its
+   * `retryAfterMs` counts from when it is answered: the pace already waited is taken off (at least 100 ms left).
+   */
   paced(e: PolyrayError): Promise<never> {
     const pace = this.#options.refusalPaceMs;
     if (pace <= 0) return Promise.reject(e);
+    const retry = e.extensions['retryAfterMs'];
+    const answer = typeof retry === 'number' ? new PolyrayError(e.code, e.message, { ...e.extensions, retryAfterMs: Math.max(100, retry - pace) }) : e;
     const p = new Promise<never>((_, reject) => {
-      this.#clock.after(pace, () => reject(e));
+      this.#clock.after(pace, () => reject(answer));
     });
     // Its callers attach their own handlers; this one only keeps an unobserved copy from being reported.
     p.catch(() => undefined);
