@@ -113,7 +113,7 @@ export function feedsOf(encs: { ids: number[]; mask: number[] }[]): Record<strin
 }
 
 /** The session options of src/runtime/worker.ts; spinning as given (the service turns it on for these models). */
-function createSession(file: string, intra: number, spin: boolean): Promise<ort.InferenceSession> {
+export function createSession(file: string, intra: number, spin: boolean): Promise<ort.InferenceSession> {
   return ort.InferenceSession.create(file, {
     executionProviders: ['cpu'],
     intraOpNumThreads: intra,

@@ -60,7 +60,7 @@ describe('Batcher', () => {
     // Run time is shared by token count: 3 of 4 tokens, 1 of 4.
     assert.deepEqual([a!.inferenceMs, c!.inferenceMs], [9, 3]);
     assert.deepEqual([a!.batchSize, a!.tokens, c!.tokens], [2, 3, 1]);
-    assert.deepEqual(b.stats(), { queued: 0, batches: 1, items: 2, paddedTokens: 6, realTokens: 4, rejected: 0, failedBatches: 0, expired: 0, retried: 0 });
+    assert.deepEqual(b.stats(), { queued: 0, batches: 1, items: 2, paddedTokens: 6, realTokens: 4, rejected: 0, failedBatches: 0, expired: 0, retried: 0, waitCorrection: 1 });
   });
 
   describe('batch contract', () => {
@@ -101,7 +101,7 @@ describe('Batcher', () => {
       assert.equal(pool.runs.length, 2);
       assert.deepEqual(
         { ...b.stats(), queued: 0 },
-        { queued: 0, batches: 2, items: 3, paddedTokens: 3, realTokens: 3, rejected: 0, failedBatches: 1, expired: 0, retried: 0 },
+        { queued: 0, batches: 2, items: 3, paddedTokens: 3, realTokens: 3, rejected: 0, failedBatches: 1, expired: 0, retried: 0, waitCorrection: 1 },
       );
     });
   });
@@ -268,7 +268,7 @@ describe('TensorBatcher', () => {
       ],
     );
     assert.deepEqual([a!.inferenceMs, c!.inferenceMs], [2.5, 7.5], 'run time shared by cost');
-    assert.deepEqual(b.stats(), { queued: 0, batches: 1, items: 2, cost: 4, rejected: 0, failedBatches: 0, expired: 0, retried: 0 });
+    assert.deepEqual(b.stats(), { queued: 0, batches: 1, items: 2, cost: 4, rejected: 0, failedBatches: 0, expired: 0, retried: 0, waitCorrection: 1 });
   });
 
   test('a single output is requested by name, not as a list', async () => {

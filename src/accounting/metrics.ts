@@ -140,6 +140,15 @@ export class AccountingMetrics {
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers,
     });
+    new Gauge({
+      name: 'polyray_queue_wait_correction',
+      help: "The factor admission by time scales a model queue's wait predictions by: the 90th percentile of real ÷ predicted wait over the last minute (1 without samples)",
+      labelNames: ['model'],
+      registers,
+      collect() {
+        for (const [model, q] of queues) this.set({ model }, q.stats().waitCorrection);
+      },
+    });
     this.queueDepth = new Gauge({
       name: 'polyray_queue_depth',
       help: 'Items waiting in the batcher queue, by model',

@@ -76,6 +76,8 @@ export interface BatcherStats {
   expired: number;
   /** Items of batches whose worker died, queued again once (they fail if it happens twice). */
   retried: number;
+  /** The factor admission by time scales its wait predictions by (see DispatchQueue.correction). */
+  waitCorrection: number;
 }
 
 const lengthOf = (item: BatchItem): number => Math.max(1, item.ids.length);
@@ -84,7 +86,18 @@ export class Batcher {
   readonly #o: BatcherOptions;
   readonly #io: ModelIO;
   readonly #queue: DispatchQueue<BatchItem, ItemResult>;
-  readonly #stats: BatcherStats = { queued: 0, batches: 0, items: 0, paddedTokens: 0, realTokens: 0, rejected: 0, failedBatches: 0, expired: 0, retried: 0 };
+  readonly #stats: BatcherStats = {
+    queued: 0,
+    batches: 0,
+    items: 0,
+    paddedTokens: 0,
+    realTokens: 0,
+    rejected: 0,
+    failedBatches: 0,
+    expired: 0,
+    retried: 0,
+    waitCorrection: 1,
+  };
 
   /**
    * `clock` drives `maxWaitUs`: a `Clock` (tests pass a fake one), or only a `now` function in
@@ -211,6 +224,7 @@ export class Batcher {
       failedBatches: this.#queue.failedBatches,
       expired: this.#queue.expired,
       retried: this.#queue.retried,
+      waitCorrection: this.#queue.correction,
     };
   }
 }

@@ -77,6 +77,8 @@ export interface TensorBatcherStats {
   expired: number;
   /** Items of batches whose worker died, queued again once. */
   retried: number;
+  /** The factor admission by time scales its wait predictions by (see DispatchQueue.correction). */
+  waitCorrection: number;
 }
 
 export class TensorBatcher {
@@ -84,7 +86,7 @@ export class TensorBatcher {
   readonly #io: TensorModelIO;
   readonly #itemSize: number;
   readonly #queue: DispatchQueue<TensorItem, TensorItemResult>;
-  readonly #stats: TensorBatcherStats = { queued: 0, batches: 0, items: 0, cost: 0, rejected: 0, failedBatches: 0, expired: 0, retried: 0 };
+  readonly #stats: TensorBatcherStats = { queued: 0, batches: 0, items: 0, cost: 0, rejected: 0, failedBatches: 0, expired: 0, retried: 0, waitCorrection: 1 };
 
   /** `clock` drives `maxWaitUs`, as for `Batcher`. Default: `performance.now()` and Node's timers. */
   constructor(io: TensorModelIO, pool: Pick<InferencePool, 'acquire'>, options: Partial<TensorBatcherOptions> = {}, clock: ClockOption = systemClock) {
@@ -175,6 +177,7 @@ export class TensorBatcher {
       failedBatches: this.#queue.failedBatches,
       expired: this.#queue.expired,
       retried: this.#queue.retried,
+      waitCorrection: this.#queue.correction,
     };
   }
 }
