@@ -209,6 +209,40 @@ describe('fair dispatch queue', () => {
     assert.equal(queue.correction, 1);
   });
 
+  test("mixed lengths: queued work is priced at each item's own size-class rate, not at the new request's", async () => {
+    // Items are their own cost (tokens); one item per batch.
+    const clock = new FakeClock();
+    const pool = new FakePool({ capacity: 1 });
+    const queue = new DispatchQueue({ ...policy(1), cost: (item: number) => item }, pool, { maxWaitUs: 0, maxQueueItems: 10_000, maxQueueWaitMs: 1000 }, clock);
+    // Measured: a short item runs at 1 ms per token, a long one at 4 (attention grows with the length).
+    for (const [item, ms] of [
+      [8, 8],
+      [200, 800],
+    ] as const) {
+      const done = queue.submit([item], { client: 'c' });
+      const run = await pool.nextRun();
+      clock.advance(ms);
+      answer(run);
+      await Promise.all(done);
+    }
+    // Ten short items: one running, nine queued, 80 tokens of short work in all = 80 ms.
+    const shorts = queue.submit(
+      Array.from({ length: 10 }, () => 8),
+      { client: 'c' },
+    );
+    const running = await pool.nextRun();
+    assert.equal(queue.expectedWaitMs('c', 200, 1, 0, 200), 80, 'short work ahead at the short rate (at the long rate: 320 ms)');
+    // A long item behind them: 80 + 200 × 4 = 880 ms, within the 1000 ms bound (priced at the long rate the
+    // queue ahead made it 1,120 ms: refused).
+    let refused: unknown;
+    const long = queue.submit([200], { client: 'c' }).map((p) => p.catch((e: unknown) => void (refused = e)));
+    await flush();
+    assert.equal(refused, undefined, 'the long item is admitted');
+    answer(running);
+    await runAll(pool, 10);
+    await Promise.all([...shorts, ...long]);
+  });
+
   test('paced refusals: OVERLOADED is delivered refusalPaceMs after the submit, not at once', async () => {
     const { clock, pool, queue } = setup(4, { maxQueueItems: 2, refusalPaceMs: 250 });
     const held = queue.submit([1, 2]);

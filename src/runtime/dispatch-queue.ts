@@ -107,6 +107,8 @@ interface ClientQueue<T, R> {
   last: number;
   /** Cost of its queued items, and its weight and class as last submitted. */
   cost: number;
+  /** Cost of its queued items by size class (see `sizeClass`): each class is priced at its own rate. */
+  byClass: Map<number, number>;
   weight: number;
   rank: number;
 }
@@ -208,8 +210,9 @@ export class DispatchQueue<T, R> {
   #retried = 0;
   /** Measured milliseconds per unit of cost (moving average); undefined until a batch has run. */
   #msPerCost: number | undefined;
-  /** Cost of the batches running now. */
+  /** Cost of the batches running now, in all and by size class. */
   #runningCost = 0;
+  readonly #runningByClass = new Map<number, number>();
   readonly #observeWait: ((ms: number) => void) | undefined;
   /** When the last batch ended with items still queued (the queue was never idle since); else undefined. */
   #backloggedSince: number | undefined;
@@ -267,16 +270,25 @@ export class DispatchQueue<T, R> {
    * undefined until the queue has measured a batch.
    */
   expectedWaitMs(id: string, cost: number, weight = 1, rank = 0, largestItem = 0): number | undefined {
-    const rate = this.#rateFor(largestItem);
-    if (rate === undefined) return undefined;
-    const own = this.#clients.get(id)?.cost ?? 0;
+    if (this.#rateFor(largestItem) === undefined) return undefined;
+    const mine = this.#clients.get(id);
+    const own = mine?.cost ?? 0;
     const share = (own + cost) / weight;
-    let ahead = own + this.#runningCost;
+    // Each queued item at the rate of its own size class: a queue of short items ahead of a long one is
+    // not priced at the long one's rate per token (mixed lengths were over-refused ~2x that way).
+    let ahead = this.#timeOf(this.#runningByClass) + (mine ? this.#timeOf(mine.byClass) : 0);
     for (const c of this.#clients.values()) {
-      if (c.id === id || c.rank > rank) continue;
-      ahead += Math.min(c.cost, share * c.weight);
+      if (c.id === id || c.rank > rank || c.cost <= 0) continue;
+      ahead += this.#timeOf(c.byClass) * Math.min(1, (share * c.weight) / c.cost);
     }
-    return ahead * rate;
+    return ahead;
+  }
+
+  /** Ms to run work of these costs by size class, each at its class's rate. */
+  #timeOf(byClass: ReadonlyMap<number, number>): number {
+    let ms = 0;
+    for (const [cls, cost] of byClass) if (cost > 0) ms += cost * (this.#rateForClass(cls) ?? 0);
+    return ms;
   }
 
   /**
@@ -286,7 +298,11 @@ export class DispatchQueue<T, R> {
    */
   #rateFor(largestItem: number): number | undefined {
     if (this.#lastClass === undefined) return undefined;
-    const cls = largestItem > 0 ? sizeClass(largestItem) : this.#lastClass;
+    return this.#rateForClass(largestItem > 0 ? sizeClass(largestItem) : this.#lastClass);
+  }
+
+  #rateForClass(cls: number): number | undefined {
+    if (this.#lastClass === undefined) return undefined;
     const exact = this.#rates.get(cls);
     if (exact !== undefined) return exact;
     let below: number | undefined;
@@ -394,7 +410,7 @@ export class DispatchQueue<T, R> {
       const start = this.expectedWaitMs(id, total, weight, rank, largest);
       // Nothing ahead (an idle queue) admits any request: its wait is its own work, which refusing cannot shorten.
       // Learnt from either way: an idle queue's prediction is the request's own work.
-      predicted = start === undefined ? undefined : start + total * this.#rateFor(largest)!;
+      predicted = start === undefined ? undefined : start + costs.reduce((ms, c) => ms + c * this.#rateForClass(sizeClass(c))!, 0);
       const wait = predicted === undefined || start === 0 ? undefined : predicted * this.correction;
       const allowed = bound - this.#spent(options);
       if (wait !== undefined && wait > allowed) {
@@ -409,7 +425,7 @@ export class DispatchQueue<T, R> {
     }
     let client = this.#clients.get(id);
     if (!client) {
-      client = { id, items: [], last: 0, cost: 0, weight, rank };
+      client = { id, items: [], last: 0, cost: 0, byClass: new Map(), weight, rank };
       this.#clients.set(id, client);
     }
     client.weight = weight;
@@ -429,6 +445,7 @@ export class DispatchQueue<T, R> {
           mine.push(p);
           client!.items.push(p);
           client!.cost += cost;
+          addClass(client!.byClass, cost, 1);
         }),
     );
     client.last = start;
@@ -527,6 +544,7 @@ export class DispatchQueue<T, R> {
         c = q.client;
         c.items = [];
         c.cost = 0;
+        c.byClass = new Map();
         this.#clients.set(c.id, c);
       }
       q.client = c;
@@ -537,6 +555,7 @@ export class DispatchQueue<T, R> {
     for (const [c, qs] of byClient) {
       c.items = [...qs, ...c.items];
       c.cost += qs.reduce((n, q) => n + q.cost, 0);
+      for (const q of qs) addClass(c.byClass, q.cost, 1);
     }
     this.#size += batch.length;
   }
@@ -556,6 +575,7 @@ export class DispatchQueue<T, R> {
       p.waited?.();
       p.waited = undefined;
       p.client.cost -= p.cost;
+      addClass(p.client.byClass, p.cost, -1);
       this.#size--;
       touched.add(p.client);
     }
@@ -658,6 +678,7 @@ export class DispatchQueue<T, R> {
   async #run(batch: Pending<T, R>[], lease: Lease): Promise<void> {
     const cost = batch.reduce((sum, q) => sum + q.cost, 0);
     this.#runningCost += cost;
+    for (const q of batch) addClass(this.#runningByClass, q.cost, 1);
     const t0 = this.#clock.now();
     const observe = this.#observeWait;
     if (observe) for (const q of batch) observe(t0 - q.enqueuedAt);
@@ -693,6 +714,7 @@ export class DispatchQueue<T, R> {
       for (const q of batch) q.reject(err);
     } finally {
       this.#runningCost -= cost;
+      for (const q of batch) addClass(this.#runningByClass, q.cost, -1);
       span?.end();
     }
   }
@@ -766,6 +788,14 @@ const MIN_CALIBRATION_MS = 100;
 const CALIBRATION_SAMPLES = 64;
 const CALIBRATION_WINDOW_MS = 60_000;
 const MIN_CALIBRATION_SAMPLES = 3;
+
+/** Adds `sign` × `cost` to the total of its size class (a class whose total reaches 0 is removed). */
+function addClass(byClass: Map<number, number>, cost: number, sign: 1 | -1): void {
+  const cls = sizeClass(cost);
+  const next = (byClass.get(cls) ?? 0) + sign * cost;
+  if (next > 1e-9) byClass.set(cls, next);
+  else byClass.delete(cls);
+}
 
 /** log2 size class of an item's cost (1, 2–3, 4–7, …). */
 function sizeClass(cost: number): number {
