@@ -7,7 +7,8 @@
  * Target (issue 27): Polyray ≥ 0.95× the raw length-sorted bound. Rows also give Polyray's batches (mean
  * items, run ms, fill = real ÷ padded tokens) from its /metrics over the window. Writes
  * bench/mixed-results.json and the "Mixed lengths" section of bench/RESULTS.md. Options: --quick,
- * --out DIR, --set K=V (service environment, repeatable; for experiments).
+ * --out DIR, --set K=V (service environment, repeatable; for experiments), --range LO,HI (token lengths),
+ * --defaults-only (skip the service with the bound off).
  */
 import path from 'node:path';
 import { benchCli, publish } from './cli.ts';
@@ -19,7 +20,9 @@ import { buildModels } from '../src/models/build.ts';
 
 const cli = benchCli();
 const { root: ROOT, quick, out: OUT, log } = cli;
-const RANGE: [number, number] = [8, 256];
+/** Token lengths drawn uniformly from this range; `--range LO,HI` for experiments (e.g. 128,128: uniform length). */
+const RANGE = ((cli.opt('--range') ?? '8,256').split(',').map(Number) as [number, number]).slice(0, 2) as [number, number];
+if (!(RANGE[0]! >= 8 && RANGE[1]! >= RANGE[0]! && RANGE[1]! <= 512)) throw new Error(`--range expects LO,HI within 8-512, received ${cli.opt('--range')}`);
 const CLIENTS = 64;
 const MAX_TOKENS = 1024;
 const INTRA = 2;
@@ -110,7 +113,7 @@ async function main(): Promise<void> {
     ratio: number;
   }[] = [];
   try {
-    for (const service of services) {
+    for (const service of cli.has('--defaults-only') ? services.slice(0, 1) : services) {
       const port = await freePort();
       const svc = await ServiceProcess.start(ROOT, childEnv({ POLYRAY_SERVE_MODELS: BERT, ...service.env, ...set }, port), port, 180_000, () => {});
       try {

@@ -24,8 +24,10 @@
  *   are removed and rejected (DEADLINE_EXCEEDED), so a caller who gave up is never computed.
  * - A batch whose worker died (INFERENCE_FAILED, reason `worker-exit`) goes back to the front of the queue
  *   once, for a fresh worker; a second death fails it.
- * - Admission by time: the queue measures what a unit of cost takes to run (moving average over batches)
- *   and refuses a submit whose expected wait passes `maxQueueWaitMs` (OVERLOADED, `retryAfterMs` = that wait).
+ * - Admission by time: the queue measures what a unit of cost takes to run (moving average over batches,
+ *   per size class of a batch's largest item) and refuses a submit whose expected wait passes
+ *   `maxQueueWaitMs` (OVERLOADED, `retryAfterMs` = that wait). Queued work is priced at each item's own
+ *   class rate: a long input behind short ones does not price their tokens at its own (higher) rate.
  *   The wait counts what runs before the new items in fair order: the client's own backlog, each other
  *   client's backlog up to its weighted share of it, and the batches running; a light client beside a
  *   flood is admitted, the flood is refused.
