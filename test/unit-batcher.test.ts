@@ -60,7 +60,18 @@ describe('Batcher', () => {
     // Run time is shared by token count: 3 of 4 tokens, 1 of 4.
     assert.deepEqual([a!.inferenceMs, c!.inferenceMs], [9, 3]);
     assert.deepEqual([a!.batchSize, a!.tokens, c!.tokens], [2, 3, 1]);
-    assert.deepEqual(b.stats(), { queued: 0, batches: 1, items: 2, paddedTokens: 6, realTokens: 4, rejected: 0, failedBatches: 0, expired: 0, retried: 0, waitCorrection: 1 });
+    assert.deepEqual(b.stats(), {
+      queued: 0,
+      batches: 1,
+      items: 2,
+      paddedTokens: 6,
+      realTokens: 4,
+      rejected: 0,
+      failedBatches: 0,
+      expired: 0,
+      retried: 0,
+      waitCorrection: 1,
+    });
   });
 
   describe('batch contract', () => {

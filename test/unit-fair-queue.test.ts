@@ -235,7 +235,11 @@ describe('fair dispatch queue', () => {
     // A long item behind them: 80 + 200 × 4 = 880 ms, within the 1000 ms bound (priced at the long rate the
     // queue ahead made it 1,120 ms: refused).
     let refused: unknown;
-    const long = queue.submit([200], { client: 'c' }).map((p) => p.catch((e: unknown) => void (refused = e)));
+    const long = queue.submit([200], { client: 'c' }).map((p) =>
+      p.catch((e: unknown) => {
+        refused = e;
+      }),
+    );
     await flush();
     assert.equal(refused, undefined, 'the long item is admitted');
     answer(running);
