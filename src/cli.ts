@@ -12,6 +12,7 @@ import { CLIENTS_USAGE, clientsCommand } from './accounting/cli.ts';
 import { ACCOUNTING_USAGE, accountingCommand } from './accounting/migrate.ts';
 import { createLogger } from './log.ts';
 import { USAGE_USAGE, usageCommand } from './usage/cli.ts';
+import { packageVersion } from './version.ts';
 
 const USAGE = `usage: polyray <command>
 
@@ -49,10 +50,6 @@ function usageOf(prefix: string): string | undefined {
   return matched.length === 0 ? undefined : `usage:\n${matched.map((b) => b.join('\n')).join('\n')}\n`;
 }
 
-function version(): string {
-  return (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-}
-
 /** `models list`: every folder of the models directory with a manifest, or the reason it cannot load. */
 function listModels(dir: string, json: boolean): string {
   const rows: Record<string, unknown>[] = [];
@@ -81,7 +78,7 @@ async function run(argv: string[]): Promise<number> {
     process.stdout.write(text);
     return 0;
   };
-  if (cmd === '--version' || cmd === '-v' || cmd === 'version' || argv.includes('--version')) return out(`${version()}\n`);
+  if (cmd === '--version' || cmd === '-v' || cmd === 'version' || argv.includes('--version')) return out(`${packageVersion()}\n`);
   if (cmd === undefined || cmd === 'help' || cmd === '--help' || cmd === '-h') {
     const topic = cmd === 'help' ? [sub, ...rest].filter(Boolean).join(' ') : '';
     const text = topic ? usageOf(topic) : USAGE;

@@ -7,7 +7,7 @@
  * `stop()` refuses new work, lets in-flight requests and queued batches finish, then closes workers
  * and cache connections.
  */
-import { readFileSync } from 'node:fs';
+
 import type { ServerResponse } from 'node:http';
 import { ApolloServer } from '@apollo/server';
 import { ApolloServerPluginCacheControlDisabled } from '@apollo/server/plugin/disabled';
@@ -51,6 +51,7 @@ import type { SpanExporter } from '@opentelemetry/sdk-trace-node';
 import { registerHttpTracing } from './telemetry/http.ts';
 import { graphqlTracingPlugin } from './telemetry/graphql.ts';
 import { startTracing, type Tracing } from './telemetry/tracing.ts';
+import { packageVersion } from './version.ts';
 
 export interface PolyrayDeps {
   logger?: Logger;
@@ -375,10 +376,6 @@ export class PolyrayServer {
   async flushBooks(): Promise<void> {
     await Promise.all([this.accounting.ledger.flush(), this.accounting.books?.flush()]);
   }
-}
-
-function packageVersion(): string {
-  return (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 }
 
 /** Whether `p` settles within `ms` (it keeps running either way). */

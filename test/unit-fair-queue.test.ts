@@ -232,6 +232,10 @@ describe('fair dispatch queue', () => {
     );
     const running = await pool.nextRun();
     assert.equal(queue.expectedWaitMs('c', 200, 1, 0, 200), 80, 'short work ahead at the short rate (at the long rate: 320 ms)');
+    // Before tokenising, with a lower bound of the new items' tokens: the request's own work counts too.
+    assert.equal(queue.refuseEarly({ client: 'c' }, 1), undefined, '80 ms ahead');
+    assert.equal(queue.refuseEarly({ client: 'c' }, 1, [200]), undefined, '80 + 800 ms');
+    assert.equal(queue.refuseEarly({ client: 'c' }, 2, [250, 250])?.code, ErrorCode.OVERLOADED, '80 + 2 × 1000 ms');
     // A long item behind them: 80 + 200 × 4 = 880 ms, within the 1000 ms bound (priced at the long rate the
     // queue ahead made it 1,120 ms: refused).
     let refused: unknown;

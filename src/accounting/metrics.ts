@@ -13,13 +13,13 @@
  */
 import type { TierStats } from '../cache/cache.ts';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { readFileSync } from 'node:fs';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { ErrorCode } from '../errors.ts';
 import type { InferenceQueue } from '../runtime/host.ts';
 import type { InferencePool, Lease } from '../runtime/pool.ts';
 import type { MemoStats, Source } from '../service/types.ts';
 import type { QuotaStore } from './quota.ts';
+import { packageVersion } from '../version.ts';
 
 export const MAX_CLIENT_LABELS = 100;
 
@@ -120,7 +120,7 @@ export class AccountingMetrics {
       buckets: [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25],
       registers,
     });
-    const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+    const version = packageVersion();
     new Gauge({ name: 'polyray_build_info', help: 'Always 1: the version and Node.js running', labelNames: ['version', 'node'], registers }).set(
       { version, node: process.version },
       1,

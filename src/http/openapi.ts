@@ -6,15 +6,16 @@
  *
  * `registerOpenApi` must run before the routes are added: the plugin collects them as they are registered.
  */
-import { readFile } from 'node:fs/promises';
+
 import swagger from '@fastify/swagger';
 import type { FastifyInstance } from 'fastify';
+import { packageVersion } from '../version.ts';
 
 /** Either way of sending an API key (the clients file's keys); absent in development, where none is needed. */
 export const SECURITY: { [scheme: string]: readonly string[] }[] = [{ bearer: [] }, { apiKey: [] }];
 
 export async function registerOpenApi(app: FastifyInstance): Promise<void> {
-  const { version } = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const version = packageVersion();
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',

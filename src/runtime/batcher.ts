@@ -115,8 +115,8 @@ export class Batcher {
     return this.#queue.submit(items, options);
   }
   /** OVERLOADED when the queue ahead of this client already passes the wait bound (see DispatchQueue.refuseEarly). */
-  refuseEarly(options: SubmitOptions, count: number): PolyrayError | undefined {
-    return this.#queue.refuseEarly(options, count);
+  refuseEarly(options: SubmitOptions, count: number, atLeast?: readonly number[]): PolyrayError | undefined {
+    return this.#queue.refuseEarly(options, count, atLeast);
   }
 
   /** A refusal delivered at the queue's pace (see DispatchQueue.paced). */

@@ -328,17 +328,22 @@ export class DispatchQueue<T, R> {
   }
 
   /**
-   * OVERLOADED when what is already queued ahead of this client's next item would take longer than
-   * POLYRAY_QUEUE_MAX_WAIT_MS, whatever the new work costs: callers ask before they tokenise, so a refusal
-   * under overload costs no tokenisation (which would otherwise queue behind every refused request too).
-   * Counted as `count` rejected items.
+   * OVERLOADED when what is already queued ahead of this client's next item, plus `atLeast` (a lower bound of
+   * the new items' costs, when the caller knows one), would take longer than POLYRAY_QUEUE_MAX_WAIT_MS:
+   * callers ask before they tokenise, so a refusal under overload costs no tokenisation (which would
+   * otherwise compete with inference for the cores). Counted as `count` rejected items.
    */
-  refuseEarly(options: SubmitOptions, count: number): PolyrayError | undefined {
+  refuseEarly(options: SubmitOptions, count: number, atLeast: readonly number[] = []): PolyrayError | undefined {
     const bound = this.#options.maxQueueWaitMs;
     if (bound <= 0 || this.#state.kind !== 'open') return undefined;
     const weight = options.weight !== undefined && options.weight > 0 && Number.isFinite(options.weight) ? options.weight : 1;
-    const raw = this.expectedWaitMs(options.client ?? ANONYMOUS, 0, weight, options.priority === 'batch' ? 1 : 0);
-    if (raw === undefined || raw === 0) return undefined;
+    const ahead = this.expectedWaitMs(options.client ?? ANONYMOUS, 0, weight, options.priority === 'batch' ? 1 : 0);
+    if (ahead === undefined || ahead === 0) return undefined;
+    // The request's own work, from a lower bound of its items' costs when the caller knows one (a text's
+    // tokens from its length): most refusals then come before tokenising, not after.
+    let own = 0;
+    for (const c of atLeast) if (c >= 1) own += c * (this.#rateForClass(sizeClass(c)) ?? 0);
+    const raw = ahead + own;
     const wait = raw * this.correction;
     if (wait <= bound - this.#spent(options)) return undefined;
     this.#rejected += count;

@@ -26,6 +26,9 @@ import { CachedInference, type Computed, type InferenceAdapter, type Keyed } fro
 import type { EmbedResult, MemoStats, PipelineStats, TextInput, TokenCount, TokenIds, TraceSink } from './types.ts';
 import { inSpan, tracing } from '../telemetry/tracing.ts';
 
+/** Characters per token at most, for a lower bound of a text's tokens before it is tokenised (English WordPiece averages ~4–5). */
+const MIN_CHARS_PER_TOKEN = 8;
+
 export interface TextEmbedderOptions {
   cache: TieredCache;
   logger: Logger;
@@ -108,8 +111,11 @@ class TextAdapter implements InferenceAdapter<TextInput, Payload, TextCall> {
         textAt.push(j);
       }
     });
-    // Under overload the refusal comes before the tokenisation, which would otherwise queue behind it.
-    const early = handle.queue.refuseEarly(serve, items.length);
+    // Under overload the refusal comes before the tokenisation, which would otherwise compete with inference
+    // for the cores. A text has at least one token per MIN_CHARS_PER_TOKEN characters (words and subwords
+    // are shorter; a truncated input at most maxTokens), so the request's own work is not left out.
+    const atLeast = items.map((p) => (typeof p === 'string' ? Math.min(handle.maxTokens, Math.floor(p.length / MIN_CHARS_PER_TOKEN)) : p.ids.length));
+    const early = handle.queue.refuseEarly(serve, items.length, atLeast);
     if (early) return items.map(() => handle.queue.paced(early));
     const tokenized =
       texts.length > 0
