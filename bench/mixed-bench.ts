@@ -11,7 +11,7 @@
  * --defaults-only (skip the service with the bound off).
  */
 import path from 'node:path';
-import { benchCli, publish } from './cli.ts';
+import { benchCli, describeSettings, publish } from './cli.ts';
 import { gitState, hostInfo } from './conditions.ts';
 import { summarise } from './load.ts';
 import { childEnv, freePort, removeScratch, removeStaleScratch, ServiceProcess } from './service.ts';
@@ -27,27 +27,30 @@ const CLIENTS = 64;
 const MAX_TOKENS = 1024;
 const INTRA = 2;
 
-const argv = process.argv.slice(2);
-const set: Record<string, string> = {};
-for (let i = 0; i < argv.length; i++) {
-  if (argv[i] === '--set') {
-    const kv = argv[++i] ?? '';
-    const eq = kv.indexOf('=');
-    if (eq < 1) throw new Error(`--set expects KEY=VALUE, received "${kv}"`);
-    set[kv.slice(0, eq)] = kv.slice(eq + 1);
-  }
-}
+const set = cli.settings;
 
-interface Tokens {
+/** The model's batch counters and admission correction, from one read of the service's /metrics. */
+interface Snapshot {
   real: number;
   padded: number;
+  batches: number;
+  items: number;
+  runSeconds: number;
+  correction: number;
 }
 
-async function tokensOf(url: string): Promise<Tokens> {
+async function snapshot(url: string): Promise<Snapshot> {
   const text = await (await fetch(`${url}/metrics`)).text();
-  const read = (kind: string): number =>
-    Number(new RegExp(`^polyray_batch_tokens_total\\{[^}]*model="${BERT}"[^}]*kind="${kind}"[^}]*\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 'NaN');
-  return { real: read('real'), padded: read('padded') };
+  const read = (name: string, labels = ''): number =>
+    Number(new RegExp(`^${name}\\{[^}]*model="${BERT}"[^}]*${labels}[^}]*\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 'NaN');
+  return {
+    real: read('polyray_batch_tokens_total', 'kind="real"'),
+    padded: read('polyray_batch_tokens_total', 'kind="padded"'),
+    batches: read('polyray_batch_size_count'),
+    items: read('polyray_batch_size_sum'),
+    runSeconds: read('polyray_inference_batch_seconds_sum'),
+    correction: read('polyray_queue_wait_correction'),
+  };
 }
 
 async function main(): Promise<void> {
@@ -119,32 +122,19 @@ async function main(): Promise<void> {
       try {
         const target = polyrayTarget(svc.url);
         for (let i = 0; i < 8; i++) await target([corpus.mixed(RANGE[0], RANGE[1])]);
-        let before: Tokens | undefined;
-        let batchesBefore: { count: number; sum: number; seconds: number } | undefined;
-        const batchState = async (): Promise<{ count: number; sum: number; seconds: number }> => {
-          const text = await (await fetch(`${svc.url}/metrics`)).text();
-          const read = (name: string): number => Number(new RegExp(`^${name}\\{[^}]*model="${BERT}"[^}]*\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 'NaN');
-          return { count: read('polyray_batch_size_count'), sum: read('polyray_batch_size_sum'), seconds: read('polyray_inference_batch_seconds_sum') };
-        };
-        const mark = setTimeout(() => {
-          void tokensOf(svc.url).then((t) => (before = t));
-          void batchState().then((b) => (batchesBefore = b));
-        }, warmupMs);
+        let b: Snapshot | undefined;
+        const mark = setTimeout(() => void snapshot(svc.url).then((s) => (b = s)), warmupMs);
         const load = await runLoad(
           { server: 'polyray', workload: 'mixed', concurrency: CLIENTS, warmupMs, durationMs },
           { target, nextText: () => corpus.mixed(RANGE[0], RANGE[1]), pid: svc.pid, expected: 'COMPUTED', checkAbort: () => undefined },
         );
         clearTimeout(mark);
-        const after = await tokensOf(svc.url);
-        const batchesAfter = await batchState();
-        const correction = Number(
-          new RegExp(`^polyray_queue_wait_correction\\{model="${BERT}"\\} (\\S+)$`, 'm').exec(await (await fetch(`${svc.url}/metrics`)).text())?.[1] ?? 'NaN',
-        );
-        const fill = before ? (after.real - before.real) / (after.padded - before.padded) : Number.NaN;
-        const b = batchesBefore;
-        const count = b ? batchesAfter.count - b.count : 0;
+        const a = await snapshot(svc.url);
+        const correction = a.correction;
+        const fill = b ? (a.real - b.real) / (a.padded - b.padded) : Number.NaN;
+        const count = b ? a.batches - b.batches : 0;
         const batches =
-          b && count > 0 ? { count, meanSize: (batchesAfter.sum - b.sum) / count, meanRunMs: ((batchesAfter.seconds - b.seconds) * 1000) / count } : undefined;
+          b && count > 0 ? { count, meanSize: (a.items - b.items) / count, meanRunMs: ((a.runSeconds - b.runSeconds) * 1000) / count } : undefined;
         const busy = batches ? (batches.count * batches.meanRunMs) / durationMs : Number.NaN;
         const row = { label: service.label, load, fill, batches, busy, ratio: load.itemsPerS / bound, correction };
         log(
@@ -170,12 +160,7 @@ async function main(): Promise<void> {
   }
   const host = hostInfo();
   const all = { startedAt, git: gitState(ROOT), cpu: host.cpuModel, cores: host.cores, quick, set, raw: rawRows, polyray: rows };
-  const extra =
-    Object.keys(set).length > 0
-      ? `, plus ${Object.entries(set)
-          .map(([k, v]) => `${k}=${v}`)
-          .join(', ')}`
-      : '';
+  const extra = describeSettings(set);
   const pct = (x: number): string => `${(x * 100).toFixed(0)} %`;
   const c2 = (x: number | undefined): string => (x === undefined ? '–' : x.toFixed(2));
   const section = [

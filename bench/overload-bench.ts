@@ -9,10 +9,10 @@
  * again at once (a careless client's retry loop). Each row: accepted requests' latency p50 / p99, refusals
  * (OVERLOADED, with their Retry-After), and the probe's latency 0.5, 1, 2 and 5 s after the load stopped.
  * Writes bench/overload-results.json and the "Overload" section of bench/RESULTS.md. Options: --quick,
- * --out DIR, --env K=V,K=V (service settings, for experiments), --only polite|impatient.
+ * --out DIR, --set K=V (service settings, repeatable; for experiments), --only polite|impatient.
  */
 import path from 'node:path';
-import { benchCli, publish } from './cli.ts';
+import { benchCli, describeSettings, publish } from './cli.ts';
 import { BERT_MODELS } from '../src/models/bert.ts';
 import { buildModels } from '../src/models/build.ts';
 import { gitState, hostInfo } from './conditions.ts';
@@ -65,13 +65,8 @@ const SERVICES: { label: string; env: Record<string, string> }[] = [
 async function main(): Promise<void> {
   removeStaleScratch();
   const startedAt = new Date().toISOString();
-  // --env K=V,K=V: service settings added to every service, for experiments (published figures use none).
-  const extra = Object.fromEntries(
-    (cli.opt('--env') ?? '')
-      .split(',')
-      .filter(Boolean)
-      .map((kv) => kv.split('=') as [string, string]),
-  );
+  // --set K=V: service settings added to every service, for experiments (published figures use none).
+  const extra = cli.settings;
   await buildModels({ modelsDir: path.join(ROOT, 'models'), only: [MODEL] });
   const corpus = await BertCorpus.load(path.join(ROOT, 'models', MODEL, 'tokenizer.json'));
   const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -151,12 +146,7 @@ async function main(): Promise<void> {
   const host = hostInfo();
   const all = { startedAt, git: gitState(ROOT), cpu: host.cpuModel, cores: host.cores, quick, env: extra, rows };
   const f = (x: number): string => x.toFixed(0);
-  const settings =
-    Object.keys(extra).length > 0
-      ? `, plus ${Object.entries(extra)
-          .map(([k, v]) => `${k}=${v}`)
-          .join(', ')}`
-      : '';
+  const settings = describeSettings(extra);
   const section = [
     '## Overload (issues 27, 28): bounded by time, recovered at once',
     '',

@@ -6,7 +6,6 @@
  *
  * `registerOpenApi` must run before the routes are added: the plugin collects them as they are registered.
  */
-
 import swagger from '@fastify/swagger';
 import type { FastifyInstance } from 'fastify';
 import { packageVersion } from '../version.ts';
