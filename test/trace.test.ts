@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import fc from 'fast-check';
 import { Redis } from 'ioredis';
 import { createLogger } from '../src/log.ts';
 import type { CacheEntry } from '../src/cache/cache.ts';
@@ -17,7 +18,7 @@ import { TieredCache } from '../src/cache/tiered.ts';
 import { hash53, hashHex, inSample } from '../src/policy/hash.ts';
 import { CachedInference, type Computed, type InferenceAdapter, type Keyed } from '../src/service/pipeline.ts';
 import { openTrace } from '../src/policy/read.ts';
-import { Tracer, type TraceRecord, type TraceWriter } from '../src/policy/trace.ts';
+import { type TraceBatch, Tracer, type TraceRecord, type TraceWriter } from '../src/policy/trace.ts';
 import { JsonlTraceWriter, RedisStreamTraceWriter } from '../src/policy/writers.ts';
 import type { EmbedResult, Source } from '../src/service/types.ts';
 
@@ -39,8 +40,14 @@ const key = (i: number) => `text-glove@b73c56c6f3ab2804:${String(i).padStart(43,
 class MemoryWriter implements TraceWriter {
   readonly name = 'memory';
   records: TraceRecord[] = [];
-  async write(batch: readonly TraceRecord[]): Promise<void> {
-    this.records.push(...batch);
+  lines = '';
+  async write(batch: TraceBatch): Promise<void> {
+    const records = batch.records();
+    const lines = batch.jsonl();
+    // The JSONL text is written from the log's columns, not from these objects: the two must agree.
+    assert.equal(lines, records.map((r) => `${JSON.stringify(r)}\n`).join(''));
+    this.records.push(...records);
+    this.lines += lines;
   }
   async close(): Promise<void> {}
 }
@@ -104,6 +111,39 @@ describe('sampling', () => {
     await tracer.close();
   });
 
+  test('the window is the newest records, whole, after the log wraps; writers a full buffer behind lose the oldest', async () => {
+    const w = new MemoryWriter();
+    let t = 0;
+    const tracer = new Tracer({ sampleRate: 1, writers: [w], windowRecords: 1500, bufferMax: 700, flushMs: 10_000, logger, now: () => ++t });
+    // 3,000 calls of two keys, the first repeated: 6,000 records (n = 2 on every other), some with a client and a user.
+    for (let i = 0; i < 3000; i++) {
+      tracer.observe(
+        'text-glove',
+        i % 3 === 0 ? `client-${i % 7}` : undefined,
+        [key(2 * i), key(2 * i + 1), key(2 * i)],
+        [result(), result('MEMORY'), result()],
+        i % 5 === 0 ? `u${i % 11}` : undefined,
+      );
+    }
+    const window = tracer.window!.toArray();
+    assert.equal(window.length, 1500);
+    assert.equal(tracer.window!.size, 1500);
+    window.forEach((r, j) => {
+      const i = 2250 + Math.floor(j / 2);
+      assert.equal(r.t, i + 1, 'oldest first, the newest kept');
+      assert.equal(r.k, hashHex(hash53(key(2 * i + (j % 2)))));
+      assert.equal(r.src, j % 2 === 0 ? 'COMPUTED' : 'MEMORY');
+      assert.equal(r.n, j % 2 === 0 ? 2 : undefined);
+      assert.equal(r.c, i % 3 === 0 ? `client-${i % 7}` : undefined);
+      assert.equal(r.u, i % 5 === 0 ? hashHex(hash53(`u${i % 11}`)) : undefined);
+    });
+    assert.equal(tracer.stats().dropped, 6000 - 700);
+    await tracer.flush();
+    assert.deepEqual(w.records, window.slice(-700), 'the writer got the newest 700, as the window holds them');
+    assert.equal(w.lines, w.records.map((r) => `${JSON.stringify(r)}\n`).join(''), 'JSONL text from the columns is what JSON.stringify writes');
+    await tracer.close();
+  });
+
   test("an end user the caller named (OpenAI's `user`) is recorded as a hash, never as the id", async () => {
     const w = new MemoryWriter();
     const tracer = new Tracer({ sampleRate: 1, writers: [w], windowRecords: 10, bufferMax: 100, flushMs: 10_000, logger });
@@ -122,6 +162,16 @@ describe('sampling', () => {
     const tracer = new Tracer({ sampleRate: 0, writers: [], windowRecords: 10, bufferMax: 10, flushMs: 1000, logger });
     tracer.observe('m', undefined, [key(1)], [result()]);
     assert.equal(tracer.stats().observed, 0);
+  });
+
+  test('a key hash is written as 14 hex digits, the same as radix conversion gives', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }), (h) => {
+        assert.equal(hashHex(h), h.toString(16).padStart(14, '0'));
+      }),
+      { numRuns: 2000 },
+    );
+    for (const h of [0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 53 - 1]) assert.equal(hashHex(h), h.toString(16).padStart(14, '0'));
   });
 });
 
@@ -215,7 +265,7 @@ describe('Redis Stream', () => {
     redis.disconnect();
   });
 
-  test('XADD with MAXLEN ~ caps the stream; XRANGE pages read it back in order', async () => {
+  test('one entry per batch, the stream capped in records; XRANGE pages read it back in order', async () => {
     const w = new RedisStreamTraceWriter({ target: { url: 'redis://127.0.0.1:6379' }, key: streamKey, maxLen: 1000 });
     let t = 0;
     const tracer = new Tracer({ sampleRate: 1, writers: [w], windowRecords: 10, bufferMax: 10_000, flushMs: 10_000, batchMax: 500, logger, now: () => ++t });
@@ -231,14 +281,47 @@ describe('Redis Stream', () => {
     await tracer.close();
     assert.equal(tracer.stats().written, 5000);
     await redis.connect();
-    const len = await redis.xlen(streamKey);
-    assert.ok(len >= 1000 && len < 1500, `stream length ${len}`);
-    const back = await collect(await openTrace(`redis://127.0.0.1:6379/?stream=${encodeURIComponent(streamKey)}`, { pageSize: 300 }));
-    assert.equal(back.length, len);
+    assert.equal(await redis.xlen(streamKey), 2, '5,000 records in batches of 500, capped at 1,000 records: two entries');
+    const back = await collect(await openTrace(`redis://127.0.0.1:6379/?stream=${encodeURIComponent(streamKey)}`, { pageSize: 1 }));
+    assert.equal(back.length, 1000);
     assert.equal(back[back.length - 1]!.t, 500);
     for (let i = 1; i < back.length; i++) assert.ok(back[i]!.t >= back[i - 1]!.t);
     assert.ok(back.some((r) => r.c === 'search') && back.some((r) => r.c === undefined));
     assert.deepEqual(Object.keys(back[0]!).sort(), ['b', 'k', 'kl', 'm', 'ms', 'r', 'src', 't', 'tok', ...(back[0]!.c ? ['c'] : [])].sort());
+  });
+
+  test('a stream written one record per entry (before batched entries) still reads', async () => {
+    const oldKey = `${streamKey}:old`;
+    await redis.xadd(
+      oldKey,
+      '*',
+      't',
+      '7',
+      'k',
+      '00000000000abc',
+      'kl',
+      '60',
+      'm',
+      'text-glove',
+      'b',
+      '400',
+      'tok',
+      '0',
+      'ms',
+      '0',
+      'src',
+      'MEMORY',
+      'r',
+      '1',
+      'c',
+      'search',
+    );
+    await redis.xadd(oldKey, '*', 'not', 'a record');
+    const src = await openTrace(`redis://127.0.0.1:6379/?stream=${encodeURIComponent(oldKey)}`);
+    const back = await collect(src);
+    await redis.del(oldKey);
+    assert.deepEqual(back, [{ t: 7, k: '00000000000abc', kl: 60, m: 'text-glove', b: 400, tok: 0, ms: 0, src: 'MEMORY', r: 1, c: 'search' }]);
+    assert.equal(src.skipped, 1);
   });
 });
 

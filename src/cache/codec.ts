@@ -85,8 +85,10 @@ export function encodeWire(v: Float32Array, encoding: WireEncoding): string {
   switch (encoding) {
     case 'FLOAT32':
     case 'FLOAT16': {
+      // float32 on a little-endian host: the vector's own bytes are the wire form, base64'd without a copy.
+      if (encoding === 'FLOAT32' && HOST_LE) return Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64');
       const type = encoding === 'FLOAT16' ? 'float16' : 'float32';
-      const b = Buffer.alloc(v.length * (type === 'float16' ? 2 : 4));
+      const b = Buffer.allocUnsafe(v.length * (type === 'float16' ? 2 : 4));
       writeElements(v, type, b, 0);
       return b.toString('base64');
     }

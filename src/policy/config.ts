@@ -67,7 +67,7 @@ export const traceSchema = z
       default: 1_000_000,
       doc: '`XADD MAXLEN ~` cap',
     }),
-    /** Records buffered for the writers; beyond it records are dropped and counted. `POLYRAY_TRACE_BUFFER`; default 65,536. */
+    /** Records buffered for the writers; beyond it the oldest not yet written is dropped and counted. `POLYRAY_TRACE_BUFFER`; default 65,536. */
     bufferMax: setting(z.number().int().min(1), { env: 'POLYRAY_TRACE_BUFFER', file: 'traceBuffer', default: 65_536, doc: 'write buffer (records)' }),
     /** Flush period of that buffer. `POLYRAY_TRACE_FLUSH_MS`; default 1000 ms. */
     flushMs: setting(z.number().int().min(10).max(3_600_000), {

@@ -23,14 +23,14 @@ import { price } from './cost.ts';
 import { estimateStream, uncertainty, type EstimatedResult } from './estimate.ts';
 import { describeSetting, gridSettings, recommend, sameSetting, type Grid } from './grid.ts';
 import type { SimSetting } from './simulator.ts';
-import { type MeasuredWindow, Ring, type TraceRecord, type TraceSource } from './trace.ts';
+import { type MeasuredWindow, Ring, type TraceSource, type TraceWindow } from './trace.ts';
 import type { TtlOverrideCache } from './ttl-override.ts';
 
 /** Schedule, auto-apply bounds and prices come straight from the configuration's `policy` section. */
 export interface PolicyControllerOptions
   extends Pick<PolyrayConfig['policy'], 'intervalMs' | 'seriesIntervalMs' | 'autoApply' | 'minTtlMs' | 'maxTtlMs' | 'prices'> {
   /** Recent trace samples (the tracer's window); undefined when tracing is off. */
-  window: Ring<TraceRecord> | undefined;
+  window: TraceWindow | undefined;
   /** What the tracer counted of all keys over that window (`Tracer.measuredOverWindow`). */
   measured?: () => MeasuredWindow;
   sampleRate: number;

@@ -103,11 +103,22 @@ async function redisSource(location: string, options: ReadOptions): Promise<Trac
           const page = await redis.xrange(key, start, '+', 'COUNT', pageSize);
           if (page.length === 0) break;
           for (const [, fields] of page) {
-            const o: Record<string, unknown> = {};
-            for (let i = 0; i + 1 < fields.length; i += 2) o[fields[i]!] = fields[i + 1];
-            const rec = toTraceRecord(o);
-            if (rec) yield rec;
-            else src.skipped++;
+            const o: Record<string, string> = {};
+            for (let i = 0; i + 1 < fields.length; i += 2) o[fields[i]!] = fields[i + 1]!;
+            const lines = o['jsonl'];
+            if (lines === undefined) {
+              // One record per entry, as writers before batched entries wrote them.
+              const rec = toTraceRecord(o);
+              if (rec) yield rec;
+              else src.skipped++;
+              continue;
+            }
+            for (const line of lines.split('\n')) {
+              if (line.length === 0) continue;
+              const rec = parseLine(line);
+              if (rec) yield rec;
+              else src.skipped++;
+            }
           }
           done += page.length;
           options.onProgress?.({ done, total: Math.max(total, done) });
@@ -125,4 +136,12 @@ async function redisSource(location: string, options: ReadOptions): Promise<Trac
 /** Writes records as JSONL lines (used by `simulate --save-trace`). */
 export function toJsonl(r: TraceRecord): string {
   return `${JSON.stringify(r)}\n`;
+}
+
+function parseLine(line: string): TraceRecord | undefined {
+  try {
+    return toTraceRecord(JSON.parse(line) as Record<string, unknown>);
+  } catch {
+    return undefined;
+  }
 }

@@ -5,10 +5,12 @@
  * The `Tracer` (the sink the server installs) keeps the keys its `Sampler` picks (sampler.ts: by key
  * hash, so a sampled key is always sampled, plus the heaviest keys at rate 1; each record carries its
  * rate), turns them into `TraceRecord`s and
- *   - pushes each into a bounded in-memory ring (the live window the policy controller simulates), and
- *   - appends it to a bounded buffer that a timer flushes in batches to the `TraceWriter`s (a capped
- *     Redis Stream, rotated JSONL files). A full buffer drops the record and counts it; a failing
- *     writer counts an error. Nothing here can block, slow down beyond a hash per item, or fail a request.
+ *   - logs each in a bounded columnar log (`RecordLog`: typed arrays, no object per record) whose newest
+ *     records are the live window the policy controller simulates, and
+ *   - which a timer flushes in batches to the `TraceWriter`s (a capped Redis Stream, rotated JSONL files).
+ *     When the writers fall a full buffer behind, the oldest record not yet written is dropped and
+ *     counted; a failing writer counts an error. Nothing here can block, slow down beyond a hash per
+ *     item, or fail a request.
  *
  * It also counts every input it sees by the tier that answered (sampled or not), with checkpoints along the
  * window, so the policy can show the measured rate of all keys over the same records it simulates.
@@ -61,10 +63,22 @@ export interface TraceRecord {
   u?: string;
 }
 
+/**
+ * Records handed to the writers in one call, read from the tracer's log in the form a writer asks for, each
+ * form built once: objects (`records`), or the JSONL text (`jsonl`) written straight from the log's columns
+ * without an object per record.
+ */
+export interface TraceBatch {
+  readonly length: number;
+  records(): readonly TraceRecord[];
+  /** Each record as one line of JSON (as `JSON.stringify` writes it) ending in a newline. */
+  jsonl(): string;
+}
+
 /** A durable destination of trace records (Redis Stream, JSONL files). */
 export interface TraceWriter {
   readonly name: string;
-  write(batch: readonly TraceRecord[]): Promise<void>;
+  write(batch: TraceBatch): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -137,6 +151,192 @@ export class Ring<T> {
   }
 }
 
+/** The live window of recent records, oldest first (what the policy controller simulates). */
+export interface TraceWindow {
+  readonly size: number;
+  toArray(): TraceRecord[];
+}
+
+const SOURCE_INDEX: Record<TraceSource, number> = { MEMORY: 0, GLOBAL: 1, COMPUTED: 2, JOINED: 3 };
+
+/** A number as `JSON.stringify` writes it. */
+const json = (x: number): string => (Number.isFinite(x) ? String(x) : 'null');
+
+/** Fields of a record as the tracer pushes it (the key and user as their 53-bit hashes). */
+interface RecordFields {
+  t: number;
+  h: number;
+  kl: number;
+  model: string;
+  b: number;
+  tok: number;
+  ms: number;
+  src: TraceSource;
+  r: number;
+  client: string | undefined;
+  fill: boolean;
+  /** Hash of the end user, NaN for none. */
+  user: number;
+}
+
+/**
+ * Sampled records column by column: one slot per record in typed arrays, numbered by a sequence that only
+ * grows, the newest `capacity` kept. Tracing a lookup allocates nothing that outlives the call: with heavy
+ * keys traced at rate 1, a busy replica records tens of thousands of lookups a second, and as objects held
+ * for seconds (the window, the writers' buffer) they cost the garbage collector more than the tracing
+ * itself. Records become objects only when read: the window once per policy interval, the writers per batch.
+ * The columns start small and double up to `capacity`, so a large configured window costs memory only once
+ * it fills.
+ */
+class RecordLog {
+  readonly capacity: number;
+  /** Records ever pushed; the next record's sequence number. */
+  seq = 0;
+  #t = new Float64Array(0);
+  #h = new Float64Array(0);
+  #kl = new Uint32Array(0);
+  #m = new Uint32Array(0);
+  #b = new Uint32Array(0);
+  #tok = new Uint32Array(0);
+  #ms = new Float64Array(0);
+  #src = new Uint8Array(0);
+  #r = new Float64Array(0);
+  /** Client index + 1 (0 = none). */
+  #c = new Uint32Array(0);
+  #n = new Uint32Array(0);
+  #f = new Uint8Array(0);
+  #u = new Float64Array(0);
+  /** Model and client names, by index (both bounded: served models, configured clients). */
+  readonly #names: string[] = [];
+  /** The same names as JSON strings, for the JSONL text. */
+  readonly #namesJson: string[] = [];
+  readonly #nameIndex = new Map<string, number>();
+
+  constructor(capacity: number) {
+    this.capacity = capacity;
+  }
+
+  push(x: RecordFields): number {
+    const seq = this.seq++;
+    const i = seq % this.capacity;
+    if (i >= this.#t.length) this.#grow();
+    this.#t[i] = x.t;
+    this.#h[i] = x.h;
+    this.#kl[i] = x.kl;
+    this.#m[i] = this.#name(x.model);
+    this.#b[i] = x.b;
+    this.#tok[i] = x.tok;
+    this.#ms[i] = x.ms;
+    this.#src[i] = SOURCE_INDEX[x.src];
+    this.#r[i] = x.r;
+    this.#c[i] = x.client === undefined ? 0 : this.#name(x.client) + 1;
+    this.#n[i] = 1;
+    this.#f[i] = x.fill ? 1 : 0;
+    this.#u[i] = x.user;
+    return seq;
+  }
+
+  /** One more input of the call that has record `seq` (a repeat within the call), if it is still held. */
+  repeat(seq: number): void {
+    if (seq >= this.seq - this.capacity) this.#n[seq % this.capacity]!++;
+  }
+
+  /** Time of record `seq` (NaN when it is no longer held). */
+  timeOf(seq: number): number {
+    return seq >= 0 && seq < this.seq && seq >= this.seq - this.capacity ? this.#t[seq % this.capacity]! : NaN;
+  }
+
+  /** Records `from` to `to` (exclusive) as a writers' batch; each form is built when first asked for. */
+  batch(from: number, to: number): TraceBatch {
+    let records: TraceRecord[] | undefined;
+    let jsonl: string | undefined;
+    const lo = Math.max(from, this.seq - this.capacity, 0);
+    const hi = Math.min(to, this.seq);
+    return {
+      length: Math.max(0, hi - lo),
+      records: () => (records ??= this.read(lo, hi)),
+      jsonl: () => (jsonl ??= this.#jsonl(lo, hi)),
+    };
+  }
+
+  #jsonl(from: number, to: number): string {
+    let text = '';
+    for (let seq = from; seq < to; seq++) {
+      const i = seq % this.capacity;
+      text += `{"t":${json(this.#t[i]!)},"k":"${hashHex(this.#h[i]!)}","kl":${this.#kl[i]!},"m":${this.#namesJson[this.#m[i]!]!},"b":${this.#b[i]!},"tok":${this.#tok[i]!},"ms":${json(this.#ms[i]!)},"src":"${TRACE_SOURCES[this.#src[i]!]!}","r":${json(this.#r[i]!)}`;
+      if (this.#f[i] === 1) text += ',"f":1';
+      const c = this.#c[i]!;
+      if (c > 0) text += `,"c":${this.#namesJson[c - 1]!}`;
+      const u = this.#u[i]!;
+      if (!Number.isNaN(u)) text += `,"u":"${hashHex(u)}"`;
+      const n = this.#n[i]!;
+      text += n > 1 ? `,"n":${n}}\n` : '}\n';
+    }
+    return text;
+  }
+
+  /** Records `from` to `to` (exclusive) as objects, oldest first; those no longer held are skipped. */
+  read(from: number, to: number): TraceRecord[] {
+    const out: TraceRecord[] = [];
+    for (let seq = Math.max(from, this.seq - this.capacity, 0); seq < Math.min(to, this.seq); seq++) {
+      const i = seq % this.capacity;
+      const rec: TraceRecord = {
+        t: this.#t[i]!,
+        k: hashHex(this.#h[i]!),
+        kl: this.#kl[i]!,
+        m: this.#names[this.#m[i]!]!,
+        b: this.#b[i]!,
+        tok: this.#tok[i]!,
+        ms: this.#ms[i]!,
+        src: TRACE_SOURCES[this.#src[i]!]!,
+        r: this.#r[i]!,
+      };
+      if (this.#f[i] === 1) rec.f = 1;
+      const c = this.#c[i]!;
+      if (c > 0) rec.c = this.#names[c - 1]!;
+      const u = this.#u[i]!;
+      if (!Number.isNaN(u)) rec.u = hashHex(u);
+      const n = this.#n[i]!;
+      if (n > 1) rec.n = n;
+      out.push(rec);
+    }
+    return out;
+  }
+
+  #name(name: string): number {
+    let i = this.#nameIndex.get(name);
+    if (i === undefined) {
+      i = this.#names.length;
+      this.#names.push(name);
+      this.#namesJson.push(JSON.stringify(name));
+      this.#nameIndex.set(name, i);
+    }
+    return i;
+  }
+
+  #grow(): void {
+    const size = Math.min(this.capacity, Math.max(1024, this.#t.length * 2));
+    const grow = <A extends Float64Array | Uint32Array | Uint8Array>(a: A, make: (n: number) => A): A => {
+      const b = make(size);
+      b.set(a);
+      return b;
+    };
+    this.#t = grow(this.#t, (n) => new Float64Array(n));
+    this.#h = grow(this.#h, (n) => new Float64Array(n));
+    this.#kl = grow(this.#kl, (n) => new Uint32Array(n));
+    this.#m = grow(this.#m, (n) => new Uint32Array(n));
+    this.#b = grow(this.#b, (n) => new Uint32Array(n));
+    this.#tok = grow(this.#tok, (n) => new Uint32Array(n));
+    this.#ms = grow(this.#ms, (n) => new Float64Array(n));
+    this.#src = grow(this.#src, (n) => new Uint8Array(n));
+    this.#r = grow(this.#r, (n) => new Float64Array(n));
+    this.#c = grow(this.#c, (n) => new Uint32Array(n));
+    this.#n = grow(this.#n, (n) => new Uint32Array(n));
+    this.#f = grow(this.#f, (n) => new Uint8Array(n));
+    this.#u = grow(this.#u, (n) => new Float64Array(n));
+  }
+}
+
 export interface TracerOptions {
   /** Fraction of keys sampled by hash, 0..1. */
   sampleRate: number;
@@ -147,7 +347,7 @@ export interface TracerOptions {
   writers: TraceWriter[];
   /** Records kept for the live policy window. 0 = no window. */
   windowRecords: number;
-  /** Records buffered for the writers; beyond it records are dropped (and counted). */
+  /** Records buffered for the writers; beyond it the oldest not yet written is dropped (and counted). */
   bufferMax: number;
   /** Flush period. */
   flushMs: number;
@@ -199,10 +399,15 @@ const CHECKPOINTS_PER_WINDOW = 100;
 const emptyTotals = (): Record<TraceSource, number> => ({ MEMORY: 0, GLOBAL: 0, COMPUTED: 0, JOINED: 0 });
 
 export class Tracer implements TraceSink {
-  readonly window: Ring<TraceRecord> | undefined;
+  readonly window: TraceWindow | undefined;
   readonly #o: Required<Omit<TracerOptions, 'now' | 'sampler'>> & { now: () => number };
   readonly #sampler: Sampler;
-  #buffer: TraceRecord[] = [];
+  /** The window and the writers' buffer, one log (undefined with neither). */
+  readonly #log: RecordLog | undefined;
+  /** Sequence of the next record the writers have not been handed. */
+  #unwritten = 0;
+  /** Keys of the call being observed: the sequence of their record, -1 for keys not sampled. */
+  readonly #seen = new Map<string, number>();
   #flushing: Promise<void> | undefined;
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
@@ -212,14 +417,25 @@ export class Tracer implements TraceSink {
   readonly #totals = emptyTotals();
   readonly #checkpoints = new Ring<Checkpoint>(CHECKPOINTS_PER_WINDOW + 8);
   readonly #checkpointEvery: number;
-  #seq = 0;
 
   constructor(options: TracerOptions) {
     if (!(options.sampleRate >= 0 && options.sampleRate <= 1)) throw new TypeError(`Tracer sampleRate must be in [0, 1], received ${options.sampleRate}`);
     const { sampler, ...rest } = options;
     this.#o = { batchMax: 1000, now: Date.now, salt: 0x5eed, ...rest };
     this.#sampler = new Sampler({ ...sampler, rate: options.sampleRate });
-    this.window = options.windowRecords > 0 ? new Ring<TraceRecord>(options.windowRecords) : undefined;
+    const writing = options.writers.length > 0;
+    const capacity = Math.max(options.windowRecords, writing ? options.bufferMax : 0);
+    const log = capacity > 0 ? new RecordLog(capacity) : undefined;
+    this.#log = log;
+    if (log && options.windowRecords > 0) {
+      const records = options.windowRecords;
+      this.window = {
+        get size() {
+          return Math.min(log.seq, records);
+        },
+        toArray: () => log.read(log.seq - records, log.seq),
+      };
+    }
     this.#checkpointEvery = Math.max(1, Math.ceil(options.windowRecords / CHECKPOINTS_PER_WINDOW));
     // Time of the start: that of the first record (the clock is not read outside observe).
     this.#checkpoints.push({ seq: 0, t: NaN, totals: emptyTotals() });
@@ -236,53 +452,60 @@ export class Tracer implements TraceSink {
   observe(model: string, clientId: string | undefined, keys: readonly (string | undefined)[], results: readonly (TracedResult | Error)[], user?: string): void {
     const sampler = this.#sampler;
     if (sampler.rate <= 0 || this.#closed) return;
+    const seen = this.#seen;
     try {
       const salt = this.#o.salt;
+      const repeats = keys.length > 1;
       let t = 0;
-      let seen: Map<string, TraceRecord> | undefined;
+      let u = Number.NaN;
       for (let i = 0; i < results.length; i++) {
         const key = keys[i];
         const res = results[i];
         if (key === undefined || res === undefined || res instanceof Error) continue;
-        const prev = seen?.get(key);
-        if (prev) {
+        const prev = repeats ? seen.get(key) : undefined;
+        if (prev !== undefined) {
           // A repeat within the call looked nothing up itself.
           this.#totals.JOINED++;
-          if (prev !== DUMMY) prev.n = (prev.n ?? 1) + 1;
+          if (prev >= 0) this.#log?.repeat(prev);
           continue;
         }
-        if (seen === undefined && keys.length > 1) seen = new Map();
         this.#stats.observed++;
         const src: TraceSource = res.joined ? 'JOINED' : res.source;
         this.#totals[src]++;
-        if (t === 0) t = this.#o.now();
+        if (t === 0) {
+          t = this.#o.now();
+          if (user) u = hash53(user);
+        }
         if (res.fills) for (const f of res.fills) this.#fill(model, f.key, f.bytes, t);
         const h = hash53(key, salt);
         const rate = sampler.decide(h);
         if (rate === 0) {
-          seen?.set(key, DUMMY);
+          if (repeats) seen.set(key, -1);
           continue;
         }
-        const rec: TraceRecord = {
+        const seq = this.#push({
           t,
-          k: hashHex(h),
+          h,
           kl: key.length,
-          m: model,
+          model,
           b: res.vector.byteLength,
           tok: res.tokens,
           ms: res.inferenceMs,
           src,
           r: rate,
-        };
-        if (clientId) rec.c = clientId;
-        if (user) rec.u = hashHex(hash53(user));
-        seen?.set(key, rec);
-        this.#push(rec);
+          client: clientId || undefined,
+          fill: false,
+          user: u,
+        });
+        if (repeats) seen.set(key, seq);
       }
-      if (this.#buffer.length >= this.#o.batchMax && !this.#flushing) setImmediate(() => void this.flush());
+      if (this.#o.writers.length > 0 && this.#log && this.#log.seq - this.#unwritten >= this.#o.batchMax && !this.#flushing)
+        setImmediate(() => void this.flush());
     } catch (e) {
       // Tracing must never fail a request.
       this.#logError('trace sampling failed', e);
+    } finally {
+      seen.clear();
     }
   }
 
@@ -291,19 +514,22 @@ export class Tracer implements TraceSink {
     const h = hash53(key, this.#o.salt);
     const rate = this.#sampler.decide(h, 0);
     if (rate === 0) return;
-    this.#push({ t, k: hashHex(h), kl: key.length, m: model, b: bytes, tok: 0, ms: 0, src: 'COMPUTED', r: rate, f: 1 });
+    this.#push({ t, h, kl: key.length, model, b: bytes, tok: 0, ms: 0, src: 'COMPUTED', r: rate, client: undefined, fill: true, user: Number.NaN });
   }
 
-  #push(rec: TraceRecord): void {
+  /** Logs a sampled record; returns its sequence (-1 when there is no log). */
+  #push(rec: RecordFields): number {
     this.#stats.sampled++;
-    if (this.window) {
-      this.window.push(rec);
-      if (++this.#seq % this.#checkpointEvery === 0) this.#checkpoints.push({ seq: this.#seq, t: rec.t, totals: { ...this.#totals } });
+    const log = this.#log;
+    if (!log) return -1;
+    const seq = log.push(rec);
+    if (this.window && log.seq % this.#checkpointEvery === 0) this.#checkpoints.push({ seq: log.seq, t: rec.t, totals: { ...this.#totals } });
+    if (this.#o.writers.length > 0 && log.seq - this.#unwritten > this.#o.bufferMax) {
+      // The writers are behind by a full buffer: the oldest record they were not handed is dropped.
+      this.#unwritten = log.seq - this.#o.bufferMax;
+      this.#stats.dropped++;
     }
-    if (this.#o.writers.length > 0) {
-      if (this.#buffer.length >= this.#o.bufferMax) this.#stats.dropped++;
-      else this.#buffer.push(rec);
-    }
+    return seq;
   }
 
   /**
@@ -311,7 +537,8 @@ export class Tracer implements TraceSink {
    * window: the measured figures over (to within 1 % of) the records the policy simulates.
    */
   measuredOverWindow(): MeasuredWindow {
-    const start = this.#seq - (this.window?.size ?? 0);
+    const seq = this.#log?.seq ?? 0;
+    const start = seq - (this.window?.size ?? 0);
     const points = this.#checkpoints.toArray();
     let from = points[0]!;
     for (const p of points) if (p.seq <= start) from = p;
@@ -321,17 +548,21 @@ export class Tracer implements TraceSink {
       bySource[s] = this.#totals[s] - from.totals[s];
       items += bySource[s];
     }
-    return { sinceT: Number.isNaN(from.t) ? (this.window?.toArray()[0]?.t ?? 0) : from.t, items, bySource };
+    const first = this.#log?.timeOf(start) ?? Number.NaN;
+    return { sinceT: Number.isNaN(from.t) ? (Number.isNaN(first) ? 0 : first) : from.t, items, bySource };
   }
 
   /** Writes what is buffered (one flush at a time; concurrent callers wait for the same one). */
   flush(): Promise<void> {
     if (this.#flushing) return this.#flushing;
-    if (this.#buffer.length === 0) return Promise.resolve();
+    const log = this.#log;
+    if (!log || this.#o.writers.length === 0 || log.seq === this.#unwritten) return Promise.resolve();
     this.#flushing = (async () => {
       try {
-        while (this.#buffer.length > 0) {
-          const batch = this.#buffer.splice(0, this.#o.batchMax);
+        while (log.seq > this.#unwritten) {
+          const to = Math.min(log.seq, this.#unwritten + this.#o.batchMax);
+          const batch = log.batch(this.#unwritten, to);
+          this.#unwritten = to;
           const settled = await Promise.allSettled(this.#o.writers.map((w) => w.write(batch)));
           let ok = true;
           settled.forEach((s, i) => {
@@ -355,7 +586,7 @@ export class Tracer implements TraceSink {
       sampleRate: this.#o.sampleRate,
       ...this.#stats,
       heavyKeys: this.#sampler.heavyKeys,
-      buffered: this.#buffer.length,
+      buffered: this.#log && this.#o.writers.length > 0 ? this.#log.seq - this.#unwritten : 0,
       writers: this.#o.writers.map((w) => w.name),
     };
   }
@@ -375,6 +606,3 @@ export class Tracer implements TraceSink {
     this.#o.logger.warn({ err: e instanceof Error ? e.message : String(e), dropped: this.#stats.dropped, errors: this.#stats.errors }, msg);
   }
 }
-
-/** Marker for keys of a call that were looked at and not sampled (so their repeats are skipped too). */
-const DUMMY: TraceRecord = { t: 0, k: '', kl: 0, m: '', b: 0, tok: 0, ms: 0, src: 'MEMORY', r: 1 };

@@ -5,13 +5,13 @@
  * closed when it passes `maxFileBytes` and the oldest files beyond `keepFiles` are deleted, so the
  * folder never holds more than about `keepFiles × maxFileBytes`.
  *
- * Redis: `XADD <key> MAXLEN ~ <maxLen> * t … k … …`, one pipeline per batch; Redis trims the stream to
- * about `maxLen` entries itself. Field names are those of `TraceRecord`.
+ * Redis: one stream entry per batch holding its JSONL lines (see `RedisStreamTraceWriter`), trimmed by
+ * Redis to about `maxLen` records.
  */
 import { createRedisClient, type RedisClient, type RedisTarget } from '../redis/client.ts';
 import { mkdir, open, readdir, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import type { TraceRecord, TraceWriter } from './trace.ts';
+import type { TraceBatch, TraceWriter } from './trace.ts';
 
 export const TRACE_FILE_RE = /^trace-(\d+)-(\d+)(?:-(\d+))?\.jsonl$/;
 
@@ -34,15 +34,14 @@ export class JsonlTraceWriter implements TraceWriter {
     this.#o = options;
   }
 
-  async write(batch: readonly TraceRecord[]): Promise<void> {
+  async write(batch: TraceBatch): Promise<void> {
     if (batch.length === 0) return;
     this.#ready ??= mkdir(this.#o.dir, { recursive: true }).then(() => undefined);
     await this.#ready;
-    let text = '';
-    for (const r of batch) text += `${JSON.stringify(r)}\n`;
+    const bytes = Buffer.from(batch.jsonl());
     if (!this.#file) await this.#openNext();
-    await this.#file!.write(text);
-    this.#bytes += Buffer.byteLength(text);
+    await this.#file!.write(bytes);
+    this.#bytes += bytes.length;
     if (this.#bytes >= this.#o.maxFileBytes) {
       await this.#file!.close();
       this.#file = undefined;
@@ -79,16 +78,26 @@ export async function traceFiles(dir: string): Promise<string[]> {
 export interface RedisStreamWriterOptions {
   target: RedisTarget;
   key: string;
-  /** Approximate cap of the stream (`MAXLEN ~`). */
+  /** Cap of the stream, in records (about: entries hold whole batches). */
   maxLen: number;
   /** Longest a batch may take before it counts as failed. Default 2000 ms. */
   timeoutMs?: number;
 }
 
+/**
+ * One stream entry per batch: `XADD <key> MAXLEN <entries> * n <records> jsonl <JSON lines>`, the lines
+ * those of the JSONL files. An entry per record cost Redis and the replica a command per traced lookup
+ * (with heavy keys traced whole, most of the lookups of a busy replica): on the hit path of `bench:hit`
+ * that was more than half of the CPU a vector took. The cap is kept in records: entries are trimmed to
+ * `maxLen` divided by the mean records per entry so far. Readers (src/policy/read.ts) also accept the
+ * older form, one entry per record with the record's fields.
+ */
 export class RedisStreamTraceWriter implements TraceWriter {
   readonly name = 'redis-stream';
   readonly #o: RedisStreamWriterOptions;
   readonly #redis: RedisClient;
+  #entries = 0;
+  #records = 0;
 
   constructor(options: RedisStreamWriterOptions) {
     this.#o = options;
@@ -98,43 +107,17 @@ export class RedisStreamTraceWriter implements TraceWriter {
     this.#redis.on('error', () => undefined);
   }
 
-  async write(batch: readonly TraceRecord[]): Promise<void> {
+  async write(batch: TraceBatch): Promise<void> {
     if (batch.length === 0) return;
     if (this.#redis.status === 'wait') await this.#redis.connect();
-    const p = this.#redis.pipeline();
-    for (const r of batch) p.xadd(this.#o.key, 'MAXLEN', '~', this.#o.maxLen, '*', ...recordFields(r));
-    const res = await p.exec();
-    const failed = res?.find(([err]) => err);
-    if (failed) throw failed[0]!;
+    this.#entries++;
+    this.#records += batch.length;
+    const perEntry = this.#records / this.#entries;
+    const entries = Math.max(1, Math.ceil(this.#o.maxLen / perEntry));
+    await this.#redis.xadd(this.#o.key, 'MAXLEN', entries, '*', 'n', String(batch.length), 'jsonl', batch.jsonl());
   }
 
   async close(): Promise<void> {
     this.#redis.disconnect();
   }
-}
-
-export function recordFields(r: TraceRecord): string[] {
-  const f = [
-    't',
-    String(r.t),
-    'k',
-    r.k,
-    'kl',
-    String(r.kl),
-    'm',
-    r.m,
-    'b',
-    String(r.b),
-    'tok',
-    String(r.tok),
-    'ms',
-    String(r.ms),
-    'src',
-    r.src,
-    'r',
-    String(r.r),
-  ];
-  if (r.c !== undefined) f.push('c', r.c);
-  if (r.n !== undefined) f.push('n', String(r.n));
-  return f;
 }
