@@ -54,12 +54,7 @@ async function fileSource(files: string[], options: ReadOptions): Promise<TraceS
         let n = 0;
         for await (const line of lines) {
           if (line.length === 0) continue;
-          let rec: TraceRecord | undefined;
-          try {
-            rec = toTraceRecord(JSON.parse(line) as Record<string, unknown>);
-          } catch {
-            rec = undefined;
-          }
+          const rec = parseLine(line);
           if (!rec) {
             src.skipped++;
             continue;
@@ -138,6 +133,7 @@ export function toJsonl(r: TraceRecord): string {
   return `${JSON.stringify(r)}\n`;
 }
 
+/** One JSONL line as a record; undefined when it is not one. */
 function parseLine(line: string): TraceRecord | undefined {
   try {
     return toTraceRecord(JSON.parse(line) as Record<string, unknown>);

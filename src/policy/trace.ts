@@ -316,24 +316,24 @@ class RecordLog {
 
   #grow(): void {
     const size = Math.min(this.capacity, Math.max(1024, this.#t.length * 2));
-    const grow = <A extends Float64Array | Uint32Array | Uint8Array>(a: A, make: (n: number) => A): A => {
-      const b = make(size);
+    const grow = <A extends Float64Array | Uint32Array | Uint8Array>(a: A): A => {
+      const b = new (a.constructor as new (n: number) => A)(size);
       b.set(a);
       return b;
     };
-    this.#t = grow(this.#t, (n) => new Float64Array(n));
-    this.#h = grow(this.#h, (n) => new Float64Array(n));
-    this.#kl = grow(this.#kl, (n) => new Uint32Array(n));
-    this.#m = grow(this.#m, (n) => new Uint32Array(n));
-    this.#b = grow(this.#b, (n) => new Uint32Array(n));
-    this.#tok = grow(this.#tok, (n) => new Uint32Array(n));
-    this.#ms = grow(this.#ms, (n) => new Float64Array(n));
-    this.#src = grow(this.#src, (n) => new Uint8Array(n));
-    this.#r = grow(this.#r, (n) => new Float64Array(n));
-    this.#c = grow(this.#c, (n) => new Uint32Array(n));
-    this.#n = grow(this.#n, (n) => new Uint32Array(n));
-    this.#f = grow(this.#f, (n) => new Uint8Array(n));
-    this.#u = grow(this.#u, (n) => new Float64Array(n));
+    this.#t = grow(this.#t);
+    this.#h = grow(this.#h);
+    this.#kl = grow(this.#kl);
+    this.#m = grow(this.#m);
+    this.#b = grow(this.#b);
+    this.#tok = grow(this.#tok);
+    this.#ms = grow(this.#ms);
+    this.#src = grow(this.#src);
+    this.#r = grow(this.#r);
+    this.#c = grow(this.#c);
+    this.#n = grow(this.#n);
+    this.#f = grow(this.#f);
+    this.#u = grow(this.#u);
   }
 }
 
