@@ -171,7 +171,7 @@ describe('fair dispatch queue', () => {
     await Promise.all([...busy, ...backlog, ...light]);
   });
 
-  test('calibrated admission: when admitted requests wait longer than predicted, predictions are scaled by that ratio', async () => {
+  test('calibrated admission: when admitted requests wait longer than the work they were admitted behind, predictions are scaled by that ratio', async () => {
     const { clock, pool, queue } = setup(4, { maxQueueWaitMs: 1000 });
     const first = queue.submit([1, 2, 3, 4]);
     const r0 = await pool.nextRun();
@@ -179,21 +179,25 @@ describe('fair dispatch queue', () => {
     answer(r0);
     await Promise.all(first);
     assert.equal(queue.correction, 1, 'nothing learnt yet');
-    // Three requests of 12 items, each batch of 4 taking 100 ms: slower than the rate each was predicted
-    // with (10 ms per item at first; the moving average catches up only slowly).
+    // Every batch of 4 runs at the measured rate (10 ms per item). Client a asks for 12 items, then client b
+    // for 12 more: in fair order b's items share a's batches, so a waits for ~20 items where it was admitted
+    // behind 12. The rates were right; what the model left out (work arriving later, served first) is what
+    // the correction learns.
     for (let k = 0; k < 3; k++) {
-      const ps = queue.submit(range(100 * k + 10, 12));
-      for (let b = 0; b < 3; b++) {
+      const mine = queue.submit(range(100 * k + 10, 12), { client: 'a' });
+      const other = queue.submit(range(100 * k + 50, 12), { client: 'b' });
+      for (let b = 0; b < 6; b++) {
         const call = await pool.nextRun();
-        clock.advance(100);
+        clock.advance(40);
         answer(call);
       }
-      await Promise.all(ps);
+      await Promise.all([...mine, ...other]);
     }
     const corr = queue.correction;
     assert.ok(corr > 1.1 && corr <= 4, `correction ${corr}`);
     // With a batch running, a request whose uncorrected wait fits the bound is refused once corrected.
     const rate = queue.msPerCost!;
+    assert.ok(Math.abs(rate - 10) < 1e-9, `rate ${rate}`);
     const busy = queue.submit(range(500, 4));
     const running = await pool.nextRun();
     const n = Math.floor(1000 / rate) - 4;
@@ -207,6 +211,78 @@ describe('fair dispatch queue', () => {
     // Without recent samples (a minute later) the correction is 1 again.
     clock.advance(61_000);
     assert.equal(queue.correction, 1);
+  });
+
+  test('rates learnt while they were wrong do not stay in the correction: the work admitted behind is priced again at the rates measured by then', async () => {
+    const { clock, pool, queue } = setup(4, { maxQueueWaitMs: 100_000 });
+    const first = queue.submit([1, 2, 3, 4]);
+    const r0 = await pool.nextRun();
+    clock.advance(40);
+    answer(r0);
+    await Promise.all(first);
+    // The load arrives and every batch now takes 100 ms (25 ms per item), 2.5x the rate the requests were
+    // admitted with. Each request's wait matches its work at the new rate.
+    for (let k = 0; k < 4; k++) {
+      const ps = queue.submit(range(100 * k + 10, 12));
+      for (let b = 0; b < 3; b++) {
+        const call = await pool.nextRun();
+        clock.advance(100);
+        answer(call);
+      }
+      await Promise.all(ps);
+    }
+    assert.ok(queue.correction < 1.3, `correction ${queue.correction}`);
+  });
+
+  test('a slowdown is followed within a batch or two: the rate moves half-way up per batch, a fifth down', async () => {
+    const { clock, pool, queue } = setup(4);
+    const run = async (ms: number): Promise<void> => {
+      const ps = queue.submit([1, 2, 3, 4]);
+      const call = await pool.nextRun();
+      clock.advance(ms);
+      answer(call);
+      await Promise.all(ps);
+    };
+    await run(40);
+    assert.equal(queue.msPerCost, 10);
+    await run(120);
+    assert.equal(queue.msPerCost, 20, 'half-way up to 30');
+    await run(120);
+    assert.equal(queue.msPerCost, 25);
+    await run(20);
+    assert.equal(queue.msPerCost, 21, 'a fifth of the way down to 5');
+  });
+
+  test('a running batch counts for what is left of it, and one running late scales the wait by how late', async () => {
+    const { clock, pool, queue } = setup(4, { maxQueueWaitMs: 1000 });
+    const first = queue.submit([1, 2, 3, 4]);
+    const r0 = await pool.nextRun();
+    clock.advance(400);
+    answer(r0);
+    await Promise.all(first);
+    // 100 ms per item. A batch of 4 (400 ms) starts; a request of 6 items would wait 400 + 600 ms.
+    const busy = queue.submit(range(10, 4));
+    const running = await pool.nextRun();
+    assert.equal(queue.expectedWaitMs('', 0), 400);
+    const tooMuch = await Promise.allSettled(queue.submit(range(20, 7)));
+    assert.equal(((tooMuch[0] as PromiseRejectedResult).reason as PolyrayError).code, ErrorCode.OVERLOADED, '400 + 700 ms > 1000 ms');
+    clock.advance(300);
+    assert.equal(queue.expectedWaitMs('', 0), 100, '100 ms of the batch left');
+    const fits = queue.submit(range(30, 7));
+    // The batch has now run 800 ms where 400 were expected: twice as slow, so is everything queued.
+    clock.advance(500);
+    const late = await Promise.allSettled(queue.submit(range(40, 1)));
+    const e = (late[0] as PromiseRejectedResult).reason as PolyrayError;
+    assert.equal(e.code, ErrorCode.OVERLOADED);
+    // Left of the running batch: at least a tenth (40 ms); then 700 + 100 ms queued and its own: x2.
+    assert.equal(e.message.match(/about (\d+) ms/)![1], String(Math.ceil((40 + 700 + 100) * 2)));
+    answer(running);
+    await Promise.all(busy);
+    for (let b = 0; b < 2; b++) {
+      const call = await pool.nextRun();
+      answer(call);
+    }
+    await Promise.all(fits);
   });
 
   test("mixed lengths: queued work is priced at each item's own size-class rate, not at the new request's", async () => {

@@ -41,7 +41,13 @@
  *   order, a loaded event loop, tokenisers and workers sharing the cores) is measured instead of guessed:
  *   each admitted request's real wait is compared with the wait predicted for it, and predictions are scaled
  *   by a high quantile of that ratio over recent requests, so the bound holds for most admitted requests,
- *   not only for the average one.
+ *   not only for the average one. The real wait is compared with the work the request was admitted behind
+ *   priced at the rates measured by then, so rates still being learnt are not counted twice.
+ * - Following a slowdown at once: rates move half-way up towards a slower batch and a fifth of the way
+ *   down towards a faster one; a batch running now counts for the part of it still to run, and one already
+ *   running longer than its rate says scales every prediction by how late it is. Under a sudden load (the
+ *   tokenisers and the event loop taking the cores) the synthetic BERT's rate doubled within a batch, and
+ *   the requests admitted before the rates caught up waited ~2x the bound.
  */
 import type { Context, Link } from '@opentelemetry/api';
 import { ErrorCode, PolyrayError } from '../errors.ts';
@@ -212,9 +218,9 @@ export class DispatchQueue<T, R> {
   #retried = 0;
   /** Measured milliseconds per unit of cost (moving average); undefined until a batch has run. */
   #msPerCost: number | undefined;
-  /** Cost of the batches running now, in all and by size class. */
+  /** Cost of the batches running now; each running batch's cost by size class and when it started. */
   #runningCost = 0;
-  readonly #runningByClass = new Map<number, number>();
+  readonly #running = new Set<{ byClass: Map<number, number>; at: number }>();
   readonly #observeWait: ((ms: number) => void) | undefined;
   /** When the last batch ended with items still queued (the queue was never idle since); else undefined. */
   #backloggedSince: number | undefined;
@@ -273,15 +279,30 @@ export class DispatchQueue<T, R> {
    */
   expectedWaitMs(id: string, cost: number, weight = 1, rank = 0, largestItem = 0): number | undefined {
     if (this.#rateFor(largestItem) === undefined) return undefined;
+    return this.#timeOf(this.#aheadOf(id, cost, weight, rank));
+  }
+
+  /**
+   * The cost, by size class, that runs before work of `cost` from client `id`: the batches running, the
+   * client's own backlog, and each other client's backlog up to its weighted share of it. Each class is
+   * priced at its own rate: a queue of short items ahead of a long one is not priced at the long one's
+   * rate per token (mixed lengths were over-refused ~2x that way).
+   */
+  #aheadOf(id: string, cost: number, weight: number, rank: number): Map<number, number> {
     const mine = this.#clients.get(id);
-    const own = mine?.cost ?? 0;
-    const share = (own + cost) / weight;
-    // Each queued item at the rate of its own size class: a queue of short items ahead of a long one is
-    // not priced at the long one's rate per token (mixed lengths were over-refused ~2x that way).
-    let ahead = this.#timeOf(this.#runningByClass) + (mine ? this.#timeOf(mine.byClass) : 0);
+    const share = ((mine?.cost ?? 0) + cost) / weight;
+    const ahead = new Map<number, number>();
+    // A running batch counts for the part of it still to run (all of it would refuse work that fits once it
+    // ends: large requests were refused whenever a batch ran while small ones still fitted, and starved).
+    const now = this.#clock.now();
+    for (const r of this.#running) {
+      const expected = this.#timeOf(r.byClass);
+      addScaled(ahead, r.byClass, expected > 0 ? Math.max(MIN_LEFT, 1 - (now - r.at) / expected) : 1);
+    }
+    if (mine) addScaled(ahead, mine.byClass, 1);
     for (const c of this.#clients.values()) {
       if (c.id === id || c.rank > rank || c.cost <= 0) continue;
-      ahead += this.#timeOf(c.byClass) * Math.min(1, (share * c.weight) / c.cost);
+      addScaled(ahead, c.byClass, Math.min(1, (share * c.weight) / c.cost));
     }
     return ahead;
   }
@@ -344,7 +365,7 @@ export class DispatchQueue<T, R> {
     let own = 0;
     for (const c of atLeast) if (c >= 1) own += c * (this.#rateForClass(sizeClass(c)) ?? 0);
     const raw = ahead + own;
-    const wait = raw * this.correction;
+    const wait = raw * this.#scale();
     if (wait <= bound - this.#spent(options)) return undefined;
     this.#rejected += count;
     return new PolyrayError(
@@ -409,16 +430,23 @@ export class DispatchQueue<T, R> {
     const costs = items.map((item) => Math.max(1, this.#policy.cost?.(item) ?? 1));
     const bound = this.#options.maxQueueWaitMs;
     let predicted: number | undefined;
-    if (bound > 0) {
+    /** The work the prediction priced, by size class (the request's own included), to price again at calibration. */
+    let work: Map<number, number> | undefined;
+    if (bound > 0 && this.#rateFor(Math.max(...costs)) !== undefined) {
       // Until the request's own work is done, not only until it starts: a request of many long inputs
       // spans several batches, and its caller waits for the last.
-      const total = costs.reduce((a, b) => a + b, 0);
-      const largest = Math.max(...costs);
-      const start = this.expectedWaitMs(id, total, weight, rank, largest);
+      work = this.#aheadOf(
+        id,
+        costs.reduce((a, b) => a + b, 0),
+        weight,
+        rank,
+      );
+      const start = this.#timeOf(work);
+      for (const c of costs) addClass(work, c, 1);
       // Nothing ahead (an idle queue) admits any request: its wait is its own work, which refusing cannot shorten.
       // Learnt from either way: an idle queue's prediction is the request's own work.
-      predicted = start === undefined ? undefined : start + costs.reduce((ms, c) => ms + c * this.#rateForClass(sizeClass(c))!, 0);
-      const wait = predicted === undefined || start === 0 ? undefined : predicted * this.correction;
+      predicted = this.#timeOf(work);
+      const wait = start === 0 ? undefined : predicted * this.#scale();
       const allowed = bound - this.#spent(options);
       if (wait !== undefined && wait > allowed) {
         return refuse(
@@ -459,7 +487,7 @@ export class DispatchQueue<T, R> {
     this.#size += mine.length;
     this.#watch(mine, options);
     if (options.trace) this.#traceWait(mine, options.trace);
-    if (predicted !== undefined && predicted >= MIN_CALIBRATION_MS) this.#calibrate(promises, predicted, enqueuedAt);
+    if (work !== undefined && predicted !== undefined && predicted >= MIN_CALIBRATION_MS) this.#calibrate(promises, work, enqueuedAt);
     this.#schedule();
     return promises;
   }
@@ -475,6 +503,22 @@ export class DispatchQueue<T, R> {
     return newest !== undefined && this.#clock.now() - newest.at <= CALIBRATION_WINDOW_MS ? this.#corrected : 1;
   }
 
+  /**
+   * What predictions are scaled by at admission: the correction, or more when a batch running now has already
+   * taken longer than its rate says, by that much. Rates learn from batches that ended; a sudden load (the
+   * tokenisers and the event loop taking the cores) slowed the synthetic BERT ~2x at once, and the requests
+   * admitted before the next batch ended waited ~2x the bound.
+   */
+  #scale(): number {
+    const now = this.#clock.now();
+    let overdue = 1;
+    for (const r of this.#running) {
+      const expected = this.#timeOf(r.byClass);
+      if (expected > 0) overdue = Math.max(overdue, (now - r.at) / expected);
+    }
+    return Math.max(this.correction, overdue);
+  }
+
   #recalibrate(now: number): void {
     const recent = this.#calibration.filter((c) => now - c.at <= CALIBRATION_WINDOW_MS).map((c) => c.ratio);
     if (recent.length < MIN_CALIBRATION_SAMPLES) {
@@ -486,11 +530,19 @@ export class DispatchQueue<T, R> {
     this.#corrected = Math.min(4, Math.max(0.5, q));
   }
 
-  /** Once every item of an admitted request has its result, records its real wait against the prediction. */
-  #calibrate(promises: readonly Promise<R>[], predicted: number, submittedAt: number): void {
+  /**
+   * Once every item of an admitted request has its result, records its real wait against the wait of the
+   * work it was admitted behind, priced at the rates measured by then: the correction is for what the model
+   * leaves out, not for rates still being learnt (those were counted twice: under a sudden load the rates
+   * grew ~2x within seconds, and the ratios of the requests admitted meanwhile kept the correction at ~3 for
+   * the next minute, admitting nothing but requests to an idle queue).
+   */
+  #calibrate(promises: readonly Promise<R>[], work: ReadonlyMap<number, number>, submittedAt: number): void {
     void Promise.all(promises).then(
       () => {
         const now = this.#clock.now();
+        const predicted = this.#timeOf(work);
+        if (predicted <= 0) return;
         this.#calibration.push({ at: now, ratio: (now - submittedAt) / predicted });
         if (this.#calibration.length > CALIBRATION_SAMPLES) this.#calibration.shift();
         this.#recalibrate(now);
@@ -685,8 +737,10 @@ export class DispatchQueue<T, R> {
   async #run(batch: Pending<T, R>[], lease: Lease): Promise<void> {
     const cost = batch.reduce((sum, q) => sum + q.cost, 0);
     this.#runningCost += cost;
-    for (const q of batch) addClass(this.#runningByClass, q.cost, 1);
     const t0 = this.#clock.now();
+    const running = { byClass: new Map<number, number>(), at: t0 };
+    for (const q of batch) addClass(running.byClass, q.cost, 1);
+    this.#running.add(running);
     const observe = this.#observeWait;
     if (observe) for (const q of batch) observe(t0 - q.enqueuedAt);
     // Under a backlog the time from the previous batch's end counts too (forming the batch, the hand-off,
@@ -703,10 +757,9 @@ export class DispatchQueue<T, R> {
       const done = this.#clock.now();
       const sample = (done - from) / cost;
       this.#backloggedSince = this.#size > 0 ? done : undefined;
-      this.#msPerCost = this.#msPerCost === undefined ? sample : 0.8 * this.#msPerCost + 0.2 * sample;
+      this.#msPerCost = towards(this.#msPerCost, sample);
       const cls = sizeClass(Math.max(...batch.map((q) => q.cost)));
-      const prev = this.#rates.get(cls);
-      this.#rates.set(cls, prev === undefined ? sample : 0.8 * prev + 0.2 * sample);
+      this.#rates.set(cls, towards(this.#rates.get(cls), sample));
       this.#lastClass = cls;
       for (const [i, q] of batch.entries()) q.resolve(results[i]!);
     } catch (e) {
@@ -721,7 +774,7 @@ export class DispatchQueue<T, R> {
       for (const q of batch) q.reject(err);
     } finally {
       this.#runningCost -= cost;
-      for (const q of batch) addClass(this.#runningByClass, q.cost, -1);
+      this.#running.delete(running);
       span?.end();
     }
   }
@@ -797,6 +850,27 @@ const CALIBRATION_WINDOW_MS = 60_000;
 const MIN_CALIBRATION_SAMPLES = 3;
 
 /** Adds `sign` × `cost` to the total of its size class (a class whose total reaches 0 is removed). */
+/**
+ * A rate's moving average after a new sample: up fast, down slowly. Admission prices queued work with it, and
+ * a rate that lags a slowdown admits work it cannot serve in time (a sudden load doubled the synthetic BERT's
+ * rate on 2 cores; at 0.2 per batch the estimate took ~8 batches to follow, and the requests admitted
+ * meanwhile waited ~2x the bound); a rate that lags a speed-up only refuses a little early.
+ */
+function towards(prev: number | undefined, sample: number): number {
+  if (prev === undefined) return sample;
+  return prev + (sample > prev ? RATE_UP : RATE_DOWN) * (sample - prev);
+}
+
+const RATE_UP = 0.5;
+/** The least part of a running batch counted as still to run (it may be late). */
+const MIN_LEFT = 0.1;
+const RATE_DOWN = 0.2;
+
+/** Adds `from`'s cost by class to `into`, scaled by `f`. */
+function addScaled(into: Map<number, number>, from: ReadonlyMap<number, number>, f: number): void {
+  for (const [cls, cost] of from) if (cost > 0) into.set(cls, (into.get(cls) ?? 0) + cost * f);
+}
+
 function addClass(byClass: Map<number, number>, cost: number, sign: 1 | -1): void {
   const cls = sizeClass(cost);
   const next = (byClass.get(cls) ?? 0) + sign * cost;
