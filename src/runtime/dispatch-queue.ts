@@ -494,8 +494,8 @@ export class DispatchQueue<T, R> {
 
   /**
    * The factor predictions are scaled by: the 90th percentile of real ÷ predicted wait over the requests
-   * admitted in the last CALIBRATION_WINDOW_MS (at most CALIBRATION_SAMPLES), within [0.5, 4]; 1 without
-   * recent samples. Below 1 when the model overestimates (queued work whose callers give up). Computed when
+   * admitted in the last CALIBRATION_WINDOW_MS (at most CALIBRATION_SAMPLES), within [0.5, 4] (at least 1
+   * with fewer than MIN_CALIBRATION_SAMPLES); 1 without recent samples. Below 1 when the model overestimates (queued work whose callers give up). Computed when
    * a sample arrives; read on every submit.
    */
   get correction(): number {
@@ -521,13 +521,16 @@ export class DispatchQueue<T, R> {
 
   #recalibrate(now: number): void {
     const recent = this.#calibration.filter((c) => now - c.at <= CALIBRATION_WINDOW_MS).map((c) => c.ratio);
-    if (recent.length < MIN_CALIBRATION_SAMPLES) {
+    if (recent.length === 0) {
       this.#corrected = 1;
       return;
     }
     recent.sort((a, b) => a - b);
     const q = recent[Math.min(recent.length - 1, Math.floor(0.9 * recent.length))]!;
-    this.#corrected = Math.min(4, Math.max(0.5, q));
+    // One or two samples may only raise predictions (to the larger of them): the requests admitted in a
+    // load's first seconds were otherwise priced without the correction until a third had finished, and
+    // waited up to ~1.5x the bound.
+    this.#corrected = Math.min(4, Math.max(recent.length < MIN_CALIBRATION_SAMPLES ? 1 : 0.5, q));
   }
 
   /**
