@@ -64,6 +64,8 @@ export class ModelHost {
   /** One queue per loaded model; the map is live (metrics read it at scrape time). */
   readonly queues = new Map<string, InferenceQueue>();
   readonly #degraded = new Set<string>();
+  /** The text handle of each registered model, with the manifest it was made from (see `resolve`). */
+  readonly #textHandles = new WeakMap<RegisteredModel, { manifest: RegisteredModel['manifest']; handle: TextHandle }>();
   #reloading: Promise<ReloadSummary> | undefined;
 
   constructor(options: ModelHostOptions) {
@@ -92,8 +94,13 @@ export class ModelHost {
       return { kind: 'head', ...this.#base(m), head: h, queue: this.#queue(m, TensorBatcher), input };
     }
     if (m.manifest.preprocess) return { kind: 'image', ...this.#base(m), preprocess: m.manifest.preprocess, queue: this.#queue(m, TensorBatcher) };
+    // One handle per model while its manifest and queue stay (a new one per request cost the hit path its
+    // closures and copies, and the text pipeline keys its per-handle calls on it).
+    const queue = this.#queue(m, Batcher);
+    const cached = this.#textHandles.get(m);
+    if (cached && cached.manifest === m.manifest && cached.handle.queue === queue && cached.handle.tokenizer === m.tokenizer) return cached.handle;
     const source = { key: `${m.manifest.name}@${m.manifest.version}`, name: m.manifest.name, dir: m.dir, spec: m.manifest.tokenizer };
-    return {
+    const handle: TextHandle = {
       kind: 'text',
       ...this.#base(m),
       tokenizer: m.tokenizer,
@@ -103,8 +110,10 @@ export class ModelHost {
       prompts: m.manifest.prompts ?? {},
       defaultPromptName: m.manifest.defaultPromptName,
       truncationSide: m.manifest.truncationSide ?? 'right',
-      queue: this.#queue(m, Batcher),
+      queue,
     };
+    this.#textHandles.set(m, { manifest: m.manifest, handle });
+    return handle;
   }
 
   /** Every served model, `postray` included when its parts are registered. */

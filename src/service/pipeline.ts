@@ -159,8 +159,10 @@ export class CachedInference<I, P, H extends { name: string }> {
       else if (recent && read <= recent.reads) computing.set(k.flight, { promise: Promise.resolve(recent.computed), owner: false });
       else fresh.set(k.flight, k);
     }
-    const serve: SubmitOptions = { ...options.serve, client: options.clientId };
-    if (fresh.size > 0) this.#start(handle, [...fresh.values()], serve, computing);
+    // Only a call that computes needs its queue options (and reading them makes the request's abort signal).
+    let serve: SubmitOptions | undefined;
+    const serveOf = (): SubmitOptions => (serve ??= { ...options.serve, client: options.clientId });
+    if (fresh.size > 0) this.#start(handle, [...fresh.values()], serveOf(), computing);
     let computed = await this.#settle(computing);
     // A computation this call joined was dropped for its owner's deadline (or its owner went away); this
     // call's own deadline decides for it: it computes those itself, once.
@@ -168,7 +170,7 @@ export class CachedInference<I, P, H extends { name: string }> {
     if (orphaned.length > 0) {
       const again = new Map<string, { promise: Promise<Computed>; owner: boolean }>();
       const items = keyed.filter((k): k is Keyed<P> => !(k instanceof PolyrayError) && orphaned.includes(k.flight));
-      this.#start(handle, [...new Map(items.map((k) => [k.flight, k])).values()], serve, again);
+      this.#start(handle, [...new Map(items.map((k) => [k.flight, k])).values()], serveOf(), again);
       computed = new Map([...computed, ...(await this.#settle(again))]);
     }
 
