@@ -495,8 +495,8 @@ export class DispatchQueue<T, R> {
   /**
    * The factor predictions are scaled by: the 90th percentile of real ÷ predicted wait over the requests
    * admitted in the last CALIBRATION_WINDOW_MS (at most CALIBRATION_SAMPLES), within [0.5, 4] (at least 1
-   * with fewer than MIN_CALIBRATION_SAMPLES); 1 without recent samples. Below 1 when the model overestimates (queued work whose callers give up). Computed when
-   * a sample arrives; read on every submit.
+   * with fewer than MIN_CALIBRATION_SAMPLES); 1 without recent samples. Below 1 when the model overestimates
+   * (queued work whose callers give up). Computed when a sample arrives; read on every submit.
    */
   get correction(): number {
     const newest = this.#calibration.at(-1);
@@ -852,7 +852,6 @@ const CALIBRATION_SAMPLES = 64;
 const CALIBRATION_WINDOW_MS = 60_000;
 const MIN_CALIBRATION_SAMPLES = 3;
 
-/** Adds `sign` × `cost` to the total of its size class (a class whose total reaches 0 is removed). */
 /**
  * A rate's moving average after a new sample: up fast, down slowly. Admission prices queued work with it, and
  * a rate that lags a slowdown admits work it cannot serve in time (a sudden load doubled the synthetic BERT's
@@ -865,15 +864,16 @@ function towards(prev: number | undefined, sample: number): number {
 }
 
 const RATE_UP = 0.5;
+const RATE_DOWN = 0.2;
 /** The least part of a running batch counted as still to run (it may be late). */
 const MIN_LEFT = 0.1;
-const RATE_DOWN = 0.2;
 
 /** Adds `from`'s cost by class to `into`, scaled by `f`. */
 function addScaled(into: Map<number, number>, from: ReadonlyMap<number, number>, f: number): void {
   for (const [cls, cost] of from) if (cost > 0) into.set(cls, (into.get(cls) ?? 0) + cost * f);
 }
 
+/** Adds `sign` × `cost` to the total of its size class (a class whose total reaches 0 is removed). */
 function addClass(byClass: Map<number, number>, cost: number, sign: 1 | -1): void {
   const cls = sizeClass(cost);
   const next = (byClass.get(cls) ?? 0) + sign * cost;
