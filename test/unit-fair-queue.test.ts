@@ -51,6 +51,15 @@ async function runAll(pool: FakePool, items: number): Promise<number[][]> {
   return runs;
 }
 
+/** Submits items 1–4 to an idle queue and answers their batch after `ms` on the fake clock: one rate sample. */
+async function runAlone(queue: DispatchQueue<number, number>, pool: FakePool, clock: FakeClock, ms: number): Promise<void> {
+  const done = queue.submit([1, 2, 3, 4]);
+  const call = await pool.nextRun();
+  clock.advance(ms);
+  answer(call);
+  await Promise.all(done);
+}
+
 const range = (from: number, n: number): number[] => Array.from({ length: n }, (_, i) => from + i);
 const runOf = (runs: number[][], item: number): number => runs.findIndex((r) => r.includes(item));
 
@@ -173,11 +182,7 @@ describe('fair dispatch queue', () => {
 
   test('calibrated admission: when admitted requests wait longer than the work they were admitted behind, predictions are scaled by that ratio', async () => {
     const { clock, pool, queue } = setup(4, { maxQueueWaitMs: 1000 });
-    const first = queue.submit([1, 2, 3, 4]);
-    const r0 = await pool.nextRun();
-    clock.advance(40);
-    answer(r0);
-    await Promise.all(first);
+    await runAlone(queue, pool, clock, 40);
     assert.equal(queue.correction, 1, 'nothing learnt yet');
     // Every batch of 4 runs at the measured rate (10 ms per item). Client a asks for 12 items, then client b
     // for 12 more: in fair order b's items share a's batches, so a waits for ~20 items where it was admitted
@@ -215,11 +220,7 @@ describe('fair dispatch queue', () => {
 
   test('rates learnt while they were wrong do not stay in the correction: the work admitted behind is priced again at the rates measured by then', async () => {
     const { clock, pool, queue } = setup(4, { maxQueueWaitMs: 100_000 });
-    const first = queue.submit([1, 2, 3, 4]);
-    const r0 = await pool.nextRun();
-    clock.advance(40);
-    answer(r0);
-    await Promise.all(first);
+    await runAlone(queue, pool, clock, 40);
     // The load arrives and every batch now takes 100 ms (25 ms per item), 2.5x the rate the requests were
     // admitted with. Each request's wait matches its work at the new rate.
     for (let k = 0; k < 4; k++) {
@@ -236,13 +237,7 @@ describe('fair dispatch queue', () => {
 
   test('a slowdown is followed within a batch or two: the rate moves half-way up per batch, a fifth down', async () => {
     const { clock, pool, queue } = setup(4);
-    const run = async (ms: number): Promise<void> => {
-      const ps = queue.submit([1, 2, 3, 4]);
-      const call = await pool.nextRun();
-      clock.advance(ms);
-      answer(call);
-      await Promise.all(ps);
-    };
+    const run = (ms: number): Promise<void> => runAlone(queue, pool, clock, ms);
     await run(40);
     assert.equal(queue.msPerCost, 10);
     await run(120);
@@ -255,11 +250,7 @@ describe('fair dispatch queue', () => {
 
   test('a running batch counts for what is left of it, and one running late scales the wait by how late', async () => {
     const { clock, pool, queue } = setup(4, { maxQueueWaitMs: 1000 });
-    const first = queue.submit([1, 2, 3, 4]);
-    const r0 = await pool.nextRun();
-    clock.advance(400);
-    answer(r0);
-    await Promise.all(first);
+    await runAlone(queue, pool, clock, 400);
     // 100 ms per item. A batch of 4 (400 ms) starts; a request of 6 items would wait 400 + 600 ms.
     const busy = queue.submit(range(10, 4));
     const running = await pool.nextRun();

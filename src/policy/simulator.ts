@@ -27,6 +27,7 @@
  *
  * Length: one dense concept; the replay loop, its model of the tiers and its pricing change together.
  */
+import { grown } from '../typed-arrays.ts';
 import { price, type CostBreakdown, type CostPrices } from './cost.ts';
 import { globalEntryBytes, memoryEntryBytes } from './sizes.ts';
 import { TRACE_SOURCES, type TraceRecord, type TraceSource } from './trace.ts';
@@ -158,19 +159,10 @@ class SizeGroup {
   grow(cap: number): void {
     const T = this.ttls.length;
     const C = this.gTtl.length;
-    const i32 = (a: Int32Array) => {
-      const b = new Int32Array(cap);
-      b.set(a);
-      return b;
-    };
-    this.prev = i32(this.prev);
-    this.next = i32(this.next);
-    const inMem = new Uint8Array(cap);
-    inMem.set(this.inMem);
-    this.inMem = inMem;
-    const memAt = new Float64Array(cap * T);
-    memAt.set(this.memAt);
-    this.memAt = memAt;
+    this.prev = grown(this.prev, cap);
+    this.next = grown(this.next, cap);
+    this.inMem = grown(this.inMem, cap);
+    this.memAt = grown(this.memAt, cap * T);
     if (this.hasGlobal) {
       const gAt = new Float64Array(cap * C);
       gAt.fill(-Infinity, this.gAt.length);
@@ -465,24 +457,12 @@ export class Simulator {
   }
 
   #grow(cap: number): void {
-    const grow32 = (a: Int32Array) => {
-      const b = new Int32Array(cap);
-      b.set(a);
-      return b;
-    };
-    const grow64 = (a: Float64Array) => {
-      const b = new Float64Array(cap);
-      b.set(a);
-      return b;
-    };
-    this.#baseSize = grow32(this.#baseSize);
-    this.#memSize = grow64(this.#memSize);
-    this.#gSize = grow32(this.#gSize);
-    this.#weight = grow64(this.#weight);
-    this.#msOf = grow64(this.#msOf);
-    const mo = new Uint16Array(cap);
-    mo.set(this.#modelOf);
-    this.#modelOf = mo;
+    this.#baseSize = grown(this.#baseSize, cap);
+    this.#memSize = grown(this.#memSize, cap);
+    this.#gSize = grown(this.#gSize, cap);
+    this.#weight = grown(this.#weight, cap);
+    this.#msOf = grown(this.#msOf, cap);
+    this.#modelOf = grown(this.#modelOf, cap);
     for (const g of this.#groups) {
       g.grow(cap);
       g.sizes = this.#memSize;

@@ -25,6 +25,7 @@
  */
 import type { Logger } from '../log.ts';
 import type { Source, TracedResult, TraceSink } from '../service/types.ts';
+import { grown } from '../typed-arrays.ts';
 import { hash53, hashHex } from './hash.ts';
 import { Sampler, type SamplerOptions } from './sampler.ts';
 
@@ -316,24 +317,19 @@ class RecordLog {
 
   #grow(): void {
     const size = Math.min(this.capacity, Math.max(1024, this.#t.length * 2));
-    const grow = <A extends Float64Array | Uint32Array | Uint8Array>(a: A): A => {
-      const b = new (a.constructor as new (n: number) => A)(size);
-      b.set(a);
-      return b;
-    };
-    this.#t = grow(this.#t);
-    this.#h = grow(this.#h);
-    this.#kl = grow(this.#kl);
-    this.#m = grow(this.#m);
-    this.#b = grow(this.#b);
-    this.#tok = grow(this.#tok);
-    this.#ms = grow(this.#ms);
-    this.#src = grow(this.#src);
-    this.#r = grow(this.#r);
-    this.#c = grow(this.#c);
-    this.#n = grow(this.#n);
-    this.#f = grow(this.#f);
-    this.#u = grow(this.#u);
+    this.#t = grown(this.#t, size);
+    this.#h = grown(this.#h, size);
+    this.#kl = grown(this.#kl, size);
+    this.#m = grown(this.#m, size);
+    this.#b = grown(this.#b, size);
+    this.#tok = grown(this.#tok, size);
+    this.#ms = grown(this.#ms, size);
+    this.#src = grown(this.#src, size);
+    this.#r = grown(this.#r, size);
+    this.#c = grown(this.#c, size);
+    this.#n = grown(this.#n, size);
+    this.#f = grown(this.#f, size);
+    this.#u = grown(this.#u, size);
   }
 }
 

@@ -218,8 +218,7 @@ export class DispatchQueue<T, R> {
   #retried = 0;
   /** Measured milliseconds per unit of cost (moving average); undefined until a batch has run. */
   #msPerCost: number | undefined;
-  /** Cost of the batches running now; each running batch's cost by size class and when it started. */
-  #runningCost = 0;
+  /** The batches running now: each one's cost by size class, and when it started. */
   readonly #running = new Set<{ byClass: Map<number, number>; at: number }>();
   readonly #observeWait: ((ms: number) => void) | undefined;
   /** When the last batch ended with items still queued (the queue was never idle since); else undefined. */
@@ -739,7 +738,6 @@ export class DispatchQueue<T, R> {
   /** Runs one batch and settles every item of it; never rejects. */
   async #run(batch: Pending<T, R>[], lease: Lease): Promise<void> {
     const cost = batch.reduce((sum, q) => sum + q.cost, 0);
-    this.#runningCost += cost;
     const t0 = this.#clock.now();
     const running = { byClass: new Map<number, number>(), at: t0 };
     for (const q of batch) addClass(running.byClass, q.cost, 1);
@@ -748,7 +746,7 @@ export class DispatchQueue<T, R> {
     if (observe) for (const q of batch) observe(t0 - q.enqueuedAt);
     // Under a backlog the time from the previous batch's end counts too (forming the batch, the hand-off,
     // a busy event loop): it is what a queued request waits, and run time alone underestimated it ~2x.
-    const from = this.#backloggedSince !== undefined && this.#runningCost === cost ? Math.min(t0, this.#backloggedSince) : t0;
+    const from = this.#backloggedSince !== undefined && this.#running.size === 1 ? Math.min(t0, this.#backloggedSince) : t0;
     const span = this.#traceBatch(batch, cost);
     try {
       const results = await this.#policy.run(
@@ -776,7 +774,6 @@ export class DispatchQueue<T, R> {
       const err = e instanceof PolyrayError ? e : batchFailed();
       for (const q of batch) q.reject(err);
     } finally {
-      this.#runningCost -= cost;
       this.#running.delete(running);
       span?.end();
     }

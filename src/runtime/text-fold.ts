@@ -17,6 +17,8 @@
  * side lack them.
  */
 
+import { grown } from '../typed-arrays.ts';
+
 /** A hard unit. */
 export const HARD = 0;
 /** A soft invisible unit: may be missing on either side, but sits inside a word. */
@@ -158,15 +160,10 @@ export function foldText(text: string, folder: Folder): FoldedText {
   let ends = new Int32Array(cap);
   const grow = (need: number): void => {
     while (cap < need) cap *= 2;
-    const widen = <T extends Int32Array | Uint8Array>(a: T, make: (n: number) => T): T => {
-      const b = make(cap);
-      b.set(a);
-      return b;
-    };
-    units = widen(units, (n) => new Int32Array(n));
-    kinds = widen(kinds, (n) => new Uint8Array(n));
-    starts = widen(starts, (n) => new Int32Array(n));
-    ends = widen(ends, (n) => new Int32Array(n));
+    units = grown(units, cap);
+    kinds = grown(kinds, cap);
+    starts = grown(starts, cap);
+    ends = grown(ends, cap);
   };
   let n = 0;
   let byte = 0;
