@@ -12,8 +12,8 @@ import type { ServerResponse } from 'node:http';
 import { ApolloServer } from '@apollo/server';
 import { ApolloServerPluginCacheControlDisabled } from '@apollo/server/plugin/disabled';
 import { ApolloServerPluginLandingPageLocalDefault, ApolloServerPluginLandingPageProductionDefault } from '@apollo/server/plugin/landingPage/default';
-import fastifyApollo from '@as-integrations/fastify';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { fastifyApolloHandler } from '@as-integrations/fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { Accounting, type AccountContext } from './accounting/index.ts';
 import type { Surface } from './accounting/metrics.ts';
 import type { Cache } from './cache/cache.ts';
@@ -29,14 +29,14 @@ import { ImageFetcher, readCaFile } from './images/fetch.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createPolicyController, createTracer, withTtlControl, type PolicyController, type Tracer } from './policy/index.ts';
 import type { Catalog, PolyrayContext } from './resolvers/context.ts';
-import { operationLimitsPlugin } from './resolvers/limits.ts';
+import { OperationChecker, operationLimitsPlugin } from './resolvers/limits.ts';
 import { JsonBodyParser, LARGE_BODY_BYTES } from './http/json-body.ts';
 import { aliasMap, registerOpenAiRoutes } from './http/openai.ts';
 import { registerTeiRoutes } from './http/tei.ts';
 import { registerOpenApi } from './http/openapi.ts';
 import { AJV_OPTIONS } from './http/validation.ts';
 import { serveOptions } from './http/serve.ts';
-import { type FastPathStats, fastEntitiesPlugin } from './resolvers/fast-entities.ts';
+import { EntityRoute, type FastPathStats } from './resolvers/fast-entities.ts';
 import { makeFormatError } from './resolvers/format-error.ts';
 import { httpCachePlugin } from './resolvers/http-cache.ts';
 import { schemaOptionsOf } from './resolvers/demand-control.ts';
@@ -76,8 +76,12 @@ export class PolyrayServer {
   readonly logger: Logger;
   readonly app: FastifyInstance;
   readonly pool: InferencePool;
-  /** Operations answered by the compiled `_entities` path (src/resolvers/fast-entities.ts). */
+  /** Operations answered by the compiled `_entities` route (src/resolvers/fast-entities.ts). */
   readonly entityFastPath: FastPathStats = { served: 0 };
+  /** The compiled `_entities` route, in front of Apollo (unset when off, or while OpenTelemetry tracing is on). */
+  readonly #entityRoute: EntityRoute | undefined;
+  /** Each GraphQL request's scope (or the error that refused it), made once for the route and Apollo's context. */
+  readonly #graphqlScopes = new WeakMap<FastifyRequest, { scope: RequestScope<AccountContext> } | { error: unknown }>();
   /** Tokenizer threads: cache misses are tokenised off the event loop (src/runtime/tokenizer-pool.ts). */
   readonly tokenizers: TokenizerPool;
   /** The served models: registry, inference queues, handles (src/runtime/host.ts). */
@@ -176,8 +180,30 @@ export class PolyrayServer {
     this.#jsonBodies.register(this.app, config.http.bodyLimitBytes);
     this.#tracing = startTracing(config.telemetry, packageVersion(), deps.spanExporter);
     if (this.#tracing) registerHttpTracing(this.app, this.logger);
+    const schema = buildSchema(schemaOptionsOf(config));
+    const checker = new OperationChecker(
+      {
+        maxInputs: config.limits.maxInputsPerOperation,
+        maxResponseBytes: config.limits.maxResponseBytes,
+        maxFields: config.limits.maxFields,
+        maxDepth: config.limits.maxDepth,
+      },
+      this.catalog(),
+    );
+    this.#entityRoute =
+      config.limits.entityFastPath && !this.#tracing
+        ? new EntityRoute({
+            schema,
+            limits: checker,
+            maxDocumentTokens: config.limits.maxDocumentTokens,
+            cacheMaxAgeS: config.http.cacheMaxAgeS,
+            defaultPostModel: config.models.defaultPostModel,
+            logger: this.logger,
+            stats: this.entityFastPath,
+          })
+        : undefined;
     this.#apollo = new ApolloServer<PolyrayContext>({
-      schema: buildSchema(schemaOptionsOf(config)),
+      schema,
       formatError: makeFormatError(this.logger),
       logger: this.logger,
       includeStacktraceInErrorResponses: false,
@@ -188,16 +214,7 @@ export class PolyrayServer {
         // POLYRAY_SHUTDOWN_GRACE_MS instead.
         this.accounting.apolloPlugin(),
         ...(this.#tracing ? [graphqlTracingPlugin()] : []),
-        operationLimitsPlugin(
-          {
-            maxInputs: config.limits.maxInputsPerOperation,
-            maxResponseBytes: config.limits.maxResponseBytes,
-            maxFields: config.limits.maxFields,
-            maxDepth: config.limits.maxDepth,
-          },
-          this.catalog(),
-        ),
-        ...(config.limits.entityFastPath ? [fastEntitiesPlugin(this.logger, this.entityFastPath)] : []),
+        operationLimitsPlugin(checker),
         // Cache control (on by default) wraps every field resolver to collect hints nobody reads here: an
         // entity's embedding is computed per request scope, never cached by HTTP (bench:hit, issue 27).
         ApolloServerPluginCacheControlDisabled(),
@@ -236,19 +253,44 @@ export class PolyrayServer {
     return new RequestScope(this.#scopes, account, serveOptions(account.client, headers, this.config.limits.requestTimeoutMs, response, performance.now()));
   }
 
+  /** The request scope of a GraphQL request, made on first call; a refusal is thrown again on the next. */
+  #graphqlScope(request: FastifyRequest, reply: FastifyReply): RequestScope<AccountContext> {
+    let made = this.#graphqlScopes.get(request);
+    if (!made) {
+      try {
+        made = { scope: this.requestScope(request.headers, 'graphql', reply.raw) };
+      } catch (error) {
+        made = { error };
+      }
+      this.#graphqlScopes.set(request, made);
+    }
+    if ('error' in made) throw made.error;
+    return made.scope;
+  }
+
   /** Listens, then loads models in the background; returns the listening URL. */
   async start(): Promise<string> {
     if (this.#state.kind !== 'created') throw new Error(`PolyrayServer.start called in state ${this.#state.kind}`);
     await this.accounting.start();
     await this.#apollo.start();
     const catalog = this.catalog();
-    await this.app.register(fastifyApollo(this.#apollo), {
-      path: '/graphql',
+    const apollo = fastifyApolloHandler(this.#apollo, {
       // Authentication happens here (UNAUTHENTICATED before any resolver runs); the request scope admits
       // every pipeline call through the request's account (reserve → run → settle).
-      context: async (request, reply): Promise<PolyrayContext> => {
-        const scope = this.requestScope(request.headers, 'graphql', reply.raw);
-        return { scope, catalog, policy: this.policy };
+      context: async (request, reply): Promise<PolyrayContext> => ({ scope: this.#graphqlScope(request, reply), catalog, policy: this.policy }),
+    });
+    const route = this.#entityRoute;
+    const app = this.app;
+    this.app.route({
+      method: ['GET', 'POST', 'OPTIONS'],
+      url: '/graphql',
+      handler: async (request, reply) => {
+        if (route && request.method === 'POST') {
+          const answer = await route.answer(request.body, request.headers, () => this.#graphqlScope(request, reply));
+          if (answer) return reply.header('content-type', answer.contentType).header('cache-control', answer.cacheControl).send(answer.body);
+        }
+        // The integration types its handler's route (a string reply); the request and reply are the same objects.
+        return apollo.call(app, request as Parameters<typeof apollo>[0], reply as Parameters<typeof apollo>[1]);
       },
     });
     // During shutdown, answers close their connection, so a keep-alive client does not hold the drain

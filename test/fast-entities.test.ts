@@ -1,12 +1,17 @@
 /**
- * The compiled `_entities` path (src/resolvers/fast-entities.ts) answers exactly what graphql-js execution
- * answers: two real servers, one with the path and one without (POLYRAY_ENTITY_FAST_PATH=false), get the
- * same operations, and their data, errors (paths, codes, locations) and charged cost must be equal. Shapes
- * the path does not take go the ordinary way, and answer the same too.
+ * The compiled `_entities` route (src/resolvers/fast-entities.ts) answers exactly what Apollo and graphql-js
+ * answer: two real servers, one with the route and one without (POLYRAY_ENTITY_FAST_PATH=false), get the
+ * same operations, and their data, errors (paths, codes, locations), charged cost, status, content type and
+ * Cache-Control must be equal. Shapes, documents, variables and bodies the route does not take go to
+ * Apollo, and answer the same too.
  */
 import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import fc from 'fast-check';
+import { addClient } from '../src/accounting/clients.ts';
 import { startPolyray, type TestServer } from './helpers/polyray.ts';
 
 type Reply = { data?: unknown; errors?: unknown[]; extensions?: { cost?: { charged: number } } };
@@ -72,6 +77,108 @@ describe('compiled _entities path', () => {
       { r: [{ __typename: 'Post', id: 1, text: 5 }] },
       false,
     );
+  });
+
+  /** The same request sent to both servers as raw HTTP: status, the headers a client or cache reads, and the body. */
+  const raw = async (body: unknown, headers: Record<string, string> = {}) => {
+    const send = async (t: TestServer) => {
+      const res = await fetch(`${t.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+      const text = await res.text();
+      return { status: res.status, type: res.headers.get('content-type'), cache: res.headers.get('cache-control'), text };
+    };
+    const before = fast.server.entityFastPath.served;
+    const [a, b] = await Promise.all([send(fast), send(slow)]);
+    return { a, b, taken: fast.server.entityFastPath.served - before === 1 };
+  };
+  const QUERY = 'query($r: [_Any!]!) { _entities(representations: $r) { ... on Post { embedding { base64 } } } }';
+
+  test('headers and body text as Apollo writes them: content type by Accept, Cache-Control, one JSON line', async () => {
+    const r = posts(['the cat sat', null, 'a dog ran']);
+    for (const accept of [undefined, 'application/json', 'application/graphql-response+json', 'application/json, */*;q=0.5', '*/*']) {
+      const { a, b, taken } = await raw({ query: QUERY, variables: { r } }, accept === undefined ? {} : { accept });
+      assert.ok(taken, `taken with Accept ${accept}`);
+      assert.deepEqual([a.status, a.type, a.cache], [b.status, b.type, b.cache], `Accept ${accept}`);
+      assert.ok(a.text.endsWith('}\n') && !a.text.slice(0, -1).includes('\n'), 'one line, newline-terminated, as Apollo writes it');
+      const [pa, pb] = [JSON.parse(a.text), JSON.parse(b.text)];
+      assert.deepEqual(pa.data, pb.data);
+      assert.deepEqual(Object.keys(pa), Object.keys(pb), 'the same top-level fields in the same order');
+      assert.deepEqual(Object.keys(pa.extensions.cost), Object.keys(pb.extensions.cost));
+    }
+    // An Accept that takes no JSON is Apollo's to refuse.
+    const { a, b, taken } = await raw({ query: QUERY, variables: { r } }, { accept: 'text/html' });
+    assert.equal(taken, false);
+    assert.deepEqual([a.status, a.type], [b.status, b.type]);
+    assert.equal(a.status, 406);
+  });
+
+  test('documents, variables and bodies the route does not take are answered by Apollo, alike', async () => {
+    const r = posts(['the cat sat']);
+    const cases: { body: unknown; taken: boolean }[] = [
+      { body: { query: QUERY, variables: { r: 'not a list' } }, taken: false },
+      { body: { query: QUERY, variables: {} }, taken: false },
+      { body: { query: QUERY, variables: { r }, operationName: 'Other' }, taken: false },
+      { body: { query: QUERY.replace('query(', 'query Feed('), variables: { r }, operationName: 'Feed' }, taken: true },
+      { body: { query: `${QUERY} query Two { __typename }`, variables: { r } }, taken: false },
+      { body: { query: QUERY.replace('base64', 'nope'), variables: { r } }, taken: false },
+      { body: { query: QUERY.replace('[_Any!]!', 'String'), variables: { r: 'x' } }, taken: false },
+      { body: { query: QUERY, variables: { r }, extensions: { persistedQuery: { version: 1, sha256Hash: 'ab' } } }, taken: false },
+      { body: { query: QUERY, variables: '{"r": []}' }, taken: false },
+      {
+        body: {
+          query: 'query($r: [_Any!]!, $d: Int) { _entities(representations: $r) { ... on Post { embedding(dimensions: $d) { base64 } } } }',
+          variables: { r, d: '8' },
+        },
+        taken: false,
+      },
+      {
+        body: {
+          query: 'query($r: [_Any!]!, $d: Int) { _entities(representations: $r) { ... on Post { embedding(dimensions: $d) { base64 } } } }',
+          variables: { r, d: 2 ** 40 },
+        },
+        taken: false,
+      },
+      // A default value is the variable's value when the request gives none.
+      {
+        body: {
+          query: 'query($r: [_Any!]!, $d: Int = 8) { _entities(representations: $r) { ... on Post { embedding(dimensions: $d) { vector } } } }',
+          variables: { r },
+        },
+        taken: true,
+      },
+      { body: { query: QUERY, variables: { r: [...r, { __typename: 'Post', id: 'x', text: ['a list'] }] } }, taken: false },
+    ];
+    for (const { body, taken } of cases) {
+      const { a, b, taken: was } = await raw(body);
+      const label = JSON.stringify(body).slice(0, 160);
+      assert.equal(was, taken, label);
+      assert.deepEqual([a.status, a.type, a.cache], [b.status, b.type, b.cache], label);
+      const [pa, pb] = [JSON.parse(a.text), JSON.parse(b.text)];
+      assert.deepEqual(pa.errors, pb.errors, label);
+      assert.deepEqual(pa.data, pb.data, label);
+    }
+  });
+
+  test('a refused key is refused once: UNAUTHENTICATED, counted once', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'polyray-fast-auth-'));
+    const file = path.join(dir, 'clients.json');
+    const { key } = await addClient(file, { id: 'c1' });
+    const t = await startPolyray({ models: { defaultPostModel: 'text-glove' }, accounting: { clientsFile: file } } as never);
+    try {
+      const r = posts(['the cat sat']);
+      const failures = async () => (await t.server.accounting.metrics.authFailures.get()).values.reduce((s, v) => s + v.value, 0);
+      const before = await failures();
+      const refused = await t.gql(QUERY, { r }, { authorization: 'Bearer wrong' });
+      assert.equal(refused.errors?.[0]?.extensions?.['code'], 'UNAUTHENTICATED');
+      assert.equal((await failures()) - before, 1, 'one failure counted for one request');
+      assert.equal(t.server.entityFastPath.served, 0);
+      const ok = await t.gql<{ _entities: { embedding: { base64: string } }[] }>(QUERY, { r }, { authorization: `Bearer ${key}` });
+      assert.equal(ok.errors, undefined);
+      assert.equal(typeof ok.data?._entities[0]?.embedding.base64, 'string');
+      assert.equal(t.server.entityFastPath.served, 1);
+    } finally {
+      await t.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   test('property: any mix of texts (and missing ones) answers the same on both paths', async () => {

@@ -67,15 +67,15 @@ export const limitsSchema = z
   .object({
     maxInputsPerRequest,
     /**
-     * Serve `_entities { ... on Post { embedding { base64 | vector } } }` by the compiled path
-     * (src/resolvers/fast-entities.ts): the same answers without field-by-field execution. `POLYRAY_ENTITY_FAST_PATH`;
-     * default true.
+     * Serve `_entities { ... on Post { embedding { base64 | vector } } }` by the compiled route in front of
+     * Apollo (src/resolvers/fast-entities.ts): the same answers without Apollo's request pipeline or
+     * field-by-field execution. `POLYRAY_ENTITY_FAST_PATH`; default true.
      */
     entityFastPath: setting(z.boolean(), {
       env: 'POLYRAY_ENTITY_FAST_PATH',
       file: 'entityFastPath',
       default: true,
-      doc: 'answer the plain `_entities` embedding operation by the compiled path (same answers, less work per entity)',
+      doc: 'answer the plain `_entities` embedding operation by the compiled route in front of Apollo (same answers, less work per request and per entity)',
     }),
     /**
      * How long a request's inputs may wait for inference, in ms: still queued after it, they are dropped

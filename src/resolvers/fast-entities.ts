@@ -1,29 +1,54 @@
 /**
- * A compiled path for the operation a supergraph sends most: a batch of posts asking for their embedding,
+ * A compiled route for the operation a supergraph sends most: a batch of posts asking for their embedding,
  *
  *   query($r: [_Any!]!) { _entities(representations: $r) { ... on Post { embedding(model: "m", dimensions: 64) { base64 } } } }
  *
- * (`vector` instead of `base64`, aliases, `model` and `dimensions` as literals or variables). graphql-js
- * would resolve every entity field by field — a promise, argument coercion and a completion per field, and
- * one `Float` serialisation per component of a `vector` — where this path makes the same loader call the
- * `Post.embedding` resolver makes (one DataLoader batch, one pipeline call, the same account) and writes the
- * same response: the same data, the same errors at the same paths with the same codes (`formatError`'s
- * shape for a PolyrayError). Tests compare the two on every shape (test/fast-entities.test.ts).
+ * (`vector` instead of `base64`, aliases, `model` and `dimensions` as literals or variables). It answers in
+ * front of Apollo, from the parsed body: a document is parsed and validated once and kept (by its text),
+ * and each request costs variable coercion, the operation limits, one pipeline call and the writing of the
+ * reply. graphql-js would resolve every entity field by field (a promise, argument coercion and a completion
+ * per field, one `Float` serialisation per component of a `vector`), and Apollo would run its request
+ * pipeline and plugin hooks around it; this route makes the call the `Post.embedding` resolver's loader
+ * makes (the same batches, pipeline and account) and writes the same response: the same data, the same
+ * errors at the same paths with the same codes (`formatError`'s shape for a PolyrayError), `extensions.cost`,
+ * and the same `Cache-Control` (src/resolvers/http-cache.ts). A base64 reply is written straight into one
+ * buffer: no `JSON.stringify` of the vectors, no second pass to measure the body.
+ * Tests compare the two ways on every shape (test/fast-entities.test.ts).
  *
- * Anything else goes the ordinary way: another selection, directives, fragments, a representation that is
- * not a valid Post, a model or argument the resolver would refuse (its error is the resolver's), a model
- * that does not read text, or a gateway asking for a federated trace (`apollo-federation-include-trace`).
- * Runs as Apollo's `responseForOperation`, after parsing, validation and the operation limits.
+ * Anything else is Apollo's: another selection, directives, fragments, an invalid document or variables, a
+ * representation that is not a valid Post, a model or argument the resolver would refuse (its error is the
+ * resolver's), a model that does not read text, an operation over the limits, an `Accept` that does not
+ * take JSON, persisted queries (`extensions`), a gateway asking for a federated trace
+ * (`apollo-federation-include-trace`), and every request while OpenTelemetry tracing is on (its spans come
+ * from Apollo's hooks). The route takes the request's scope (and so authenticates) only once it knows it
+ * can answer; the scope is the one Apollo's context then gets, so a refused key is counted once.
  */
-import type { ApolloServerPlugin, GraphQLRequestContext, GraphQLResponse } from '@apollo/server';
-import { HeaderMap } from '@apollo/server';
-import { type FieldNode, getLocation, type GraphQLFormattedError, Kind, type OperationDefinitionNode, type ValueNode } from 'graphql';
+import type { IncomingHttpHeaders } from 'node:http';
+import {
+  type DocumentNode,
+  type FieldNode,
+  type FragmentDefinitionNode,
+  getLocation,
+  type GraphQLFormattedError,
+  type GraphQLSchema,
+  getVariableValues,
+  Kind,
+  type OperationDefinitionNode,
+  parse,
+  validate,
+  type ValueNode,
+} from 'graphql';
+import { LRUCache } from 'lru-cache';
+import Negotiator from 'negotiator';
+import type { AccountContext } from '../accounting/request.ts';
 import { encodeWire } from '../cache/codec.ts';
 import { isPolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import type { RequestScope } from '../service/scope.ts';
 import type { EmbedResult } from '../service/types.ts';
 import { checkDimensions, checkModelName, checkPrompt } from './args.ts';
-import type { PolyrayContext } from './context.ts';
+import { cacheableOperation } from './http-cache.ts';
+import type { OperationChecker } from './limits.ts';
 import { truncate } from './shape.ts';
 
 interface Plan {
@@ -42,34 +67,20 @@ export interface FastPathStats {
   served: number;
 }
 
-/** The plugin; `logger` logs internal errors as `formatError` does; `stats` counts what it answered. */
-export function fastEntitiesPlugin(logger: Logger, stats: FastPathStats = { served: 0 }): ApolloServerPlugin<PolyrayContext> {
-  return {
-    async requestDidStart() {
-      return {
-        async responseForOperation(rc: GraphQLRequestContext<PolyrayContext>): Promise<GraphQLResponse | null> {
-          if (!rc.operation || rc.request.http?.headers.get('apollo-federation-include-trace')) return null;
-          const plan = planOf(rc.operation, rc.request.variables ?? {});
-          const response = plan ? await run(plan, rc.contextValue, logger) : null;
-          if (response) stats.served++;
-          return response;
-        },
-      };
-    },
-  };
-}
-
 const noDirectives = (n: { directives?: readonly unknown[] | undefined }): boolean => (n.directives?.length ?? 0) === 0;
 const keyOf = (f: FieldNode): string => f.alias?.value ?? f.name.value;
 
-/** The plan of an operation of the one shape, or undefined. */
-export function planOf(op: OperationDefinitionNode, variables: Record<string, unknown>): Plan | undefined {
+/**
+ * The plan of an operation of the one shape with these (coerced) variables, or undefined. `shapeOnly`: the
+ * selections alone are checked (a document before any request; the plan's values are not meaningful).
+ */
+export function planOf(op: OperationDefinitionNode, variables: Record<string, unknown>, shapeOnly = false): Plan | undefined {
   if (op.operation !== 'query' || !noDirectives(op) || op.selectionSet.selections.length !== 1) return undefined;
   const entities = op.selectionSet.selections[0]!;
   if (entities.kind !== Kind.FIELD || entities.name.value !== '_entities' || !noDirectives(entities)) return undefined;
   if (entities.arguments?.length !== 1 || entities.arguments[0]!.name.value !== 'representations') return undefined;
   const reps = argumentValue(entities.arguments[0]!.value, variables);
-  if (!Array.isArray(reps)) return undefined;
+  if (!shapeOnly && !Array.isArray(reps)) return undefined;
   const onPost = entities.selectionSet?.selections;
   if (onPost?.length !== 1) return undefined;
   const fragment = onPost[0]!;
@@ -84,22 +95,22 @@ export function planOf(op: OperationDefinitionNode, variables: Record<string, un
     else if (a.name.value === 'dimensions') dimensions = argumentValue(a.value, variables);
     else return undefined;
   }
-  if (model !== undefined && model !== null && typeof model !== 'string') return undefined;
-  if (dimensions !== undefined && dimensions !== null && !Number.isInteger(dimensions)) return undefined;
+  if (!shapeOnly && model !== undefined && model !== null && typeof model !== 'string') return undefined;
+  if (!shapeOnly && dimensions !== undefined && dimensions !== null && !Number.isInteger(dimensions)) return undefined;
   const leaves = embedding.selectionSet?.selections;
   if (leaves?.length !== 1) return undefined;
   const leaf = leaves[0]!;
   if (leaf.kind !== Kind.FIELD || (leaf.name.value !== 'base64' && leaf.name.value !== 'vector') || !noDirectives(leaf) || (leaf.arguments?.length ?? 0) > 0) {
     return undefined;
   }
-  if (!reps.every(isPlainPost)) return undefined;
+  if (!shapeOnly && !(reps as unknown[]).every(isPlainPost)) return undefined;
   return {
     entitiesKey: keyOf(entities),
     embeddingKey: keyOf(embedding),
     embeddingNode: embedding,
     leafKey: keyOf(leaf),
     leaf: leaf.name.value,
-    representations: reps,
+    representations: shapeOnly ? [] : (reps as unknown[]),
     model: model as string | null | undefined,
     dimensions: dimensions as number | null | undefined,
   };
@@ -134,43 +145,206 @@ function isPlainPost(r: unknown): boolean {
   return urls === undefined || urls === null || (Array.isArray(urls) && urls.length === 0);
 }
 
-async function run(plan: Plan, ctx: PolyrayContext, logger: Logger): Promise<GraphQLResponse | null> {
-  let handle: ReturnType<PolyrayContext['scope']['model']>;
-  let dims: number | undefined;
-  let prompt: string;
-  try {
-    handle = ctx.scope.model(checkModelName(plan.model ?? ctx.catalog.defaultPostModel));
-    dims = checkDimensions(handle, plan.dimensions);
-    prompt = checkPrompt(handle, null, null);
-  } catch {
-    return null; // the resolver's own error, the ordinary way
-  }
-  if (handle.kind !== 'text') return null;
-  const loader = ctx.scope.texts(handle, { prompt, truncate: false });
-  const texts = plan.representations.map((r) => (r as { text?: string | null }).text);
-  const settled = await Promise.allSettled(texts.map((t) => (typeof t === 'string' && t.trim() !== '' ? loader.load(t) : null)));
-  const errors: GraphQLFormattedError[] = [];
-  const loc = plan.embeddingNode.loc;
-  const locations = loc ? [getLocation(loc.source, loc.start)] : undefined;
-  const entities = settled.map((s, i) => {
-    if (s.status === 'fulfilled') return { [plan.embeddingKey]: s.value ? leafOf(plan, s.value, dims) : null };
-    const path = [plan.entitiesKey, i, plan.embeddingKey];
-    const e = s.reason as unknown;
-    if (isPolyrayError(e)) errors.push({ message: e.message, ...(locations ? { locations } : {}), path, extensions: { ...e.extensions, code: e.code } });
-    else {
-      logger.error({ err: e instanceof Error ? { message: e.message, stack: e.stack } : String(e), path }, 'internal error');
-      errors.push({ message: 'Internal server error', path, extensions: { code: 'INTERNAL_SERVER_ERROR' } });
-    }
-    return { [plan.embeddingKey]: null };
-  });
-  const data = { [plan.entitiesKey]: entities };
-  return {
-    http: { status: undefined, headers: new HeaderMap() },
-    body: { kind: 'single', singleResult: errors.length > 0 ? { errors, data } : { data } },
-  };
+/** A reply the route wrote. */
+export interface EntityAnswer {
+  contentType: string;
+  cacheControl: string;
+  body: Buffer;
 }
 
-function leafOf(plan: Plan, r: EmbedResult, dims: number | undefined): Record<string, string | number[]> {
+export interface EntityRouteOptions {
+  /** The served schema: documents are validated against it, variables coerced by it. */
+  schema: GraphQLSchema;
+  /** The operation limits (src/resolvers/limits.ts), checked as Apollo's plugin checks them. */
+  limits: OperationChecker;
+  /** Apollo's `parseOptions.maxTokens` (POLYRAY_MAX_DOCUMENT_TOKENS). */
+  maxDocumentTokens: number;
+  /** POLYRAY_HTTP_CACHE_MAX_AGE_S (0: `no-store` always). */
+  cacheMaxAgeS: number;
+  defaultPostModel: string;
+  logger: Logger;
+  stats?: FastPathStats;
+}
+
+/** What the route keeps of a document text: its one operation, or false when the route does not take it. */
+type Compiled = { operation: OperationDefinitionNode; cacheable: boolean } | false;
+
+/** Documents kept, by text; longer texts are not kept (nor taken). */
+const DOCUMENTS = 512;
+const MAX_QUERY_CHARS = 4096;
+const NO_FRAGMENTS: ReadonlyMap<string, FragmentDefinitionNode> = new Map();
+const JSON_TYPES = ['application/json; charset=utf-8', 'application/graphql-response+json; charset=utf-8', 'application/json'];
+
+export class EntityRoute {
+  readonly #o: EntityRouteOptions;
+  readonly #documents = new LRUCache<string, { c: Compiled }>({ max: DOCUMENTS });
+  /** `Accept` values seen, and the content type Apollo would answer with (null: none, Apollo refuses). */
+  readonly #accepts = new LRUCache<string, { type: string | null }>({ max: 64 });
+  readonly stats: FastPathStats;
+
+  constructor(options: EntityRouteOptions) {
+    this.#o = options;
+    this.stats = options.stats ?? { served: 0 };
+  }
+
+  /**
+   * The reply to a POST /graphql with a parsed JSON `body`, or undefined when Apollo is to answer it.
+   * `scope` makes (or fails to make) the request's scope; it is called only once the route will answer.
+   */
+  async answer(body: unknown, headers: IncomingHttpHeaders, scope: () => RequestScope<AccountContext>): Promise<EntityAnswer | undefined> {
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) return undefined;
+    const { query, variables, operationName, extensions } = body as Record<string, unknown>;
+    if (typeof query !== 'string' || query.length > MAX_QUERY_CHARS || (extensions !== undefined && extensions !== null)) return undefined;
+    if (operationName !== undefined && operationName !== null && typeof operationName !== 'string') return undefined;
+    if (variables !== undefined && variables !== null && (typeof variables !== 'object' || Array.isArray(variables))) return undefined;
+    if (headers['apollo-federation-include-trace'] !== undefined || !isJsonBody(headers['content-type'])) return undefined;
+    const contentType = this.#contentType(headers['accept']);
+    if (!contentType) return undefined;
+    const compiled = this.#compile(query);
+    if (!compiled || (operationName && compiled.operation.name?.value !== operationName)) return undefined;
+    const raw = (variables ?? {}) as Record<string, unknown>;
+    const coerced = getVariableValues(this.#o.schema, compiled.operation.variableDefinitions ?? [], raw, { maxErrors: 1 });
+    if (!coerced.coerced) return undefined;
+    const plan = planOf(compiled.operation, coerced.coerced);
+    if (!plan) return undefined;
+    try {
+      this.#o.limits.check(compiled.operation, NO_FRAGMENTS, raw);
+    } catch {
+      return undefined; // Apollo refuses it the same way, with the same code
+    }
+    let s: RequestScope<AccountContext>;
+    let handle: ReturnType<RequestScope['model']>;
+    let dims: number | undefined;
+    let prompt: string;
+    try {
+      s = scope();
+      handle = s.model(checkModelName(plan.model ?? this.#o.defaultPostModel));
+      dims = checkDimensions(handle, plan.dimensions);
+      prompt = checkPrompt(handle, null, null);
+    } catch {
+      return undefined; // the context's or the resolver's own error, the ordinary way
+    }
+    if (handle.kind !== 'text') return undefined;
+    const texts = plan.representations.map((r) => (r as { text?: string | null }).text);
+    const wanted = texts.filter((t): t is string => typeof t === 'string' && t.trim() !== '');
+    const results = wanted.length > 0 ? await s.embedTexts(handle, wanted, { prompt, truncate: false }) : [];
+    let j = 0;
+    const answers = texts.map((t) => (typeof t === 'string' && t.trim() !== '' ? results[j++]! : null));
+    const errors = this.#errors(plan, answers);
+    const cost = await s.account.close(String(errors[0]?.extensions?.['code'] ?? 'OK'));
+    this.stats.served++;
+    const cacheControl = this.#cacheControl(compiled.cacheable && errors.length === 0, s.account.cacheNamespace);
+    const bodyOut =
+      errors.length === 0 && plan.leaf === 'base64'
+        ? base64Reply(plan, answers as (EmbedResult | null)[], dims, cost)
+        : Buffer.from(`${JSON.stringify({ ...(errors.length > 0 ? { errors } : {}), data: this.#data(plan, answers, dims), extensions: { cost } })}\n`);
+    return { contentType, cacheControl, body: bodyOut };
+  }
+
+  /** The document's one operation when the route may take it; parsed and validated once per text. */
+  #compile(query: string): Exclude<Compiled, false> | undefined {
+    let kept = this.#documents.get(query);
+    if (!kept) {
+      kept = { c: this.#compileNew(query) };
+      this.#documents.set(query, kept);
+    }
+    return kept.c || undefined;
+  }
+
+  #compileNew(query: string): Compiled {
+    let document: DocumentNode;
+    try {
+      document = parse(query, { maxTokens: this.#o.maxDocumentTokens });
+    } catch {
+      return false;
+    }
+    if (document.definitions.length !== 1) return false;
+    const operation = document.definitions[0]!;
+    if (operation.kind !== Kind.OPERATION_DEFINITION || operation.operation !== 'query') return false;
+    // A shape the route cannot answer is not worth validating.
+    if (!planOf(operation, {}, true)) return false;
+    if (validate(this.#o.schema, document).length > 0) return false;
+    return { operation, cacheable: cacheableOperation(operation, NO_FRAGMENTS) };
+  }
+
+  #contentType(accept: string | undefined): string | undefined {
+    if (accept === undefined || accept === '') return JSON_TYPES[0];
+    let kept = this.#accepts.get(accept);
+    if (!kept) {
+      // Apollo's choice (chooseContentTypeForSingleResultResponse): the client's preference among these.
+      kept = { type: new Negotiator({ headers: { accept } }).mediaType(JSON_TYPES) ?? null };
+      this.#accepts.set(accept, kept);
+    }
+    return kept.type ?? undefined;
+  }
+
+  #cacheControl(cacheable: boolean, namespace: string | undefined): string {
+    const maxAge = this.#o.cacheMaxAgeS;
+    if (maxAge <= 0 || !cacheable) return 'no-store';
+    return `${namespace === undefined ? 'public' : 'private'}, max-age=${maxAge}`;
+  }
+
+  /** The errors graphql-js would report, in order: one per refused input, at its entity's path. */
+  #errors(plan: Plan, answers: readonly (EmbedResult | Error | null)[]): GraphQLFormattedError[] {
+    const errors: GraphQLFormattedError[] = [];
+    let locations: { line: number; column: number }[] | undefined;
+    answers.forEach((a, i) => {
+      if (!(a instanceof Error)) return;
+      const loc = plan.embeddingNode.loc;
+      locations ??= loc ? [getLocation(loc.source, loc.start)] : [];
+      const path = [plan.entitiesKey, i, plan.embeddingKey];
+      if (isPolyrayError(a)) {
+        errors.push({ message: a.message, ...(locations.length > 0 ? { locations } : {}), path, extensions: { ...a.extensions, code: a.code } });
+      } else {
+        this.#o.logger.error({ err: { message: a.message, stack: a.stack }, path }, 'internal error');
+        errors.push({ message: 'Internal server error', path, extensions: { code: 'INTERNAL_SERVER_ERROR' } });
+      }
+    });
+    return errors;
+  }
+
+  #data(plan: Plan, answers: readonly (EmbedResult | Error | null)[], dims: number | undefined): Record<string, unknown> {
+    const entities = answers.map((a) => ({ [plan.embeddingKey]: a && !(a instanceof Error) ? { [plan.leafKey]: leafOf(plan, a, dims) } : null }));
+    return { [plan.entitiesKey]: entities };
+  }
+}
+
+/** Whether the request's body was sent as JSON (the only bodies the route reads; Apollo's CSRF rule passes them). */
+function isJsonBody(contentType: string | undefined): boolean {
+  if (contentType === undefined || contentType.length < 16) return false;
+  const head = contentType.slice(0, 16).toLowerCase();
+  return head === 'application/json' && (contentType.length === 16 || contentType[16] === ';' || contentType[16] === ' ');
+}
+
+function leafOf(plan: Plan, r: EmbedResult, dims: number | undefined): string | number[] {
   const v = truncate(r.vector, dims);
-  return { [plan.leafKey]: plan.leaf === 'base64' ? encodeWire(v, 'FLOAT32') : Array.from(v) };
+  return plan.leaf === 'base64' ? encodeWire(v, 'FLOAT32') : Array.from(v);
+}
+
+/**
+ * The reply `{"data":{E:[{B:{L:"…"}}|{B:null},…]},"extensions":{"cost":…}}` + newline, written into one
+ * buffer: keys are GraphQL names and base64 is ASCII, so nothing needs escaping and each string is copied
+ * as it is.
+ */
+function base64Reply(plan: Plan, answers: readonly (EmbedResult | null)[], dims: number | undefined, cost: unknown): Buffer {
+  const open = `{"${plan.embeddingKey}":{"${plan.leafKey}":"`;
+  const none = `{"${plan.embeddingKey}":null}`;
+  const head = `{"data":{"${plan.entitiesKey}":[`;
+  const tail = `]},"extensions":{"cost":${JSON.stringify(cost)}}}\n`;
+  const encoded = answers.map((a) => (a ? encodeWire(truncate(a.vector, dims), 'FLOAT32') : null));
+  let size = head.length + Buffer.byteLength(tail) + Math.max(0, encoded.length - 1);
+  for (const e of encoded) size += e === null ? none.length : open.length + e.length + 3;
+  const out = Buffer.allocUnsafe(size);
+  let at = out.write(head, 0, 'latin1');
+  encoded.forEach((e, i) => {
+    if (i > 0) out[at++] = 0x2c; // ,
+    if (e === null) at += out.write(none, at, 'latin1');
+    else {
+      at += out.write(open, at, 'latin1');
+      at += out.write(e, at, 'latin1');
+      at += out.write('"}}', at, 'latin1');
+    }
+  });
+  at += out.write(tail, at, 'utf8');
+  return at === size ? out : out.subarray(0, at);
 }

@@ -214,8 +214,7 @@ export class OperationChecker {
 }
 
 /** The plugin: checks every operation before execution. */
-export function operationLimitsPlugin(limits: OperationLimits, catalog: Catalog): ApolloServerPlugin<PolyrayContext> {
-  const checker = new OperationChecker(limits, catalog);
+export function operationLimitsPlugin(checker: OperationChecker): ApolloServerPlugin<PolyrayContext> {
   return {
     async requestDidStart() {
       return {

@@ -105,6 +105,21 @@ export class RequestScope<A extends Account = Account> {
   }
 
   /**
+   * What `texts(handle, options)` answers for a whole list, without a promise per input: the calls its
+   * loader makes (batches of POLYRAY_MAX_INPUTS, started together), each answer in its input's place, and a
+   * batch refused as a whole (a quota, say) refuses each of its inputs with that error.
+   */
+  async embedTexts(handle: TextHandle, texts: readonly TextInput[], options: TextOptions = {}): Promise<(EmbedResult | Error)[]> {
+    const max = this.#s.limits.maxBatch;
+    const parts: Promise<(EmbedResult | Error)[]>[] = [];
+    for (let i = 0; i < texts.length; i += max) {
+      const part = texts.length <= max ? texts : texts.slice(i, i + max);
+      parts.push(this.#texts(handle, part, options).catch((e: unknown) => part.map(() => (e instanceof Error ? e : new Error(String(e))))));
+    }
+    return parts.length === 1 ? parts[0]! : (await Promise.all(parts)).flat();
+  }
+
+  /**
    * Token counts of texts as `texts(handle, options)` reads them, for answers served from the cache
    * (`Embedding.inputTokens`); tokenised off the event loop, uncharged (no inference runs).
    */
