@@ -5,8 +5,11 @@
  * one post per call; N closed-loop clients on keep-alive connections.
  *
  * Writes bench/hit-results.json and the "Hit path" section of bench/RESULTS.md (`npm run bench` keeps it).
+ * A third server, Polyray with request-stream tracing off (POLYRAY_TRACE_SAMPLE_RATE=0), is loaded in the same
+ * rounds: the bench's 256 texts are all heavy keys, so the default tracer records every lookup, and the
+ * column shows what that costs.
  * Options: --quick, --out DIR, --cpu-prof DIR (profiles Polyray during the run), --shapes a,b (some rows only),
- * --no-floor (Polyray only), --set KEY=VALUE (a service setting, repeatable).
+ * --no-floor (Polyray only), --no-untraced (no tracing-off server), --set KEY=VALUE (a service setting, repeatable).
  */
 import path from 'node:path';
 import { benchCli, describeSettings, publish } from './cli.ts';
@@ -22,13 +25,14 @@ const { root: ROOT, quick, out: OUT, log } = cli;
 const PROFILE = cli.opt('--cpu-prof');
 const SHAPES = (cli.opt('--shapes')?.split(',') ?? ['base64x64', 'floatsx64', 'base64x1']) as Shape[];
 const FLOOR = !cli.has('--no-floor');
+const UNTRACED = !cli.has('--no-untraced');
 const CLIENTS = 16;
 /** Rounds per server and shape (one with --quick). */
 const ROUNDS = 3;
 
 type Shape = 'base64x64' | 'floatsx64' | 'base64x1';
 interface Row {
-  server: 'polyray' | 'floor';
+  server: 'polyray' | 'untraced' | 'floor';
   shape: Shape;
   vectorsPerS: number;
   /** The server process's CPU time (all threads) per vector served, µs. */
@@ -93,17 +97,22 @@ export function renderHitSection(r: {
     `Measured ${r.startedAt} by \`npm run bench:hit\`${r.quick ? ' --quick' : ''} on ${r.cpu}, ${r.cores} cores; source ${r.git}. Polyray (text-glove, ` +
       `defaults${describeSettings(r.settings)}, every text cached) and the floor (bench/floor-server.ts: node:http, JSON.parse, a Map, JSON.stringify) as child processes, loaded one at a time; ${CLIENTS} ` +
       `closed-loop clients on keep-alive connections, the load generator on the same machine. ${r.quick ? 'One round' : `${ROUNDS} rounds of 6 s`} per server and request, alternating between the servers; each cell is the round of median throughput. ` +
-      'CPU per vector: the server process (all threads) over the round, divided by the vectors it served.',
+      'CPU per vector: the server process (all threads) over the round, divided by the vectors it served. ' +
+      (r.rows.some((x) => x.server === 'untraced')
+        ? 'Last column: a third server, Polyray with request-stream tracing off (POLYRAY_TRACE_SAMPLE_RATE=0), loaded in the same rounds; the 256 texts are all heavy keys, so the default tracer records and writes every lookup.'
+        : ''),
     '',
-    '| request | Polyray vectors/s | floor vectors/s | ratio | target | CPU µs per vector, Polyray / floor | Polyray p50 / p99 ms | floor p50 / p99 ms |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| request | Polyray vectors/s | floor vectors/s | ratio | target | CPU µs per vector, Polyray / floor | Polyray p50 / p99 ms | floor p50 / p99 ms | tracing off: vectors/s, ratio |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const shape of ['base64x64', 'floatsx64', 'base64x1'] as const) {
     const p = r.rows.find((x) => x.server === 'polyray' && x.shape === shape);
     const f = r.rows.find((x) => x.server === 'floor' && x.shape === shape);
+    const u = r.rows.find((x) => x.server === 'untraced' && x.shape === shape);
     if (!p || !f) continue;
+    const untraced = u ? `${u.vectorsPerS.toFixed(0)}, ${(u.vectorsPerS / f.vectorsPerS).toFixed(2)}×` : '—';
     lines.push(
-      `| ${label[shape]} | ${p.vectorsPerS.toFixed(0)} | ${f.vectorsPerS.toFixed(0)} | ${(p.vectorsPerS / f.vectorsPerS).toFixed(2)}× | ≥ ${target[shape]}× | ${p.cpuUsPerVector.toFixed(2)} / ${f.cpuUsPerVector.toFixed(2)} | ${p.latencyMs.p50.toFixed(1)} / ${p.latencyMs.p99.toFixed(1)} | ${f.latencyMs.p50.toFixed(1)} / ${f.latencyMs.p99.toFixed(1)} |`,
+      `| ${label[shape]} | ${p.vectorsPerS.toFixed(0)} | ${f.vectorsPerS.toFixed(0)} | ${(p.vectorsPerS / f.vectorsPerS).toFixed(2)}× | ≥ ${target[shape]}× | ${p.cpuUsPerVector.toFixed(2)} / ${f.cpuUsPerVector.toFixed(2)} | ${p.latencyMs.p50.toFixed(1)} / ${p.latencyMs.p99.toFixed(1)} | ${f.latencyMs.p50.toFixed(1)} / ${f.latencyMs.p99.toFixed(1)} | ${untraced} |`,
     );
   }
   return lines.join('\n');
@@ -126,6 +135,7 @@ async function main(): Promise<void> {
   const profile = PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(PROFILE)}`] : [];
   const svc = await ServiceProcess.start(ROOT, env, port, 180_000, () => {}, 'src/main.ts', profile);
   let floor: ServiceProcess | undefined;
+  let untraced: ServiceProcess | undefined;
   try {
     // Fill the cache, and take the vectors for the floor.
     const cached: Record<string, number[]> = {};
@@ -138,12 +148,25 @@ async function main(): Promise<void> {
         cached[chunk[j]!] = e.embedding.vector;
       });
     }
+    if (UNTRACED) {
+      const untracedPort = await freePort();
+      const untracedEnv = childEnv({ POLYRAY_SERVE_MODELS: 'text-glove', ...cli.settings, POLYRAY_TRACE_SAMPLE_RATE: '0' }, untracedPort);
+      untraced = await ServiceProcess.start(ROOT, untracedEnv, untracedPort, 180_000, () => {}, 'src/main.ts');
+      for (let i = 0; i < texts.length; i += 64) {
+        const r = Array.from(texts.slice(i, i + 64), (text, j) => ({ __typename: 'Post', id: String(i + j), text }));
+        await postHttp(`${untraced.url}/graphql`, JSON.stringify({ query: QUERY.base64, variables: { r } }));
+      }
+    }
     if (FLOOR) {
       const floorPort = await freePort();
       floor = await ServiceProcess.start(ROOT, { ...childEnv({}, floorPort) }, floorPort, 60_000, () => {}, 'bench/floor-server.ts');
       await fetch(`${floor.url}/vectors`, { method: 'PUT', body: JSON.stringify(cached) });
     }
-    const servers = [{ server: 'polyray' as const, proc: svc }, ...(floor ? [{ server: 'floor' as const, proc: floor }] : [])];
+    const servers = [
+      { server: 'polyray' as const, proc: svc },
+      ...(untraced ? [{ server: 'untraced' as const, proc: untraced }] : []),
+      ...(floor ? [{ server: 'floor' as const, proc: floor }] : []),
+    ];
     for (const shape of SHAPES) {
       const runs = new Map<Row['server'], Omit<Row, 'server' | 'shape'>[]>();
       for (let round = 0; round < rounds; round++) {
@@ -162,6 +185,7 @@ async function main(): Promise<void> {
     }
   } finally {
     await svc.stop();
+    await untraced?.stop();
     await floor?.stop();
     removeScratch();
   }
