@@ -295,9 +295,10 @@ export class PolyrayServer {
     });
     // During shutdown, answers close their connection, so a keep-alive client does not hold the drain
     // open until the keep-alive timeout.
-    this.app.addHook('onSend', async (_req, reply, payload) => {
+    // A callback hook, not an async one: it runs on every answer, and an async hook costs a promise each.
+    this.app.addHook('onSend', (_req, reply, payload, done) => {
       if (this.#state.kind === 'draining') reply.header('connection', 'close');
-      return payload;
+      done(null, payload);
     });
     this.accounting.metrics.instrumentTiers(() => this.cache.stats());
     this.cache.observeReads((tier, ms) => this.accounting.metrics.tierRead.observe({ tier }, ms / 1000));
