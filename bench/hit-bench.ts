@@ -17,7 +17,7 @@ import { BERT_MODELS } from '../src/models/bert.ts';
 import { buildModels } from '../src/models/build.ts';
 import { gitState, hostInfo } from './conditions.ts';
 import { type Latency, postHttp, summarise } from './load.ts';
-import { childEnv, cpuSnapshot, type CpuSnapshot, freePort, removeScratch, removeStaleScratch, ServiceProcess } from './service.ts';
+import { childEnv, cpuSnapshot, type CpuSnapshot, freePort, removeScratch, removeStaleScratch, SERVICE_SCRIPT, ServiceProcess } from './service.ts';
 import { BertCorpus } from './transformer.ts';
 
 const cli = benchCli();
@@ -95,7 +95,7 @@ export function renderHitSection(r: {
     '## Hit path (issue 27): `_entities` memory hits against a bare node:http floor',
     '',
     `Measured ${r.startedAt} by \`npm run bench:hit\`${r.quick ? ' --quick' : ''} on ${r.cpu}, ${r.cores} cores; source ${r.git}. Polyray (text-glove, ` +
-      `defaults${describeSettings(r.settings)}, every text cached) and the floor (bench/floor-server.ts: node:http, JSON.parse, a Map, JSON.stringify) as child processes, loaded one at a time; ${CLIENTS} ` +
+      `defaults${describeSettings(r.settings)}, every text cached, compiled dist/ on plain node as \`npm start\` runs it) and the floor (bench/floor-server.ts: node:http, JSON.parse, a Map, JSON.stringify) as child processes, loaded one at a time; ${CLIENTS} ` +
       `closed-loop clients on keep-alive connections, the load generator on the same machine. ${r.quick ? 'One round' : `${ROUNDS} rounds of 6 s`} per server and request, alternating between the servers; each cell is the round of median throughput. ` +
       'CPU per vector: the server process (all threads) over the round, divided by the vectors it served. ' +
       (r.rows.some((x) => x.server === 'untraced')
@@ -133,7 +133,7 @@ async function main(): Promise<void> {
   const port = await freePort();
   const env = childEnv({ POLYRAY_SERVE_MODELS: 'text-glove', ...cli.settings }, port);
   const profile = PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(PROFILE)}`] : [];
-  const svc = await ServiceProcess.start(ROOT, env, port, 180_000, () => {}, 'src/main.ts', profile);
+  const svc = await ServiceProcess.start(ROOT, env, port, 180_000, () => {}, SERVICE_SCRIPT, profile);
   let floor: ServiceProcess | undefined;
   let untraced: ServiceProcess | undefined;
   try {
@@ -151,7 +151,7 @@ async function main(): Promise<void> {
     if (UNTRACED) {
       const untracedPort = await freePort();
       const untracedEnv = childEnv({ POLYRAY_SERVE_MODELS: 'text-glove', ...cli.settings, POLYRAY_TRACE_SAMPLE_RATE: '0' }, untracedPort);
-      untraced = await ServiceProcess.start(ROOT, untracedEnv, untracedPort, 180_000, () => {}, 'src/main.ts');
+      untraced = await ServiceProcess.start(ROOT, untracedEnv, untracedPort, 180_000, () => {}, SERVICE_SCRIPT);
       for (let i = 0; i < texts.length; i += 64) {
         const r = Array.from(texts.slice(i, i + 64), (text, j) => ({ __typename: 'Post', id: String(i + j), text }));
         await postHttp(`${untraced.url}/graphql`, JSON.stringify({ query: QUERY.base64, variables: { r } }));

@@ -524,7 +524,7 @@ defaults (\`POLYRAY_BATCH_MAX_WAIT_US\` = 0, inference threads at nice 10, ONNX 
   service does not set (shown for comparison only; it is not eligible as the ceiling). The best eligible cell is **the ceiling**.
 - **Main-thread steps** — the per-item work the service does on its event loop for a cache miss besides inference
   (cache key, tokenisation, building the int64 feeds as \`src/runtime/batcher.ts\` does), timed alone on one core.
-- **Service** — the real service (\`node --import tsx src/main.ts\`) as a child process on a free loopback port, driven through
+- **Service** — the real service (\`node dist/main.js\`, as \`npm start\` runs it) as a child process on a free loopback port, driven through
   \`POST /graphql\` by N closed-loop clients (each sends its next request when the previous one answers) over keep-alive HTTP.
   *miss*: every input is a sentence never sent before (all \`COMPUTED\`, checked on every response: see *sources*);
   *×16/req*: 16 inputs per request; *memory hit*: a warmed set of 1,024 sentences, one per request, all \`MEMORY\`.
