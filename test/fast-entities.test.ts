@@ -115,6 +115,9 @@ describe('compiled _entities path', () => {
     const r = posts(['the cat sat']);
     const cases: { body: unknown; taken: boolean }[] = [
       { body: { query: QUERY, variables: { r: 'not a list' } }, taken: false },
+      { body: { query: QUERY, variables: { r: [...r, null] } }, taken: false },
+      // One representation where a list belongs is a list of one (GraphQL input coercion), as Apollo reads it.
+      { body: { query: QUERY, variables: { r: r[0] } }, taken: true },
       { body: { query: QUERY, variables: {} }, taken: false },
       { body: { query: QUERY, variables: { r }, operationName: 'Other' }, taken: false },
       { body: { query: QUERY.replace('query(', 'query Feed('), variables: { r }, operationName: 'Feed' }, taken: true },

@@ -23,13 +23,10 @@ export function serveOptions(client: Client, headers: Headers, timeoutMs: number
   const batch = client.priority === 'batch' || (typeof asked === 'string' && asked.trim().toLowerCase() === 'batch');
   const timeout = deadlineMs(headers['x-request-timeout-ms'], timeoutMs);
   const trace = activeContext();
-  const options: SubmitOptions = {
-    weight: client.weight ?? 1,
-    priority: batch ? 'batch' : 'interactive',
-    ...(timeout > 0 ? { deadline: now + timeout } : {}),
-    arrivedAt: now,
-    ...(trace ? { trace } : {}),
-  };
+  // Assigned, not spread in: this runs for every request, cache hits included.
+  const options: SubmitOptions = { weight: client.weight ?? 1, priority: batch ? 'batch' : 'interactive', arrivedAt: now };
+  if (timeout > 0) options.deadline = now + timeout;
+  if (trace) options.trace = trace;
   if (response) {
     // Made when first read: only a request that queues work needs it, and an AbortController per request
     // cost a cache hit ~2.6 µs (createAbortSignal was the largest single function in a profile of

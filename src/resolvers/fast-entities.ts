@@ -32,6 +32,8 @@ import {
   type GraphQLFormattedError,
   type GraphQLSchema,
   getVariableValues,
+  GraphQLScalarType,
+  isScalarType,
   Kind,
   type OperationDefinitionNode,
   parse,
@@ -167,7 +169,14 @@ export interface EntityRouteOptions {
 }
 
 /** What the route keeps of a document text: its one operation, or false when the route does not take it. */
-type Compiled = { operation: OperationDefinitionNode; cacheable: boolean } | false;
+type Compiled =
+  | {
+      operation: OperationDefinitionNode;
+      cacheable: boolean;
+      /** The one variable when the operation declares only `$name: [_Any!]!` (no default): see `#variables`. */
+      onlyRepresentations: string | undefined;
+    }
+  | false;
 
 /** Documents kept, by text; longer texts are not kept (nor taken). */
 const DOCUMENTS = 512;
@@ -182,8 +191,13 @@ export class EntityRoute {
   readonly #accepts = new LRUCache<string, { type: string | null }>({ max: 64 });
   readonly stats: FastPathStats;
 
+  /** Whether the schema's `_Any` parses a value as it is (graphql-js's default, as @apollo/subgraph defines it). */
+  readonly #anyAsIs: boolean;
+
   constructor(options: EntityRouteOptions) {
     this.#o = options;
+    const any = options.schema.getType('_Any');
+    this.#anyAsIs = isScalarType(any) && any.parseValue === new GraphQLScalarType({ name: 'Default' }).parseValue;
     this.stats = options.stats ?? { served: 0 };
   }
 
@@ -203,9 +217,9 @@ export class EntityRoute {
     const compiled = this.#compile(query);
     if (!compiled || (operationName && compiled.operation.name?.value !== operationName)) return undefined;
     const raw = (variables ?? {}) as Record<string, unknown>;
-    const coerced = getVariableValues(this.#o.schema, compiled.operation.variableDefinitions ?? [], raw, { maxErrors: 1 });
-    if (!coerced.coerced) return undefined;
-    const plan = planOf(compiled.operation, coerced.coerced);
+    const coerced = this.#variables(compiled, raw);
+    if (!coerced) return undefined;
+    const plan = planOf(compiled.operation, coerced);
     if (!plan) return undefined;
     try {
       this.#o.limits.check(compiled.operation, NO_FRAGMENTS, raw);
@@ -264,7 +278,21 @@ export class EntityRoute {
     // A shape the route cannot answer is not worth validating.
     if (!planOf(operation, {}, true)) return false;
     if (validate(this.#o.schema, document).length > 0) return false;
-    return { operation, cacheable: cacheableOperation(operation, NO_FRAGMENTS) };
+    return { operation, cacheable: cacheableOperation(operation, NO_FRAGMENTS), onlyRepresentations: onlyRepresentations(operation) };
+  }
+
+  /**
+   * The variables as graphql-js coerces them (undefined when it would refuse them). For the operation a
+   * gateway sends, whose one variable is `[_Any!]!`, a list of non-null values coerces to itself (`_Any`
+   * parses any value as it is), so it is taken as it is: the general coercion walks every representation.
+   */
+  #variables(compiled: Exclude<Compiled, false>, raw: Record<string, unknown>): Record<string, unknown> | undefined {
+    const name = compiled.onlyRepresentations;
+    if (name !== undefined && this.#anyAsIs) {
+      const value = raw[name];
+      if (Array.isArray(value) && value.every((v) => v !== null && v !== undefined)) return { [name]: value };
+    }
+    return getVariableValues(this.#o.schema, compiled.operation.variableDefinitions ?? [], raw, { maxErrors: 1 }).coerced;
   }
 
   #contentType(accept: string | undefined): string | undefined {
@@ -307,6 +335,18 @@ export class EntityRoute {
     const entities = answers.map((a) => ({ [plan.embeddingKey]: a && !(a instanceof Error) ? { [plan.leafKey]: leafOf(plan, a, dims) } : null }));
     return { [plan.entitiesKey]: entities };
   }
+}
+
+/** The variable's name when `op` declares exactly one variable, `[_Any!]!` without a default or directives. */
+function onlyRepresentations(op: OperationDefinitionNode): string | undefined {
+  const defs = op.variableDefinitions ?? [];
+  if (defs.length !== 1) return undefined;
+  const d = defs[0]!;
+  if (d.defaultValue || (d.directives?.length ?? 0) > 0) return undefined;
+  const t = d.type;
+  if (t.kind !== Kind.NON_NULL_TYPE || t.type.kind !== Kind.LIST_TYPE) return undefined;
+  const item = t.type.type;
+  return item.kind === Kind.NON_NULL_TYPE && item.type.kind === Kind.NAMED_TYPE && item.type.name.value === '_Any' ? d.variable.name.value : undefined;
 }
 
 /** Whether the request's body was sent as JSON (the only bodies the route reads; Apollo's CSRF rule passes them). */
