@@ -200,6 +200,7 @@ export class PolyrayServer {
             defaultPostModel: config.models.defaultPostModel,
             logger: this.logger,
             stats: this.entityFastPath,
+            vectorTextMemoBytes: config.limits.vectorTextMemoBytes,
           })
         : undefined;
     this.#apollo = new ApolloServer<PolyrayContext>({
@@ -303,7 +304,7 @@ export class PolyrayServer {
     this.accounting.metrics.instrumentTiers(() => this.cache.stats());
     this.cache.observeReads((tier, ms) => this.accounting.metrics.tierRead.observe({ tier }, ms / 1000));
     this.accounting.metrics.instrumentEventLoop();
-    this.accounting.metrics.instrumentMemos(() => [...this.text.memos(), ...this.images.memos()]);
+    this.accounting.metrics.instrumentMemos(() => [...this.text.memos(), ...this.images.memos(), ...(this.#entityRoute ? [this.#entityRoute.memo()] : [])]);
     this.accounting.registerRoutes(this.app);
     await registerOpenApi(this.app);
     const aliases = aliasMap(this.config.models.aliases);

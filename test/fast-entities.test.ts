@@ -161,6 +161,67 @@ describe('compiled _entities path', () => {
     }
   });
 
+  test('vector answers: text remembered per cached vector, bounded in bytes, the same answers', async () => {
+    const metric = async (t: TestServer, name: string): Promise<number> => {
+      const text = await (await fetch(`${t.url}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith(`${name}{memo="vector_text"}`));
+      assert.ok(line, `${name} is exported`);
+      return Number(line.split(' ').at(-1));
+    };
+    const VECTOR = 'query($r: [_Any!]!) { _entities(representations: $r) { ... on Post { embedding { vector } } } }';
+    const entries0 = await metric(fast, 'polyray_memo_entries');
+    const r = posts(['memo river stone', 'memo green field', 'memo river stone']);
+    await same(VECTOR, { r }, true);
+    await same(VECTOR, { r }, true); // from the memo this time
+    assert.equal((await metric(fast, 'polyray_memo_entries')) - entries0, 2, 'one entry per distinct vector');
+    const bytes0 = await metric(fast, 'polyray_memo_bytes');
+    await same(QUERY, { r }, true);
+    await same(QUERY, { r }, true);
+    assert.equal((await metric(fast, 'polyray_memo_entries')) - entries0, 2, 'base64 joins the same entries');
+    assert.ok((await metric(fast, 'polyray_memo_bytes')) > bytes0, 'with its own text');
+    // A small bound holds what fits, and answers stay exact past it.
+    const small = await startPolyray({ models: { defaultPostModel: 'text-glove' }, limits: { vectorTextMemoBytes: 1024 * 1024 } });
+    try {
+      const words = [
+        'cat',
+        'dog',
+        'house',
+        'tree',
+        'river',
+        'city',
+        'music',
+        'water',
+        'light',
+        'stone',
+        'green',
+        'happy',
+        'quick',
+        'road',
+        'paper',
+        'table',
+        'bread',
+        'chair',
+        'cloud',
+        'field',
+        'glass',
+        'horse',
+        'ocean',
+        'plant',
+      ];
+      const texts = words.flatMap((a) => words.map((b) => `the ${a} and the ${b}`));
+      for (let i = 0; i < texts.length; i += 64) {
+        const batch = posts(texts.slice(i, i + 64));
+        const [a, b] = await Promise.all([small.gql(VECTOR, { r: batch }), slow.gql(VECTOR, { r: batch })]);
+        assert.deepEqual(a.data, b.data);
+      }
+      const bytes = await metric(small, 'polyray_memo_bytes');
+      assert.ok(bytes > 0 && bytes <= 1024 * 1024, `memo bytes ${bytes} within 1 MiB`);
+      assert.ok((await metric(small, 'polyray_memo_entries')) < texts.length, 'not every vector kept');
+    } finally {
+      await small.stop();
+    }
+  });
+
   test('a refused key is refused once: UNAUTHENTICATED, counted once', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'polyray-fast-auth-'));
     const file = path.join(dir, 'clients.json');

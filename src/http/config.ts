@@ -78,6 +78,19 @@ export const limitsSchema = z
       doc: 'answer the plain `_entities` embedding operation by the compiled route in front of Apollo (same answers, less work per request and per entity)',
     }),
     /**
+     * Bytes the compiled `_entities` route may hold of vectors' reply text (base64 and JSON): a hot vector is
+     * encoded once, not once per answer. Only full-size vectors; 0 turns it off. `POLYRAY_VECTOR_TEXT_MEMO_MB`;
+     * default 32 MiB.
+     */
+    vectorTextMemoBytes: setting(z.number().int().min(0), {
+      env: 'POLYRAY_VECTOR_TEXT_MEMO_MB',
+      file: 'vectorTextMemoMb',
+      unit: 1024 * 1024,
+      default: 32 * 1024 * 1024,
+      defaultDoc: '32 MiB',
+      doc: "bytes of vectors' reply text (base64, JSON) the compiled `_entities` route keeps, so a hot vector is encoded once (0: off)",
+    }),
+    /**
      * How long a request's inputs may wait for inference, in ms: still queued after it, they are dropped
      * (DEADLINE_EXCEEDED, not charged). A caller may ask for less with `x-request-timeout-ms`, never more.
      * `POLYRAY_REQUEST_TIMEOUT_MS`; default 30000; 0 means no deadline.

@@ -47,7 +47,7 @@ import { encodeWire } from '../cache/codec.ts';
 import { isPolyrayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { RequestScope } from '../service/scope.ts';
-import type { EmbedResult } from '../service/types.ts';
+import type { EmbedResult, MemoStats } from '../service/types.ts';
 import { checkDimensions, checkModelName, checkPrompt } from './args.ts';
 import { cacheableOperation } from './http-cache.ts';
 import type { OperationChecker } from './limits.ts';
@@ -147,6 +147,12 @@ function isPlainPost(r: unknown): boolean {
   return urls === undefined || urls === null || (Array.isArray(urls) && urls.length === 0);
 }
 
+/** A vector's reply texts, as far as asked for. */
+interface VectorTexts {
+  base64?: string;
+  json?: string;
+}
+
 /** A reply the route wrote. */
 export interface EntityAnswer {
   contentType: string;
@@ -166,6 +172,8 @@ export interface EntityRouteOptions {
   defaultPostModel: string;
   logger: Logger;
   stats?: FastPathStats;
+  /** Bytes of vectors' reply text (base64, JSON) kept (POLYRAY_VECTOR_TEXT_MEMO_MB; 0: none). */
+  vectorTextMemoBytes?: number;
 }
 
 /** What the route keeps of a document text: its one operation, or false when the route does not take it. */
@@ -190,6 +198,12 @@ export class EntityRoute {
   /** `Accept` values seen, and the content type Apollo would answer with (null: none, Apollo refuses). */
   readonly #accepts = new LRUCache<string, { type: string | null }>({ max: 64 });
   readonly stats: FastPathStats;
+  /**
+   * A full-size vector's reply text (base64, JSON), by the vector the cache answered with (the same object on
+   * every memory hit): a hot vector is encoded once instead of once per answer. Bounded in bytes, the vector
+   * counted.
+   */
+  readonly #texts: LRUCache<Float32Array, VectorTexts> | undefined;
 
   /** Whether the schema's `_Any` parses a value as it is (graphql-js's default, as @apollo/subgraph defines it). */
   readonly #anyAsIs: boolean;
@@ -199,6 +213,11 @@ export class EntityRoute {
     const any = options.schema.getType('_Any');
     this.#anyAsIs = isScalarType(any) && any.parseValue === new GraphQLScalarType({ name: 'Default' }).parseValue;
     this.stats = options.stats ?? { served: 0 };
+    const memo = options.vectorTextMemoBytes ?? 0;
+    this.#texts =
+      memo > 0
+        ? new LRUCache<Float32Array, VectorTexts>({ maxSize: memo, sizeCalculation: (t, v) => (t.base64?.length ?? 0) + (t.json?.length ?? 0) + v.byteLength })
+        : undefined;
   }
 
   /**
@@ -249,10 +268,41 @@ export class EntityRoute {
     this.stats.served++;
     const cacheControl = this.#cacheControl(compiled.cacheable && errors.length === 0, s.account.cacheNamespace);
     const bodyOut =
-      errors.length === 0 && plan.leaf === 'base64'
-        ? base64Reply(plan, answers as (EmbedResult | null)[], dims, cost)
+      errors.length === 0
+        ? assemble(
+            plan,
+            (answers as (EmbedResult | null)[]).map((a) => (a ? this.#leafText(plan.leaf, a, dims) : null)),
+            plan.leaf === 'base64' ? '"' : '',
+            cost,
+          )
         : Buffer.from(`${JSON.stringify({ ...(errors.length > 0 ? { errors } : {}), data: this.#data(plan, answers, dims), extensions: { cost } })}\n`);
     return { contentType, cacheControl, body: bodyOut };
+  }
+
+  /** The memo's size, for `polyray_memo_*`. */
+  memo(): MemoStats {
+    const m = this.#texts;
+    return { memo: 'vector_text', entries: m?.size ?? 0, bytes: m?.calculatedSize ?? 0, maxBytes: m?.maxSize ?? 0 };
+  }
+
+  /**
+   * A vector's text in the reply: base64 of its float32 bytes (`encodeWire`), or its JSON (`[0.1,-0.2,…]`,
+   * as JSON.stringify writes it). Full-size vectors' texts are remembered.
+   */
+  #leafText(leaf: Plan['leaf'], r: EmbedResult, dims: number | undefined): string {
+    const v = truncate(r.vector, dims);
+    const memo = v === r.vector ? this.#texts : undefined;
+    const kept = memo?.get(v);
+    if (leaf === 'base64') {
+      if (kept?.base64 !== undefined) return kept.base64;
+      const text = encodeWire(v, 'FLOAT32');
+      memo?.set(v, { ...kept, base64: text });
+      return text;
+    }
+    if (kept?.json !== undefined) return kept.json;
+    const text = JSON.stringify(Array.from(v));
+    memo?.set(v, { ...kept, json: text });
+    return text;
   }
 
   /** The document's one operation when the route may take it; parsed and validated once per text. */
@@ -362,27 +412,28 @@ function leafOf(plan: Plan, r: EmbedResult, dims: number | undefined): string | 
 }
 
 /**
- * The reply `{"data":{E:[{B:{L:"…"}}|{B:null},…]},"extensions":{"cost":…}}` + newline, written into one
- * buffer: keys are GraphQL names and base64 is ASCII, so nothing needs escaping and each string is copied
- * as it is.
+ * The reply `{"data":{E:[{B:{L:…}}|{B:null},…]},"extensions":{"cost":…}}` + newline, written into one buffer,
+ * each leaf's text between `quote`s. Keys are GraphQL names, and leaves are base64 or JSON numbers: all
+ * ASCII, nothing to escape, so each string is copied as it is (no JSON.stringify of the vectors, no second
+ * pass to measure the body).
  */
-function base64Reply(plan: Plan, answers: readonly (EmbedResult | null)[], dims: number | undefined, cost: unknown): Buffer {
-  const open = `{"${plan.embeddingKey}":{"${plan.leafKey}":"`;
+function assemble(plan: Plan, leaves: readonly (string | null)[], quote: '' | '"', cost: unknown): Buffer {
+  const open = `{"${plan.embeddingKey}":{"${plan.leafKey}":${quote}`;
+  const close = `${quote}}}`;
   const none = `{"${plan.embeddingKey}":null}`;
   const head = `{"data":{"${plan.entitiesKey}":[`;
   const tail = `]},"extensions":{"cost":${JSON.stringify(cost)}}}\n`;
-  const encoded = answers.map((a) => (a ? encodeWire(truncate(a.vector, dims), 'FLOAT32') : null));
-  let size = head.length + Buffer.byteLength(tail) + Math.max(0, encoded.length - 1);
-  for (const e of encoded) size += e === null ? none.length : open.length + e.length + 3;
+  let size = head.length + Buffer.byteLength(tail) + Math.max(0, leaves.length - 1);
+  for (const e of leaves) size += e === null ? none.length : open.length + e.length + close.length;
   const out = Buffer.allocUnsafe(size);
   let at = out.write(head, 0, 'latin1');
-  encoded.forEach((e, i) => {
+  leaves.forEach((e, i) => {
     if (i > 0) out[at++] = 0x2c; // ,
     if (e === null) at += out.write(none, at, 'latin1');
     else {
       at += out.write(open, at, 'latin1');
       at += out.write(e, at, 'latin1');
-      at += out.write('"}}', at, 'latin1');
+      at += out.write(close, at, 'latin1');
     }
   });
   at += out.write(tail, at, 'utf8');
