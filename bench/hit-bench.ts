@@ -98,6 +98,7 @@ export function renderHitSection(r: {
       `defaults${describeSettings(r.settings)}, every text cached, compiled dist/ on plain node as \`npm start\` runs it) and the floor (bench/floor-server.ts: node:http, JSON.parse, a Map, JSON.stringify) as child processes, loaded one at a time; ${CLIENTS} ` +
       `closed-loop clients on keep-alive connections, the load generator on the same machine. ${r.quick ? 'One round' : `${ROUNDS} rounds of 6 s`} per server and request, alternating between the servers; each cell is the round of median throughput. ` +
       'CPU per vector: the server process (all threads) over the round, divided by the vectors it served. ' +
+      "Polyray keeps each hot vector's reply text (base64 or JSON, POLYRAY_VECTOR_TEXT_MEMO_MB): every text here is hot, so after its first answer Polyray copies text the floor encodes on every answer (most of a JSON row's cost). " +
       (r.rows.some((x) => x.server === 'untraced')
         ? 'Last column: a third server, Polyray with request-stream tracing off (POLYRAY_TRACE_SAMPLE_RATE=0), loaded in the same rounds; the 256 texts are all heavy keys, so the default tracer records and writes every lookup.'
         : ''),

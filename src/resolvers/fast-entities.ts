@@ -275,7 +275,7 @@ export class EntityRoute {
             plan.leaf === 'base64' ? '"' : '',
             cost,
           )
-        : Buffer.from(`${JSON.stringify({ ...(errors.length > 0 ? { errors } : {}), data: this.#data(plan, answers, dims), extensions: { cost } })}\n`);
+        : Buffer.from(`${JSON.stringify({ errors, data: this.#data(plan, answers, dims), extensions: { cost } })}\n`);
     return { contentType, cacheControl, body: bodyOut };
   }
 
