@@ -222,6 +222,40 @@ describe('compiled _entities path', () => {
     }
   });
 
+  test('more posts than one pipeline batch (POLYRAY_MAX_INPUTS): batches as the loader makes them, the same answers and cost', async () => {
+    const models = { defaultPostModel: 'text-glove' };
+    const [a, b] = await Promise.all([
+      startPolyray({ models, limits: { maxInputsPerRequest: 4 } }),
+      startPolyray({ models, limits: { maxInputsPerRequest: 4, entityFastPath: false } }),
+    ]);
+    try {
+      const r = posts([
+        'the cat sat',
+        'a dog ran',
+        '',
+        'the cat sat',
+        'green field',
+        'x'.repeat(70_000),
+        'river stone',
+        'a dog ran',
+        'paper table',
+        null,
+        'blue sky',
+      ]);
+      for (let round = 0; round < 2; round++) {
+        const [x, y] = await Promise.all([a.gql(QUERY, { r }), b.gql(QUERY, { r })]);
+        assert.deepEqual(x.errors, y.errors);
+        assert.deepEqual(x.data, y.data);
+        const charged = (t: { extensions?: Record<string, unknown> }) => (t.extensions?.['cost'] as { charged: number } | undefined)?.charged;
+        assert.equal(charged(x), charged(y));
+        assert.ok((charged(x) ?? 0) > 0);
+      }
+      assert.equal(a.server.entityFastPath.served, 2);
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+    }
+  });
+
   test('a refused key is refused once: UNAUTHENTICATED, counted once', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'polyray-fast-auth-'));
     const file = path.join(dir, 'clients.json');
