@@ -290,6 +290,58 @@ describe('budgets, history and reports on the usage database', () => {
     }
   });
 
+  test('a connection ended between two queries of a delivery (the database shutting down) does not end the process; the batch is delivered later', async () => {
+    const url = await pgServer.createDatabase('dropped');
+    await migrateUsageDatabase(url, silentLogger());
+    const pool = new pg.Pool({ connectionString: url });
+    const admin = new pg.Pool({ connectionString: url });
+    // The first delivery's connection is terminated right after its BEGIN, while no query runs, as a database
+    // shutdown ends it: the client hears of it as an 'error' event, which nobody listening for would be an
+    // uncaught exception.
+    let drop = true;
+    const connect = pool.connect.bind(pool) as (...args: unknown[]) => unknown;
+    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = (...args: unknown[]) => {
+      if (args.length > 0) return connect(...args);
+      return (connect() as Promise<pg.PoolClient>).then((c) => {
+        if (!drop) return c;
+        drop = false;
+        const query = c.query.bind(c) as (...q: unknown[]) => Promise<unknown>;
+        (c as unknown as { query: (...q: unknown[]) => Promise<unknown> }).query = async (...q: unknown[]) => {
+          const r = await query(...q);
+          if (q[0] === 'BEGIN') {
+            await admin.query('SELECT pg_terminate_backend($1)', [(c as unknown as { processID: number }).processID]);
+            await new Promise((resolve) => setTimeout(resolve, 200));
+          }
+          return r;
+        };
+        return c;
+      });
+    };
+    const books = new UsageBooks({
+      db: pool,
+      keyPrefix: 'polyray-test-dropped:',
+      flushMs: 3_600_000,
+      maxUnconfirmed: 10,
+      redisTimeoutMs: 1000,
+      retentionDays: 400,
+      batchRetentionDays: 30,
+      logger: silentLogger(),
+    });
+    try {
+      books.record('c1', 'text-glove', 'COMPUTED', 'graphql', { items: 2, tokens: 20, inferenceMs: 1, cost: 20 });
+      await books.delivered();
+      assert.equal(drop, false, 'the connection was dropped');
+      assert.equal(books.deliveries.added, 0, 'not delivered through the dropped connection');
+      await books.delivered();
+      assert.equal(books.deliveries.added, 1, 'delivered on the next flush');
+      const { rows } = await admin.query<{ cost: string }>('SELECT sum(cost)::text AS cost FROM usage_hourly');
+      assert.equal(Number(rows[0]!.cost), 20, 'counted once');
+      await books.close();
+    } finally {
+      await Promise.all([pool.end(), admin.end()]);
+    }
+  });
+
   test('a batch found again in the outbox (its delete failed) is not added twice', async () => {
     const url = await pgServer.createDatabase('outbox');
     await migrateUsageDatabase(url, silentLogger());

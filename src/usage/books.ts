@@ -259,6 +259,12 @@ export class UsageBooks {
   async #deliver(b: Batch, deliveredBy: string): Promise<'added' | 'duplicate'> {
     const client = await this.#o.db.connect();
     let broken: Error | undefined;
+    // A checked-out client has no pool listener: its connection ended between two queries (the database
+    // shutting down) is an 'error' event, which unheard would end the process. Heard, the next query fails.
+    const onError = (e: Error): void => {
+      broken ??= e;
+    };
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       const body = JSON.stringify(b.rows);
@@ -277,6 +283,7 @@ export class UsageBooks {
       // The connection may be mid-transaction or gone: it is not returned to the pool (release(err) ends it).
       throw e;
     } finally {
+      client.off('error', onError);
       client.release(broken);
     }
   }
