@@ -138,25 +138,26 @@ async function main(): Promise<void> {
   let floor: ServiceProcess | undefined;
   let untraced: ServiceProcess | undefined;
   try {
-    // Fill the cache, and take the vectors for the floor.
-    const cached: Record<string, number[]> = {};
-    for (let i = 0; i < texts.length; i += 64) {
-      const chunk = texts.slice(i, i + 64);
-      const r = Array.from(chunk, (text, j) => ({ __typename: 'Post', id: String(i + j), text }));
-      const res = await postHttp(`${svc.url}/graphql`, JSON.stringify({ query: QUERY.floats, variables: { r } }));
-      const body = JSON.parse(res.text) as { data: { _entities: { embedding: { vector: number[] } }[] } };
-      body.data._entities.forEach((e, j) => {
-        cached[chunk[j]!] = e.embedding.vector;
-      });
-    }
+    // Fill each Polyray's cache; Polyray's vectors go to the floor.
+    const fill = async (url: string): Promise<Record<string, number[]>> => {
+      const cached: Record<string, number[]> = {};
+      for (let i = 0; i < texts.length; i += 64) {
+        const chunk = texts.slice(i, i + 64);
+        const r = Array.from(chunk, (text, j) => ({ __typename: 'Post', id: String(i + j), text }));
+        const res = await postHttp(`${url}/graphql`, JSON.stringify({ query: QUERY.floats, variables: { r } }));
+        const body = JSON.parse(res.text) as { data: { _entities: { embedding: { vector: number[] } }[] } };
+        body.data._entities.forEach((e, j) => {
+          cached[chunk[j]!] = e.embedding.vector;
+        });
+      }
+      return cached;
+    };
+    const cached = await fill(svc.url);
     if (UNTRACED) {
       const untracedPort = await freePort();
       const untracedEnv = childEnv({ POLYRAY_SERVE_MODELS: 'text-glove', ...cli.settings, POLYRAY_TRACE_SAMPLE_RATE: '0' }, untracedPort);
       untraced = await ServiceProcess.start(ROOT, untracedEnv, untracedPort, 180_000, () => {}, SERVICE_SCRIPT);
-      for (let i = 0; i < texts.length; i += 64) {
-        const r = Array.from(texts.slice(i, i + 64), (text, j) => ({ __typename: 'Post', id: String(i + j), text }));
-        await postHttp(`${untraced.url}/graphql`, JSON.stringify({ query: QUERY.base64, variables: { r } }));
-      }
+      await fill(untraced.url);
     }
     if (FLOOR) {
       const floorPort = await freePort();

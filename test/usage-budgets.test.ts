@@ -19,7 +19,7 @@ import pg from 'pg';
 import { addClient } from '../src/accounting/clients.ts';
 import { AccountingKeys } from '../src/accounting/keys.ts';
 import { silentLogger } from '../src/log.ts';
-import { UsageBooks } from '../src/usage/books.ts';
+import { UsageBooks, type UsageBooksOptions } from '../src/usage/books.ts';
 import { migrateUsageDatabase } from '../src/usage/database.ts';
 import { code, words } from './helpers/accounting.ts';
 import { polyrayCli } from './helpers/cli.ts';
@@ -31,6 +31,19 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 const EMBED = 'query($t: String!) { embed(inputs: [{ text: $t }], model: "text-glove") { source } }';
 const NOV_30 = Date.UTC(2026, 10, 30, 22, 0, 0);
 const DEC_1 = Date.UTC(2026, 11, 1, 0, 0, 1);
+
+/** Books that flush only when asked (`delivered()`), on `db` and, when given, an outbox in `redis`. */
+const booksOptions = (db: pg.Pool, keyPrefix: string, redis?: Redis): UsageBooksOptions => ({
+  db,
+  ...(redis ? { redis } : {}),
+  keyPrefix,
+  flushMs: 3_600_000,
+  maxUnconfirmed: 10,
+  redisTimeoutMs: 1000,
+  retentionDays: 400,
+  batchRetentionDays: 30,
+  logger: silentLogger(),
+});
 
 describe('budgets, history and reports on the usage database', () => {
   let pgServer: PostgresServerHandle;
@@ -317,16 +330,7 @@ describe('budgets, history and reports on the usage database', () => {
         return c;
       });
     };
-    const books = new UsageBooks({
-      db: pool,
-      keyPrefix: 'polyray-test-dropped:',
-      flushMs: 3_600_000,
-      maxUnconfirmed: 10,
-      redisTimeoutMs: 1000,
-      retentionDays: 400,
-      batchRetentionDays: 30,
-      logger: silentLogger(),
-    });
+    const books = new UsageBooks(booksOptions(pool, 'polyray-test-dropped:'));
     try {
       books.record('c1', 'text-glove', 'COMPUTED', 'graphql', { items: 2, tokens: 20, inferenceMs: 1, cost: 20 });
       await books.delivered();
@@ -349,17 +353,7 @@ describe('budgets, history and reports on the usage database', () => {
     const client = new Redis(redis.url);
     const prefix = 'polyray-test-outbox:';
     const k = new AccountingKeys(prefix);
-    const makeOptions = () => ({
-      db: pool,
-      redis: client,
-      keyPrefix: prefix,
-      flushMs: 3_600_000,
-      maxUnconfirmed: 10,
-      redisTimeoutMs: 1000,
-      retentionDays: 400,
-      batchRetentionDays: 30,
-      logger: silentLogger(),
-    });
+    const makeOptions = () => booksOptions(pool, prefix, client);
     const make = () => new UsageBooks(makeOptions());
     try {
       const owner = make();

@@ -258,24 +258,21 @@ export class EntityRoute {
       return undefined; // the context's or the resolver's own error, the ordinary way
     }
     if (handle.kind !== 'text') return undefined;
-    const texts = plan.representations.map((r) => (r as { text?: string | null }).text);
-    const wanted = texts.filter((t): t is string => typeof t === 'string' && t.trim() !== '');
+    // The texts the resolver would load (a post without one, or with only spaces, embeds to null).
+    const texts = plan.representations.map((r) => {
+      const t = (r as { text?: unknown }).text;
+      return typeof t === 'string' && t.trim() !== '' ? t : null;
+    });
+    const wanted = texts.filter((t): t is string => t !== null);
     const results = wanted.length > 0 ? await s.embedTexts(handle, wanted, { prompt, truncate: false }) : [];
     let j = 0;
-    const answers = texts.map((t) => (typeof t === 'string' && t.trim() !== '' ? results[j++]! : null));
+    const answers = texts.map((t) => (t === null ? null : results[j++]!));
     const errors = this.#errors(plan, answers);
     const cost = await s.account.close(String(errors[0]?.extensions?.['code'] ?? 'OK'));
     this.stats.served++;
     const cacheControl = this.#cacheControl(compiled.cacheable && errors.length === 0, s.account.cacheNamespace);
-    const bodyOut =
-      errors.length === 0
-        ? assemble(
-            plan,
-            (answers as (EmbedResult | null)[]).map((a) => (a ? this.#leafText(plan.leaf, a, dims) : null)),
-            plan.leaf === 'base64' ? '"' : '',
-            cost,
-          )
-        : Buffer.from(`${JSON.stringify({ errors, data: this.#data(plan, answers, dims), extensions: { cost } })}\n`);
+    const leaves = answers.map((a) => (a && !(a instanceof Error) ? this.#leafText(plan.leaf, a, dims) : null));
+    const bodyOut = assemble(plan, leaves, plan.leaf === 'base64' ? '"' : '', cost, errors);
     return { contentType, cacheControl, body: bodyOut };
   }
 
@@ -380,11 +377,6 @@ export class EntityRoute {
     });
     return errors;
   }
-
-  #data(plan: Plan, answers: readonly (EmbedResult | Error | null)[], dims: number | undefined): Record<string, unknown> {
-    const entities = answers.map((a) => ({ [plan.embeddingKey]: a && !(a instanceof Error) ? { [plan.leafKey]: leafOf(plan, a, dims) } : null }));
-    return { [plan.entitiesKey]: entities };
-  }
 }
 
 /** The variable's name when `op` declares exactly one variable, `[_Any!]!` without a default or directives. */
@@ -406,27 +398,23 @@ function isJsonBody(contentType: string | undefined): boolean {
   return head === 'application/json' && (contentType.length === 16 || contentType[16] === ';' || contentType[16] === ' ');
 }
 
-function leafOf(plan: Plan, r: EmbedResult, dims: number | undefined): string | number[] {
-  const v = truncate(r.vector, dims);
-  return plan.leaf === 'base64' ? encodeWire(v, 'FLOAT32') : Array.from(v);
-}
-
 /**
- * The reply `{"data":{E:[{B:{L:…}}|{B:null},…]},"extensions":{"cost":…}}` + newline, written into one buffer,
- * each leaf's text between `quote`s. Keys are GraphQL names, and leaves are base64 or JSON numbers: all
- * ASCII, nothing to escape, so each string is copied as it is (no JSON.stringify of the vectors, no second
- * pass to measure the body).
+ * The reply `{"errors":[…],"data":{E:[{B:{L:…}}|{B:null},…]},"extensions":{"cost":…}}` + newline (`errors`
+ * only when there are some, first, as Apollo orders them), written into one buffer, each leaf's text between
+ * `quote`s. Keys are GraphQL names, and leaves are base64 or JSON numbers: all ASCII, nothing to escape, so
+ * each is copied as it is (no JSON.stringify of the vectors, no second pass to measure the body); an entity
+ * whose input was refused is `null`.
  */
-function assemble(plan: Plan, leaves: readonly (string | null)[], quote: '' | '"', cost: unknown): Buffer {
+function assemble(plan: Plan, leaves: readonly (string | null)[], quote: '' | '"', cost: unknown, errors: readonly GraphQLFormattedError[]): Buffer {
   const open = `{"${plan.embeddingKey}":{"${plan.leafKey}":${quote}`;
   const close = `${quote}}}`;
   const none = `{"${plan.embeddingKey}":null}`;
-  const head = `{"data":{"${plan.entitiesKey}":[`;
+  const head = `{${errors.length > 0 ? `"errors":${JSON.stringify(errors)},` : ''}"data":{"${plan.entitiesKey}":[`;
   const tail = `]},"extensions":{"cost":${JSON.stringify(cost)}}}\n`;
-  let size = head.length + Buffer.byteLength(tail) + Math.max(0, leaves.length - 1);
+  let size = Buffer.byteLength(head) + Buffer.byteLength(tail) + Math.max(0, leaves.length - 1);
   for (const e of leaves) size += e === null ? none.length : open.length + e.length + close.length;
   const out = Buffer.allocUnsafe(size);
-  let at = out.write(head, 0, 'latin1');
+  let at = out.write(head, 0, 'utf8');
   leaves.forEach((e, i) => {
     if (i > 0) out[at++] = 0x2c; // ,
     if (e === null) at += out.write(none, at, 'latin1');
