@@ -30,6 +30,7 @@ import { createLogger, type Logger } from './log.ts';
 import { createPolicyController, createTracer, withTtlControl, type PolicyController, type Tracer } from './policy/index.ts';
 import type { Catalog, PolyrayContext } from './resolvers/context.ts';
 import { OperationChecker, operationLimitsPlugin } from './resolvers/limits.ts';
+import { warmValidation } from './resolvers/warm.ts';
 import { JsonBodyParser, LARGE_BODY_BYTES } from './http/json-body.ts';
 import { aliasMap, registerOpenAiRoutes } from './http/openai.ts';
 import { registerTeiRoutes } from './http/tei.ts';
@@ -80,6 +81,8 @@ export class PolyrayServer {
   readonly entityFastPath: FastPathStats = { served: 0 };
   /** The compiled `_entities` route, in front of Apollo (unset when off, or while OpenTelemetry tracing is on). */
   readonly #entityRoute: EntityRoute | undefined;
+  /** Warms the validator and the operation checker while the models load (src/resolvers/warm.ts). */
+  readonly #warm: () => Promise<string[]>;
   /** Each GraphQL request's scope (or the error that refused it), made once for the route and Apollo's context. */
   readonly #graphqlScopes = new WeakMap<FastifyRequest, { scope: RequestScope<AccountContext> } | { error: unknown }>();
   /** Tokenizer threads: cache misses are tokenised off the event loop (src/runtime/tokenizer-pool.ts). */
@@ -190,6 +193,7 @@ export class PolyrayServer {
       },
       this.catalog(),
     );
+    this.#warm = () => warmValidation(schema, checker, config.models.defaultPostModel);
     this.#entityRoute =
       config.limits.entityFastPath && !this.#tracing
         ? new EntityRoute({
@@ -273,6 +277,7 @@ export class PolyrayServer {
   async start(): Promise<string> {
     if (this.#state.kind !== 'created') throw new Error(`PolyrayServer.start called in state ${this.#state.kind}`);
     await this.accounting.start();
+    await this.#jsonBodies.start();
     await this.#apollo.start();
     const catalog = this.catalog();
     const apollo = fastifyApolloHandler(this.#apollo, {
@@ -356,7 +361,8 @@ export class PolyrayServer {
 
   async #load(): Promise<void> {
     try {
-      await this.host.load();
+      const [, problems] = await Promise.all([this.host.load(), this.#warm()]);
+      if (problems.length > 0) this.logger.warn({ problems }, 'warm-up documents do not fit the schema');
       if (this.#state.kind === 'loading') this.#state = { kind: 'ready' };
     } catch (e) {
       const reason = (e as Error).message;

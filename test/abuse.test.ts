@@ -9,13 +9,13 @@
  * The quota cases stall the event loop on purpose and use in-process replicas of their own.
  *
  * This machine has two cores, and the attacker (this test's main thread) runs on them too: it lowers its
- * own priority (nice 10, per thread on Linux) for the suite, as an attacker on another machine would not
- * take the replica's CPU. It does so after starting replica A and the probe (child processes inherit the
+ * own priority (nice 10, every thread of its process: per thread on Linux) for the suite, as an attacker on
+ * another machine would not take the replica's CPU. It does so after starting replica A and the probe (child processes inherit the
  * nice value of the thread that spawns them), so both keep the normal priority.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { setPriority, tmpdir } from 'node:os';
@@ -129,8 +129,11 @@ describe('hostile clients', () => {
     probe = await startProbe(a, 'text-glove', 'the probe text', auth('probe'), 10);
     // Only now: a process inherits the nice value of the thread that spawns it, so replica A and the probe,
     // started above, keep the normal priority while the attacker (this thread) runs below it.
+    // Every thread of this process (V8's garbage-collection helpers and libuv's pool too, not only the main
+    // thread: nice values are per thread on Linux); threads started later inherit it.
     try {
-      setPriority(0, 10);
+      const threads = existsSync('/proc/self/task') ? readdirSync('/proc/self/task').map(Number) : [0];
+      for (const tid of threads) setPriority(tid, 10);
     } catch {
       // not permitted here: the attacker then competes with the replica for the CPU
     }

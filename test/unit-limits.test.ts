@@ -9,6 +9,10 @@ import { type FragmentDefinitionNode, GraphQLError, Kind, type OperationDefiniti
 import type { Catalog } from '../src/resolvers/context.ts';
 import { METERED_FIELD_WEIGHT, OperationChecker, type OperationLimits } from '../src/resolvers/limits.ts';
 import type { ModelInfo } from '../src/runtime/handle.ts';
+import { loadConfig } from '../src/config/index.ts';
+import { schemaOptionsOf } from '../src/resolvers/demand-control.ts';
+import { buildSchema } from '../src/resolvers/index.ts';
+import { warmValidation } from '../src/resolvers/warm.ts';
 
 const catalog = {
   models: () => [{ name: 'm100', dimensions: 100 } as ModelInfo, { name: 'm8', dimensions: 8 } as ModelInfo],
@@ -82,5 +86,40 @@ describe('OperationChecker', () => {
       }),
       { numRuns: 200 },
     );
+  });
+
+  test('the catalog is read once per operation, not once per alias', () => {
+    let reads = 0;
+    const counted = {
+      ...catalog,
+      models: () => {
+        reads++;
+        return catalog.models();
+      },
+    } satisfies Catalog;
+    const doc = parse(`{ ${Array.from({ length: 40 }, (_, k) => `e${k}: embed(model: "m8", inputs: [{ text: "x" }]) { vector }`).join(' ')} }`);
+    const op = doc.definitions[0] as OperationDefinitionNode;
+    new OperationChecker({ ...LIMITS, maxFields: 500 }, counted).check(op, new Map(), {});
+    assert.equal(reads, 1);
+  });
+});
+
+describe('warm-up (src/resolvers/warm.ts)', () => {
+  test("its documents fit Polyray's schema and pass the default limits, so the warm-up runs the paths clients do", async () => {
+    const config = loadConfig({});
+    const schema = buildSchema(schemaOptionsOf(config));
+    const checker = new OperationChecker(
+      {
+        maxInputs: config.limits.maxInputsPerOperation,
+        maxResponseBytes: config.limits.maxResponseBytes,
+        maxFields: config.limits.maxFields,
+        maxDepth: config.limits.maxDepth,
+      },
+      catalog,
+    );
+    assert.deepEqual(await warmValidation(schema, checker, 'm100', 2), []);
+    // And it would say so if they did not.
+    const narrow = new OperationChecker({ ...LIMITS, maxFields: 10 }, catalog);
+    assert.match((await warmValidation(schema, narrow, 'm100', 1)).join('\n'), /more than 10 fields/);
   });
 });

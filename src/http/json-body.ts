@@ -166,6 +166,22 @@ export class JsonBodyParser {
     return w;
   }
 
+  /**
+   * Starts the parser thread now, at the server's start, and resolves once it runs: a thread started by the
+   * first large body would boot (tens of milliseconds of CPU, before it lowers its priority) while that
+   * request and every other client's wait.
+   */
+  async start(): Promise<void> {
+    const w = this.#start();
+    // Held while it boots (nothing else may keep the process alive yet); idle afterwards, as ever.
+    w.ref();
+    await new Promise<void>((resolve) => {
+      w.once('online', () => resolve());
+      w.once('exit', () => resolve());
+    });
+    w.unref();
+  }
+
   async close(): Promise<void> {
     const w = this.#worker;
     this.#worker = undefined;

@@ -43,6 +43,8 @@ interface Walk {
   depth: number;
   inputs: number;
   bytes: number;
+  /** Dimensions per model name, read from the catalog once per operation (not once per alias). */
+  dims?: Map<string, number>;
 }
 
 function refuse(code: ErrorCode, message: string, extensions: Record<string, unknown>): never {
@@ -148,7 +150,7 @@ export class OperationChecker {
     if (name === 'embed') {
       const n = lengthOf(arg(f, 'inputs', vars));
       w.inputs += n;
-      w.bytes += n * this.#itemBytes(f.selectionSet, fragments, vars, this.#dims(arg(f, 'model', vars), arg(f, 'dimensions', vars)));
+      w.bytes += n * this.#itemBytes(f.selectionSet, fragments, vars, this.#dims(w, arg(f, 'model', vars), arg(f, 'dimensions', vars)));
       return;
     }
     if (name === '_entities') {
@@ -164,7 +166,7 @@ export class OperationChecker {
             g.selectionSet,
             fragments,
             vars,
-            this.#dims(arg(g, 'model', vars) ?? this.#catalog.defaultPostModel, arg(g, 'dimensions', vars)),
+            this.#dims(w, arg(g, 'model', vars) ?? this.#catalog.defaultPostModel, arg(g, 'dimensions', vars)),
           );
         } else if (field === 'classify') {
           perRep.inputs++;
@@ -190,10 +192,11 @@ export class OperationChecker {
   }
 
   /** Components per vector: `dimensions` when asked, else the model's size (0 when unknown: the resolver refuses it). */
-  #dims(model: unknown, dimensions: unknown): number {
+  #dims(w: Walk, model: unknown, dimensions: unknown): number {
     if (typeof dimensions === 'number' && dimensions > 0) return dimensions;
-    const m = typeof model === 'string' ? this.#catalog.models().find((x) => x.name === model) : undefined;
-    return m?.dimensions ?? 0;
+    if (typeof model !== 'string') return 0;
+    w.dims ??= new Map(this.#catalog.models().map((m) => [m.name, m.dimensions]));
+    return w.dims.get(model) ?? 0;
   }
 
   /** Largest reply bytes of one Embedding under `set`. */

@@ -1,5 +1,5 @@
 /**
- * A Polyray replica in a child process (`node --import tsx src/main.ts`), for tests that measure what
+ * A Polyray replica in a child process (`node dist/main.js`, as `npm start` runs it), for tests that measure what
  * another client sees while this test process does heavy work of its own: an in-process server would share
  * the test's event loop, and the test's own JSON building or busy-waiting would show up as server latency.
  *
@@ -8,7 +8,11 @@
  * records latencies between `start()` and `stop()`.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { ensureBuilt } from '../../scripts/ensure-build.mjs';
 import { freePort } from './redis-server.ts';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 export interface ChildServer {
   url: string;
@@ -20,10 +24,17 @@ export interface ChildServer {
   log(): string;
 }
 
-/** Starts src/main.ts with `env` (plus HOST, PORT, LOG_LEVEL) and resolves once /readyz answers 200. */
+/**
+ * Starts the compiled service (dist/, built first when src/ changed) with `env` (plus HOST, PORT, LOG_LEVEL)
+ * and resolves once /readyz answers 200. Compiled, as deployed: through tsx, every Error's stack would also
+ * read the source maps (tsx turns them on), and the first refusal of a kind cost tens of milliseconds that a
+ * deployed replica never pays, which is what the latency these tests measure would then show.
+ */
 export async function startChildServer(env: Record<string, string>, timeoutMs = 120_000): Promise<ChildServer> {
+  ensureBuilt(ROOT, () => {});
   const port = await freePort();
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, ['dist/main.js'], {
+    cwd: ROOT,
     env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', ...env, HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -73,30 +84,46 @@ export interface Probe {
 }
 
 // The probe asks all the time, also between the cases it measures (their answers are not counted): a
-// steady client, whose connection and code paths stay warm, as the suite means to measure.
+// steady client, whose connection and code paths stay warm, as the suite means to measure. It asks with
+// node:http on kept-alive connections rather than fetch: it shares the two cores with what it measures, and
+// fetch (undici's streams and promises) took several times the CPU per request that the probe itself
+// then added to the latencies it reported.
 const PROBE_SOURCE = `
+const http = require('node:http');
 const { url, body, headers, everyMs } = JSON.parse(process.env.PROBE_CONFIG);
-const parentPort = { on: (e, f) => process.on(e, f), postMessage: (m) => process.send(m) };
+const agent = new http.Agent({ keepAlive: true });
+const payload = Buffer.from(body);
+const ask = (done) => {
+  const req = http.request(url, { method: 'POST', agent, headers: { ...headers, 'content-length': payload.length } }, (res) => {
+    const parts = [];
+    res.on('data', (c) => parts.push(c));
+    res.on('end', () => done(null, res.statusCode, Buffer.concat(parts).toString()));
+  });
+  req.on('error', (e) => done(e));
+  req.end(payload);
+};
 let on = false, latencies = [], errors = 0, firstError;
 setInterval(() => {
   const counted = on;
   const t0 = performance.now();
-  fetch(url, { method: 'POST', headers, body }).then(async (res) => {
-    const j = await res.json();
-    const ok = res.status === 200 && !j.errors && j.data && j.data.embed && j.data.embed[0].source === 'MEMORY';
+  ask((e, status, text) => {
+    const t1 = performance.now();
     if (!counted || !on) return;
-    if (!ok) { errors++; firstError ??= JSON.stringify(j).slice(0, 300); }
-    else latencies.push(performance.now() - t0);
-  }, (e) => { if (counted && on) { errors++; firstError ??= String(e); } });
+    if (e) { errors++; firstError ??= String(e); return; }
+    let j; try { j = JSON.parse(text); } catch { j = {}; }
+    const ok = status === 200 && !j.errors && j.data && j.data.embed && j.data.embed[0].source === 'MEMORY';
+    if (!ok) { errors++; firstError ??= text.slice(0, 300); }
+    else latencies.push(t1 - t0);
+  });
 }, everyMs);
-parentPort.on('message', (m) => {
+process.on('message', (m) => {
   if (m === 'start') { on = true; latencies = []; errors = 0; firstError = undefined; }
-  if (m === 'stop') { on = false; parentPort.postMessage({ latencies, errors, firstError }); }
+  if (m === 'stop') { on = false; process.send({ latencies, errors, firstError }); }
   if (m === 'close') process.exit(0);
 });
 // Warm up (connection, JIT) before saying ready: the first requests of a fresh process are slow.
 (async () => {
-  for (let k = 0; k < 20; k++) await fetch(url, { method: 'POST', headers, body }).then((r) => r.arrayBuffer());
+  for (let k = 0; k < 20; k++) await new Promise((r) => ask(r));
   process.send('ready');
 })();
 `;
