@@ -15,6 +15,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { request } from 'node:http';
 import { existsSync, readdirSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -191,9 +192,25 @@ describe('hostile clients', () => {
     await probed('large inputs and documents', async () => {
       // 1 MB: parsed (off the loop), then INPUT_TOO_LARGE. 10 MB: over the 8 MiB body limit, 413 while it streams in.
       assert.equal(code(await send(texts[0]!, auth('mallory'))), 'INPUT_TOO_LARGE');
+      // Declared (Content-Length) over the limit: 413 before a byte of it is read, and the connection stays
+      // open while the body drains slowly, so fetch reads the answer instead of a broken pipe.
       const big = await fetch(`${a.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', ...auth('mallory') }, body: texts[1]! });
       assert.equal(big.status, 413);
       assert.equal(((await big.json()) as { code?: string }).code, 'FST_ERR_CTP_BODY_TOO_LARGE');
+      // Undeclared (chunked): counted while it streams in, 413 once past the limit.
+      const chunked = await new Promise<{ status: number | undefined; body: string }>((resolve, reject) => {
+        const req = request(`${a.url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', ...auth('mallory') } }, (res) => {
+          let text = '';
+          res.on('data', (c: Buffer) => (text += c.toString()));
+          res.on('end', () => resolve({ status: res.statusCode, body: text }));
+        });
+        req.on('error', reject);
+        const whole = Buffer.from(texts[1]!);
+        for (let at = 0; at < whole.length; at += 1 << 20) req.write(whole.subarray(at, at + (1 << 20)));
+        req.end();
+      });
+      assert.equal(chunked.status, 413);
+      assert.match(chunked.body, /FST_ERR_CTP_BODY_TOO_LARGE/);
       const many = await send(tenThousand, auth('mallory'));
       assert.equal(code(many), 'TOO_MANY_INPUTS');
       // 100 aliases of one small input each is an ordinary operation: served.
@@ -369,18 +386,17 @@ describe('hostile clients', () => {
     assert.match(out, /POLYRAY_ALLOW_ANONYMOUS/);
   });
 
-  // The target is 50 ms. On this 2-core machine the attacker, the replica, Redis and the probe share the
-  // cores: runs measured 41–124 ms (44.7–61.2 ms once the replica and the probe kept their priority;
-  // docs/SECURITY.md) while the replica's own event loop was held at most 12–73 ms per case. The bounds here are regression guards (a stall of the old kind, seconds, fails them);
-  // the figures measured are printed as a diagnostic.
-  test("another client's cache hits stayed fast through every case above: probe p99 ≤ 200 ms (target 50 ms)", (t) => {
+  // The issue's target, asserted: on this 2-core machine the attacker, the replica, Redis and the probe
+  // share the cores, and runs of the suite measured 18–21 ms (docs/SECURITY.md, "What the probe measured").
+  // The figures are printed as a diagnostic.
+  test("another client's cache hits stayed fast through every case above: probe p99 ≤ 50 ms", (t) => {
     const all = seen.flatMap((c) => c.latencies);
     assert.ok(all.length >= 50, `the probe ran (${all.length} answers)`);
     const detail = seen
       .map((c) => `${c.label}: probe max ${Math.max(0, ...c.latencies).toFixed(1)} ms of ${c.latencies.length}, replica loop held ≤ ${c.stall.toFixed(1)} ms`)
       .join('; ');
     t.diagnostic(`probe p99 ${p99(all).toFixed(1)} ms over ${all.length} answers (${detail})`);
-    assert.ok(p99(all) <= 200, `probe p99 ${p99(all).toFixed(1)} ms over ${all.length} answers (${detail})`);
+    assert.ok(p99(all) <= 50, `probe p99 ${p99(all).toFixed(1)} ms over ${all.length} answers (${detail})`);
   });
 
   describe('quotas on two replicas', () => {

@@ -330,6 +330,8 @@ export class Accounting implements AccountingCore {
     await this.ledger.close();
     await this.books?.close();
     await this.db?.end().catch(() => undefined);
+    // Quota adjustments still on their way (settleLater) land before the connection is closed.
+    await this.quota.drain();
     if (this.redis) {
       try {
         await this.redis.quit();

@@ -69,6 +69,8 @@ export class QuotaManager {
   readonly #o: QuotaManagerOptions;
   readonly #health: HealthGate;
   #store: QuotaStore;
+  /** Adjustments sent by `settleLater` and not answered yet. */
+  readonly #settling = new Set<Promise<QuotaSnapshot>>();
 
   constructor(options: QuotaManagerOptions) {
     this.#o = options;
@@ -161,6 +163,34 @@ export class QuotaManager {
       this.#health.failed(attempt, e);
       return r.snapshot;
     }
+  }
+
+  /**
+   * `settle` without making the answer wait for the store: the adjustment is sent now, and the snapshot
+   * returned is the reservation's, adjusted here as the bucket adjusts it (capped at the burst). Commands on
+   * one connection run in order, so this client's next reservation through this replica sees the
+   * adjustment; another replica's may run before it lands, with the estimate still taken, which errs on
+   * the side of refusing. A request then waits for one round trip to the store, not two. The adjustment's
+   * own outcome (a failing store included) is handled as `settle` handles it; `wrap` runs around it (a
+   * tracing span).
+   */
+  settleLater(r: Reservation, actual: number, wrap: (send: () => Promise<QuotaSnapshot>) => Promise<QuotaSnapshot> = (send) => send()): QuotaSnapshot {
+    const delta = actual - r.amount;
+    if (delta === 0) return r.snapshot;
+    const sent = wrap(() => this.settle(r, actual));
+    this.#settling.add(sent);
+    // settle answers a failing store itself; a throwing `wrap` must not become an unhandled rejection.
+    sent.then(
+      () => this.#settling.delete(sent),
+      () => this.#settling.delete(sent),
+    );
+    const tokens = Math.min(r.limits.burst, r.snapshot.remaining - delta);
+    return { remaining: tokens, resetMs: Math.max(0, Math.ceil(((r.limits.burst - tokens) * 1000) / r.limits.rate)) };
+  }
+
+  /** Resolves once every adjustment sent by `settleLater` has been answered (or failed). */
+  async drain(): Promise<void> {
+    while (this.#settling.size > 0) await Promise.allSettled([...this.#settling]);
   }
 
   /** The bucket's state, changing nothing. */

@@ -213,7 +213,10 @@ export class RequestAccount implements AccountContext {
     } finally {
       this.#charged += actual;
       this.#refused += refused;
-      this.#snapshot = await inSpan('polyray.quota.settle', { 'polyray.cost.charged': actual + refused }, () => quota.settle(reservation, actual + refused));
+      // Sent, not awaited: the answer reports the bucket as the adjustment leaves it (QuotaManager.settleLater).
+      this.#snapshot = quota.settleLater(reservation, actual + refused, (send) =>
+        inSpan('polyray.quota.settle', { 'polyray.cost.charged': actual + refused }, send),
+      );
     }
   }
 
