@@ -1,7 +1,8 @@
 /**
  * Inference workers killed in the middle of their runs, again and again, under load (issue 28): the
- * service survives (workers are child processes), no request hangs, what fails is bounded by the items of
- * the batches that were killed twice, and throughput comes back within 5 s of the last kill.
+ * service survives (workers are child processes), no request hangs, what fails in the pool is bounded by
+ * the items of the batches that were killed twice (the rest is refused at admission, retryably), and
+ * throughput comes back within 5 s of the last kill.
  *
  * Short by default (a kill every second for 8 s, in `npm test`); `POLYRAY_FAULTS_LONG=1` runs the fault
  * suite's version (a kill every 2 s for 30 s, `npm run test:faults`), and `POLYRAY_FAULTS_OUT=<dir>` writes
@@ -116,10 +117,15 @@ describe('inference workers killed mid-run under load', () => {
     assert.equal(byCode['HUNG'] ?? 0, 0, 'no request hung');
     assert.equal(byCode['NETWORK'] ?? 0, 0, 'the service never dropped a connection (the process survived)');
     assert.ok(retried > 0, 'killed batches were queued again');
-    // A request fails only when its batch was killed twice (requeued once, then killed again): never more
-    // requests than items that went through a killed batch.
-    assert.ok(failed.length <= retried, `failed requests ${failed.length} ≤ items of killed batches ${retried}`);
-    for (const o of failed) assert.equal(o.code, 'INFERENCE_FAILED', `only INFERENCE_FAILED (retryable), got ${o.code}`);
+    // A request fails in the pool only when its batch was killed twice (requeued once, then killed again):
+    // never more requests than items that went through a killed batch.
+    const inferenceFailed = byCode['INFERENCE_FAILED'] ?? 0;
+    assert.ok(inferenceFailed <= retried, `INFERENCE_FAILED requests ${inferenceFailed} ≤ items of killed batches ${retried}`);
+    // Or it is refused at admission: while restarts keep the pool down, the queue's expected wait can pass
+    // the admission bound, and the answer is OVERLOADED with retryAfterMs (nothing run, nothing charged).
+    // Runs of the long version on 2026-12-07 saw 3-7 of ~1,650 requests refused so, on this commit and on
+    // the code before this day's changes alike (an earlier run: 0 of 3,620).
+    for (const o of failed) assert.ok(o.code === 'INFERENCE_FAILED' || o.code === 'OVERLOADED', `only retryable codes, got ${o.code}`);
     // The target is ≥ 90 % (the figure goes to bench/RESULTS.md); the assertion asks for half: on this 2-core
     // machine two windows of one steady load differ by up to ~20 % (control runs without kills measured
     // 1.06 and 1.22 between the same windows), and one run late in a CI `npm test` measured 0.70 (local
